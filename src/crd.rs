@@ -1,0 +1,363 @@
+//! The `MCPServer` custom resource (`mcpod.dev/v1alpha1`): one MCP server that
+//! speaks stdio, run as a container on demand. The same type is read from YAML
+//! files by `mcpod serve` and from the API server by `mcpod operator`.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "mcpod.dev";
+pub const DEFAULT_USER: i64 = 65534;
+
+/// Spec of one MCP server.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "mcpod.dev",
+    version = "v1alpha1",
+    kind = "MCPServer",
+    plural = "mcpservers",
+    shortname = "mcps",
+    category = "mcpod",
+    namespaced,
+    status = "MCPServerStatus",
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
+    printcolumn(
+        name = "Last Activity",
+        type_ = "date",
+        json_path = ".status.lastActivity"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MCPServerSpec {
+    /// Container image that runs the server, e.g. `localhost/mcpod/time:latest`.
+    pub image: String,
+    /// When to pull the image. Local images work with `IfNotPresent` (the default) and `Never`.
+    #[serde(default)]
+    pub image_pull_policy: ImagePullPolicy,
+    /// Replaces the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Replaces the image's command (arguments to the entrypoint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables, with literal values or values read at start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Working directory inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Storage mounted into the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    /// Resource limits (defaults: 512Mi memory, 1 CPU, as `--max-memory`/`--max-cpu` say).
+    #[serde(default)]
+    pub resources: Resources,
+    /// Quiet time after which the container is stopped (`300s`, `5m`; `0` = never). Default 300s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// Longest wait for the container to start and answer `initialize`. Default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_timeout: Option<String>,
+    /// Longest wait for the answer to one request. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<String>,
+    /// Network access: `none` (default, no network at all) or `bridge` (egress allowed).
+    #[serde(default)]
+    pub network: NetworkMode,
+    /// Hardening; every default is the strict choice.
+    #[serde(default)]
+    pub security: Security,
+    /// `OnDemand` (default): started by the first request, stopped when idle.
+    /// `AlwaysOn`: kept running. `Disabled`: kept stopped; requests get an error.
+    #[serde(default)]
+    pub desired_state: DesiredState,
+    /// `Shared` (default): one container serves every client session.
+    /// `Isolated`: each client session gets a container of its own.
+    #[serde(default)]
+    pub session_mode: SessionMode,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    None,
+    Bridge,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DesiredState {
+    #[default]
+    OnDemand,
+    AlwaysOn,
+    Disabled,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SessionMode {
+    #[default]
+    Shared,
+    Isolated,
+}
+
+/// One environment variable. Exactly one of `value`, `valueFromFile`, `valueFrom`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Path of a file on the host whose content is the value (Podman), so secrets stay out of YAML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from_file: Option<String>,
+    /// A key of a Secret or ConfigMap (Kubernetes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvSource>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeyRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeyRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct KeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// Storage mounted at `mountPath`. Exactly one source: `hostPath`, `volume`
+/// (a named Podman volume, or a PersistentVolumeClaim on Kubernetes), `emptyDir`,
+/// `configMap` or `secret` (Kubernetes).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Volume {
+    pub mount_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub empty_dir: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Kubernetes quantity, e.g. `512Mi`. Default: `--max-memory` (512Mi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// Kubernetes quantity, e.g. `1`, `500m`. Default: `--max-cpu` (1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Security {
+    /// User id the server runs as. Default 65534 (nobody).
+    #[serde(default = "default_user")]
+    pub run_as_user: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_group: Option<i64>,
+    /// Default true; a writable tmpfs is mounted at each `tmpfs` path.
+    #[serde(default = "yes")]
+    pub read_only_root_filesystem: bool,
+    /// Default true (no-new-privileges / allowPrivilegeEscalation: false).
+    #[serde(default = "yes")]
+    pub no_new_privileges: bool,
+    /// Default `[ALL]`.
+    #[serde(default = "all_capabilities")]
+    pub drop_capabilities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_capabilities: Vec<String>,
+    /// Writable in-memory directories. Default `[/tmp]`.
+    #[serde(default = "default_tmpfs")]
+    pub tmpfs: Vec<String>,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            run_as_user: default_user(),
+            run_as_group: None,
+            read_only_root_filesystem: true,
+            no_new_privileges: true,
+            drop_capabilities: all_capabilities(),
+            add_capabilities: vec![],
+            tmpfs: default_tmpfs(),
+        }
+    }
+}
+
+fn default_user() -> i64 {
+    DEFAULT_USER
+}
+fn yes() -> bool {
+    true
+}
+fn all_capabilities() -> Vec<String> {
+    vec!["ALL".into()]
+}
+fn default_tmpfs() -> Vec<String> {
+    vec!["/tmp".into()]
+}
+
+/// Observed state, written by mcpod.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MCPServerStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// RFC 3339: the last request or response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<String>,
+    #[serde(default)]
+    pub restart_count: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The server's `serverInfo` from its `initialize` result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_info: Option<ServerInfo>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    Stopped,
+    Starting,
+    Running,
+    Stopping,
+    Failed,
+}
+
+impl Phase {
+    /// The lower-case form the router's `/servers` API uses.
+    pub fn as_api_str(self) -> &'static str {
+        match self {
+            Phase::Stopped => "stopped",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct ServerInfo {
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
+}
+
+/// The CRD as YAML, exactly as `crds/mcpserver.yaml` must hold it.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = MCPServer::crd();
+    let yaml = serde_yaml::to_string(&crd).expect("a CRD always serializes");
+    format!("# Generated by `mcpod crd` from src/crd.rs; do not edit.\n{yaml}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn crd_names_and_columns() {
+        let crd = MCPServer::crd();
+        assert_eq!(crd.spec.group, "mcpod.dev");
+        assert_eq!(crd.spec.names.kind, "MCPServer");
+        assert_eq!(crd.spec.names.plural, "mcpservers");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["mcps".to_string()]));
+        assert_eq!(crd.spec.scope, "Namespaced");
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1alpha1");
+        assert!(version.subresources.as_ref().unwrap().status.is_some());
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Status", "Image", "Last Activity", "Age"]);
+    }
+
+    #[test]
+    fn defaults_are_the_strict_original_ones() {
+        let spec: MCPServerSpec = serde_yaml::from_str("image: localhost/x").unwrap();
+        assert_eq!(spec.resources.limits.memory, None);
+        assert_eq!(spec.network, NetworkMode::None);
+        assert_eq!(spec.security.run_as_user, 65534);
+        assert!(spec.security.read_only_root_filesystem);
+        assert!(spec.security.no_new_privileges);
+        assert_eq!(spec.security.drop_capabilities, ["ALL"]);
+        assert_eq!(spec.security.tmpfs, ["/tmp"]);
+        assert_eq!(spec.desired_state, DesiredState::OnDemand);
+        assert_eq!(spec.image_pull_policy, ImagePullPolicy::IfNotPresent);
+    }
+
+    #[test]
+    fn committed_crd_matches_the_types() {
+        let committed = include_str!("../crds/mcpserver.yaml");
+        assert!(
+            committed == crd_yaml(),
+            "crds/mcpserver.yaml is stale: run `mcpod crd > crds/mcpserver.yaml`"
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! mcpod runs Model Context Protocol (MCP) servers as containers, on demand.
+//!
+//! Data flows one way through the modules:
+//! an `MCPServer` ([`crd`]) is read from YAML ([`manifests`]), resolved into a
+//! runtime-neutral [`workload::Workload`], and kept in the wanted state by the
+//! [`reconcile`] loop, which owns one [`server::Server`] per MCPServer. A server
+//! starts its container through a [`runtime::Runtime`] (Podman or Kubernetes) and
+//! talks to it through a [`stdio::StdioBridge`]. The [`router`] turns HTTP requests
+//! into calls on a server and the bridge turns those into lines on the container's
+//! stdin, and back.
+
+pub mod crd;
+pub mod duration;
+pub mod error;
+pub mod jsonrpc;
+pub mod manifests;
+pub mod quantity;
+pub mod reconcile;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod stdio;
+pub mod workload;
+
+pub use error::{Error, Result};

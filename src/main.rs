@@ -1,0 +1,181 @@
+//! The `mcpod` command: wires the library's parts together and nothing more.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tracing::{error, info};
+
+use mcpod::reconcile::Reconciler;
+use mcpod::router::{self, RouterConfig};
+use mcpod::runtime::podman::{self, PodmanRuntime};
+use mcpod::server::Settings;
+use mcpod::workload::Defaults;
+use mcpod::{crd, duration};
+
+#[derive(Parser)]
+#[command(name = "mcpod", version, about = "Runs MCP servers as containers, on demand")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every MCPServer in a directory of YAML files from local Podman.
+    Serve(ServeArgs),
+    /// Print the MCPServer CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Directory of MCPServer YAML files; watched for changes.
+    #[arg(long, env = "MCPOD_MANIFESTS", default_value = "examples")]
+    manifests: PathBuf,
+    /// Address the HTTP router listens on.
+    #[arg(long, env = "MCPOD_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Name that scopes this mcpod's containers, so several can share one Podman.
+    #[arg(long, env = "MCPOD_INSTANCE", default_value = "default")]
+    instance: String,
+    /// Where mcpod keeps its state (and the Podman socket it starts, if any).
+    #[arg(long, env = "MCPOD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Idle time before a server is stopped, when its spec does not say (0 = never).
+    #[arg(long, env = "AUTO_SHUTDOWN_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Longest wait for one answer from a server, when its spec does not say.
+    #[arg(long, env = "STDIO_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Longest wait for a server to start and initialize, when its spec does not say.
+    #[arg(long, env = "MCPOD_STARTUP_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    startup_timeout: Duration,
+    /// Memory limit per container, when its spec does not say.
+    #[arg(long, env = "MAX_MEMORY_PER_CONTAINER", default_value = "512Mi")]
+    max_memory: String,
+    /// CPU limit per container, when its spec does not say.
+    #[arg(long, env = "MAX_CPU_PER_CONTAINER", default_value = "1")]
+    max_cpu: String,
+    /// Largest HTTP request body accepted.
+    #[arg(long, env = "MCPOD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Largest JSON-RPC message accepted from a server.
+    #[arg(long, env = "MCPOD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_message_bytes: usize,
+    /// How long a server may take to exit after its stdin closes, before SIGTERM.
+    #[arg(long, env = "MCPOD_STOP_GRACE", default_value = "1s", value_parser = parse_duration)]
+    stop_grace: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    duration::parse(text)
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crd => {
+            print!("{}", crd::crd_yaml());
+            Ok(())
+        }
+        Command::Serve(args) => serve(args).await,
+    };
+    if let Err(e) = result {
+        error!("{e}");
+        eprintln!("mcpod: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    if nix_is_root() {
+        return PathBuf::from("/var/lib/mcpod");
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("mcpod")
+}
+
+fn nix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+async fn serve(args: ServeArgs) -> mcpod::Result<()> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let defaults = Defaults {
+        memory: args.max_memory.clone(),
+        cpu: args.max_cpu.clone(),
+        idle_timeout: args.idle_timeout,
+        startup_timeout: args.startup_timeout,
+        request_timeout: args.request_timeout,
+    };
+    let settings = Settings {
+        max_message_bytes: args.max_message_bytes,
+        stop_grace: args.stop_grace,
+        ..Settings::default()
+    };
+    // Kept alive for the whole run: dropping it stops a Podman service mcpod started.
+    let (socket, _owned_service) = podman::connect(&data_dir.join("run")).await?;
+    let runtime = Arc::new(PodmanRuntime::new(&socket, &args.instance));
+    let reconciler = Reconciler::new(runtime, defaults, settings);
+    if !args.manifests.is_dir() {
+        return Err(mcpod::Error::Io {
+            path: args.manifests.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+        });
+    }
+    reconciler.reload(&args.manifests).await;
+    reconciler.adopt().await;
+    tokio::spawn(reconciler.clone().watch(args.manifests.clone(), Duration::from_secs(1)));
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| mcpod::Error::Io {
+            path: PathBuf::from(args.listen.to_string()),
+            source,
+        })?;
+    let address = listener.local_addr().map_err(|source| mcpod::Error::Io {
+        path: PathBuf::from(args.listen.to_string()),
+        source,
+    })?;
+    info!(%address, servers = reconciler.servers().len(), "router listening");
+    println!("mcpod listening on http://{address}");
+    let routes = router::routes(
+        reconciler.clone(),
+        RouterConfig {
+            max_body_bytes: args.max_body_bytes,
+        },
+    );
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(shutdown_signal())
+        .run()
+        .await;
+    info!("shutting down: stopping servers");
+    reconciler.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

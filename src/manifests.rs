@@ -1,0 +1,186 @@
+//! Reading MCPServer resources from a directory of YAML files (the embedded
+//! mode), and noticing when the directory changes. All YAML parsing of
+//! manifests lives here, so the parser can be swapped in one place.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Deserialize;
+
+use crate::crd::MCPServer;
+use crate::{Error, Result};
+
+pub const API_VERSION: &str = "mcpod.dev/v1alpha1";
+
+/// One MCPServer and the file it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub file: PathBuf,
+    pub server: MCPServer,
+}
+
+/// What a directory holds: the servers that parsed, the files that did not.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    pub servers: Vec<Loaded>,
+    /// Files that could not be read or parsed, with the error.
+    pub broken_files: BTreeMap<PathBuf, String>,
+}
+
+/// Loads every `*.yaml`/`*.yml` file in `dir` (not recursive), each possibly
+/// holding several documents. A bad document names its file and index and is
+/// reported; the rest still load.
+pub fn load_dir(dir: &Path) -> Result<Manifests> {
+    let mut manifests = Manifests::default();
+    for file in yaml_files(dir)? {
+        match load_file(&file) {
+            Ok(servers) => manifests.servers.extend(servers.into_iter().map(|server| Loaded {
+                file: file.clone(),
+                server,
+            })),
+            Err(e) => {
+                manifests.broken_files.insert(file, e.to_string());
+            }
+        }
+    }
+    let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+    manifests.servers.retain(|loaded| {
+        let name = loaded.server.metadata.name.clone().unwrap_or_default();
+        match seen.get(&name) {
+            Some(first) => {
+                manifests.broken_files.insert(
+                    loaded.file.clone(),
+                    format!(
+                        "{}: MCPServer '{name}' is already declared in {}",
+                        loaded.file.display(),
+                        first.display()
+                    ),
+                );
+                false
+            }
+            None => {
+                seen.insert(name, loaded.file.clone());
+                true
+            }
+        }
+    });
+    Ok(manifests)
+}
+
+fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.is_file()
+                && matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml")
+                )
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Parses one file of MCPServer documents.
+pub fn load_file(file: &Path) -> Result<Vec<MCPServer>> {
+    let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|message| Error::Manifest {
+        file: file.to_path_buf(),
+        message,
+    })
+}
+
+/// Parses the documents of one YAML text; errors say which document and why.
+pub fn parse(text: &str) -> std::result::Result<Vec<MCPServer>, String> {
+    let mut servers = vec![];
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(document)
+            .map_err(|e| format!("document {}: invalid YAML: {e}", index + 1))?;
+        if value.is_null() {
+            continue; // an empty document, e.g. after a trailing `---`
+        }
+        let api_version = value.get("apiVersion").and_then(|v| v.as_str());
+        let kind = value.get("kind").and_then(|v| v.as_str());
+        if kind != Some("MCPServer") || api_version != Some(API_VERSION) {
+            return Err(format!(
+                "document {}: expected apiVersion: {API_VERSION} and kind: MCPServer, found {} {}",
+                index + 1,
+                api_version.unwrap_or("(no apiVersion)"),
+                kind.unwrap_or("(no kind)")
+            ));
+        }
+        let server: MCPServer = serde_yaml::from_value(value)
+            .map_err(|e| format!("document {}: {e}", index + 1))?;
+        if server.metadata.name.as_deref().unwrap_or("").is_empty() {
+            return Err(format!("document {}: metadata.name is required", index + 1));
+        }
+        servers.push(server);
+    }
+    Ok(servers)
+}
+
+/// What changes in a directory when a YAML file is added, edited or removed.
+pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    yaml_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|path| {
+            let meta = std::fs::metadata(&path).ok();
+            let modified = meta.as_ref().and_then(|m| m.modified().ok());
+            let len = meta.map(|m| m.len()).unwrap_or(0);
+            (path, modified, len)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIME: &str = "apiVersion: mcpod.dev/v1alpha1\nkind: MCPServer\nmetadata: {name: time}\nspec: {image: localhost/mcpod/time}\n";
+
+    #[test]
+    fn multi_document_files() {
+        let text = format!("{TIME}---\n{}\n---\n", TIME.replace("name: time", "name: other"));
+        let servers = parse(&text).unwrap();
+        let names: Vec<_> = servers.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, ["time", "other"]);
+    }
+
+    #[test]
+    fn errors_say_which_document_and_field() {
+        let err = parse(&format!("{TIME}---\n{}", TIME.replace("image:", "imag:"))).unwrap_err();
+        assert!(err.starts_with("document 2:"), "{err}");
+        assert!(err.contains("imag"), "{err}");
+        let err = parse("kind: Pod\napiVersion: v1\n").unwrap_err();
+        assert!(err.contains("expected apiVersion: mcpod.dev/v1alpha1"), "{err}");
+        let err = parse("a: [unclosed").unwrap_err();
+        assert!(err.contains("invalid YAML"), "{err}");
+        let err = parse(&TIME.replace("idle", "x").replace("spec: {", "spec: {idleTimout: 5s, ")).unwrap_err();
+        assert!(err.contains("unknown field `idleTimout`"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_file_does_not_hide_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), TIME).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), "kind: [").unwrap();
+        std::fs::write(dir.path().join("c.yml"), TIME).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let manifests = load_dir(dir.path()).unwrap();
+        assert_eq!(manifests.servers.len(), 1);
+        assert_eq!(manifests.broken_files.len(), 2);
+        let duplicate = &manifests.broken_files[&dir.path().join("c.yml")];
+        assert!(duplicate.contains("already declared in"), "{duplicate}");
+        assert!(manifests.broken_files[&dir.path().join("b.yaml")].contains("b.yaml"));
+    }
+}

@@ -1,0 +1,65 @@
+//! Container runtimes behind one trait: [`podman`] for a Podman host,
+//! [`kube`] for Kubernetes pods. A runtime starts a workload's container and
+//! hands back its stdio; it knows nothing of MCP.
+
+pub mod podman;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use tokio::io::AsyncWrite;
+
+use crate::workload::Workload;
+use crate::Result;
+
+/// One chunk of what the container wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout(Bytes),
+    Stderr(Bytes),
+}
+
+/// A started container with its stdio attached.
+pub struct Attached {
+    pub container_id: String,
+    /// Everything the container writes, until it exits or the attach ends.
+    pub output: BoxStream<'static, std::io::Result<Output>>,
+    /// The container's stdin; shutting it down closes the server's stdin.
+    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+/// A container (or pod) the runtime found carrying mcpod's labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Managed {
+    /// The instance key it was started under (the MCPServer name for shared servers).
+    pub key: String,
+    pub server: String,
+    pub id: String,
+    pub running: bool,
+    pub spec_hash: String,
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Starts the container for `workload` under `key`, reusing a stopped one whose
+    /// spec hash matches and replacing one that differs, and attaches to its stdio.
+    /// A running container under `key` is restarted: its MCP session cannot be resumed.
+    async fn start(&self, key: &str, workload: &Workload) -> Result<Attached>;
+
+    /// Stops the container under `key`: waits up to `grace` for it to exit by itself
+    /// (its stdin is closed by then), then SIGTERM, then SIGKILL.
+    async fn stop(&self, key: &str, grace: Duration) -> Result<()>;
+
+    /// Removes the container under `key`; a missing container is success.
+    async fn remove(&self, key: &str) -> Result<()>;
+
+    /// All containers this mcpod instance manages.
+    async fn list(&self) -> Result<Vec<Managed>>;
+
+    /// Why the container under `key` is not running, with the end of its log,
+    /// for error messages ("exited with code 1: ModuleNotFoundError ...").
+    async fn exit_reason(&self, key: &str) -> Option<String>;
+}

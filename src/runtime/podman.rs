@@ -1,0 +1,619 @@
+//! The Podman runtime: libpod's REST API through `podman-api`, over the socket
+//! of a Podman service that answers, or one that mcpod starts itself.
+//!
+//! podman-api 0.11 sends `no_new_privilages` (sic) in its create spec, which
+//! libpod ignores; containers are therefore created from a spec built here as
+//! JSON ([`create_spec`]) and posted with a small raw client ([`Libpod`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use http_body_util::{BodyExt, Full};
+use podman_api::conn::TtyChunk;
+use podman_api::opts::{ContainerAttachOpts, ContainerDeleteOpts, ContainerLogsOpts, ContainerStopOpts};
+use podman_api::Podman;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use tokio_util::compat::FuturesAsyncWriteCompatExt;
+use tracing::{debug, info, warn};
+
+use super::{Attached, Managed, Output, Runtime};
+use crate::crd::{ImagePullPolicy, NetworkMode};
+use crate::workload::{
+    EnvValue, MountSource, Workload, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_SERVER,
+    LABEL_SPEC_HASH, MANAGED_BY,
+};
+use crate::{Error, Result};
+
+/// libpod accepts any version prefix at or below its own; 4.3.1 is Debian 12's.
+const API_PREFIX: &str = "/v4.3.1/libpod";
+/// Explicit rlimits: Podman's defaults exceed the hard limits of some hosts (EPERM).
+const NOFILE_LIMIT: u64 = 4096;
+const NPROC_LIMIT: u64 = 1024;
+/// Seconds between SIGTERM and SIGKILL when stopping.
+const TERM_GRACE_SECS: usize = 2;
+
+pub struct PodmanRuntime {
+    podman: Podman,
+    libpod: Libpod,
+    /// Scopes labels and container names, so several mcpods share one host.
+    instance: String,
+}
+
+impl PodmanRuntime {
+    pub fn new(socket: &Path, instance: &str) -> Self {
+        PodmanRuntime {
+            podman: Podman::unix(socket),
+            libpod: Libpod {
+                socket: socket.to_path_buf(),
+            },
+            instance: instance.to_string(),
+        }
+    }
+
+    /// The container name for an instance key: `mcpod-<key>` (or `mcpod-<instance>-<key>`).
+    pub fn container_name(&self, key: &str) -> String {
+        if self.instance == "default" {
+            format!("mcpod-{key}")
+        } else {
+            format!("mcpod-{}-{key}", self.instance)
+        }
+    }
+
+    async fn inspect(&self, name: &str) -> Result<Option<Value>> {
+        let (status, body) = self
+            .libpod
+            .request("GET", &format!("/containers/{name}/json"), None)
+            .await?;
+        match status {
+            200 => Ok(Some(body)),
+            404 => Ok(None),
+            _ => Err(Error::PodmanService(format!(
+                "inspect {name}: HTTP {status}: {}",
+                message_of(&body)
+            ))),
+        }
+    }
+
+    async fn ensure_image(&self, workload: &Workload) -> Result<()> {
+        let image = &workload.image;
+        let present = self
+            .podman
+            .images()
+            .get(image)
+            .exists()
+            .await
+            .map_err(Error::podman(format!("look up image {image}")))?;
+        match (workload.pull_policy, present) {
+            (ImagePullPolicy::Always, _) | (ImagePullPolicy::IfNotPresent, false) => {
+                self.pull(image).await
+            }
+            (ImagePullPolicy::Never, false) => Err(Error::Runtime(format!(
+                "image {image} is not present locally and imagePullPolicy is Never; build it with `podman build -t {image}`"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<()> {
+        info!(image, "pulling image");
+        let path = format!("/images/pull?reference={}&quiet=true", urlencode(image));
+        let (status, body) = self.libpod.request("POST", &path, None).await?;
+        let error = body.get("error").and_then(Value::as_str).unwrap_or("");
+        if status != 200 || !error.is_empty() {
+            return Err(Error::Runtime(format!(
+                "image {image} is not present locally and pulling it failed: {}",
+                if error.is_empty() { message_of(&body) } else { error.to_string() }
+            )));
+        }
+        Ok(())
+    }
+
+    async fn create(&self, key: &str, workload: &Workload) -> Result<String> {
+        self.ensure_image(workload).await?;
+        let name = self.container_name(key);
+        let spec = create_spec(&name, key, &self.instance, workload);
+        let (status, body) = self
+            .libpod
+            .request("POST", "/containers/create", Some(&spec))
+            .await?;
+        if status != 201 {
+            return Err(Error::Runtime(format!(
+                "create container {name}: HTTP {status}: {}",
+                message_of(&body)
+            )));
+        }
+        body.get("Id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| Error::Runtime(format!("create container {name}: no Id in reply")))
+    }
+
+    /// The id of a container under `key` that can be started for `workload`:
+    /// the existing one when its spec hash matches, else a new one.
+    async fn container_for(&self, key: &str, workload: &Workload) -> Result<String> {
+        let name = self.container_name(key);
+        if let Some(existing) = self.inspect(&name).await? {
+            let hash = existing
+                .pointer(&format!("/Config/Labels/{}", LABEL_SPEC_HASH.replace('/', "~1")))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let running = existing
+                .pointer("/State/Running")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            if hash == workload.spec_hash {
+                if running {
+                    info!(container = %name, "restarting adopted container: its MCP session cannot be resumed");
+                    self.stop(key, Duration::ZERO).await?;
+                }
+                let id = existing.get("Id").and_then(Value::as_str).unwrap_or(&name);
+                return Ok(id.to_string());
+            }
+            info!(container = %name, old = hash, new = %workload.spec_hash, "spec changed: replacing container");
+            self.remove(key).await?;
+        }
+        self.create(key, workload).await
+    }
+}
+
+#[async_trait]
+impl Runtime for PodmanRuntime {
+    async fn start(&self, key: &str, workload: &Workload) -> Result<Attached> {
+        let id = self.container_for(key, workload).await?;
+        let container = self.podman.containers().get(&id);
+        // Attach before start, as `podman start --attach` does, so no output is missed.
+        let attach = container
+            .attach(
+                &ContainerAttachOpts::builder()
+                    .stdin(true)
+                    .stdout(true)
+                    .stderr(true)
+                    .build(),
+            )
+            .await
+            .map_err(Error::podman(format!("attach to {}", self.container_name(key))))?;
+        container
+            .start(None)
+            .await
+            .map_err(Error::podman(format!("start {}", self.container_name(key))))?;
+        let (reader, writer) = attach.split();
+        let output = reader
+            .map_ok(|chunk| match chunk {
+                TtyChunk::StdErr(bytes) => Output::Stderr(Bytes::from(bytes)),
+                TtyChunk::StdOut(bytes) | TtyChunk::StdIn(bytes) => Output::Stdout(Bytes::from(bytes)),
+            })
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .boxed();
+        Ok(Attached {
+            container_id: id,
+            output,
+            stdin: Box::pin(writer.compat_write()),
+        })
+    }
+
+    async fn stop(&self, key: &str, grace: Duration) -> Result<()> {
+        let name = self.container_name(key);
+        let container = self.podman.containers().get(&name);
+        if !grace.is_zero() {
+            let exited = tokio::time::timeout(grace, async {
+                loop {
+                    match self.inspect(&name).await {
+                        Ok(Some(state)) if state.pointer("/State/Running") == Some(&Value::Bool(true)) => {}
+                        _ => return,
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await;
+            if exited.is_ok() {
+                debug!(container = %name, "exited after stdin closed");
+                return Ok(());
+            }
+        }
+        // SIGTERM, then SIGKILL after TERM_GRACE_SECS.
+        match container
+            .stop(&ContainerStopOpts::builder().timeout(TERM_GRACE_SECS).build())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            // 304: already stopped.
+            Err(e) if e.to_string().contains("304") => Ok(()),
+            Err(e) => Err(Error::Podman {
+                context: format!("stop {name}"),
+                source: e,
+            }),
+        }
+    }
+
+    async fn remove(&self, key: &str) -> Result<()> {
+        let name = self.container_name(key);
+        match self
+            .podman
+            .containers()
+            .get(&name)
+            .delete(&ContainerDeleteOpts::builder().force(true).timeout(TERM_GRACE_SECS).build())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Error::Podman {
+                context: format!("remove {name}"),
+                source: e,
+            }),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Managed>> {
+        let filters = json!({"label": [
+            format!("{LABEL_MANAGED_BY}={MANAGED_BY}"),
+            format!("{LABEL_INSTANCE}={}", self.instance),
+        ]});
+        let path = format!("/containers/json?all=true&filters={}", urlencode(&filters.to_string()));
+        let (status, body) = self.libpod.request("GET", &path, None).await?;
+        if status != 200 {
+            return Err(Error::PodmanService(format!("list containers: HTTP {status}: {}", message_of(&body))));
+        }
+        let prefix = self.container_name("");
+        let containers = body.as_array().cloned().unwrap_or_default();
+        Ok(containers
+            .iter()
+            .filter_map(|c| {
+                let labels = c.get("Labels")?;
+                let name = c.get("Names")?.get(0)?.as_str()?;
+                Some(Managed {
+                    key: name.strip_prefix(&prefix)?.to_string(),
+                    server: labels.get(LABEL_SERVER)?.as_str()?.to_string(),
+                    id: c.get("Id")?.as_str()?.to_string(),
+                    running: c.get("State").and_then(Value::as_str) == Some("running"),
+                    spec_hash: labels.get(LABEL_SPEC_HASH).and_then(Value::as_str).unwrap_or("").to_string(),
+                })
+            })
+            .collect())
+    }
+
+    async fn exit_reason(&self, key: &str) -> Option<String> {
+        let name = self.container_name(key);
+        let state = self.inspect(&name).await.ok()??;
+        let state = state.get("State")?;
+        if state.get("Running") == Some(&Value::Bool(true)) {
+            return None;
+        }
+        let mut reason = match state.get("ExitCode").and_then(Value::as_i64) {
+            _ if state.get("OOMKilled") == Some(&Value::Bool(true)) => "was killed: out of memory".to_string(),
+            Some(code) => format!("exited with code {code}"),
+            None => "is not running".to_string(),
+        };
+        if let Some(error) = state.get("Error").and_then(Value::as_str).filter(|e| !e.is_empty()) {
+            reason.push_str(&format!(" ({error})"));
+        }
+        let tail = self.log_tail(&name, 5).await;
+        if !tail.is_empty() {
+            reason.push_str(&format!("; last output: {tail}"));
+        }
+        Some(reason)
+    }
+}
+
+impl PodmanRuntime {
+    async fn log_tail(&self, name: &str, lines: usize) -> String {
+        let container = self.podman.containers().get(name);
+        let opts = ContainerLogsOpts::builder()
+            .stdout(true)
+            .stderr(true)
+            .tail(lines.to_string())
+            .build();
+        let chunks: Vec<_> = container.logs(&opts).take(64).collect().await;
+        let text: Vec<u8> = chunks
+            .into_iter()
+            .filter_map(|chunk| chunk.ok())
+            .flat_map(Vec::<u8>::from)
+            .collect();
+        String::from_utf8_lossy(&text)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+}
+
+/// The libpod create spec for `workload`: limits, hardening and labels included.
+pub fn create_spec(name: &str, key: &str, instance: &str, workload: &Workload) -> Value {
+    let security = &workload.security;
+    let env: HashMap<&str, &str> = workload
+        .env
+        .iter()
+        .filter_map(|e| match &e.value {
+            EnvValue::Literal(value) => Some((e.name.as_str(), value.as_str())),
+            _ => None, // refused for Podman by Workload::resolve
+        })
+        .collect();
+    let mut mounts: Vec<Value> = security
+        .tmpfs
+        .iter()
+        .map(|path| json!({"destination": path, "type": "tmpfs", "source": "tmpfs", "options": ["rw", "nosuid", "nodev", "size=64m"]}))
+        .collect();
+    let mut volumes = vec![];
+    for mount in &workload.mounts {
+        let mode = if mount.read_only { "ro" } else { "rw" };
+        match &mount.source {
+            MountSource::HostPath(path) => mounts.push(json!({
+                "destination": mount.path, "type": "bind", "source": path, "options": ["rbind", mode]
+            })),
+            MountSource::Volume(volume) => {
+                volumes.push(json!({"Name": volume, "Dest": mount.path, "Options": [mode]}))
+            }
+            MountSource::EmptyDir => mounts.push(json!({
+                "destination": mount.path, "type": "tmpfs", "source": "tmpfs", "options": ["rw", "nosuid", "nodev"]
+            })),
+            MountSource::ConfigMap(_) | MountSource::Secret(_) => {} // refused for Podman by Workload::resolve
+        }
+    }
+    let user = match security.run_as_group {
+        Some(group) => format!("{}:{group}", security.run_as_user),
+        None => security.run_as_user.to_string(),
+    };
+    let nsmode = match workload.network {
+        NetworkMode::None => "none",
+        NetworkMode::Bridge => "bridge",
+    };
+    let mut spec = json!({
+        "name": name,
+        "image": workload.image,
+        "labels": {
+            LABEL_MANAGED_BY: MANAGED_BY,
+            LABEL_SERVER: workload.name,
+            LABEL_SPEC_HASH: workload.spec_hash,
+            LABEL_INSTANCE: instance,
+            "mcpod.dev/key": key,
+        },
+        "env": env,
+        "stdin": true,
+        "terminal": false,
+        "init": true,
+        "user": user,
+        "read_only_filesystem": security.read_only_root_filesystem,
+        "no_new_privileges": security.no_new_privileges,
+        "cap_drop": security.drop_capabilities,
+        "cap_add": security.add_capabilities,
+        "netns": {"nsmode": nsmode},
+        "mounts": mounts,
+        "volumes": volumes,
+        "resource_limits": {
+            "memory": {"limit": workload.memory_bytes, "swap": workload.memory_bytes},
+            "cpu": {"quota": workload.cpu_millis * 100, "period": 100_000},
+        },
+        "r_limits": [
+            {"type": "RLIMIT_NOFILE", "soft": NOFILE_LIMIT, "hard": NOFILE_LIMIT},
+            {"type": "RLIMIT_NPROC", "soft": NPROC_LIMIT, "hard": NPROC_LIMIT},
+        ],
+        "stop_timeout": TERM_GRACE_SECS,
+    });
+    // Kubernetes semantics: `command` replaces the entrypoint, `args` the image's command.
+    if !workload.command.is_empty() {
+        spec["entrypoint"] = json!(workload.command);
+        spec["command"] = json!(workload.args);
+    } else if !workload.args.is_empty() {
+        spec["command"] = json!(workload.args);
+    }
+    if let Some(dir) = &workload.working_dir {
+        spec["work_dir"] = json!(dir);
+    }
+    spec
+}
+
+/// A minimal libpod client for the calls podman-api gets wrong or types too strictly.
+struct Libpod {
+    socket: PathBuf,
+}
+
+impl Libpod {
+    async fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            Error::PodmanService(format!("{method} {path}: {what}: {e}"))
+        };
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| fail(&format!("connect {}", self.socket.display()), &e))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| fail("handshake", &e))?;
+        tokio::spawn(connection);
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{API_PREFIX}{path}"))
+            .header("host", "d")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| fail("build request", &e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| fail("send", &e))?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| fail("read body", &e))?
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok((status, value))
+    }
+}
+
+fn message_of(body: &Value) -> String {
+    body.get("message")
+        .or_else(|| body.get("cause"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| body.to_string())
+}
+
+fn is_not_found(error: &podman_api::Error) -> bool {
+    let text = error.to_string();
+    text.contains("404") || text.contains("no such container")
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A Podman service mcpod started because none answered; stopped on drop.
+pub struct OwnedService {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Drop for OwnedService {
+    fn drop(&mut self) {
+        info!(socket = %self.socket.display(), "stopping the podman service mcpod started");
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Finds a Podman service that answers (`CONTAINER_HOST`, then the usual root and
+/// rootless sockets) or starts `podman system service` on a socket under `run_dir`.
+pub async fn connect(run_dir: &Path) -> Result<(PathBuf, Option<OwnedService>)> {
+    let mut candidates = vec![];
+    if let Ok(host) = std::env::var("CONTAINER_HOST") {
+        match host.strip_prefix("unix://") {
+            Some(path) => candidates.push(PathBuf::from(path)),
+            None => {
+                return Err(Error::PodmanService(format!(
+                    "CONTAINER_HOST={host}: only unix:// sockets are supported"
+                )))
+            }
+        }
+    } else {
+        candidates.push(PathBuf::from("/run/podman/podman.sock"));
+        if let Ok(dir) = std::env::var("XDG_RUNTIME_DIR") {
+            candidates.push(Path::new(&dir).join("podman/podman.sock"));
+        }
+    }
+    for socket in &candidates {
+        if answers(socket).await {
+            info!(socket = %socket.display(), "using podman service");
+            return Ok((socket.clone(), None));
+        }
+    }
+    if std::env::var("CONTAINER_HOST").is_ok() {
+        return Err(Error::PodmanService(format!(
+            "no podman service answers at CONTAINER_HOST ({})",
+            candidates[0].display()
+        )));
+    }
+    let service = start_service(run_dir).await?;
+    Ok((service.socket.clone(), Some(service)))
+}
+
+async fn answers(socket: &Path) -> bool {
+    if !socket.exists() {
+        return false;
+    }
+    let ping = Podman::unix(socket);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), ping.ping()).await,
+        Ok(Ok(_))
+    )
+}
+
+async fn start_service(run_dir: &Path) -> Result<OwnedService> {
+    std::fs::create_dir_all(run_dir).map_err(|source| Error::Io {
+        path: run_dir.to_path_buf(),
+        source,
+    })?;
+    let socket = run_dir.join("podman.sock");
+    let _ = std::fs::remove_file(&socket);
+    info!(socket = %socket.display(), "no podman service answers: starting one");
+    let child = Command::new("podman")
+        .args(["system", "service", "--time=0"])
+        .arg(format!("unix://{}", socket.display()))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::PodmanService(format!("cannot run `podman system service`: {e} (is podman installed?)")))?;
+    let service = OwnedService { child, socket };
+    for _ in 0..200 {
+        if answers(&service.socket).await {
+            return Ok(service);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    warn!("podman service did not answer within 10 s");
+    Err(Error::PodmanService(format!(
+        "started `podman system service` on {} but it did not answer within 10 s",
+        service.socket.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{Defaults, Target};
+
+    fn workload(yaml: &str) -> Workload {
+        let spec = serde_yaml::from_str(yaml).unwrap();
+        Workload::resolve("time", &spec, &Defaults::default(), Target::Podman).unwrap()
+    }
+
+    #[test]
+    fn spec_carries_limits_hardening_and_labels() {
+        let w = workload("image: localhost/mcpod/time:latest\nresources: {limits: {memory: 256Mi, cpu: 500m}}");
+        let spec = create_spec("mcpod-time", "time", "default", &w);
+        assert_eq!(spec["image"], "localhost/mcpod/time:latest");
+        assert_eq!(spec["resource_limits"]["memory"]["limit"], 256 * 1024 * 1024);
+        assert_eq!(spec["resource_limits"]["cpu"]["quota"], 50_000);
+        assert_eq!(spec["user"], "65534");
+        assert_eq!(spec["read_only_filesystem"], true);
+        assert_eq!(spec["no_new_privileges"], true);
+        assert_eq!(spec["cap_drop"], json!(["ALL"]));
+        assert_eq!(spec["netns"]["nsmode"], "none");
+        assert_eq!(spec["stdin"], true);
+        assert_eq!(spec["init"], true);
+        assert_eq!(spec["labels"][LABEL_MANAGED_BY], "mcpod");
+        assert_eq!(spec["labels"][LABEL_SERVER], "time");
+        assert_eq!(spec["labels"][LABEL_SPEC_HASH], w.spec_hash.as_str());
+        assert_eq!(spec["mounts"][0]["destination"], "/tmp");
+        assert_eq!(spec["mounts"][0]["type"], "tmpfs");
+    }
+
+    #[test]
+    fn command_and_args_follow_kubernetes_semantics() {
+        let w = workload("image: x\ncommand: [python3, -m, srv]\nargs: [--flag]");
+        let spec = create_spec("n", "k", "default", &w);
+        assert_eq!(spec["entrypoint"], json!(["python3", "-m", "srv"]));
+        assert_eq!(spec["command"], json!(["--flag"]));
+        let w = workload("image: x\nargs: [--local-timezone, UTC]");
+        let spec = create_spec("n", "k", "default", &w);
+        assert!(spec.get("entrypoint").is_none());
+        assert_eq!(spec["command"], json!(["--local-timezone", "UTC"]));
+    }
+
+    #[test]
+    fn volumes_and_network() {
+        let w = workload(
+            "image: x\nnetwork: bridge\nvolumes:\n- {hostPath: /srv/data, mountPath: /data, readOnly: true}\n- {volume: mem, mountPath: /mem}",
+        );
+        let spec = create_spec("n", "k", "default", &w);
+        assert_eq!(spec["netns"]["nsmode"], "bridge");
+        let bind = &spec["mounts"][1];
+        assert_eq!(bind["source"], "/srv/data");
+        assert_eq!(bind["options"], json!(["rbind", "ro"]));
+        assert_eq!(spec["volumes"][0], json!({"Name": "mem", "Dest": "/mem", "Options": ["rw"]}));
+    }
+}

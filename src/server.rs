@@ -1,0 +1,634 @@
+//! One MCP server's lifecycle: started by the first request (single flight),
+//! stopped when idle, restarted after a crash, backed off after failed starts.
+//!
+//! The `lifecycle` mutex is the one place decisions are made: a request takes a
+//! [`Lease`] under it, and the idle check and the stop happen under it too, so a
+//! server with a request in flight is never stopped, and a request that arrives
+//! during a start or a stop waits and is then served by the new instance.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tracing::{info, warn, Instrument};
+
+use crate::crd::{DesiredState, Phase};
+use crate::jsonrpc;
+use crate::runtime::Runtime;
+use crate::stdio::{BridgeError, ServerMessage, StdioBridge};
+use crate::workload::Workload;
+
+/// The protocol version mcpod asks servers for; they answer with theirs.
+pub const LATEST_PROTOCOL_VERSION: &str = "2025-11-25";
+/// Versions a client may negotiate with mcpod.
+pub const SUPPORTED_PROTOCOL_VERSIONS: &[&str] =
+    &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Settings shared by every server of one mcpod.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Longest JSON-RPC message accepted from a server.
+    pub max_message_bytes: usize,
+    /// How long a server may take to exit after its stdin closes, before SIGTERM.
+    pub stop_grace: Duration,
+    /// How often idle servers are looked for.
+    pub idle_check_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_message_bytes: 16 * 1024 * 1024,
+            stop_grace: Duration::from_millis(1000),
+            idle_check_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why a request could not be served; each maps to an HTTP status and a JSON-RPC error.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServerError {
+    #[error("MCP server '{0}' is disabled (desiredState: Disabled)")]
+    Disabled(String),
+    #[error("MCP server '{0}' was removed")]
+    Removed(String),
+    #[error("MCP server '{server}' failed to start: {reason}; next attempt in {}s", retry_in.as_secs().max(1))]
+    StartFailed {
+        server: String,
+        reason: String,
+        retry_in: Duration,
+    },
+    #[error("MCP server '{server}' did not become ready within {timeout:?}")]
+    StartupTimeout { server: String, timeout: Duration },
+    #[error("MCP server '{server}' stopped before answering: {reason}")]
+    Crashed { server: String, reason: String },
+    #[error("MCP server '{server}' did not answer within {timeout:?}")]
+    RequestTimeout { server: String, timeout: Duration },
+}
+
+impl ServerError {
+    pub fn jsonrpc_code(&self) -> i64 {
+        match self {
+            ServerError::RequestTimeout { .. } => jsonrpc::REQUEST_TIMEOUT,
+            ServerError::Crashed { .. } => jsonrpc::SERVER_CRASHED,
+            ServerError::Removed(_) => jsonrpc::SERVER_STOPPING,
+            _ => jsonrpc::SERVER_UNAVAILABLE,
+        }
+    }
+
+    /// 503 for "not available now", 504 for timeouts, 502 for a server that died.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ServerError::Disabled(_) | ServerError::Removed(_) | ServerError::StartFailed { .. } => 503,
+            ServerError::StartupTimeout { .. } | ServerError::RequestTimeout { .. } => 504,
+            ServerError::Crashed { .. } => 502,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ServerError::StartFailed { retry_in, .. } => Some(*retry_in),
+            _ => None,
+        }
+    }
+}
+
+/// A running container and the MCP session mcpod holds with it.
+pub struct Instance {
+    pub container_id: String,
+    pub bridge: StdioBridge,
+    /// The server's answer to mcpod's `initialize`.
+    pub initialize_result: Value,
+    pub started_at: DateTime<Utc>,
+}
+
+enum Lifecycle {
+    Stopped,
+    Running(Arc<Instance>),
+    Failed {
+        reason: String,
+        retry_at: Instant,
+        failures: u32,
+    },
+    Removed,
+}
+
+/// What `/servers` shows, kept apart from the lifecycle lock so reading it never waits.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub name: String,
+    pub status: &'static str,
+    #[serde(skip)]
+    pub phase: Phase,
+    pub last_activity: Option<DateTime<Utc>>,
+    pub image: String,
+    pub desired_state: DesiredState,
+    pub container_id: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub restart_count: u32,
+    pub message: Option<String>,
+    pub server_info: Option<Value>,
+    pub in_flight: usize,
+    pub starts: u64,
+    pub start_failures: u64,
+    pub stops: u64,
+    pub last_cold_start_ms: Option<u64>,
+}
+
+pub struct Server {
+    name: String,
+    /// The runtime's key for this server's container.
+    key: String,
+    runtime: Arc<dyn Runtime>,
+    settings: Settings,
+    workload: RwLock<Arc<Workload>>,
+    lifecycle: tokio::sync::Mutex<Lifecycle>,
+    status: Mutex<Status>,
+    in_flight: AtomicUsize,
+    last_activity: Mutex<Instant>,
+}
+
+/// Held while a request is being served: keeps the server from being stopped.
+pub struct Lease {
+    server: Arc<Server>,
+    pub instance: Arc<Instance>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.server.touch();
+        self.server.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Lease {
+    /// Sends a request to the server and returns its response, under the server's request timeout.
+    pub async fn request(&self, message: Value) -> Result<Value, ServerError> {
+        let timeout = self.server.workload().timeouts.request;
+        self.instance
+            .bridge
+            .request(message, timeout)
+            .await
+            .map_err(|e| match e {
+                BridgeError::Timeout(timeout) => ServerError::RequestTimeout {
+                    server: self.server.name.clone(),
+                    timeout,
+                },
+                BridgeError::Closed(reason) => ServerError::Crashed {
+                    server: self.server.name.clone(),
+                    reason,
+                },
+            })
+    }
+}
+
+impl Server {
+    pub fn new(key: &str, workload: Workload, runtime: Arc<dyn Runtime>, settings: Settings) -> Arc<Server> {
+        let status = Status {
+            name: workload.name.clone(),
+            status: Phase::Stopped.as_api_str(),
+            phase: Phase::Stopped,
+            last_activity: None,
+            image: workload.image.clone(),
+            desired_state: workload.desired_state,
+            container_id: None,
+            started_at: None,
+            restart_count: 0,
+            message: None,
+            server_info: None,
+            in_flight: 0,
+            starts: 0,
+            start_failures: 0,
+            stops: 0,
+            last_cold_start_ms: None,
+        };
+        let server = Arc::new(Server {
+            name: workload.name.clone(),
+            key: key.to_string(),
+            runtime,
+            settings,
+            workload: RwLock::new(Arc::new(workload)),
+            lifecycle: tokio::sync::Mutex::new(Lifecycle::Stopped),
+            status: Mutex::new(status),
+            in_flight: AtomicUsize::new(0),
+            last_activity: Mutex::new(Instant::now()),
+        });
+        let span = tracing::info_span!("server", server = %server.name);
+        tokio::spawn(server.clone().supervise().instrument(span));
+        server
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn workload(&self) -> Arc<Workload> {
+        self.workload.read().unwrap().clone()
+    }
+
+    pub fn status(&self) -> Status {
+        let mut status = self.status.lock().unwrap().clone();
+        status.in_flight = self.in_flight.load(Ordering::SeqCst);
+        status
+    }
+
+    fn touch(&self) {
+        *self.last_activity.lock().unwrap() = Instant::now();
+        self.status.lock().unwrap().last_activity = Some(Utc::now());
+    }
+
+    fn set_phase(&self, phase: Phase, message: Option<String>) {
+        let mut status = self.status.lock().unwrap();
+        if status.phase != phase {
+            info!(from = status.status, to = phase.as_api_str(), message = message.as_deref().unwrap_or(""), "phase changed");
+        }
+        status.phase = phase;
+        status.status = phase.as_api_str();
+        status.message = message;
+    }
+
+    /// A lease on a running instance, starting one if needed. Concurrent callers
+    /// share one start; callers that arrive during a stop wait for it to finish.
+    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, ServerError> {
+        let workload = self.workload();
+        if workload.desired_state == DesiredState::Disabled {
+            return Err(ServerError::Disabled(self.name.clone()));
+        }
+        let wait = workload.timeouts.startup + workload.timeouts.request + self.settings.stop_grace + Duration::from_secs(5);
+        let mut lifecycle = tokio::time::timeout(wait, self.lifecycle.lock())
+            .await
+            .map_err(|_| ServerError::StartupTimeout {
+                server: self.name.clone(),
+                timeout: wait,
+            })?;
+        match &*lifecycle {
+            Lifecycle::Removed => return Err(ServerError::Removed(self.name.clone())),
+            Lifecycle::Running(instance) if instance.bridge.closed_reason().is_none() => {
+                return Ok(self.lease(instance.clone()));
+            }
+            Lifecycle::Running(instance) => {
+                let reason = instance.bridge.closed_reason().unwrap_or_default();
+                self.record_crash(&mut lifecycle, &reason);
+            }
+            Lifecycle::Failed { reason, retry_at, .. } if Instant::now() < *retry_at => {
+                return Err(ServerError::StartFailed {
+                    server: self.name.clone(),
+                    reason: reason.clone(),
+                    retry_in: *retry_at - Instant::now(),
+                });
+            }
+            _ => {}
+        }
+        let instance = self.start_locked(&mut lifecycle, &workload).await?;
+        Ok(self.lease(instance))
+    }
+
+    fn lease(self: &Arc<Self>, instance: Arc<Instance>) -> Lease {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        Lease {
+            server: self.clone(),
+            instance,
+        }
+    }
+
+    async fn start_locked(
+        self: &Arc<Self>,
+        lifecycle: &mut Lifecycle,
+        workload: &Arc<Workload>,
+    ) -> Result<Arc<Instance>, ServerError> {
+        let previous_failures = match lifecycle {
+            Lifecycle::Failed { failures, .. } => *failures,
+            _ => 0,
+        };
+        self.set_phase(Phase::Starting, None);
+        let began = Instant::now();
+        let timeout = workload.timeouts.startup;
+        let outcome = match tokio::time::timeout(timeout, self.start_instance(workload)).await {
+            Ok(Ok(instance)) => Ok(instance),
+            Ok(Err(reason)) => Err(ServerError::StartFailed {
+                server: self.name.clone(),
+                reason,
+                retry_in: backoff(previous_failures + 1),
+            }),
+            Err(_) => Err(ServerError::StartupTimeout {
+                server: self.name.clone(),
+                timeout,
+            }),
+        };
+        match outcome {
+            Ok(instance) => {
+                let cold_start = began.elapsed();
+                info!(container = %instance.container_id, cold_start_ms = cold_start.as_millis() as u64, "started");
+                {
+                    let mut status = self.status.lock().unwrap();
+                    if status.starts > 0 {
+                        status.restart_count += 1;
+                    }
+                    status.starts += 1;
+                    status.container_id = Some(instance.container_id.clone());
+                    status.started_at = Some(instance.started_at);
+                    status.server_info = instance.initialize_result.get("serverInfo").cloned();
+                    status.last_cold_start_ms = Some(cold_start.as_millis() as u64);
+                }
+                self.set_phase(Phase::Running, None);
+                *lifecycle = Lifecycle::Running(instance.clone());
+                Ok(instance)
+            }
+            Err(error) => {
+                let failures = previous_failures + 1;
+                let retry_in = backoff(failures);
+                let reason = match &error {
+                    ServerError::StartFailed { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                warn!(%reason, failures, retry_in_s = retry_in.as_secs(), "start failed");
+                self.status.lock().unwrap().start_failures += 1;
+                self.set_phase(Phase::Failed, Some(error.to_string()));
+                // Leave nothing half-started behind (e.g. a container that never answered).
+                if let Err(e) = self.runtime.stop(&self.key, Duration::ZERO).await {
+                    warn!(error = %e, "cleaning up after a failed start");
+                }
+                *lifecycle = Lifecycle::Failed {
+                    reason,
+                    retry_at: Instant::now() + retry_in,
+                    failures,
+                };
+                Err(error)
+            }
+        }
+    }
+
+    /// Starts the container, attaches, and performs the MCP `initialize` handshake.
+    async fn start_instance(self: &Arc<Self>, workload: &Workload) -> Result<Arc<Instance>, String> {
+        let attached = self
+            .runtime
+            .start(&self.key, workload)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let bridge = StdioBridge::spawn(
+            &self.name,
+            attached.output,
+            attached.stdin,
+            events_tx,
+            self.settings.max_message_bytes,
+        );
+        tokio::spawn(answer_server_requests(events, bridge.clone()).in_current_span());
+        let initialize = json!({
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {
+                "protocolVersion": LATEST_PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "mcpod", "version": env!("CARGO_PKG_VERSION")},
+            }
+        });
+        let response = match bridge.request(initialize, workload.timeouts.startup).await {
+            Ok(response) => response,
+            Err(BridgeError::Closed(reason)) => {
+                let why = self.runtime.exit_reason(&self.key).await.unwrap_or(reason);
+                return Err(format!("container {why}"));
+            }
+            Err(BridgeError::Timeout(after)) => {
+                return Err(format!("no reply to initialize within {after:?}"));
+            }
+        };
+        let Some(result) = response.get("result").cloned() else {
+            return Err(format!("initialize was refused: {}", response["error"]));
+        };
+        bridge.notify(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        let instance = Arc::new(Instance {
+            container_id: attached.container_id,
+            bridge,
+            initialize_result: result,
+            started_at: Utc::now(),
+        });
+        tokio::spawn(self.clone().watch_for_crash(instance.clone()).in_current_span());
+        Ok(instance)
+    }
+
+    /// Marks the server when its container dies on its own (not stopped by mcpod).
+    async fn watch_for_crash(self: Arc<Self>, instance: Arc<Instance>) {
+        let reason = instance.bridge.closed().await;
+        let mut lifecycle = self.lifecycle.lock().await;
+        if matches!(&*lifecycle, Lifecycle::Running(current) if Arc::ptr_eq(current, &instance)) {
+            self.record_crash(&mut lifecycle, &reason);
+        }
+    }
+
+    fn record_crash(&self, lifecycle: &mut Lifecycle, reason: &str) {
+        warn!(%reason, "server exited unexpectedly; the next request starts a new instance");
+        self.set_phase(Phase::Failed, Some(format!("exited unexpectedly: {reason}")));
+        *lifecycle = Lifecycle::Stopped;
+    }
+
+    /// Stops the server; with `drain`, first waits (up to the request timeout)
+    /// for requests in flight to be answered.
+    pub async fn stop(&self, reason: &str, drain: bool) {
+        let mut lifecycle = self.lifecycle.lock().await;
+        if drain {
+            let deadline = Instant::now() + self.workload().timeouts.request;
+            while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        self.stop_locked(&mut lifecycle, reason).await;
+    }
+
+    async fn stop_locked(&self, lifecycle: &mut Lifecycle, reason: &str) {
+        let Lifecycle::Running(instance) = &*lifecycle else {
+            if let Lifecycle::Failed { .. } = lifecycle {
+                *lifecycle = Lifecycle::Stopped;
+                self.set_phase(Phase::Stopped, Some(format!("stopped: {reason}")));
+            }
+            return;
+        };
+        let instance = instance.clone();
+        self.set_phase(Phase::Stopping, Some(reason.to_string()));
+        // MCP stdio shutdown: close stdin, give the server a moment, then SIGTERM, SIGKILL.
+        instance.bridge.close_stdin();
+        let result = self.runtime.stop(&self.key, self.settings.stop_grace).await;
+        *lifecycle = Lifecycle::Stopped;
+        self.status.lock().unwrap().stops += 1;
+        match result {
+            Ok(()) => {
+                info!(reason, "stopped");
+                self.set_phase(Phase::Stopped, Some(format!("stopped: {reason}")));
+            }
+            Err(e) => {
+                warn!(error = %e, "stop failed");
+                self.set_phase(Phase::Failed, Some(format!("stop failed: {e}")));
+            }
+        }
+    }
+
+    /// Stops the server for good and removes its container; waiting requests get an error.
+    pub async fn remove(&self) {
+        let mut lifecycle = self.lifecycle.lock().await;
+        self.stop_locked(&mut lifecycle, "removed").await;
+        if let Err(e) = self.runtime.remove(&self.key).await {
+            warn!(error = %e, "removing the container failed");
+        }
+        *lifecycle = Lifecycle::Removed;
+    }
+
+    /// Takes a new spec. A running container whose shape changed is drained and
+    /// stopped, so the next start uses the new spec; a failed server retries at once.
+    pub async fn update(&self, workload: Workload) {
+        let changed_shape = self.workload().spec_hash != workload.spec_hash;
+        {
+            let mut status = self.status.lock().unwrap();
+            status.image = workload.image.clone();
+            status.desired_state = workload.desired_state;
+        }
+        *self.workload.write().unwrap() = Arc::new(workload);
+        let mut lifecycle = self.lifecycle.lock().await;
+        if let Lifecycle::Failed { retry_at, .. } = &mut *lifecycle {
+            *retry_at = Instant::now();
+        }
+        drop(lifecycle);
+        if changed_shape {
+            self.stop("spec changed", true).await;
+        }
+    }
+
+    /// Restarts a container found running when mcpod started: its MCP session
+    /// cannot be resumed, so it gets a clean start and a fresh `initialize`.
+    pub async fn adopt_running(self: &Arc<Self>) {
+        info!("adopting a running container: restarting it cleanly");
+        match self.acquire().await {
+            Ok(lease) => drop(lease),
+            Err(e) => warn!(error = %e, "restart of an adopted container failed"),
+        }
+    }
+
+    /// The running instance, without starting one or waiting for a start.
+    pub fn running_instance(&self) -> Option<Arc<Instance>> {
+        match &*self.lifecycle.try_lock().ok()? {
+            Lifecycle::Running(instance) if instance.bridge.closed_reason().is_none() => Some(instance.clone()),
+            _ => None,
+        }
+    }
+
+    fn idle_for(&self, instance: &Instance) -> Duration {
+        let last = (*self.last_activity.lock().unwrap()).max(instance.bridge.last_activity());
+        last.elapsed()
+    }
+
+    /// Background duty: stop when idle, keep AlwaysOn servers up, Disabled ones down.
+    async fn supervise(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.settings.idle_check_interval).await;
+            if Arc::strong_count(&self) == 1 {
+                return; // nobody holds this server any more
+            }
+            let workload = self.workload();
+            match workload.desired_state {
+                DesiredState::AlwaysOn => self.keep_running().await,
+                DesiredState::Disabled => self.stop("disabled", false).await,
+                DesiredState::OnDemand => {
+                    if let Some(idle) = workload.timeouts.idle {
+                        self.stop_if_idle(idle).await;
+                    }
+                }
+            }
+            if matches!(*self.lifecycle.lock().await, Lifecycle::Removed) {
+                return;
+            }
+        }
+    }
+
+    async fn keep_running(self: &Arc<Self>) {
+        let due = match &*self.lifecycle.lock().await {
+            Lifecycle::Running(instance) => instance.bridge.closed_reason().is_some(),
+            Lifecycle::Failed { retry_at, .. } => Instant::now() >= *retry_at,
+            Lifecycle::Stopped => true,
+            Lifecycle::Removed => false,
+        };
+        if due {
+            let _ = self.acquire().await;
+        }
+    }
+
+    /// The idle check and the stop are one decision under the lifecycle lock.
+    async fn stop_if_idle(&self, idle_timeout: Duration) {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        let Ok(mut lifecycle) = self.lifecycle.try_lock() else {
+            return; // a start or stop is under way
+        };
+        let Lifecycle::Running(instance) = &*lifecycle else {
+            return;
+        };
+        let idle = self.idle_for(instance);
+        let busy = self.in_flight.load(Ordering::SeqCst) > 0 || instance.bridge.pending() > 0;
+        if busy || idle < idle_timeout {
+            return;
+        }
+        let reason = format!("idle for {}", crate::duration::format(Duration::from_secs(idle.as_secs())));
+        self.stop_locked(&mut lifecycle, &reason).await;
+    }
+}
+
+/// Answers requests the server makes of its client while no client session can:
+/// `ping` is answered by mcpod itself; anything else gets "method not found" at once.
+async fn answer_server_requests(mut events: mpsc::UnboundedReceiver<ServerMessage>, bridge: StdioBridge) {
+    while let Some(message) = events.recv().await {
+        match message {
+            ServerMessage::Request(request) => {
+                let id = jsonrpc::id(&request);
+                let reply = match jsonrpc::method(&request) {
+                    Some("ping") => jsonrpc::result(id, json!({})),
+                    method => jsonrpc::error(
+                        id,
+                        jsonrpc::METHOD_NOT_FOUND,
+                        format!("mcpod: no client session can answer {}", method.unwrap_or("?")),
+                    ),
+                };
+                bridge.notify(reply);
+            }
+            ServerMessage::Notification(notification) => {
+                tracing::debug!(method = jsonrpc::method(&notification).unwrap_or(""), "server notification");
+            }
+        }
+    }
+}
+
+/// Exponential backoff after failed starts: 1 s, 2 s, 4 s … capped at 5 minutes.
+fn backoff(failures: u32) -> Duration {
+    let seconds = 1u64 << failures.saturating_sub(1).min(16);
+    Duration::from_secs(seconds).min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn errors_map_to_http_statuses() {
+        let crashed = ServerError::Crashed { server: "s".into(), reason: "exit 1".into() };
+        assert_eq!(crashed.http_status(), 502);
+        assert_eq!(crashed.jsonrpc_code(), jsonrpc::SERVER_CRASHED);
+        let timeout = ServerError::RequestTimeout { server: "s".into(), timeout: Duration::from_secs(1) };
+        assert_eq!(timeout.http_status(), 504);
+        let failed = ServerError::StartFailed { server: "s".into(), reason: "image missing".into(), retry_in: Duration::from_secs(4) };
+        assert_eq!(failed.http_status(), 503);
+        assert_eq!(failed.retry_after(), Some(Duration::from_secs(4)));
+        assert!(failed.to_string().contains("image missing"));
+    }
+}
