@@ -86,7 +86,7 @@ impl StdioBridge {
         });
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
         let (closed_tx, closed) = watch::channel(None);
-        let span = tracing::info_span!("stdio", server = %server);
+        let span = tracing::info_span!(parent: None, "stdio", server = %server);
         tokio::spawn(write_loop(stdin, outbound_rx).instrument(span.clone()));
         tokio::spawn(
             read_loop(output, shared.clone(), events, closed_tx, max_message_bytes).instrument(span),

@@ -17,6 +17,7 @@ use podman_api::conn::TtyChunk;
 use podman_api::opts::{ContainerAttachOpts, ContainerDeleteOpts, ContainerLogsOpts, ContainerStopOpts};
 use podman_api::Podman;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use tokio::process::{Child, Command};
 use tokio_util::compat::FuturesAsyncWriteCompatExt;
 use tracing::{debug, info, warn};
@@ -113,13 +114,12 @@ impl PodmanRuntime {
         Ok(())
     }
 
-    async fn create(&self, key: &str, workload: &Workload) -> Result<String> {
+    async fn create(&self, spec: &Value, workload: &Workload) -> Result<String> {
         self.ensure_image(workload).await?;
-        let name = self.container_name(key);
-        let spec = create_spec(&name, key, &self.instance, workload);
+        let name = spec["name"].as_str().unwrap_or_default();
         let (status, body) = self
             .libpod
-            .request("POST", "/containers/create", Some(&spec))
+            .request("POST", "/containers/create", Some(spec))
             .await?;
         if status != 201 {
             return Err(Error::Runtime(format!(
@@ -137,6 +137,8 @@ impl PodmanRuntime {
     /// the existing one when its spec hash matches, else a new one.
     async fn container_for(&self, key: &str, workload: &Workload) -> Result<String> {
         let name = self.container_name(key);
+        let spec = create_spec(&name, key, &self.instance, workload);
+        let wanted_hash = spec["labels"][LABEL_SPEC_HASH].as_str().unwrap_or_default();
         if let Some(existing) = self.inspect(&name).await? {
             let hash = existing
                 .pointer(&format!("/Config/Labels/{}", LABEL_SPEC_HASH.replace('/', "~1")))
@@ -146,7 +148,7 @@ impl PodmanRuntime {
                 .pointer("/State/Running")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-            if hash == workload.spec_hash {
+            if hash == wanted_hash {
                 if running {
                     info!(container = %name, "restarting adopted container: its MCP session cannot be resumed");
                     self.stop(key, Duration::ZERO).await?;
@@ -154,10 +156,10 @@ impl PodmanRuntime {
                 let id = existing.get("Id").and_then(Value::as_str).unwrap_or(&name);
                 return Ok(id.to_string());
             }
-            info!(container = %name, old = hash, new = %workload.spec_hash, "spec changed: replacing container");
+            info!(container = %name, old = hash, new = wanted_hash, "spec changed: replacing container");
             self.remove(key).await?;
         }
-        self.create(key, workload).await
+        self.create(&spec, workload).await
     }
 }
 
@@ -369,7 +371,6 @@ pub fn create_spec(name: &str, key: &str, instance: &str, workload: &Workload) -
         "labels": {
             LABEL_MANAGED_BY: MANAGED_BY,
             LABEL_SERVER: workload.name,
-            LABEL_SPEC_HASH: workload.spec_hash,
             LABEL_INSTANCE: instance,
             "mcpod.dev/key": key,
         },
@@ -390,8 +391,8 @@ pub fn create_spec(name: &str, key: &str, instance: &str, workload: &Workload) -
             "cpu": {"quota": workload.cpu_millis * 100, "period": 100_000},
         },
         "r_limits": [
-            {"type": "RLIMIT_NOFILE", "soft": NOFILE_LIMIT, "hard": NOFILE_LIMIT},
-            {"type": "RLIMIT_NPROC", "soft": NPROC_LIMIT, "hard": NPROC_LIMIT},
+            {"type": "nofile", "soft": NOFILE_LIMIT, "hard": NOFILE_LIMIT},
+            {"type": "nproc", "soft": NPROC_LIMIT, "hard": NPROC_LIMIT},
         ],
         "stop_timeout": TERM_GRACE_SECS,
     });
@@ -405,6 +406,11 @@ pub fn create_spec(name: &str, key: &str, instance: &str, workload: &Workload) -
     if let Some(dir) = &workload.working_dir {
         spec["work_dir"] = json!(dir);
     }
+    // The hash covers the whole create spec, so a change in what mcpod itself
+    // asks of Podman (not only in the MCPServer) also replaces old containers.
+    let digest = Sha256::digest(spec.to_string().as_bytes());
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    spec["labels"][LABEL_SPEC_HASH] = json!(hash);
     spec
 }
 
@@ -587,7 +593,10 @@ mod tests {
         assert_eq!(spec["init"], true);
         assert_eq!(spec["labels"][LABEL_MANAGED_BY], "mcpod");
         assert_eq!(spec["labels"][LABEL_SERVER], "time");
-        assert_eq!(spec["labels"][LABEL_SPEC_HASH], w.spec_hash.as_str());
+        assert_eq!(spec["labels"][LABEL_SPEC_HASH].as_str().unwrap().len(), 16);
+        let other = workload("image: localhost/mcpod/time:latest\nresources: {limits: {memory: 128Mi}}");
+        let other_spec = create_spec("mcpod-time", "time", "default", &other);
+        assert_ne!(spec["labels"][LABEL_SPEC_HASH], other_spec["labels"][LABEL_SPEC_HASH]);
         assert_eq!(spec["mounts"][0]["destination"], "/tmp");
         assert_eq!(spec["mounts"][0]["type"], "tmpfs");
     }
