@@ -1,0 +1,244 @@
+//! Test harness: runs the real `mcpod` binary against real Podman, each test
+//! under its own instance name so tests never touch each other's containers.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const FIXTURE_IMAGE: &str = "localhost/mcpod-test/fixture:latest";
+pub const TIME_IMAGE: &str = "localhost/mcpod/time:latest";
+
+/// One Podman service per test binary, shared by its tests; it exits by itself when idle.
+pub fn podman_socket() -> &'static Path {
+    static SOCKET: OnceLock<PathBuf> = OnceLock::new();
+    SOCKET.get_or_init(|| {
+        let socket = std::env::temp_dir().join(format!("mcpod-test-podman-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        Command::new("podman")
+            .args(["system", "service", "--time=120"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("podman must be installed (make setup)");
+        wait_until(Duration::from_secs(20), "podman service socket", || socket.exists());
+        socket
+    })
+}
+
+pub fn unique_instance() -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!("t{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Polls `check` every 50 ms until it holds; panics with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub async fn wait_for(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An MCPServer manifest.
+pub fn manifest(name: &str, image: &str, extra_spec: &str) -> String {
+    let mut text = format!(
+        "apiVersion: mcpod.dev/v1alpha1\nkind: MCPServer\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n"
+    );
+    for line in extra_spec.lines().filter(|l| !l.trim().is_empty()) {
+        text.push_str(&format!("  {line}\n"));
+    }
+    text
+}
+
+pub struct Mcpod {
+    child: Option<Child>,
+    pub url: String,
+    pub instance: String,
+    pub manifests: tempfile::TempDir,
+    pub data: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pub log: PathBuf,
+}
+
+impl Mcpod {
+    /// Starts mcpod serving `files` (name → YAML) with extra CLI args.
+    pub fn start(files: &[(&str, String)], args: &[&str]) -> Mcpod {
+        let manifests = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(manifests.path().join(name), text).unwrap();
+        }
+        let data = tempfile::tempdir().unwrap();
+        Self::start_in(manifests, data, &unique_instance(), args)
+    }
+
+    pub fn start_in(manifests: tempfile::TempDir, data: tempfile::TempDir, instance: &str, args: &[&str]) -> Mcpod {
+        let log = data.path().join("mcpod.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mcpod"))
+            .arg("serve")
+            .arg("--manifests")
+            .arg(manifests.path())
+            .args(["--listen", "127.0.0.1:0", "--instance", instance])
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(args)
+            .env("CONTAINER_HOST", format!("unix://{}", podman_socket().display()))
+            .env("RUST_LOG", "info,mcpod=debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("mcpod listening on ")
+            .unwrap_or_else(|| panic!("mcpod did not start: {line:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+            .to_string();
+        Mcpod {
+            child: Some(child),
+            url,
+            instance: instance.to_string(),
+            manifests,
+            data,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap(),
+            log,
+        }
+    }
+
+    pub fn container(&self, server: &str) -> String {
+        format!("mcpod-{}-{server}", self.instance)
+    }
+
+    /// POSTs one JSON-RPC message (or raw text) to `/mcp/{server}`.
+    pub async fn mcp(&self, server: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/mcp/{server}", self.url))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn call_tool(&self, server: &str, id: Value, tool: &str, arguments: Value) -> (u16, Value) {
+        let request = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":arguments}});
+        self.mcp(server, request.to_string()).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(format!("{}{path}", self.url)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str) -> (u16, Value) {
+        let response = self.http.post(format!("{}{path}", self.url)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn status(&self, server: &str) -> Value {
+        self.get(&format!("/servers/{server}")).await.1
+    }
+
+    pub async fn wait_status(&self, server: &str, wanted: &str, limit: Duration) -> Value {
+        let mut last = Value::Null;
+        wait_for(limit, &format!("{server} to be {wanted}"), async || {
+            last = self.status(server).await;
+            last["status"] == wanted
+        })
+        .await;
+        last
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills mcpod without letting it clean up, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops mcpod gracefully (SIGTERM) and waits for it.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Hands the manifests and data directories over, for a restarted mcpod.
+    pub fn into_dirs(mut self) -> (tempfile::TempDir, tempfile::TempDir, String) {
+        self.kill();
+        let manifests = std::mem::replace(&mut self.manifests, tempfile::tempdir().unwrap());
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
+        let instance = std::mem::replace(&mut self.instance, unique_instance());
+        (manifests, data, instance)
+    }
+}
+
+impl Drop for Mcpod {
+    fn drop(&mut self) {
+        self.terminate();
+        remove_instance_containers(&self.instance);
+        if std::thread::panicking() {
+            eprintln!("---- mcpod log ----\n{}", self.logs());
+        }
+    }
+}
+
+pub fn remove_instance_containers(instance: &str) {
+    let _ = Command::new("podman")
+        .args(["rm", "-f", "-t", "0", "--filter", &format!("label=mcpod.dev/instance={instance}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// `podman inspect` of one container, or None when it does not exist.
+pub fn inspect(container: &str) -> Option<Value> {
+    let output = Command::new("podman").args(["inspect", container]).output().unwrap();
+    if !output.status.success() {
+        return None;
+    }
+    let list: Value = serde_json::from_slice(&output.stdout).unwrap();
+    list.get(0).cloned()
+}
+
+/// Containers of one mcpod instance, by name.
+pub fn containers_of(instance: &str) -> Vec<String> {
+    let output = Command::new("podman")
+        .args(["ps", "-a", "--format", "{{.Names}}", "--filter", &format!("label=mcpod.dev/instance={instance}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect()
+}
+
+pub fn text_of(response: &Value) -> String {
+    response["result"]["content"][0]["text"].as_str().unwrap_or_default().to_string()
+}
