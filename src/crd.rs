@@ -10,6 +10,8 @@ pub const GROUP: &str = "mcpod.dev";
 pub const DEFAULT_USER: i64 = 65534;
 
 /// Spec of one MCP server.
+// Several `printcolumn(...)` entries repeat `type_ = ...`, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "mcpod.dev",
@@ -27,7 +29,11 @@ pub const DEFAULT_USER: i64 = 65534;
         type_ = "date",
         json_path = ".status.lastActivity"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MCPServerSpec {

@@ -33,7 +33,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            other => return Err(format!("'{text}': unknown unit '{other}' (use ms, s, m or h)")),
+            other => {
+                return Err(format!(
+                    "'{text}': unknown unit '{other}' (use ms, s, m or h)"
+                ))
+            }
         };
         total += Duration::from_secs_f64(value * unit_seconds);
         rest = &rest[unit_len..];
@@ -44,7 +48,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 /// Formats a duration the way [`parse`] reads it back (`1m30s`, `250ms`).
 pub fn format(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 1000 != 0 {
+    if !millis.is_multiple_of(1000) {
         return format!("{millis}ms");
     }
     let seconds = duration.as_secs();

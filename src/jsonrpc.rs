@@ -83,9 +83,18 @@ mod tests {
     #[test]
     fn rejects_what_is_not_json_rpc() {
         assert_eq!(classify(&json!({"id":1,"method":"x"})), None);
-        assert_eq!(classify(&json!({"jsonrpc":"1.0","id":1,"method":"x"})), None);
-        assert_eq!(classify(&json!({"jsonrpc":"2.0","id":null,"method":"x"})), None);
-        assert_eq!(classify(&json!({"jsonrpc":"2.0","id":1.5,"method":"x"})), None);
+        assert_eq!(
+            classify(&json!({"jsonrpc":"1.0","id":1,"method":"x"})),
+            None
+        );
+        assert_eq!(
+            classify(&json!({"jsonrpc":"2.0","id":null,"method":"x"})),
+            None
+        );
+        assert_eq!(
+            classify(&json!({"jsonrpc":"2.0","id":1.5,"method":"x"})),
+            None
+        );
         assert_eq!(classify(&json!({"jsonrpc":"2.0","id":1,"method":7})), None);
         assert_eq!(classify(&json!({"jsonrpc":"2.0","id":1})), None);
         assert_eq!(classify(&json!([1, 2])), None);

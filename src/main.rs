@@ -16,7 +16,11 @@ use mcpod::workload::Defaults;
 use mcpod::{crd, duration};
 
 #[derive(Parser)]
-#[command(name = "mcpod", version, about = "Runs MCP servers as containers, on demand")]
+#[command(
+    name = "mcpod",
+    version,
+    about = "Runs MCP servers as containers, on demand"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve every MCPServer in a directory of YAML files from local Podman.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the MCPServer CustomResourceDefinition as YAML.
     Crd,
 }
@@ -78,8 +82,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -90,7 +93,7 @@ async fn main() {
             print!("{}", crd::crd_yaml());
             Ok(())
         }
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
     };
     if let Err(e) = result {
         error!("{e}");
@@ -142,7 +145,11 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
     }
     reconciler.reload(&args.manifests).await;
     reconciler.adopt().await;
-    tokio::spawn(reconciler.clone().watch(args.manifests.clone(), Duration::from_secs(1)));
+    tokio::spawn(
+        reconciler
+            .clone()
+            .watch(args.manifests.clone(), Duration::from_secs(1)),
+    );
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

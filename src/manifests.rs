@@ -35,10 +35,12 @@ pub fn load_dir(dir: &Path) -> Result<Manifests> {
     let mut manifests = Manifests::default();
     for file in yaml_files(dir)? {
         match load_file(&file) {
-            Ok(servers) => manifests.servers.extend(servers.into_iter().map(|server| Loaded {
-                file: file.clone(),
-                server,
-            })),
+            Ok(servers) => manifests
+                .servers
+                .extend(servers.into_iter().map(|server| Loaded {
+                    file: file.clone(),
+                    server,
+                })),
             Err(e) => {
                 manifests.broken_files.insert(file, e.to_string());
             }
@@ -118,8 +120,8 @@ pub fn parse(text: &str) -> std::result::Result<Vec<MCPServer>, String> {
                 kind.unwrap_or("(no kind)")
             ));
         }
-        let server: MCPServer = serde_yaml::from_value(value)
-            .map_err(|e| format!("document {}: {e}", index + 1))?;
+        let server: MCPServer =
+            serde_yaml::from_value(value).map_err(|e| format!("document {}: {e}", index + 1))?;
         if server.metadata.name.as_deref().unwrap_or("").is_empty() {
             return Err(format!("document {}: metadata.name is required", index + 1));
         }
@@ -150,9 +152,15 @@ mod tests {
 
     #[test]
     fn multi_document_files() {
-        let text = format!("{TIME}---\n{}\n---\n", TIME.replace("name: time", "name: other"));
+        let text = format!(
+            "{TIME}---\n{}\n---\n",
+            TIME.replace("name: time", "name: other")
+        );
         let servers = parse(&text).unwrap();
-        let names: Vec<_> = servers.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
+        let names: Vec<_> = servers
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect();
         assert_eq!(names, ["time", "other"]);
     }
 
@@ -162,10 +170,18 @@ mod tests {
         assert!(err.starts_with("document 2:"), "{err}");
         assert!(err.contains("imag"), "{err}");
         let err = parse("kind: Pod\napiVersion: v1\n").unwrap_err();
-        assert!(err.contains("expected apiVersion: mcpod.dev/v1alpha1"), "{err}");
+        assert!(
+            err.contains("expected apiVersion: mcpod.dev/v1alpha1"),
+            "{err}"
+        );
         let err = parse("a: [unclosed").unwrap_err();
         assert!(err.contains("invalid YAML"), "{err}");
-        let err = parse(&TIME.replace("idle", "x").replace("spec: {", "spec: {idleTimout: 5s, ")).unwrap_err();
+        let err = parse(
+            &TIME
+                .replace("idle", "x")
+                .replace("spec: {", "spec: {idleTimout: 5s, "),
+        )
+        .unwrap_err();
         assert!(err.contains("unknown field `idleTimout`"), "{err}");
     }
 
@@ -182,5 +198,31 @@ mod tests {
         let duplicate = &manifests.broken_files[&dir.path().join("c.yml")];
         assert!(duplicate.contains("already declared in"), "{duplicate}");
         assert!(manifests.broken_files[&dir.path().join("b.yaml")].contains("b.yaml"));
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use crate::workload::{Defaults, Target, Workload};
+
+    /// Every shipped example loads and resolves, and is set up as the original system has it.
+    #[test]
+    fn examples_are_valid_and_keep_the_original_settings() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let manifests = super::load_dir(&dir).unwrap();
+        assert!(manifests.broken_files.is_empty(), "{:?}", manifests.broken_files);
+        let mut names = vec![];
+        for loaded in &manifests.servers {
+            let name = loaded.server.metadata.name.clone().unwrap();
+            let workload = Workload::resolve(&name, &loaded.server.spec, &Defaults::default(), Target::Podman).unwrap();
+            assert_eq!(workload.memory_bytes, 512 * 1024 * 1024, "{name}");
+            assert_eq!(workload.cpu_millis, 1000, "{name}");
+            assert_eq!(workload.timeouts.idle, Some(std::time::Duration::from_secs(300)), "{name}");
+            let networked = workload.network != crate::crd::NetworkMode::None;
+            assert_eq!(networked, name == "fetch", "only fetch has network egress ({name})");
+            names.push(name);
+        }
+        names.sort();
+        assert_eq!(names, ["everything", "fetch", "filesystem", "git", "memory", "sequentialthinking", "time"]);
     }
 }

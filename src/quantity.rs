@@ -42,7 +42,7 @@ pub fn parse_cpu_millis(text: &str) -> Result<u64, String> {
         None => text.parse::<f64>().map(|cores| cores * 1000.0),
     }
     .map_err(|_| format!("'{text}' is not a CPU quantity (e.g. 1, 0.5, 500m)"))?;
-    if !(millis >= 1.0) {
+    if millis.is_nan() || millis < 1.0 {
         return Err(format!("'{text}' must be at least 1m"));
     }
     Ok(millis.round() as u64)
@@ -58,7 +58,9 @@ mod tests {
         assert_eq!(parse_memory("1Gi"), Ok(1 << 30));
         assert_eq!(parse_memory("512M"), Ok(512_000_000));
         assert_eq!(parse_memory("1.5Gi"), Ok(3 << 29));
-        assert!(parse_memory("512MB").unwrap_err().contains("unknown suffix 'MB'"));
+        assert!(parse_memory("512MB")
+            .unwrap_err()
+            .contains("unknown suffix 'MB'"));
         assert!(parse_memory("lots").is_err());
         assert!(parse_memory("1Ki").unwrap_err().contains("below"));
     }

@@ -41,11 +41,20 @@ impl Reconciler {
     }
 
     pub fn server(&self, name: &str) -> Option<Arc<Server>> {
-        self.servers.read().unwrap().get(name).map(|e| e.server.clone())
+        self.servers
+            .read()
+            .unwrap()
+            .get(name)
+            .map(|e| e.server.clone())
     }
 
     pub fn servers(&self) -> Vec<Arc<Server>> {
-        self.servers.read().unwrap().values().map(|e| e.server.clone()).collect()
+        self.servers
+            .read()
+            .unwrap()
+            .values()
+            .map(|e| e.server.clone())
+            .collect()
     }
 
     pub fn problems(&self) -> Vec<String> {
@@ -60,15 +69,17 @@ impl Reconciler {
         for loaded in manifests.servers {
             let name = loaded.server.metadata.name.clone().unwrap_or_default();
             declared.insert(name.clone());
-            let workload = match Workload::resolve(&name, &loaded.server.spec, &self.defaults, Target::Podman) {
-                Ok(workload) => workload,
-                Err(e) => {
-                    let problem = format!("{}: {e}", loaded.file.display());
-                    error!("{problem}");
-                    problems.push(problem);
-                    continue;
-                }
-            };
+            let workload =
+                match Workload::resolve(&name, &loaded.server.spec, &self.defaults, Target::Podman)
+                {
+                    Ok(workload) => workload,
+                    Err(e) => {
+                        let problem = format!("{}: {e}", loaded.file.display());
+                        error!("{problem}");
+                        problems.push(problem);
+                        continue;
+                    }
+                };
             let existing = self.server(&name);
             match existing {
                 Some(server) if *server.workload() == workload => {}
@@ -78,8 +89,15 @@ impl Reconciler {
                 }
                 None => {
                     info!(server = %name, file = %loaded.file.display(), "declared");
-                    let server = Server::new(&name, workload, self.runtime.clone(), self.settings.clone());
-                    self.servers.write().unwrap().insert(name, Entry { server, file: loaded.file });
+                    let server =
+                        Server::new(&name, workload, self.runtime.clone(), self.settings.clone());
+                    self.servers.write().unwrap().insert(
+                        name,
+                        Entry {
+                            server,
+                            file: loaded.file,
+                        },
+                    );
                 }
             }
         }
@@ -156,6 +174,7 @@ impl Reconciler {
     /// Stops every server (mcpod is shutting down); containers stay for adoption.
     pub async fn shutdown(&self) {
         let servers = self.servers();
-        futures::future::join_all(servers.iter().map(|s| s.stop("mcpod shutting down", true))).await;
+        futures::future::join_all(servers.iter().map(|s| s.stop("mcpod shutting down", true)))
+            .await;
     }
 }

@@ -63,16 +63,23 @@ pub fn routes(
         .and(warp::get())
         .and(with_state.clone())
         .map(|state: State| {
-            let statuses: Vec<_> = state.reconciler.servers().iter().map(|s| s.status()).collect();
+            let statuses: Vec<_> = state
+                .reconciler
+                .servers()
+                .iter()
+                .map(|s| s.status())
+                .collect();
             json_reply(StatusCode::OK, &json!(statuses))
         });
     let show = warp::path!("servers" / String)
         .and(warp::get())
         .and(with_state.clone())
-        .map(|name: String, state: State| match state.reconciler.server(&name) {
-            Some(server) => json_reply(StatusCode::OK, &json!(server.status())),
-            None => unknown_server(&name),
-        });
+        .map(
+            |name: String, state: State| match state.reconciler.server(&name) {
+                Some(server) => json_reply(StatusCode::OK, &json!(server.status())),
+                None => unknown_server(&name),
+            },
+        );
     let start = warp::path!("servers" / String / "start")
         .and(warp::post())
         .and(with_state.clone())
@@ -130,9 +137,15 @@ async fn start_server(name: String, state: State) -> HttpResponse {
     match server.acquire().await {
         Ok(lease) => {
             drop(lease);
-            json_reply(StatusCode::OK, &json!({"success": true, "message": "Server started"}))
+            json_reply(
+                StatusCode::OK,
+                &json!({"success": true, "message": "Server started"}),
+            )
         }
-        Err(e) => json_reply(status_of(&e), &json!({"success": false, "message": e.to_string()})),
+        Err(e) => json_reply(
+            status_of(&e),
+            &json!({"success": false, "message": e.to_string()}),
+        ),
     }
 }
 
@@ -141,7 +154,10 @@ async fn stop_server(name: String, state: State) -> HttpResponse {
         return unknown_server(&name);
     };
     server.stop("stopped through the API", true).await;
-    json_reply(StatusCode::OK, &json!({"success": true, "message": "Server stopped"}))
+    json_reply(
+        StatusCode::OK,
+        &json!({"success": true, "message": "Server stopped"}),
+    )
 }
 
 fn status_of(error: &ServerError) -> StatusCode {
@@ -160,7 +176,11 @@ where
         let mut chunk = chunk.map_err(|e| {
             json_reply(
                 StatusCode::BAD_REQUEST,
-                &jsonrpc::error(Value::Null, jsonrpc::PARSE_ERROR, format!("reading the body failed: {e}")),
+                &jsonrpc::error(
+                    Value::Null,
+                    jsonrpc::PARSE_ERROR,
+                    format!("reading the body failed: {e}"),
+                ),
             )
         })?;
         if collected.len() + chunk.remaining() > limit {
@@ -186,7 +206,11 @@ where
     let Some(server) = state.reconciler.server(&name) else {
         return json_reply(
             StatusCode::NOT_FOUND,
-            &jsonrpc::error(Value::Null, jsonrpc::INVALID_REQUEST, format!("no MCP server named '{name}'")),
+            &jsonrpc::error(
+                Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                format!("no MCP server named '{name}'"),
+            ),
         );
     };
     let body = match read_body(body, state.config.max_body_bytes).await {
@@ -198,7 +222,11 @@ where
         Err(e) => {
             return json_reply(
                 StatusCode::BAD_REQUEST,
-                &jsonrpc::error(Value::Null, jsonrpc::PARSE_ERROR, format!("parse error: {e}")),
+                &jsonrpc::error(
+                    Value::Null,
+                    jsonrpc::PARSE_ERROR,
+                    format!("parse error: {e}"),
+                ),
             )
         }
     };
@@ -275,11 +303,17 @@ async fn handle_rejection(rejection: Rejection) -> Result<HttpResponse, Infallib
     let (status, message) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "no such endpoint".to_string())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint".to_string())
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed on this endpoint".to_string(),
+        )
     } else {
         (StatusCode::BAD_REQUEST, format!("{rejection:?}"))
     };
-    Ok(json_reply(status, &json!({"success": false, "error": status.canonical_reason(), "message": message})))
+    Ok(json_reply(
+        status,
+        &json!({"success": false, "error": status.canonical_reason(), "message": message}),
+    ))
 }
 
 #[cfg(test)]

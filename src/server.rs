@@ -84,7 +84,9 @@ impl ServerError {
     /// 503 for "not available now", 504 for timeouts, 502 for a server that died.
     pub fn http_status(&self) -> u16 {
         match self {
-            ServerError::Disabled(_) | ServerError::Removed(_) | ServerError::StartFailed { .. } => 503,
+            ServerError::Disabled(_)
+            | ServerError::Removed(_)
+            | ServerError::StartFailed { .. } => 503,
             ServerError::StartupTimeout { .. } | ServerError::RequestTimeout { .. } => 504,
             ServerError::Crashed { .. } => 502,
         }
@@ -189,7 +191,12 @@ impl Lease {
 }
 
 impl Server {
-    pub fn new(key: &str, workload: Workload, runtime: Arc<dyn Runtime>, settings: Settings) -> Arc<Server> {
+    pub fn new(
+        key: &str,
+        workload: Workload,
+        runtime: Arc<dyn Runtime>,
+        settings: Settings,
+    ) -> Arc<Server> {
         let status = Status {
             name: workload.name.clone(),
             status: Phase::Stopped.as_api_str(),
@@ -246,7 +253,12 @@ impl Server {
     fn set_phase(&self, phase: Phase, message: Option<String>) {
         let mut status = self.status.lock().unwrap();
         if status.phase != phase {
-            info!(from = status.status, to = phase.as_api_str(), message = message.as_deref().unwrap_or(""), "phase changed");
+            info!(
+                from = status.status,
+                to = phase.as_api_str(),
+                message = message.as_deref().unwrap_or(""),
+                "phase changed"
+            );
         }
         status.phase = phase;
         status.status = phase.as_api_str();
@@ -260,7 +272,10 @@ impl Server {
         if workload.desired_state == DesiredState::Disabled {
             return Err(ServerError::Disabled(self.name.clone()));
         }
-        let wait = workload.timeouts.startup + workload.timeouts.request + self.settings.stop_grace + Duration::from_secs(5);
+        let wait = workload.timeouts.startup
+            + workload.timeouts.request
+            + self.settings.stop_grace
+            + Duration::from_secs(5);
         let mut lifecycle = tokio::time::timeout(wait, self.lifecycle.lock())
             .await
             .map_err(|_| ServerError::StartupTimeout {
@@ -276,7 +291,9 @@ impl Server {
                 let reason = instance.bridge.closed_reason().unwrap_or_default();
                 self.record_crash(&mut lifecycle, &reason);
             }
-            Lifecycle::Failed { reason, retry_at, .. } if Instant::now() < *retry_at => {
+            Lifecycle::Failed {
+                reason, retry_at, ..
+            } if Instant::now() < *retry_at => {
                 return Err(ServerError::StartFailed {
                     server: self.name.clone(),
                     reason: reason.clone(),
@@ -366,7 +383,10 @@ impl Server {
     }
 
     /// Starts the container, attaches, and performs the MCP `initialize` handshake.
-    async fn start_instance(self: &Arc<Self>, workload: &Workload) -> Result<Arc<Instance>, String> {
+    async fn start_instance(
+        self: &Arc<Self>,
+        workload: &Workload,
+    ) -> Result<Arc<Instance>, String> {
         let attached = self
             .runtime
             .start(&self.key, workload)
@@ -409,7 +429,11 @@ impl Server {
             initialize_result: result,
             started_at: Utc::now(),
         });
-        tokio::spawn(self.clone().watch_for_crash(instance.clone()).in_current_span());
+        tokio::spawn(
+            self.clone()
+                .watch_for_crash(instance.clone())
+                .in_current_span(),
+        );
         Ok(instance)
     }
 
@@ -424,7 +448,10 @@ impl Server {
 
     fn record_crash(&self, lifecycle: &mut Lifecycle, reason: &str) {
         warn!(%reason, "server exited unexpectedly; the next request starts a new instance");
-        self.set_phase(Phase::Failed, Some(format!("exited unexpectedly: {reason}")));
+        self.set_phase(
+            Phase::Failed,
+            Some(format!("exited unexpectedly: {reason}")),
+        );
         *lifecycle = Lifecycle::Stopped;
     }
 
@@ -511,7 +538,9 @@ impl Server {
     /// The running instance, without starting one or waiting for a start.
     pub fn running_instance(&self) -> Option<Arc<Instance>> {
         match &*self.lifecycle.try_lock().ok()? {
-            Lifecycle::Running(instance) if instance.bridge.closed_reason().is_none() => Some(instance.clone()),
+            Lifecycle::Running(instance) if instance.bridge.closed_reason().is_none() => {
+                Some(instance.clone())
+            }
             _ => None,
         }
     }
@@ -572,14 +601,20 @@ impl Server {
         if busy || idle < idle_timeout {
             return;
         }
-        let reason = format!("idle for {}", crate::duration::format(Duration::from_secs(idle.as_secs())));
+        let reason = format!(
+            "idle for {}",
+            crate::duration::format(Duration::from_secs(idle.as_secs()))
+        );
         self.stop_locked(&mut lifecycle, &reason).await;
     }
 }
 
 /// Answers requests the server makes of its client while no client session can:
 /// `ping` is answered by mcpod itself; anything else gets "method not found" at once.
-async fn answer_server_requests(mut events: mpsc::UnboundedReceiver<ServerMessage>, bridge: StdioBridge) {
+async fn answer_server_requests(
+    mut events: mpsc::UnboundedReceiver<ServerMessage>,
+    bridge: StdioBridge,
+) {
     while let Some(message) = events.recv().await {
         match message {
             ServerMessage::Request(request) => {
@@ -589,13 +624,19 @@ async fn answer_server_requests(mut events: mpsc::UnboundedReceiver<ServerMessag
                     method => jsonrpc::error(
                         id,
                         jsonrpc::METHOD_NOT_FOUND,
-                        format!("mcpod: no client session can answer {}", method.unwrap_or("?")),
+                        format!(
+                            "mcpod: no client session can answer {}",
+                            method.unwrap_or("?")
+                        ),
                     ),
                 };
                 bridge.notify(reply);
             }
             ServerMessage::Notification(notification) => {
-                tracing::debug!(method = jsonrpc::method(&notification).unwrap_or(""), "server notification");
+                tracing::debug!(
+                    method = jsonrpc::method(&notification).unwrap_or(""),
+                    "server notification"
+                );
             }
         }
     }
@@ -621,12 +662,22 @@ mod tests {
 
     #[test]
     fn errors_map_to_http_statuses() {
-        let crashed = ServerError::Crashed { server: "s".into(), reason: "exit 1".into() };
+        let crashed = ServerError::Crashed {
+            server: "s".into(),
+            reason: "exit 1".into(),
+        };
         assert_eq!(crashed.http_status(), 502);
         assert_eq!(crashed.jsonrpc_code(), jsonrpc::SERVER_CRASHED);
-        let timeout = ServerError::RequestTimeout { server: "s".into(), timeout: Duration::from_secs(1) };
+        let timeout = ServerError::RequestTimeout {
+            server: "s".into(),
+            timeout: Duration::from_secs(1),
+        };
         assert_eq!(timeout.http_status(), 504);
-        let failed = ServerError::StartFailed { server: "s".into(), reason: "image missing".into(), retry_in: Duration::from_secs(4) };
+        let failed = ServerError::StartFailed {
+            server: "s".into(),
+            reason: "image missing".into(),
+            retry_in: Duration::from_secs(4),
+        };
         assert_eq!(failed.http_status(), 503);
         assert_eq!(failed.retry_after(), Some(Duration::from_secs(4)));
         assert!(failed.to_string().contains("image missing"));

@@ -89,7 +89,8 @@ impl StdioBridge {
         let span = tracing::info_span!(parent: None, "stdio", server = %server);
         tokio::spawn(write_loop(stdin, outbound_rx).instrument(span.clone()));
         tokio::spawn(
-            read_loop(output, shared.clone(), events, closed_tx, max_message_bytes).instrument(span),
+            read_loop(output, shared.clone(), events, closed_tx, max_message_bytes)
+                .instrument(span),
         );
         StdioBridge {
             outbound,
@@ -99,7 +100,11 @@ impl StdioBridge {
     }
 
     /// Sends a request and waits for its response, which carries the caller's id.
-    pub async fn request(&self, mut message: Value, timeout: Duration) -> Result<Value, BridgeError> {
+    pub async fn request(
+        &self,
+        mut message: Value,
+        timeout: Duration,
+    ) -> Result<Value, BridgeError> {
         let wire_id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let client_id = std::mem::replace(&mut message["id"], json!(wire_id));
         let (reply, response) = oneshot::channel();
@@ -117,13 +122,16 @@ impl StdioBridge {
         match tokio::time::timeout(timeout, response).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(_)) => Err(BridgeError::Closed(
-                self.closed_reason().unwrap_or_else(|| "bridge stopped".into()),
+                self.closed_reason()
+                    .unwrap_or_else(|| "bridge stopped".into()),
             )),
             Err(_) => {
                 self.shared.pending.lock().unwrap().remove(&wire_id);
                 // Tell the server to stop working on it (MCP cancellation).
-                self.notify(json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
-                    "params": {"requestId": wire_id, "reason": "mcpod: request timed out"}}));
+                self.notify(
+                    json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                    "params": {"requestId": wire_id, "reason": "mcpod: request timed out"}}),
+                );
                 Err(BridgeError::Timeout(timeout))
             }
         }
@@ -170,7 +178,13 @@ impl StdioBridge {
 
     /// The last lines the server wrote to stderr, oldest first.
     pub fn stderr_tail(&self) -> Vec<String> {
-        self.shared.stderr_tail.lock().unwrap().iter().cloned().collect()
+        self.shared
+            .stderr_tail
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -229,7 +243,13 @@ async fn read_loop(
     info!(reason = %reason, "server output closed");
     let pending: Vec<Pending> = {
         let _ = closed.send(Some(reason.clone()));
-        shared.pending.lock().unwrap().drain().map(|(_, p)| p).collect()
+        shared
+            .pending
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, p)| p)
+            .collect()
     };
     // Dropping the senders wakes every waiting request with `Closed`.
     drop(pending);
@@ -254,7 +274,9 @@ fn dispatch(line: &[u8], shared: &Shared, events: &mpsc::UnboundedSender<ServerM
         Some(Kind::Notification) => {
             let _ = events.send(ServerMessage::Notification(message));
         }
-        None => warn!(line = %truncate(text, 200), "server wrote JSON that is not JSON-RPC; ignored"),
+        None => {
+            warn!(line = %truncate(text, 200), "server wrote JSON that is not JSON-RPC; ignored")
+        }
     }
 }
 
@@ -264,7 +286,10 @@ fn deliver_response(mut message: Value, shared: &Shared) {
         return;
     };
     let Some(pending) = shared.pending.lock().unwrap().remove(&wire_id) else {
-        debug!(wire_id, "response to a request that already timed out; dropped");
+        debug!(
+            wire_id,
+            "response to a request that already timed out; dropped"
+        );
         return;
     };
     message["id"] = pending.client_id;
@@ -337,7 +362,12 @@ mod tests {
 
     /// A fake server: echoes each request's method back as its result, in reverse
     /// order of arrival within a batch of two, to prove ids are matched, not ordered.
-    fn fake_server() -> (StdioBridge, mpsc::UnboundedReceiver<ServerMessage>, mpsc::UnboundedSender<std::io::Result<Output>>, tokio::io::DuplexStream) {
+    fn fake_server() -> (
+        StdioBridge,
+        mpsc::UnboundedReceiver<ServerMessage>,
+        mpsc::UnboundedSender<std::io::Result<Output>>,
+        tokio::io::DuplexStream,
+    ) {
         let (to_router, from_server) = mpsc::unbounded_channel();
         let (stdin_router, stdin_server) = tokio::io::duplex(1 << 16);
         let (events_tx, events) = mpsc::unbounded_channel();
@@ -360,11 +390,19 @@ mod tests {
     async fn colliding_client_ids_get_their_own_answers() {
         let (bridge, _events, server_out, server_in) = fake_server();
         let mut lines = BufReader::new(server_in).lines();
-        let a = bridge.request(json!({"jsonrpc":"2.0","id":1,"method":"a"}), Duration::from_secs(5));
-        let b = bridge.request(json!({"jsonrpc":"2.0","id":1,"method":"b"}), Duration::from_secs(5));
+        let a = bridge.request(
+            json!({"jsonrpc":"2.0","id":1,"method":"a"}),
+            Duration::from_secs(5),
+        );
+        let b = bridge.request(
+            json!({"jsonrpc":"2.0","id":1,"method":"b"}),
+            Duration::from_secs(5),
+        );
         let server = async {
-            let first: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
-            let second: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+            let first: Value =
+                serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+            let second: Value =
+                serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
             assert_ne!(first["id"], second["id"], "wire ids must differ");
             for request in [second, first] {
                 let reply = json!({"jsonrpc":"2.0","id":request["id"],"result":{"method":request["method"]}});
@@ -382,14 +420,24 @@ mod tests {
     #[tokio::test]
     async fn exit_fails_pending_requests_at_once() {
         let (bridge, _events, server_out, _server_in) = fake_server();
-        let waiting = bridge.request(json!({"jsonrpc":"2.0","id":"x","method":"slow"}), Duration::from_secs(60));
+        let waiting = bridge.request(
+            json!({"jsonrpc":"2.0","id":"x","method":"slow"}),
+            Duration::from_secs(60),
+        );
         let crash = async { drop(server_out) };
-        let (result, ()) = tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(waiting, crash) })
-            .await
-            .expect("a pending request must not hang when the server exits");
+        let (result, ()) = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(waiting, crash)
+        })
+        .await
+        .expect("a pending request must not hang when the server exits");
         assert!(matches!(result, Err(BridgeError::Closed(_))), "{result:?}");
         // And later requests fail at once too.
-        let later = bridge.request(json!({"jsonrpc":"2.0","id":2,"method":"x"}), Duration::from_secs(60)).await;
+        let later = bridge
+            .request(
+                json!({"jsonrpc":"2.0","id":2,"method":"x"}),
+                Duration::from_secs(60),
+            )
+            .await;
         assert!(matches!(later, Err(BridgeError::Closed(_))));
     }
 
@@ -397,10 +445,16 @@ mod tests {
     async fn timeout_cancels_on_the_server() {
         let (bridge, _events, _server_out, server_in) = fake_server();
         let mut lines = BufReader::new(server_in).lines();
-        let result = bridge.request(json!({"jsonrpc":"2.0","id":7,"method":"slow"}), Duration::from_millis(50)).await;
+        let result = bridge
+            .request(
+                json!({"jsonrpc":"2.0","id":7,"method":"slow"}),
+                Duration::from_millis(50),
+            )
+            .await;
         assert_eq!(result, Err(BridgeError::Timeout(Duration::from_millis(50))));
         let sent: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
-        let cancel: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        let cancel: Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
         assert_eq!(cancel["method"], "notifications/cancelled");
         assert_eq!(cancel["params"]["requestId"], sent["id"]);
         assert_eq!(bridge.pending(), 0);
@@ -410,11 +464,21 @@ mod tests {
     async fn garbage_and_server_messages_are_sorted_out() {
         let (bridge, mut events, server_out, _server_in) = fake_server();
         server_out.send(out("this is not json")).unwrap();
-        server_out.send(out(r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#)).unwrap();
-        server_out.send(out(r#"{"jsonrpc":"2.0","id":"s1","method":"roots/list"}"#)).unwrap();
-        server_out.send(Ok(Output::Stderr(Bytes::from("banner line\n")))).unwrap();
+        server_out
+            .send(out(
+                r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#,
+            ))
+            .unwrap();
+        server_out
+            .send(out(r#"{"jsonrpc":"2.0","id":"s1","method":"roots/list"}"#))
+            .unwrap();
+        server_out
+            .send(Ok(Output::Stderr(Bytes::from("banner line\n"))))
+            .unwrap();
         let first = events.recv().await.unwrap();
-        assert!(matches!(first, ServerMessage::Notification(ref m) if m["method"] == "notifications/tools/list_changed"));
+        assert!(
+            matches!(first, ServerMessage::Notification(ref m) if m["method"] == "notifications/tools/list_changed")
+        );
         let second = events.recv().await.unwrap();
         assert!(matches!(second, ServerMessage::Request(ref m) if m["id"] == "s1"));
         drop(server_out);
@@ -426,7 +490,10 @@ mod tests {
     fn line_buffer_reassembles_and_bounds() {
         let mut buffer = LineBuffer::new(10);
         assert!(buffer.push(b"{\"a\"").is_empty());
-        assert_eq!(buffer.push(b":1}\n{\"b\":2}\n"), vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()]);
+        assert_eq!(
+            buffer.push(b":1}\n{\"b\":2}\n"),
+            vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()]
+        );
         assert!(buffer.push(b"0123456789abcdef").is_empty());
         assert_eq!(buffer.push(b"tail\nok\n"), vec![b"ok".to_vec()]);
     }

@@ -134,14 +134,18 @@ impl Workload {
             .cpu
             .clone()
             .unwrap_or_else(|| defaults.cpu.clone());
-        let cpu_millis =
-            quantity::parse_cpu_millis(&cpu).map_err(|e| invalid("spec.resources.limits.cpu", e))?;
+        let cpu_millis = quantity::parse_cpu_millis(&cpu)
+            .map_err(|e| invalid("spec.resources.limits.cpu", e))?;
 
         let timeout = |field: &str, value: &Option<String>, default: Duration| match value {
             None => Ok(default),
             Some(text) => duration::parse(text).map_err(|e| invalid(field, e)),
         };
-        let idle = timeout("spec.idleTimeout", &spec.idle_timeout, defaults.idle_timeout)?;
+        let idle = timeout(
+            "spec.idleTimeout",
+            &spec.idle_timeout,
+            defaults.idle_timeout,
+        )?;
         let startup = timeout(
             "spec.startupTimeout",
             &spec.startup_timeout,
@@ -152,7 +156,10 @@ impl Workload {
             &spec.request_timeout,
             defaults.request_timeout,
         )?;
-        for (field, value) in [("spec.startupTimeout", startup), ("spec.requestTimeout", request)] {
+        for (field, value) in [
+            ("spec.startupTimeout", startup),
+            ("spec.requestTimeout", request),
+        ] {
             if value.is_zero() {
                 return Err(invalid(field, "must be greater than 0".into()));
             }
@@ -236,11 +243,19 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
-fn resolve_env(server: &str, index: usize, var: &crate::crd::EnvVar, target: Target) -> Result<Env> {
+fn resolve_env(
+    server: &str,
+    index: usize,
+    var: &crate::crd::EnvVar,
+    target: Target,
+) -> Result<Env> {
     let field = format!("spec.env[{index}]");
     let invalid = |message: String| Error::invalid(server, &field, message);
     if var.name.is_empty() || var.name.contains('=') {
-        return Err(invalid(format!("'{}' is not a valid variable name", var.name)));
+        return Err(invalid(format!(
+            "'{}' is not a valid variable name",
+            var.name
+        )));
     }
     let sources = [
         var.value.is_some(),
@@ -262,8 +277,12 @@ fn resolve_env(server: &str, index: usize, var: &crate::crd::EnvVar, target: Tar
                 var.name
             )));
         }
-        let content = std::fs::read_to_string(path)
-            .map_err(|e| invalid(format!("{}: cannot read valueFromFile {path}: {e}", var.name)))?;
+        let content = std::fs::read_to_string(path).map_err(|e| {
+            invalid(format!(
+                "{}: cannot read valueFromFile {path}: {e}",
+                var.name
+            ))
+        })?;
         EnvValue::Literal(content.trim_end_matches(['\n', '\r']).to_string())
     } else {
         let source = var.value_from.as_ref().expect("counted above");
@@ -307,7 +326,9 @@ fn resolve_mount(
     let mut sources = vec![];
     if let Some(path) = &volume.host_path {
         if !path.starts_with('/') {
-            return Err(invalid(format!("hostPath '{path}' must be an absolute path")));
+            return Err(invalid(format!(
+                "hostPath '{path}' must be an absolute path"
+            )));
         }
         sources.push(MountSource::HostPath(path.clone()));
     }
@@ -394,7 +415,10 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let err = resolve("image: x\nresources: {limits: {memory: 12XB}}").unwrap_err();
-        assert!(err.to_string().contains("spec.resources.limits.memory"), "{err}");
+        assert!(
+            err.to_string().contains("spec.resources.limits.memory"),
+            "{err}"
+        );
         let err = resolve("image: x\nidleTimeout: soon").unwrap_err();
         assert!(err.to_string().contains("spec.idleTimeout"), "{err}");
         let err = resolve("image: ' '").unwrap_err();
@@ -403,7 +427,12 @@ mod tests {
         assert!(err.to_string().contains("spec.volumes[0]"), "{err}");
         let err = resolve("image: x\nenv: [{name: A, value: b, valueFromFile: /f}]").unwrap_err();
         assert!(err.to_string().contains("spec.env[0]"), "{err}");
-        let bad_name = Workload::resolve("Bad_Name", &spec("image: x"), &Defaults::default(), Target::Podman);
+        let bad_name = Workload::resolve(
+            "Bad_Name",
+            &spec("image: x"),
+            &Defaults::default(),
+            Target::Podman,
+        );
         assert!(bad_name.unwrap_err().to_string().contains("metadata.name"));
     }
 
@@ -419,7 +448,10 @@ mod tests {
         .unwrap();
         assert_eq!(w.env[0].value, EnvValue::Literal("s3cret".into()));
         let missing = resolve("image: x\nenv: [{name: T, valueFromFile: /nonexistent/f}]");
-        assert!(missing.unwrap_err().to_string().contains("cannot read valueFromFile"));
+        assert!(missing
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read valueFromFile"));
     }
 
     #[test]

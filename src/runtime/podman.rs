@@ -14,7 +14,9 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Full};
 use podman_api::conn::TtyChunk;
-use podman_api::opts::{ContainerAttachOpts, ContainerDeleteOpts, ContainerLogsOpts, ContainerStopOpts};
+use podman_api::opts::{
+    ContainerAttachOpts, ContainerDeleteOpts, ContainerLogsOpts, ContainerStopOpts,
+};
 use podman_api::Podman;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -108,7 +110,11 @@ impl PodmanRuntime {
         if status != 200 || !error.is_empty() {
             return Err(Error::Runtime(format!(
                 "image {image} is not present locally and pulling it failed: {}",
-                if error.is_empty() { message_of(&body) } else { error.to_string() }
+                if error.is_empty() {
+                    message_of(&body)
+                } else {
+                    error.to_string()
+                }
             )));
         }
         Ok(())
@@ -141,7 +147,10 @@ impl PodmanRuntime {
         let wanted_hash = spec["labels"][LABEL_SPEC_HASH].as_str().unwrap_or_default();
         if let Some(existing) = self.inspect(&name).await? {
             let hash = existing
-                .pointer(&format!("/Config/Labels/{}", LABEL_SPEC_HASH.replace('/', "~1")))
+                .pointer(&format!(
+                    "/Config/Labels/{}",
+                    LABEL_SPEC_HASH.replace('/', "~1")
+                ))
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             let running = existing
@@ -178,7 +187,10 @@ impl Runtime for PodmanRuntime {
                     .build(),
             )
             .await
-            .map_err(Error::podman(format!("attach to {}", self.container_name(key))))?;
+            .map_err(Error::podman(format!(
+                "attach to {}",
+                self.container_name(key)
+            )))?;
         container
             .start(None)
             .await
@@ -187,7 +199,9 @@ impl Runtime for PodmanRuntime {
         let output = reader
             .map_ok(|chunk| match chunk {
                 TtyChunk::StdErr(bytes) => Output::Stderr(Bytes::from(bytes)),
-                TtyChunk::StdOut(bytes) | TtyChunk::StdIn(bytes) => Output::Stdout(Bytes::from(bytes)),
+                TtyChunk::StdOut(bytes) | TtyChunk::StdIn(bytes) => {
+                    Output::Stdout(Bytes::from(bytes))
+                }
             })
             .map_err(|e| std::io::Error::other(e.to_string()))
             .boxed();
@@ -205,7 +219,8 @@ impl Runtime for PodmanRuntime {
             let exited = tokio::time::timeout(grace, async {
                 loop {
                     match self.inspect(&name).await {
-                        Ok(Some(state)) if state.pointer("/State/Running") == Some(&Value::Bool(true)) => {}
+                        Ok(Some(state))
+                            if state.pointer("/State/Running") == Some(&Value::Bool(true)) => {}
                         _ => return,
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -219,7 +234,11 @@ impl Runtime for PodmanRuntime {
         }
         // SIGTERM, then SIGKILL after TERM_GRACE_SECS.
         match container
-            .stop(&ContainerStopOpts::builder().timeout(TERM_GRACE_SECS).build())
+            .stop(
+                &ContainerStopOpts::builder()
+                    .timeout(TERM_GRACE_SECS)
+                    .build(),
+            )
             .await
         {
             Ok(()) => Ok(()),
@@ -239,7 +258,12 @@ impl Runtime for PodmanRuntime {
             .podman
             .containers()
             .get(&name)
-            .delete(&ContainerDeleteOpts::builder().force(true).timeout(TERM_GRACE_SECS).build())
+            .delete(
+                &ContainerDeleteOpts::builder()
+                    .force(true)
+                    .timeout(TERM_GRACE_SECS)
+                    .build(),
+            )
             .await
         {
             Ok(()) => Ok(()),
@@ -256,10 +280,16 @@ impl Runtime for PodmanRuntime {
             format!("{LABEL_MANAGED_BY}={MANAGED_BY}"),
             format!("{LABEL_INSTANCE}={}", self.instance),
         ]});
-        let path = format!("/containers/json?all=true&filters={}", urlencode(&filters.to_string()));
+        let path = format!(
+            "/containers/json?all=true&filters={}",
+            urlencode(&filters.to_string())
+        );
         let (status, body) = self.libpod.request("GET", &path, None).await?;
         if status != 200 {
-            return Err(Error::PodmanService(format!("list containers: HTTP {status}: {}", message_of(&body))));
+            return Err(Error::PodmanService(format!(
+                "list containers: HTTP {status}: {}",
+                message_of(&body)
+            )));
         }
         let prefix = self.container_name("");
         let containers = body.as_array().cloned().unwrap_or_default();
@@ -273,7 +303,11 @@ impl Runtime for PodmanRuntime {
                     server: labels.get(LABEL_SERVER)?.as_str()?.to_string(),
                     id: c.get("Id")?.as_str()?.to_string(),
                     running: c.get("State").and_then(Value::as_str) == Some("running"),
-                    spec_hash: labels.get(LABEL_SPEC_HASH).and_then(Value::as_str).unwrap_or("").to_string(),
+                    spec_hash: labels
+                        .get(LABEL_SPEC_HASH)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
                 })
             })
             .collect())
@@ -287,11 +321,17 @@ impl Runtime for PodmanRuntime {
             return None;
         }
         let mut reason = match state.get("ExitCode").and_then(Value::as_i64) {
-            _ if state.get("OOMKilled") == Some(&Value::Bool(true)) => "was killed: out of memory".to_string(),
+            _ if state.get("OOMKilled") == Some(&Value::Bool(true)) => {
+                "was killed: out of memory".to_string()
+            }
             Some(code) => format!("exited with code {code}"),
             None => "is not running".to_string(),
         };
-        if let Some(error) = state.get("Error").and_then(Value::as_str).filter(|e| !e.is_empty()) {
+        if let Some(error) = state
+            .get("Error")
+            .and_then(Value::as_str)
+            .filter(|e| !e.is_empty())
+        {
             reason.push_str(&format!(" ({error})"));
         }
         let tail = self.log_tail(&name, 5).await;
@@ -420,7 +460,12 @@ struct Libpod {
 }
 
 impl Libpod {
-    async fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             Error::PodmanService(format!("{method} {path}: {what}: {e}"))
         };
@@ -473,7 +518,9 @@ fn is_not_found(error: &podman_api::Error) -> bool {
 fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -552,7 +599,11 @@ async fn start_service(run_dir: &Path) -> Result<OwnedService> {
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| Error::PodmanService(format!("cannot run `podman system service`: {e} (is podman installed?)")))?;
+        .map_err(|e| {
+            Error::PodmanService(format!(
+                "cannot run `podman system service`: {e} (is podman installed?)"
+            ))
+        })?;
     let service = OwnedService { child, socket };
     for _ in 0..200 {
         if answers(&service.socket).await {
@@ -579,10 +630,15 @@ mod tests {
 
     #[test]
     fn spec_carries_limits_hardening_and_labels() {
-        let w = workload("image: localhost/mcpod/time:latest\nresources: {limits: {memory: 256Mi, cpu: 500m}}");
+        let w = workload(
+            "image: localhost/mcpod/time:latest\nresources: {limits: {memory: 256Mi, cpu: 500m}}",
+        );
         let spec = create_spec("mcpod-time", "time", "default", &w);
         assert_eq!(spec["image"], "localhost/mcpod/time:latest");
-        assert_eq!(spec["resource_limits"]["memory"]["limit"], 256 * 1024 * 1024);
+        assert_eq!(
+            spec["resource_limits"]["memory"]["limit"],
+            256 * 1024 * 1024
+        );
         assert_eq!(spec["resource_limits"]["cpu"]["quota"], 50_000);
         assert_eq!(spec["user"], "65534");
         assert_eq!(spec["read_only_filesystem"], true);
@@ -594,9 +650,13 @@ mod tests {
         assert_eq!(spec["labels"][LABEL_MANAGED_BY], "mcpod");
         assert_eq!(spec["labels"][LABEL_SERVER], "time");
         assert_eq!(spec["labels"][LABEL_SPEC_HASH].as_str().unwrap().len(), 16);
-        let other = workload("image: localhost/mcpod/time:latest\nresources: {limits: {memory: 128Mi}}");
+        let other =
+            workload("image: localhost/mcpod/time:latest\nresources: {limits: {memory: 128Mi}}");
         let other_spec = create_spec("mcpod-time", "time", "default", &other);
-        assert_ne!(spec["labels"][LABEL_SPEC_HASH], other_spec["labels"][LABEL_SPEC_HASH]);
+        assert_ne!(
+            spec["labels"][LABEL_SPEC_HASH],
+            other_spec["labels"][LABEL_SPEC_HASH]
+        );
         assert_eq!(spec["mounts"][0]["destination"], "/tmp");
         assert_eq!(spec["mounts"][0]["type"], "tmpfs");
     }
@@ -623,6 +683,9 @@ mod tests {
         let bind = &spec["mounts"][1];
         assert_eq!(bind["source"], "/srv/data");
         assert_eq!(bind["options"], json!(["rbind", "ro"]));
-        assert_eq!(spec["volumes"][0], json!({"Name": "mem", "Dest": "/mem", "Options": ["rw"]}));
+        assert_eq!(
+            spec["volumes"][0],
+            json!({"Name": "mem", "Dest": "/mem", "Options": ["rw"]})
+        );
     }
 }

@@ -1,0 +1,46 @@
+# mcpod: the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+# Extra CA bundle for image builds behind a TLS-intercepting proxy (empty: none).
+MCPOD_CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
+export MCPOD_CA_BUNDLE
+
+.PHONY: setup images test-images build run test lint unit e2e crd crd-check bench clean-containers
+
+setup:
+	bash scripts/install-deps.sh
+
+images: setup
+	bash scripts/build-images.sh
+
+# The images the tests run: the time server from PyPI and the fault-test fixture.
+test-images: setup
+	bash scripts/build-images.sh time python-base
+	podman build -q -t localhost/mcpod-test/fixture:latest tests/fixtures >/dev/null
+
+build:
+	$(CARGO) build --release
+
+# Serves every MCPServer in examples/ on http://127.0.0.1:8080.
+run: images build
+	./target/release/mcpod serve --manifests examples --listen 127.0.0.1:8080
+
+test: test-images lint crd-check
+	$(CARGO) test --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+crd:
+	$(CARGO) run -q -- crd > crds/mcpserver.yaml
+
+crd-check:
+	$(CARGO) run -q -- crd | diff -u crds/mcpserver.yaml - || \
+	  (echo "crds/ is stale: run 'make crd'" >&2; exit 1)
+
+bench: test-images
+	$(CARGO) bench --bench router
+
+clean-containers:
+	podman rm -f --filter label=app.kubernetes.io/managed-by=mcpod
