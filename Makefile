@@ -26,7 +26,7 @@ run: images build
 	./target/release/mcpod serve --manifests examples --listen 127.0.0.1:8080
 
 test: test-images lint crd-check
-	$(CARGO) test --all-targets
+	$(CARGO) test
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -210,19 +210,48 @@ mod example_tests {
     fn examples_are_valid_and_keep_the_original_settings() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
         let manifests = super::load_dir(&dir).unwrap();
-        assert!(manifests.broken_files.is_empty(), "{:?}", manifests.broken_files);
+        assert!(
+            manifests.broken_files.is_empty(),
+            "{:?}",
+            manifests.broken_files
+        );
         let mut names = vec![];
         for loaded in &manifests.servers {
             let name = loaded.server.metadata.name.clone().unwrap();
-            let workload = Workload::resolve(&name, &loaded.server.spec, &Defaults::default(), Target::Podman).unwrap();
+            let workload = Workload::resolve(
+                &name,
+                &loaded.server.spec,
+                &Defaults::default(),
+                Target::Podman,
+            )
+            .unwrap();
             assert_eq!(workload.memory_bytes, 512 * 1024 * 1024, "{name}");
             assert_eq!(workload.cpu_millis, 1000, "{name}");
-            assert_eq!(workload.timeouts.idle, Some(std::time::Duration::from_secs(300)), "{name}");
+            assert_eq!(
+                workload.timeouts.idle,
+                Some(std::time::Duration::from_secs(300)),
+                "{name}"
+            );
             let networked = workload.network != crate::crd::NetworkMode::None;
-            assert_eq!(networked, name == "fetch", "only fetch has network egress ({name})");
+            assert_eq!(
+                networked,
+                name == "fetch",
+                "only fetch has network egress ({name})"
+            );
             names.push(name);
         }
         names.sort();
-        assert_eq!(names, ["everything", "fetch", "filesystem", "git", "memory", "sequentialthinking", "time"]);
+        assert_eq!(
+            names,
+            [
+                "everything",
+                "fetch",
+                "filesystem",
+                "git",
+                "memory",
+                "sequentialthinking",
+                "time"
+            ]
+        );
     }
 }

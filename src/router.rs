@@ -247,10 +247,24 @@ where
             let id = jsonrpc::id(&message);
             match answer_request(&server, message).await {
                 Ok(response) => json_reply(StatusCode::OK, &response),
-                Err(e) => json_reply(status_of(&e), &jsonrpc::error(id, e.jsonrpc_code(), e.to_string())),
+                Err(e) => error_reply(id, &e),
             }
         }
     }
+}
+
+/// A JSON-RPC error for a request mcpod could not get answered, with
+/// `Retry-After` while a failed server is backing off.
+fn error_reply(id: Value, error: &ServerError) -> HttpResponse {
+    let mut response = json_reply(
+        status_of(error),
+        &jsonrpc::error(id, error.jsonrpc_code(), error.to_string()),
+    );
+    if let Some(retry_in) = error.retry_after() {
+        let seconds = retry_in.as_secs_f64().ceil().max(1.0) as u64;
+        response.headers_mut().insert("retry-after", seconds.into());
+    }
+    response
 }
 
 fn accepted() -> HttpResponse {

@@ -20,19 +20,34 @@ fn files(list: &[(String, String)]) -> Vec<(&str, String)> {
 async fn real_time_server_starts_on_demand_with_limits_and_hardening() {
     let time = (
         "time.yaml".to_string(),
-        manifest("time", TIME_IMAGE, "resources: {limits: {memory: 256Mi, cpu: 500m}}\nargs: [--local-timezone, UTC]"),
+        manifest(
+            "time",
+            TIME_IMAGE,
+            "resources: {limits: {memory: 256Mi, cpu: 500m}}\nargs: [--local-timezone, UTC]",
+        ),
     );
     let mcpod = Mcpod::start(&files(&[time]), &[]);
     assert_eq!(mcpod.status("time").await["status"], "stopped");
-    assert!(inspect(&mcpod.container("time")).is_none(), "nothing runs before the first request");
+    assert!(
+        inspect(&mcpod.container("time")).is_none(),
+        "nothing runs before the first request"
+    );
 
     let (status, response) = mcpod
-        .call_tool("time", json!(1), "get_current_time", json!({"timezone": "Europe/Paris"}))
+        .call_tool(
+            "time",
+            json!(1),
+            "get_current_time",
+            json!({"timezone": "Europe/Paris"}),
+        )
         .await;
     assert_eq!(status, 200, "{response}");
     assert_eq!(response["id"], 1);
     let text = text_of(&response);
-    assert!(text.contains("Europe/Paris") && text.contains("datetime"), "{response}");
+    assert!(
+        text.contains("Europe/Paris") && text.contains("datetime"),
+        "{response}"
+    );
 
     let server = mcpod.status("time").await;
     assert_eq!(server["status"], "running");
@@ -46,18 +61,42 @@ async fn real_time_server_starts_on_demand_with_limits_and_hardening() {
     assert_eq!(host["ReadonlyRootfs"], true);
     assert_eq!(host["NetworkMode"], "none");
     assert_eq!(host["Init"], true);
-    assert!(host["SecurityOpt"].to_string().contains("no-new-privileges"), "{}", host["SecurityOpt"]);
+    assert!(
+        host["SecurityOpt"]
+            .to_string()
+            .contains("no-new-privileges"),
+        "{}",
+        host["SecurityOpt"]
+    );
     assert_eq!(container["Config"]["User"], "65534");
-    assert!(container["EffectiveCaps"].as_array().is_none_or(|caps| caps.is_empty()), "{}", container["EffectiveCaps"]);
+    assert!(
+        container["EffectiveCaps"]
+            .as_array()
+            .is_none_or(|caps| caps.is_empty()),
+        "{}",
+        container["EffectiveCaps"]
+    );
     let labels = &container["Config"]["Labels"];
     assert_eq!(labels["app.kubernetes.io/managed-by"], "mcpod");
     assert_eq!(labels["mcpod.dev/server"], "time");
-    assert!(labels["mcpod.dev/spec-hash"].as_str().is_some_and(|h| h.len() == 16));
+    assert!(labels["mcpod.dev/spec-hash"]
+        .as_str()
+        .is_some_and(|h| h.len() == 16));
 
     // Many clients share one server: ids are rewritten and restored.
     let (a, b) = tokio::join!(
-        mcpod.call_tool("time", json!("same"), "get_current_time", json!({"timezone": "Asia/Tokyo"})),
-        mcpod.call_tool("time", json!("same"), "get_current_time", json!({"timezone": "America/New_York"})),
+        mcpod.call_tool(
+            "time",
+            json!("same"),
+            "get_current_time",
+            json!({"timezone": "Asia/Tokyo"})
+        ),
+        mcpod.call_tool(
+            "time",
+            json!("same"),
+            "get_current_time",
+            json!({"timezone": "America/New_York"})
+        ),
     );
     assert_eq!(a.1["id"], "same");
     assert_eq!(b.1["id"], "same");
@@ -87,18 +126,31 @@ async fn initialize_is_answered_from_the_servers_own_result() {
 #[tokio::test]
 async fn idle_server_stops_and_the_next_request_starts_it_again() {
     let mcpod = Mcpod::start(&files(&[fixture("idle", "idleTimeout: 2s")]), &[]);
-    let (status, _) = mcpod.call_tool("idle", json!(1), "echo", json!({"text": "a"})).await;
+    let (status, _) = mcpod
+        .call_tool("idle", json!(1), "echo", json!({"text": "a"}))
+        .await;
     assert_eq!(status, 200);
     let began = Instant::now();
-    let stopped = mcpod.wait_status("idle", "stopped", Duration::from_secs(30)).await;
-    assert!(began.elapsed() >= Duration::from_millis(1500), "stopped too early: {:?}", began.elapsed());
-    assert!(stopped["message"].as_str().unwrap().contains("idle"), "{stopped}");
+    let stopped = mcpod
+        .wait_status("idle", "stopped", Duration::from_secs(30))
+        .await;
+    assert!(
+        began.elapsed() >= Duration::from_millis(1500),
+        "stopped too early: {:?}",
+        began.elapsed()
+    );
+    assert!(
+        stopped["message"].as_str().unwrap().contains("idle"),
+        "{stopped}"
+    );
     let state = inspect(&mcpod.container("idle")).unwrap();
     assert_eq!(state["State"]["Running"], false);
     // Closing stdin was enough: no SIGKILL was needed (exit code 0).
     assert_eq!(state["State"]["ExitCode"], 0);
 
-    let (status, response) = mcpod.call_tool("idle", json!(2), "echo", json!({"text": "again"})).await;
+    let (status, response) = mcpod
+        .call_tool("idle", json!(2), "echo", json!({"text": "again"}))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(text_of(&response), "again");
     let server = mcpod.status("idle").await;
@@ -109,7 +161,9 @@ async fn idle_server_stops_and_the_next_request_starts_it_again() {
 #[tokio::test]
 async fn a_server_with_a_request_in_flight_is_not_stopped_for_idleness() {
     let mcpod = Mcpod::start(&files(&[fixture("busy", "idleTimeout: 1s")]), &[]);
-    let (status, response) = mcpod.call_tool("busy", json!(1), "sleep", json!({"seconds": 3})).await;
+    let (status, response) = mcpod
+        .call_tool("busy", json!(1), "sleep", json!({"seconds": 3}))
+        .await;
     assert_eq!(status, 200, "{response}");
     assert_eq!(text_of(&response), "slept");
     assert_eq!(mcpod.status("busy").await["stops"], 0);
@@ -118,7 +172,8 @@ async fn a_server_with_a_request_in_flight_is_not_stopped_for_idleness() {
 #[tokio::test]
 async fn concurrent_first_requests_share_one_start() {
     let mcpod = Mcpod::start(&files(&[fixture("burst", "")]), &[]);
-    let calls = (0..12).map(|i| mcpod.call_tool("burst", json!(i), "echo", json!({"text": format!("n{i}")})));
+    let calls = (0..12)
+        .map(|i| mcpod.call_tool("burst", json!(i), "echo", json!({"text": format!("n{i}")})));
     let results = futures::future::join_all(calls).await;
     for (i, (status, response)) in results.iter().enumerate() {
         assert_eq!(*status, 200, "{response}");
@@ -133,13 +188,28 @@ async fn concurrent_first_requests_share_one_start() {
 #[tokio::test]
 async fn a_request_during_a_stop_waits_and_is_served_by_a_new_instance() {
     // `stubborn` ignores stdin EOF and SIGTERM: the stop takes the full SIGKILL path (~3 s).
-    let mcpod = Mcpod::start(&files(&[fixture("slowstop", "env: [{name: FAKE_MODE, value: stubborn}]")]), &[]);
+    let mcpod = Mcpod::start(
+        &files(&[fixture(
+            "slowstop",
+            "env: [{name: FAKE_MODE, value: stubborn}]",
+        )]),
+        &[],
+    );
     assert_eq!(mcpod.post("/servers/slowstop/start").await.0, 200);
     let first_id = mcpod.status("slowstop").await["containerId"].clone();
     let stop = mcpod.post("/servers/slowstop/stop");
     let request = async {
-        mcpod.wait_status("slowstop", "stopping", Duration::from_secs(10)).await;
-        mcpod.call_tool("slowstop", json!("during"), "echo", json!({"text": "served"})).await
+        mcpod
+            .wait_status("slowstop", "stopping", Duration::from_secs(10))
+            .await;
+        mcpod
+            .call_tool(
+                "slowstop",
+                json!("during"),
+                "echo",
+                json!({"text": "served"}),
+            )
+            .await
     };
     let ((stop_status, _), (status, response)) = tokio::join!(stop, request);
     assert_eq!(stop_status, 200);
@@ -148,7 +218,10 @@ async fn a_request_during_a_stop_waits_and_is_served_by_a_new_instance() {
     let server = mcpod.status("slowstop").await;
     assert_eq!(server["status"], "running");
     assert_eq!(server["starts"], 2);
-    assert_eq!(server["containerId"], first_id, "the same container is reused, not duplicated");
+    assert_eq!(
+        server["containerId"], first_id,
+        "the same container is reused, not duplicated"
+    );
     assert_eq!(containers_of(&mcpod.instance).len(), 1);
 }
 
@@ -160,20 +233,41 @@ async fn a_killed_container_fails_pending_requests_at_once_and_the_next_request_
     let began = Instant::now();
     let pending = mcpod.call_tool("victim", json!(9), "sleep", json!({"seconds": 50}));
     let killer = async {
-        mcpod.wait_status("victim", "running", Duration::from_secs(5)).await;
-        wait_for(Duration::from_secs(10), "request in flight", async || mcpod.status("victim").await["inFlight"] == 1).await;
-        let status = std::process::Command::new("podman").args(["kill", &container]).status().unwrap();
+        mcpod
+            .wait_status("victim", "running", Duration::from_secs(5))
+            .await;
+        wait_for(Duration::from_secs(10), "request in flight", async || {
+            mcpod.status("victim").await["inFlight"] == 1
+        })
+        .await;
+        let status = std::process::Command::new("podman")
+            .args(["kill", &container])
+            .status()
+            .unwrap();
         assert!(status.success());
     };
     let ((status, response), ()) = tokio::join!(pending, killer);
-    assert!(began.elapsed() < Duration::from_secs(30), "the pending request hung until a timeout");
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "the pending request hung until a timeout"
+    );
     assert_eq!(status, 502, "{response}");
     assert_eq!(response["id"], 9);
     assert_eq!(response["error"]["code"], -32003);
-    let failed = mcpod.wait_status("victim", "failed", Duration::from_secs(10)).await;
-    assert!(failed["message"].as_str().unwrap().contains("exited unexpectedly"), "{failed}");
+    let failed = mcpod
+        .wait_status("victim", "failed", Duration::from_secs(10))
+        .await;
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("exited unexpectedly"),
+        "{failed}"
+    );
 
-    let (status, response) = mcpod.call_tool("victim", json!(10), "echo", json!({"text": "back"})).await;
+    let (status, response) = mcpod
+        .call_tool("victim", json!(10), "echo", json!({"text": "back"}))
+        .await;
     assert_eq!(status, 200, "{response}");
     assert_eq!(text_of(&response), "back");
     assert_eq!(mcpod.status("victim").await["restartCount"], 1);
@@ -182,43 +276,74 @@ async fn a_killed_container_fails_pending_requests_at_once_and_the_next_request_
 #[tokio::test]
 async fn a_crash_inside_a_tool_call_is_an_error_for_that_call_only() {
     let mcpod = Mcpod::start(&files(&[fixture("crashy", "")]), &[]);
-    let (status, response) = mcpod.call_tool("crashy", json!("c"), "crash", json!({"code": 5})).await;
+    let (status, response) = mcpod
+        .call_tool("crashy", json!("c"), "crash", json!({"code": 5}))
+        .await;
     assert_eq!(status, 502, "{response}");
     assert_eq!(response["error"]["code"], -32003);
-    let (status, _) = mcpod.call_tool("crashy", json!("d"), "echo", json!({"text": "ok"})).await;
+    let (status, _) = mcpod
+        .call_tool("crashy", json!("d"), "echo", json!({"text": "ok"}))
+        .await;
     assert_eq!(status, 200);
 }
 
 #[tokio::test]
 async fn request_timeout_answers_with_an_error_and_the_server_keeps_serving() {
     let mcpod = Mcpod::start(&files(&[fixture("slow", "requestTimeout: 1s")]), &[]);
-    let (status, response) = mcpod.call_tool("slow", json!(1), "sleep", json!({"seconds": 4})).await;
+    let (status, response) = mcpod
+        .call_tool("slow", json!(1), "sleep", json!({"seconds": 4}))
+        .await;
     assert_eq!(status, 504, "{response}");
     assert_eq!(response["id"], 1);
     assert_eq!(response["error"]["code"], -32001);
-    assert!(response["error"]["message"].as_str().unwrap().contains("did not answer within"));
-    let (status, _) = mcpod.call_tool("slow", json!(2), "echo", json!({"text": "x"})).await;
+    assert!(response["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("did not answer within"));
+    let (status, _) = mcpod
+        .call_tool("slow", json!(2), "echo", json!({"text": "x"}))
+        .await;
     assert_eq!(status, 200);
 }
 
 #[tokio::test]
 async fn start_failures_name_the_cause_and_back_off() {
     let list = [
-        ("missing.yaml".to_string(), manifest("missing", "localhost/mcpod-test/no-such-image:latest", "imagePullPolicy: Never")),
+        (
+            "missing.yaml".to_string(),
+            manifest(
+                "missing",
+                "localhost/mcpod-test/no-such-image:latest",
+                "imagePullPolicy: Never",
+            ),
+        ),
         fixture("dies", "env: [{name: FAKE_MODE, value: exit-at-start}]"),
-        fixture("mute", "env: [{name: FAKE_MODE, value: no-init}]\nstartupTimeout: 2s"),
+        fixture(
+            "mute",
+            "env: [{name: FAKE_MODE, value: no-init}]\nstartupTimeout: 2s",
+        ),
     ];
     let mcpod = Mcpod::start(&files(&list), &[]);
 
-    let (status, response) = mcpod.call_tool("missing", json!(1), "echo", json!({})).await;
+    let (status, response) = mcpod
+        .call_tool("missing", json!(1), "echo", json!({}))
+        .await;
     assert_eq!(status, 503, "{response}");
     let message = response["error"]["message"].as_str().unwrap();
-    assert!(message.contains("no-such-image") && message.contains("not present locally"), "{message}");
+    assert!(
+        message.contains("no-such-image") && message.contains("not present locally"),
+        "{message}"
+    );
     let server = mcpod.status("missing").await;
     assert_eq!(server["status"], "failed");
-    assert!(server["message"].as_str().unwrap().contains("no-such-image"));
+    assert!(server["message"]
+        .as_str()
+        .unwrap()
+        .contains("no-such-image"));
     // Within the backoff the answer comes at once, without another attempt.
-    let (status, _) = mcpod.call_tool("missing", json!(2), "echo", json!({})).await;
+    let (status, _) = mcpod
+        .call_tool("missing", json!(2), "echo", json!({}))
+        .await;
     assert_eq!(status, 503);
     assert_eq!(mcpod.status("missing").await["startFailures"], 1);
 
@@ -232,46 +357,83 @@ async fn start_failures_name_the_cause_and_back_off() {
     let (status, response) = mcpod.call_tool("mute", json!(1), "echo", json!({})).await;
     assert_eq!(status, 504, "{response}");
     assert!(began.elapsed() < Duration::from_secs(15));
-    assert!(response["error"]["message"].as_str().unwrap().contains("did not become ready"), "{response}");
+    assert!(
+        response["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not become ready"),
+        "{response}"
+    );
     let state = inspect(&mcpod.container("mute")).unwrap();
-    assert_eq!(state["State"]["Running"], false, "a server that never became ready is not left running");
+    assert_eq!(
+        state["State"]["Running"], false,
+        "a server that never became ready is not left running"
+    );
 }
 
 #[tokio::test]
 async fn bad_input_gets_clear_errors() {
-    let mcpod = Mcpod::start(&files(&[fixture("strict", "")]), &["--max-body-bytes", "1024"]);
+    let mcpod = Mcpod::start(
+        &files(&[fixture("strict", "")]),
+        &["--max-body-bytes", "1024"],
+    );
     let (status, body) = mcpod.mcp("strict", "{not json").await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], -32700);
     assert_eq!(body["id"], Value::Null);
 
-    let (status, body) = mcpod.mcp("strict", r#"{"jsonrpc":"1.0","id":4,"method":"x"}"#).await;
+    let (status, body) = mcpod
+        .mcp("strict", r#"{"jsonrpc":"1.0","id":4,"method":"x"}"#)
+        .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], -32600);
     assert_eq!(body["id"], 4);
 
-    let (status, body) = mcpod.mcp("nobody", r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).await;
+    let (status, body) = mcpod
+        .mcp(
+            "nobody",
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        )
+        .await;
     assert_eq!(status, 404);
-    assert!(body["error"]["message"].as_str().unwrap().contains("nobody"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nobody"));
 
     let big = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x".repeat(4096)}}});
     let (status, _) = mcpod.mcp("strict", big.to_string()).await;
     assert_eq!(status, 413);
     // A chunked body over the limit is refused the same way.
     let chunks = futures::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>("x".repeat(256))));
-    let (status, _) = mcpod.mcp("strict", reqwest::Body::wrap_stream(chunks)).await;
+    let (status, _) = mcpod
+        .mcp("strict", reqwest::Body::wrap_stream(chunks))
+        .await;
     assert_eq!(status, 413);
 
-    let (status, body) = mcpod.mcp("strict", r#"{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}"#).await;
+    let (status, body) = mcpod
+        .mcp(
+            "strict",
+            r#"{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}"#,
+        )
+        .await;
     assert_eq!(status, 202);
     assert_eq!(body, Value::String(String::new()));
-    assert_eq!(mcpod.status("strict").await["status"], "stopped", "a notification does not start a server");
+    assert_eq!(
+        mcpod.status("strict").await["status"],
+        "stopped",
+        "a notification does not start a server"
+    );
 
-    let (status, body) = mcpod.mcp("strict", r#"{"jsonrpc":"2.0","id":"p","method":"ping"}"#).await;
+    let (status, body) = mcpod
+        .mcp("strict", r#"{"jsonrpc":"2.0","id":"p","method":"ping"}"#)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["result"], json!({}));
 
-    let (status, body) = mcpod.mcp("strict", r#"{"jsonrpc":"2.0","id":5,"method":"no/such"}"#).await;
+    let (status, body) = mcpod
+        .mcp("strict", r#"{"jsonrpc":"2.0","id":5,"method":"no/such"}"#)
+        .await;
     assert_eq!(status, 200, "the server's own error is passed through");
     assert_eq!(body["error"]["code"], -32601);
     assert_eq!(body["id"], 5);
@@ -288,7 +450,10 @@ async fn bad_input_gets_clear_errors() {
 async fn restarted_mcpod_adopts_its_containers_and_removes_orphans() {
     // Most stdio servers exit when mcpod's attach (their stdin) goes away; `stubborn`
     // keeps running, as a server that ignores stdin EOF would.
-    let list = [fixture("keep", "env: [{name: FAKE_MODE, value: stubborn}]"), fixture("drop", "")];
+    let list = [
+        fixture("keep", "env: [{name: FAKE_MODE, value: stubborn}]"),
+        fixture("drop", ""),
+    ];
     let mcpod = Mcpod::start(&files(&list), &[]);
     assert_eq!(mcpod.post("/servers/keep/start").await.0, 200);
     assert_eq!(mcpod.post("/servers/drop/start").await.0, 200);
@@ -301,14 +466,24 @@ async fn restarted_mcpod_adopts_its_containers_and_removes_orphans() {
 
     let mcpod = Mcpod::start_in(manifests, data, &instance, &[]);
     // The orphan goes; the declared one is restarted cleanly (fresh MCP session), not duplicated.
-    wait_for(Duration::from_secs(20), "orphan removal", async || inspect(&drop_name).is_none()).await;
-    let server = mcpod.wait_status("keep", "running", Duration::from_secs(20)).await;
+    wait_for(Duration::from_secs(20), "orphan removal", async || {
+        inspect(&drop_name).is_none()
+    })
+    .await;
+    let server = mcpod
+        .wait_status("keep", "running", Duration::from_secs(20))
+        .await;
     let after = inspect(&keep).unwrap();
     assert_eq!(after["Id"], before["Id"], "same container adopted");
-    assert_ne!(after["State"]["StartedAt"], before["State"]["StartedAt"], "restarted cleanly");
+    assert_ne!(
+        after["State"]["StartedAt"], before["State"]["StartedAt"],
+        "restarted cleanly"
+    );
     assert_eq!(containers_of(&instance), vec![keep.clone()]);
     assert_eq!(server["starts"], 1);
-    let (status, response) = mcpod.call_tool("keep", json!(1), "echo", json!({"text": "adopted"})).await;
+    let (status, response) = mcpod
+        .call_tool("keep", json!(1), "echo", json!({"text": "adopted"}))
+        .await;
     assert_eq!(status, 200, "{response}");
     assert_eq!(text_of(&response), "adopted");
 }
@@ -317,38 +492,103 @@ async fn restarted_mcpod_adopts_its_containers_and_removes_orphans() {
 async fn manifest_changes_are_reconciled_and_bad_files_reported() {
     let mcpod = Mcpod::start(&files(&[fixture("first", "")]), &[]);
     let dir = mcpod.manifests.path().to_path_buf();
-    assert_eq!(mcpod.call_tool("first", json!(1), "echo", json!({"text": "1"})).await.0, 200);
+    assert_eq!(
+        mcpod
+            .call_tool("first", json!(1), "echo", json!({"text": "1"}))
+            .await
+            .0,
+        200
+    );
     let old_id = mcpod.status("first").await["containerId"].clone();
 
     // Added file → new server; broken file → reported, others untouched.
-    std::fs::write(dir.join("second.yaml"), manifest("second", FIXTURE_IMAGE, "")).unwrap();
-    std::fs::write(dir.join("broken.yaml"), manifest("third", FIXTURE_IMAGE, "resources: {limits: {memory: 12XB}}")).unwrap();
-    wait_for(Duration::from_secs(10), "second server", async || mcpod.get("/servers/second").await.0 == 200).await;
+    std::fs::write(
+        dir.join("second.yaml"),
+        manifest("second", FIXTURE_IMAGE, ""),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("broken.yaml"),
+        manifest(
+            "third",
+            FIXTURE_IMAGE,
+            "resources: {limits: {memory: 12XB}}",
+        ),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "second server", async || {
+        mcpod.get("/servers/second").await.0 == 200
+    })
+    .await;
     let (_, health) = mcpod.get("/health").await;
     let problems = health["problems"].to_string();
-    assert!(problems.contains("broken.yaml") && problems.contains("spec.resources.limits.memory"), "{problems}");
-    assert_eq!(mcpod.call_tool("second", json!(1), "echo", json!({"text": "2"})).await.0, 200);
+    assert!(
+        problems.contains("broken.yaml") && problems.contains("spec.resources.limits.memory"),
+        "{problems}"
+    );
+    assert_eq!(
+        mcpod
+            .call_tool("second", json!(1), "echo", json!({"text": "2"}))
+            .await
+            .0,
+        200
+    );
 
     // Changed spec → the running container is replaced on the next start.
-    std::fs::write(dir.join("first.yaml"), manifest("first", FIXTURE_IMAGE, "resources: {limits: {memory: 300Mi}}")).unwrap();
-    mcpod.wait_status("first", "stopped", Duration::from_secs(10)).await;
-    assert_eq!(mcpod.call_tool("first", json!(2), "echo", json!({"text": "3"})).await.0, 200);
+    std::fs::write(
+        dir.join("first.yaml"),
+        manifest(
+            "first",
+            FIXTURE_IMAGE,
+            "resources: {limits: {memory: 300Mi}}",
+        ),
+    )
+    .unwrap();
+    mcpod
+        .wait_status("first", "stopped", Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        mcpod
+            .call_tool("first", json!(2), "echo", json!({"text": "3"}))
+            .await
+            .0,
+        200
+    );
     let server = mcpod.status("first").await;
     assert_ne!(server["containerId"], old_id);
-    assert_eq!(inspect(&mcpod.container("first")).unwrap()["HostConfig"]["Memory"], 300 * 1024 * 1024);
+    assert_eq!(
+        inspect(&mcpod.container("first")).unwrap()["HostConfig"]["Memory"],
+        300 * 1024 * 1024
+    );
 
     // Deleted file → server gone, container removed.
     std::fs::remove_file(dir.join("second.yaml")).unwrap();
-    wait_for(Duration::from_secs(10), "second removed", async || mcpod.get("/servers/second").await.0 == 404).await;
-    wait_for(Duration::from_secs(10), "second's container removed", async || inspect(&mcpod.container("second")).is_none()).await;
+    wait_for(Duration::from_secs(10), "second removed", async || {
+        mcpod.get("/servers/second").await.0 == 404
+    })
+    .await;
+    wait_for(
+        Duration::from_secs(10),
+        "second's container removed",
+        async || inspect(&mcpod.container("second")).is_none(),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn disabled_servers_refuse_with_a_reason_and_always_on_ones_start_alone() {
-    let list = [fixture("off", "desiredState: Disabled"), fixture("on", "desiredState: AlwaysOn")];
+    let list = [
+        fixture("off", "desiredState: Disabled"),
+        fixture("on", "desiredState: AlwaysOn"),
+    ];
     let mcpod = Mcpod::start(&files(&list), &[]);
     let (status, response) = mcpod.call_tool("off", json!(1), "echo", json!({})).await;
     assert_eq!(status, 503);
-    assert!(response["error"]["message"].as_str().unwrap().contains("disabled"));
-    mcpod.wait_status("on", "running", Duration::from_secs(20)).await;
+    assert!(response["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("disabled"));
+    mcpod
+        .wait_status("on", "running", Duration::from_secs(20))
+        .await;
 }

@@ -19,30 +19,42 @@ pub const TIME_IMAGE: &str = "localhost/mcpod/time:latest";
 pub fn podman_socket() -> &'static Path {
     static SOCKET: OnceLock<PathBuf> = OnceLock::new();
     SOCKET.get_or_init(|| {
-        let socket = std::env::temp_dir().join(format!("mcpod-test-podman-{}.sock", std::process::id()));
+        let socket =
+            std::env::temp_dir().join(format!("mcpod-test-podman-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&socket);
-        Command::new("podman")
+        // Not waited for: it exits by itself after 120 s without clients.
+        #[allow(clippy::zombie_processes)]
+        let _service = Command::new("podman")
             .args(["system", "service", "--time=120"])
             .arg(format!("unix://{}", socket.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("podman must be installed (make setup)");
-        wait_until(Duration::from_secs(20), "podman service socket", || socket.exists());
+        wait_until(Duration::from_secs(20), "podman service socket", || {
+            socket.exists()
+        });
         socket
     })
 }
 
 pub fn unique_instance() -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    format!("t{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "t{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Polls `check` every 50 ms until it holds; panics with `what` after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -50,7 +62,10 @@ pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
 pub async fn wait_for(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check().await {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -87,7 +102,12 @@ impl Mcpod {
         Self::start_in(manifests, data, &unique_instance(), args)
     }
 
-    pub fn start_in(manifests: tempfile::TempDir, data: tempfile::TempDir, instance: &str, args: &[&str]) -> Mcpod {
+    pub fn start_in(
+        manifests: tempfile::TempDir,
+        data: tempfile::TempDir,
+        instance: &str,
+        args: &[&str],
+    ) -> Mcpod {
         let log = data.path().join("mcpod.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_mcpod"))
             .arg("serve")
@@ -97,18 +117,28 @@ impl Mcpod {
             .arg("--data-dir")
             .arg(data.path())
             .args(args)
-            .env("CONTAINER_HOST", format!("unix://{}", podman_socket().display()))
+            .env(
+                "CONTAINER_HOST",
+                format!("unix://{}", podman_socket().display()),
+            )
             .env("RUST_LOG", "info,mcpod=debug")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let url = line
             .trim()
             .strip_prefix("mcpod listening on ")
-            .unwrap_or_else(|| panic!("mcpod did not start: {line:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "mcpod did not start: {line:?}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
             .to_string();
         Mcpod {
             child: Some(child),
@@ -116,7 +146,10 @@ impl Mcpod {
             instance: instance.to_string(),
             manifests,
             data,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
             log,
         }
     }
@@ -138,22 +171,41 @@ impl Mcpod {
             .unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
-    pub async fn call_tool(&self, server: &str, id: Value, tool: &str, arguments: Value) -> (u16, Value) {
+    pub async fn call_tool(
+        &self,
+        server: &str,
+        id: Value,
+        tool: &str,
+        arguments: Value,
+    ) -> (u16, Value) {
         let request = json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":arguments}});
         self.mcp(server, request.to_string()).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.http.get(format!("{}{path}", self.url)).send().await.unwrap();
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn post(&self, path: &str) -> (u16, Value) {
-        let response = self.http.post(format!("{}{path}", self.url)).send().await.unwrap();
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -214,7 +266,14 @@ impl Drop for Mcpod {
 
 pub fn remove_instance_containers(instance: &str) {
     let _ = Command::new("podman")
-        .args(["rm", "-f", "-t", "0", "--filter", &format!("label=mcpod.dev/instance={instance}")])
+        .args([
+            "rm",
+            "-f",
+            "-t",
+            "0",
+            "--filter",
+            &format!("label=mcpod.dev/instance={instance}"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
@@ -222,7 +281,10 @@ pub fn remove_instance_containers(instance: &str) {
 
 /// `podman inspect` of one container, or None when it does not exist.
 pub fn inspect(container: &str) -> Option<Value> {
-    let output = Command::new("podman").args(["inspect", container]).output().unwrap();
+    let output = Command::new("podman")
+        .args(["inspect", container])
+        .output()
+        .unwrap();
     if !output.status.success() {
         return None;
     }
@@ -233,12 +295,25 @@ pub fn inspect(container: &str) -> Option<Value> {
 /// Containers of one mcpod instance, by name.
 pub fn containers_of(instance: &str) -> Vec<String> {
     let output = Command::new("podman")
-        .args(["ps", "-a", "--format", "{{.Names}}", "--filter", &format!("label=mcpod.dev/instance={instance}")])
+        .args([
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("label=mcpod.dev/instance={instance}"),
+        ])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect()
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 pub fn text_of(response: &Value) -> String {
-    response["result"]["content"][0]["text"].as_str().unwrap_or_default().to_string()
+    response["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
