@@ -1,0 +1,276 @@
+//! `make bench`: mcpod's router against baselines measured in the same run, on
+//! the same real MCP server (`mcp-server-time` in its container):
+//! - warm requests: HTTP through mcpod vs. a direct stdio pipe (`podman run -i`);
+//! - cold start: first reply through mcpod vs. raw `podman start -ai` plus the first reply.
+//!
+//! Results are ratios, printed; nothing here asserts a time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const IMAGE: &str = "localhost/mcpod/time:latest";
+const WARM_ROUNDS: usize = 300;
+const COLD_ROUNDS: usize = 5;
+
+fn initialize(id: u64) -> String {
+    json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}).to_string()
+}
+
+fn call(id: u64) -> String {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"get_current_time","arguments":{"timezone":"UTC"}}}).to_string()
+}
+
+struct Stats {
+    median: Duration,
+    p90: Duration,
+}
+
+fn stats(mut samples: Vec<Duration>) -> Stats {
+    samples.sort();
+    Stats {
+        median: samples[samples.len() / 2],
+        p90: samples[samples.len() * 9 / 10],
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Round trips over a direct pipe to the server's container.
+fn direct_pipe() -> Vec<Duration> {
+    let mut child = Command::new("podman")
+        .args(["run", "-i", "--rm", "--network", "none", "--init", IMAGE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("podman run");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    writeln!(stdin, "{}", initialize(0)).unwrap();
+    stdout.read_line(&mut line).unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+    )
+    .unwrap();
+    let mut samples = vec![];
+    for id in 1..=(WARM_ROUNDS as u64 + 20) {
+        line.clear();
+        let began = Instant::now();
+        writeln!(stdin, "{}", call(id)).unwrap();
+        stdout.read_line(&mut line).unwrap();
+        let reply: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(reply["id"], id);
+        if id > 20 {
+            samples.push(began.elapsed());
+        }
+    }
+    drop(stdin);
+    let _ = child.wait();
+    samples
+}
+
+/// `podman start -ai` of an existing container until the reply to `initialize`.
+fn raw_cold_starts() -> Vec<Duration> {
+    let name = format!("mcpod-bench-raw-{}", std::process::id());
+    let created = Command::new("podman")
+        .args([
+            "create",
+            "-i",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "--init",
+            IMAGE,
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let mut samples = vec![];
+    for _ in 0..COLD_ROUNDS {
+        let began = Instant::now();
+        let mut child = Command::new("podman")
+            .args(["start", "-ai", &name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        writeln!(stdin, "{}", initialize(0)).unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        samples.push(began.elapsed());
+        drop(stdin);
+        let _ = child.wait();
+    }
+    let _ = Command::new("podman")
+        .args(["rm", "-f", &name])
+        .stdout(Stdio::null())
+        .status();
+    samples
+}
+
+struct Mcpod {
+    child: std::process::Child,
+    url: String,
+    _manifests: tempfile::TempDir,
+    _data: tempfile::TempDir,
+    instance: String,
+}
+
+impl Drop for Mcpod {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let _ = Command::new("podman")
+            .args([
+                "rm",
+                "-f",
+                "--filter",
+                &format!("label=mcpod.dev/instance={}", self.instance),
+            ])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+fn start_mcpod() -> Mcpod {
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::write(
+        manifests.path().join("time.yaml"),
+        format!("apiVersion: mcpod.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: time}}\nspec: {{image: {IMAGE}}}\n"),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let instance = format!("bench{}", std::process::id());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mcpod"))
+        .arg("serve")
+        .arg("--manifests")
+        .arg(manifests.path())
+        .args(["--listen", "127.0.0.1:0", "--instance", &instance])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("mcpod listening on ")
+        .expect("mcpod started")
+        .to_string();
+    Mcpod {
+        child,
+        url,
+        _manifests: manifests,
+        _data: data,
+        instance,
+    }
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: String) -> Value {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn through_router(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
+    let client = reqwest::Client::new();
+    let endpoint = format!("{}/mcp/time", mcpod.url);
+    let mut cold = vec![];
+    for _ in 0..COLD_ROUNDS {
+        client
+            .post(format!("{}/servers/time/stop", mcpod.url))
+            .send()
+            .await
+            .unwrap();
+        let began = Instant::now();
+        let reply = post(&client, &endpoint, initialize(0)).await;
+        assert!(reply["result"].is_object(), "{reply}");
+        cold.push(began.elapsed());
+    }
+    let mut warm = vec![];
+    for id in 1..=(WARM_ROUNDS as u64 + 20) {
+        let began = Instant::now();
+        let reply = post(&client, &endpoint, call(id)).await;
+        assert_eq!(reply["id"], id, "{reply}");
+        if id > 20 {
+            warm.push(began.elapsed());
+        }
+    }
+    (warm, cold)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` asks for a list; there is nothing to test here
+    }
+    println!("mcpod benchmark: {IMAGE}, {WARM_ROUNDS} warm requests, {COLD_ROUNDS} cold starts\n");
+    let direct = stats(direct_pipe());
+    let raw_cold = stats(raw_cold_starts());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mcpod = start_mcpod();
+    let (warm, cold) = runtime.block_on(through_router(&mcpod));
+    drop(mcpod);
+    let (warm, cold) = (stats(warm), stats(cold));
+
+    println!("{:<44} {:>10} {:>10}", "", "median ms", "p90 ms");
+    println!(
+        "{:<44} {:>10.3} {:>10.3}",
+        "warm: direct stdio pipe (baseline)",
+        ms(direct.median),
+        ms(direct.p90)
+    );
+    println!(
+        "{:<44} {:>10.3} {:>10.3}",
+        "warm: HTTP through mcpod",
+        ms(warm.median),
+        ms(warm.p90)
+    );
+    println!(
+        "{:<44} {:>10.1} {:>10.1}",
+        "cold: podman start -ai + first reply (baseline)",
+        ms(raw_cold.median),
+        ms(raw_cold.p90)
+    );
+    println!(
+        "{:<44} {:>10.1} {:>10.1}",
+        "cold: first request through mcpod",
+        ms(cold.median),
+        ms(cold.p90)
+    );
+    println!();
+    println!(
+        "warm ratio (mcpod / direct pipe, median): {:.2}x  (+{:.3} ms)",
+        ms(warm.median) / ms(direct.median),
+        ms(warm.median) - ms(direct.median)
+    );
+    println!(
+        "cold ratio (mcpod / raw podman start, median): {:.2}x",
+        ms(cold.median) / ms(raw_cold.median)
+    );
+}
