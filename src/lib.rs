@@ -11,6 +11,7 @@
 
 pub mod crd;
 pub mod duration;
+pub mod endpoint;
 pub mod error;
 pub mod jsonrpc;
 pub mod manifests;
@@ -19,6 +20,7 @@ pub mod reconcile;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod session;
 pub mod stdio;
 pub mod workload;
 

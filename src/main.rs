@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tracing::{error, info};
 
+use mcpod::endpoint::EndpointConfig;
 use mcpod::reconcile::Reconciler;
 use mcpod::router::{self, RouterConfig};
 use mcpod::runtime::podman::{self, PodmanRuntime};
@@ -69,6 +70,16 @@ struct ServeArgs {
     /// Largest JSON-RPC message accepted from a server.
     #[arg(long, env = "MCPOD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_message_bytes: usize,
+    /// Browser origins allowed to call the MCP endpoints besides loopback ones (`*`: any).
+    #[arg(
+        long = "allowed-origin",
+        env = "MCPOD_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
+    /// Client sessions idle for longer than this end; their clients re-initialize.
+    #[arg(long, env = "MCPOD_SESSION_TTL", default_value = "1h", value_parser = parse_duration)]
+    session_ttl: Duration,
     /// How long a server may take to exit after its stdin closes, before SIGTERM.
     #[arg(long, env = "MCPOD_STOP_GRACE", default_value = "1s", value_parser = parse_duration)]
     stop_grace: Duration,
@@ -131,6 +142,7 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
     let settings = Settings {
         max_message_bytes: args.max_message_bytes,
         stop_grace: args.stop_grace,
+        session_ttl: args.session_ttl,
         ..Settings::default()
     };
     // Kept alive for the whole run: dropping it stops a Podman service mcpod started.
@@ -166,7 +178,10 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
     let routes = router::routes(
         reconciler.clone(),
         RouterConfig {
-            max_body_bytes: args.max_body_bytes,
+            endpoint: EndpointConfig {
+                max_body_bytes: args.max_body_bytes,
+                allowed_origins: args.allowed_origins.clone(),
+            },
         },
     );
     warp::serve(routes)

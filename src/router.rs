@@ -5,36 +5,23 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt};
-use serde_json::{json, Value};
-use tracing::{info_span, Instrument};
-use warp::http::{Response, StatusCode};
-use warp::{Buf, Filter, Rejection, Reply};
+use serde_json::json;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
 
-use crate::jsonrpc::{self, Kind};
+use crate::endpoint::{self, json_reply, EndpointConfig, HttpResponse};
 use crate::reconcile::Reconciler;
-use crate::server::{Server, ServerError, SUPPORTED_PROTOCOL_VERSIONS};
+use crate::server::ServerError;
 
 /// Router-wide settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RouterConfig {
-    /// Largest request body accepted; larger ones get 413.
-    pub max_body_bytes: usize,
-}
-
-impl Default for RouterConfig {
-    fn default() -> Self {
-        RouterConfig {
-            max_body_bytes: 4 * 1024 * 1024,
-        }
-    }
+    pub endpoint: EndpointConfig,
 }
 
 #[derive(Clone)]
 struct State {
     reconciler: Arc<Reconciler>,
-    config: RouterConfig,
 }
 
 /// All routes, with every rejection turned into a JSON error.
@@ -42,7 +29,8 @@ pub fn routes(
     reconciler: Arc<Reconciler>,
     config: RouterConfig,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    let state = State { reconciler, config };
+    let mcp = endpoint::routes(reconciler.clone(), config.endpoint.clone());
+    let state = State { reconciler };
     let with_state = warp::any().map(move || state.clone());
 
     let health = warp::path!("health")
@@ -88,14 +76,6 @@ pub fn routes(
         .and(warp::post())
         .and(with_state.clone())
         .then(stop_server);
-    let mcp = warp::path!("mcp" / String)
-        .and(warp::post())
-        .and(with_state.clone())
-        .and(warp::body::stream())
-        .then(|name: String, state: State, body| async move {
-            let span = info_span!("mcp", server = %name);
-            handle_mcp(name, state, body).instrument(span).await
-        });
 
     health
         .or(list)
@@ -111,16 +91,6 @@ pub fn routes(
         .recover(handle_rejection)
         .unify()
         .with(warp::trace::request())
-}
-
-type HttpResponse = warp::reply::Response;
-
-fn json_reply(status: StatusCode, body: &Value) -> HttpResponse {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(body.to_string().into())
-        .expect("static headers are valid")
 }
 
 fn unknown_server(name: &str) -> HttpResponse {
@@ -164,155 +134,6 @@ fn status_of(error: &ServerError) -> StatusCode {
     StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// Reads a body up to `limit` bytes, whether it has a Content-Length or is chunked.
-async fn read_body<S, B>(body: S, limit: usize) -> Result<Bytes, HttpResponse>
-where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin,
-    B: Buf,
-{
-    let mut body = body;
-    let mut collected = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| {
-            json_reply(
-                StatusCode::BAD_REQUEST,
-                &jsonrpc::error(
-                    Value::Null,
-                    jsonrpc::PARSE_ERROR,
-                    format!("reading the body failed: {e}"),
-                ),
-            )
-        })?;
-        if collected.len() + chunk.remaining() > limit {
-            return Err(json_reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &jsonrpc::error(
-                    Value::Null,
-                    jsonrpc::INVALID_REQUEST,
-                    format!("request body exceeds the limit of {limit} bytes"),
-                ),
-            ));
-        }
-        collected.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-    }
-    Ok(collected.freeze())
-}
-
-async fn handle_mcp<S, B>(name: String, state: State, body: S) -> HttpResponse
-where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin,
-    B: Buf,
-{
-    let Some(server) = state.reconciler.server(&name) else {
-        return json_reply(
-            StatusCode::NOT_FOUND,
-            &jsonrpc::error(
-                Value::Null,
-                jsonrpc::INVALID_REQUEST,
-                format!("no MCP server named '{name}'"),
-            ),
-        );
-    };
-    let body = match read_body(body, state.config.max_body_bytes).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let message: Value = match serde_json::from_slice(&body) {
-        Ok(message) => message,
-        Err(e) => {
-            return json_reply(
-                StatusCode::BAD_REQUEST,
-                &jsonrpc::error(
-                    Value::Null,
-                    jsonrpc::PARSE_ERROR,
-                    format!("parse error: {e}"),
-                ),
-            )
-        }
-    };
-    match jsonrpc::classify(&message) {
-        None => json_reply(
-            StatusCode::BAD_REQUEST,
-            &jsonrpc::error(
-                message.get("id").cloned().unwrap_or(Value::Null),
-                jsonrpc::INVALID_REQUEST,
-                "invalid request: expected one JSON-RPC 2.0 message with jsonrpc \"2.0\" and a method, or a result or error",
-            ),
-        ),
-        Some(Kind::Notification) | Some(Kind::Response) => {
-            forward_one_way(&server, message);
-            accepted()
-        }
-        Some(Kind::Request) => {
-            let id = jsonrpc::id(&message);
-            match answer_request(&server, message).await {
-                Ok(response) => json_reply(StatusCode::OK, &response),
-                Err(e) => error_reply(id, &e),
-            }
-        }
-    }
-}
-
-/// A JSON-RPC error for a request mcpod could not get answered, with
-/// `Retry-After` while a failed server is backing off.
-fn error_reply(id: Value, error: &ServerError) -> HttpResponse {
-    let mut response = json_reply(
-        status_of(error),
-        &jsonrpc::error(id, error.jsonrpc_code(), error.to_string()),
-    );
-    if let Some(retry_in) = error.retry_after() {
-        let seconds = retry_in.as_secs_f64().ceil().max(1.0) as u64;
-        response.headers_mut().insert("retry-after", seconds.into());
-    }
-    response
-}
-
-fn accepted() -> HttpResponse {
-    Response::builder()
-        .status(StatusCode::ACCEPTED)
-        .body(Bytes::new().into())
-        .expect("static response")
-}
-
-/// Notifications and responses never start a server; they go to a running one.
-fn forward_one_way(server: &Arc<Server>, message: Value) {
-    // mcpod already told the server it is initialized, once per process.
-    if jsonrpc::method(&message) == Some("notifications/initialized") {
-        return;
-    }
-    if let Some(instance) = server.running_instance() {
-        instance.bridge.notify(message);
-    }
-}
-
-async fn answer_request(server: &Arc<Server>, message: Value) -> Result<Value, ServerError> {
-    let id = jsonrpc::id(&message);
-    match jsonrpc::method(&message) {
-        // Liveness of mcpod itself: answered without waking the server.
-        Some("ping") => Ok(jsonrpc::result(id, json!({}))),
-        Some("initialize") => {
-            let lease = server.acquire().await?;
-            let mut result = lease.instance.initialize_result.clone();
-            result["protocolVersion"] = json!(negotiate_version(&message));
-            Ok(jsonrpc::result(id, result))
-        }
-        _ => server.acquire().await?.request(message).await,
-    }
-}
-
-/// The client's version when mcpod speaks it, else the newest mcpod speaks.
-pub fn negotiate_version(initialize: &Value) -> &'static str {
-    let requested = initialize
-        .pointer("/params/protocolVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    SUPPORTED_PROTOCOL_VERSIONS
-        .iter()
-        .find(|v| **v == requested)
-        .copied()
-        .unwrap_or(SUPPORTED_PROTOCOL_VERSIONS[SUPPORTED_PROTOCOL_VERSIONS.len() - 1])
-}
-
 async fn handle_rejection(rejection: Rejection) -> Result<HttpResponse, Infallible> {
     let (status, message) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "no such endpoint".to_string())
@@ -328,16 +149,4 @@ async fn handle_rejection(rejection: Rejection) -> Result<HttpResponse, Infallib
         status,
         &json!({"success": false, "error": status.canonical_reason(), "message": message}),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn version_negotiation() {
-        let ask = |v: &str| json!({"params": {"protocolVersion": v}});
-        assert_eq!(negotiate_version(&ask("2025-03-26")), "2025-03-26");
-        assert_eq!(negotiate_version(&ask("1999-01-01")), "2025-11-25");
-    }
 }

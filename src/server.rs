@@ -19,6 +19,7 @@ use tracing::{info, warn, Instrument};
 use crate::crd::{DesiredState, Phase};
 use crate::jsonrpc;
 use crate::runtime::Runtime;
+use crate::session::Sessions;
 use crate::stdio::{BridgeError, ServerMessage, StdioBridge};
 use crate::workload::Workload;
 
@@ -38,6 +39,8 @@ pub struct Settings {
     pub stop_grace: Duration,
     /// How often idle servers are looked for.
     pub idle_check_interval: Duration,
+    /// Client sessions idle for longer than this end (clients get 404 and re-initialize).
+    pub session_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -46,6 +49,7 @@ impl Default for Settings {
             max_message_bytes: 16 * 1024 * 1024,
             stop_grace: Duration::from_millis(1000),
             idle_check_interval: Duration::from_millis(500),
+            session_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -154,6 +158,7 @@ pub struct Server {
     status: Mutex<Status>,
     in_flight: AtomicUsize,
     last_activity: Mutex<Instant>,
+    sessions: Arc<Sessions>,
 }
 
 /// Held while a request is being served: keeps the server from being stopped.
@@ -172,10 +177,16 @@ impl Drop for Lease {
 impl Lease {
     /// Sends a request to the server and returns its response, under the server's request timeout.
     pub async fn request(&self, message: Value) -> Result<Value, ServerError> {
+        self.request_as(self.instance.bridge.next_wire_id(), message)
+            .await
+    }
+
+    /// Like [`Lease::request`], under a wire id the caller took from the bridge.
+    pub async fn request_as(&self, wire_id: u64, message: Value) -> Result<Value, ServerError> {
         let timeout = self.server.workload().timeouts.request;
         self.instance
             .bridge
-            .request(message, timeout)
+            .request_as(wire_id, message, timeout)
             .await
             .map_err(|e| match e {
                 BridgeError::Timeout(timeout) => ServerError::RequestTimeout {
@@ -225,6 +236,7 @@ impl Server {
             status: Mutex::new(status),
             in_flight: AtomicUsize::new(0),
             last_activity: Mutex::new(Instant::now()),
+            sessions: Arc::new(Sessions::default()),
         });
         let span = tracing::info_span!("server", server = %server.name);
         tokio::spawn(server.clone().supervise().instrument(span));
@@ -233,6 +245,11 @@ impl Server {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The client sessions talking to this server.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
     }
 
     pub fn workload(&self) -> Arc<Workload> {
@@ -400,7 +417,9 @@ impl Server {
             events_tx,
             self.settings.max_message_bytes,
         );
-        tokio::spawn(answer_server_requests(events, bridge.clone()).in_current_span());
+        tokio::spawn(
+            route_server_messages(events, bridge.clone(), self.sessions.clone()).in_current_span(),
+        );
         let initialize = json!({
             "jsonrpc": "2.0", "id": 0, "method": "initialize",
             "params": {
@@ -423,6 +442,7 @@ impl Server {
             return Err(format!("initialize was refused: {}", response["error"]));
         };
         bridge.notify(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        self.renew_subscriptions(&bridge, workload.timeouts.request);
         let instance = Arc::new(Instance {
             container_id: attached.container_id,
             bridge,
@@ -435,6 +455,19 @@ impl Server {
                 .in_current_span(),
         );
         Ok(instance)
+    }
+
+    /// A new process knows nothing of the sessions' resource subscriptions: renew them.
+    fn renew_subscriptions(&self, bridge: &StdioBridge, timeout: Duration) {
+        for uri in self.sessions.subscribed_uris() {
+            let bridge = bridge.clone();
+            tokio::spawn(async move {
+                let subscribe = json!({"jsonrpc": "2.0", "id": 0, "method": "resources/subscribe", "params": {"uri": uri}});
+                if let Err(e) = bridge.request(subscribe, timeout).await {
+                    warn!(%uri, error = %e, "renewing a resource subscription failed");
+                }
+            });
+        }
     }
 
     /// Marks the server when its container dies on its own (not stopped by mcpod).
@@ -557,6 +590,9 @@ impl Server {
             if Arc::strong_count(&self) == 1 {
                 return; // nobody holds this server any more
             }
+            for id in self.sessions.expire(self.settings.session_ttl) {
+                info!(session = %id, "client session expired");
+            }
             let workload = self.workload();
             match workload.desired_state {
                 DesiredState::AlwaysOn => self.keep_running().await,
@@ -609,35 +645,16 @@ impl Server {
     }
 }
 
-/// Answers requests the server makes of its client while no client session can:
-/// `ping` is answered by mcpod itself; anything else gets "method not found" at once.
-async fn answer_server_requests(
+/// Hands what the server sends on its own to the sessions; sends back the
+/// replies mcpod gives itself (pings, requests no session can answer).
+async fn route_server_messages(
     mut events: mpsc::UnboundedReceiver<ServerMessage>,
     bridge: StdioBridge,
+    sessions: Arc<Sessions>,
 ) {
     while let Some(message) = events.recv().await {
-        match message {
-            ServerMessage::Request(request) => {
-                let id = jsonrpc::id(&request);
-                let reply = match jsonrpc::method(&request) {
-                    Some("ping") => jsonrpc::result(id, json!({})),
-                    method => jsonrpc::error(
-                        id,
-                        jsonrpc::METHOD_NOT_FOUND,
-                        format!(
-                            "mcpod: no client session can answer {}",
-                            method.unwrap_or("?")
-                        ),
-                    ),
-                };
-                bridge.notify(reply);
-            }
-            ServerMessage::Notification(notification) => {
-                tracing::debug!(
-                    method = jsonrpc::method(&notification).unwrap_or(""),
-                    "server notification"
-                );
-            }
+        if let Some(reply) = sessions.route(message) {
+            bridge.notify(reply);
         }
     }
 }

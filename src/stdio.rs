@@ -100,12 +100,23 @@ impl StdioBridge {
     }
 
     /// Sends a request and waits for its response, which carries the caller's id.
-    pub async fn request(
+    pub async fn request(&self, message: Value, timeout: Duration) -> Result<Value, BridgeError> {
+        self.request_as(self.next_wire_id(), message, timeout).await
+    }
+
+    /// A fresh id for a request to this server (see [`StdioBridge::request_as`]).
+    pub fn next_wire_id(&self) -> u64 {
+        self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Like [`StdioBridge::request`], under an id taken from [`StdioBridge::next_wire_id`],
+    /// so the caller can map a later cancellation to it.
+    pub async fn request_as(
         &self,
+        wire_id: u64,
         mut message: Value,
         timeout: Duration,
     ) -> Result<Value, BridgeError> {
-        let wire_id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let client_id = std::mem::replace(&mut message["id"], json!(wire_id));
         let (reply, response) = oneshot::channel();
         self.shared

@@ -162,6 +162,7 @@ impl PodmanRuntime {
                     info!(container = %name, "restarting adopted container: its MCP session cannot be resumed");
                     self.stop(key, Duration::ZERO).await?;
                 }
+                self.wait_until_settled(&name).await;
                 let id = existing.get("Id").and_then(Value::as_str).unwrap_or(&name);
                 return Ok(id.to_string());
             }
@@ -178,19 +179,30 @@ impl Runtime for PodmanRuntime {
         let id = self.container_for(key, workload).await?;
         let container = self.podman.containers().get(&id);
         // Attach before start, as `podman start --attach` does, so no output is missed.
-        let attach = container
-            .attach(
-                &ContainerAttachOpts::builder()
-                    .stdin(true)
-                    .stdout(true)
-                    .stderr(true)
-                    .build(),
-            )
-            .await
-            .map_err(Error::podman(format!(
-                "attach to {}",
-                self.container_name(key)
-            )))?;
+        let options = ContainerAttachOpts::builder()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut attempt = 0;
+        let attach = loop {
+            match container.attach(&options).await {
+                Ok(attach) => break attach,
+                // Podman's cleanup of a container that just exited can race the
+                // re-initialisation attach does; it settles within moments.
+                Err(e) if attempt < 10 && e.to_string().contains("container state improper") => {
+                    attempt += 1;
+                    debug!(container = %id, attempt, "container still settling; retrying attach");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(Error::podman(format!(
+                        "attach to {}",
+                        self.container_name(key)
+                    ))(e))
+                }
+            }
+        };
         container
             .start(None)
             .await
@@ -315,7 +327,15 @@ impl Runtime for PodmanRuntime {
 
     async fn exit_reason(&self, key: &str) -> Option<String> {
         let name = self.container_name(key);
-        let state = self.inspect(&name).await.ok()??;
+        // The output can end a moment before Podman records the exit.
+        let mut state = self.inspect(&name).await.ok()??;
+        for _ in 0..40 {
+            if state.pointer("/State/Running") != Some(&Value::Bool(true)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            state = self.inspect(&name).await.ok()??;
+        }
         let state = state.get("State")?;
         if state.get("Running") == Some(&Value::Bool(true)) {
             return None;
@@ -343,6 +363,28 @@ impl Runtime for PodmanRuntime {
 }
 
 impl PodmanRuntime {
+    /// Waits (briefly) until a container that exited has finished stopping:
+    /// libpod refuses to attach to one still in the "stopping" state.
+    async fn wait_until_settled(&self, name: &str) {
+        for _ in 0..100 {
+            let status = match self.inspect(name).await {
+                Ok(Some(state)) => state
+                    .pointer("/State/Status")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                _ => return,
+            };
+            // "stopped" is not settled yet: Podman's cleanup turns it into "exited".
+            if matches!(
+                status.as_deref(),
+                Some("exited" | "created" | "configured") | None
+            ) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn log_tail(&self, name: &str, lines: usize) -> String {
         let container = self.podman.containers().get(name);
         let opts = ContainerLogsOpts::builder()

@@ -158,13 +158,13 @@ impl Mcpod {
         format!("mcpod-{}-{server}", self.instance)
     }
 
-    /// POSTs one JSON-RPC message (or raw text) to `/mcp/{server}`.
+    /// POSTs one JSON-RPC message (or raw text) to `/mcp/{server}` the way the
+    /// original system's API is used: plain JSON, no session.
     pub async fn mcp(&self, server: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
         let response = self
             .http
             .post(format!("{}/mcp/{server}", self.url))
             .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
             .body(body)
             .send()
             .await
