@@ -557,11 +557,12 @@ async fn initialize(server: &Arc<Server>, message: Value) -> HttpResponse {
     match initialize_result(server, &message).await {
         Ok(response) => {
             let version = negotiate_version(&message);
-            let session = server.sessions().create(
-                version,
-                ClientCapabilities::from_initialize(&message),
-                false,
-            );
+            let capabilities = ClientCapabilities::from_initialize(&message);
+            let session = server.sessions().create(version, capabilities, false);
+            if capabilities.roots {
+                // A client that has roots arrived: let the server ask for them again.
+                one_way(server, None, json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}));
+            }
             let mut reply = json_reply(StatusCode::OK, &response);
             reply.headers_mut().insert(
                 SESSION_HEADER,

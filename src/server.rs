@@ -13,14 +13,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
 
 use crate::crd::{DesiredState, Phase};
 use crate::jsonrpc;
 use crate::runtime::Runtime;
 use crate::session::Sessions;
-use crate::stdio::{BridgeError, ServerMessage, StdioBridge};
+use crate::stdio::{BridgeError, MessageHandler, StdioBridge};
 use crate::workload::Workload;
 
 /// The protocol version mcpod asks servers for; they answer with theirs.
@@ -409,22 +408,21 @@ impl Server {
             .start(&self.key, workload)
             .await
             .map_err(|e| e.to_string())?;
-        let (events_tx, events) = mpsc::unbounded_channel();
+        let sessions = self.sessions.clone();
+        let route: MessageHandler = Arc::new(move |message| sessions.route(message));
         let bridge = StdioBridge::spawn(
             &self.name,
             attached.output,
             attached.stdin,
-            events_tx,
+            route,
             self.settings.max_message_bytes,
-        );
-        tokio::spawn(
-            route_server_messages(events, bridge.clone(), self.sessions.clone()).in_current_span(),
         );
         let initialize = json!({
             "jsonrpc": "2.0", "id": 0, "method": "initialize",
             "params": {
                 "protocolVersion": LATEST_PROTOCOL_VERSION,
-                "capabilities": {},
+                // What mcpod can route to client sessions that declared the same.
+                "capabilities": {"roots": {"listChanged": true}, "sampling": {}, "elicitation": {}},
                 "clientInfo": {"name": "mcpod", "version": env!("CARGO_PKG_VERSION")},
             }
         });
@@ -642,20 +640,6 @@ impl Server {
             crate::duration::format(Duration::from_secs(idle.as_secs()))
         );
         self.stop_locked(&mut lifecycle, &reason).await;
-    }
-}
-
-/// Hands what the server sends on its own to the sessions; sends back the
-/// replies mcpod gives itself (pings, requests no session can answer).
-async fn route_server_messages(
-    mut events: mpsc::UnboundedReceiver<ServerMessage>,
-    bridge: StdioBridge,
-    sessions: Arc<Sessions>,
-) {
-    while let Some(message) = events.recv().await {
-        if let Some(reply) = sessions.route(message) {
-            bridge.notify(reply);
-        }
     }
 }
 

@@ -29,6 +29,12 @@ pub enum BridgeError {
     Timeout(Duration),
 }
 
+/// Called, in order, for each message the server sends on its own; what it returns
+/// is sent back to the server at once (e.g. an error for a request nobody can answer).
+/// Called inline by the reader, so such a message is routed before any response
+/// that followed it on stdout is delivered: progress never overtakes its result.
+pub type MessageHandler = Arc<dyn Fn(ServerMessage) -> Option<Value> + Send + Sync>;
+
 /// A message the server sent on its own: a notification or a request for a client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerMessage {
@@ -75,7 +81,7 @@ impl StdioBridge {
         server: &str,
         output: BoxStream<'static, std::io::Result<Output>>,
         stdin: Pin<Box<dyn AsyncWrite + Send>>,
-        events: mpsc::UnboundedSender<ServerMessage>,
+        handler: MessageHandler,
         max_message_bytes: usize,
     ) -> StdioBridge {
         let shared = Arc::new(Shared {
@@ -89,7 +95,7 @@ impl StdioBridge {
         let span = tracing::info_span!(parent: None, "stdio", server = %server);
         tokio::spawn(write_loop(stdin, outbound_rx).instrument(span.clone()));
         tokio::spawn(
-            read_loop(output, shared.clone(), events, closed_tx, max_message_bytes)
+            read_loop(output, shared.clone(), handler, outbound.clone(), closed_tx, max_message_bytes)
                 .instrument(span),
         );
         StdioBridge {
@@ -229,7 +235,8 @@ async fn write_loop(
 async fn read_loop(
     mut output: BoxStream<'static, std::io::Result<Output>>,
     shared: Arc<Shared>,
-    events: mpsc::UnboundedSender<ServerMessage>,
+    handler: MessageHandler,
+    outbound: mpsc::UnboundedSender<Outbound>,
     closed: watch::Sender<Option<String>>,
     max_message_bytes: usize,
 ) {
@@ -239,7 +246,7 @@ async fn read_loop(
         match output.next().await {
             Some(Ok(Output::Stdout(bytes))) => {
                 for line in stdout.push(&bytes) {
-                    dispatch(&line, &shared, &events);
+                    dispatch(&line, &shared, &handler, &outbound);
                 }
             }
             Some(Ok(Output::Stderr(bytes))) => {
@@ -266,7 +273,12 @@ async fn read_loop(
     drop(pending);
 }
 
-fn dispatch(line: &[u8], shared: &Shared, events: &mpsc::UnboundedSender<ServerMessage>) {
+fn dispatch(
+    line: &[u8],
+    shared: &Shared,
+    handler: &MessageHandler,
+    outbound: &mpsc::UnboundedSender<Outbound>,
+) {
     let text = String::from_utf8_lossy(line);
     let text = text.trim();
     if text.is_empty() {
@@ -277,17 +289,20 @@ fn dispatch(line: &[u8], shared: &Shared, events: &mpsc::UnboundedSender<ServerM
         return;
     };
     shared.touch();
-    match jsonrpc::classify(&message) {
-        Some(Kind::Response) => deliver_response(message, shared),
-        Some(Kind::Request) => {
-            let _ = events.send(ServerMessage::Request(message));
+    let reply = match jsonrpc::classify(&message) {
+        Some(Kind::Response) => {
+            deliver_response(message, shared);
+            None
         }
-        Some(Kind::Notification) => {
-            let _ = events.send(ServerMessage::Notification(message));
-        }
+        Some(Kind::Request) => handler(ServerMessage::Request(message)),
+        Some(Kind::Notification) => handler(ServerMessage::Notification(message)),
         None => {
-            warn!(line = %truncate(text, 200), "server wrote JSON that is not JSON-RPC; ignored")
+            warn!(line = %truncate(text, 200), "server wrote JSON that is not JSON-RPC; ignored");
+            None
         }
+    };
+    if let Some(reply) = reply {
+        let _ = outbound.send(Outbound::Line(reply.to_string()));
     }
 }
 
@@ -382,6 +397,10 @@ mod tests {
         let (to_router, from_server) = mpsc::unbounded_channel();
         let (stdin_router, stdin_server) = tokio::io::duplex(1 << 16);
         let (events_tx, events) = mpsc::unbounded_channel();
+        let events_tx: MessageHandler = Arc::new(move |message| {
+            let _ = events_tx.send(message);
+            None
+        });
         let output = tokio_stream_from(from_server);
         let bridge = StdioBridge::spawn("test", output, Box::pin(stdin_router), events_tx, 1 << 20);
         (bridge, events, to_router, stdin_server)
@@ -495,6 +514,23 @@ mod tests {
         drop(server_out);
         bridge.closed().await;
         assert_eq!(bridge.stderr_tail(), ["banner line"]);
+    }
+
+    #[tokio::test]
+    async fn a_notification_before_a_response_is_routed_before_the_response_arrives() {
+        let (bridge, mut events, server_out, server_in) = fake_server();
+        let mut lines = BufReader::new(server_in).lines();
+        let request = bridge.request(json!({"jsonrpc":"2.0","id":1,"method":"slow"}), Duration::from_secs(5));
+        let server = async {
+            let sent: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+            let progress = json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":3}});
+            let reply = json!({"jsonrpc":"2.0","id":sent["id"],"result":{}});
+            server_out.send(out(&format!("{progress}\n{reply}"))).unwrap();
+        };
+        let (response, ()) = tokio::join!(request, server);
+        response.unwrap();
+        let routed = events.try_recv().expect("the notification was routed first");
+        assert!(matches!(routed, ServerMessage::Notification(ref m) if m["params"]["progress"] == 3));
     }
 
     #[test]

@@ -1,0 +1,80 @@
+"""Drives mcpod with the official Python MCP SDK (PyPI `mcp`), printing one JSON
+object with what it observed. Usage: py_client.py SCENARIO URL."""
+import asyncio
+import json
+import sys
+
+import mcp_types as types
+from mcp import ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+ROOT = "file:///workspace/python-client"
+
+
+async def list_roots(context):
+    return types.ListRootsResult(roots=[types.Root(uri=ROOT, name="python-client")])
+
+
+async def sample(context, params):
+    asked = params.messages[0].content.text if params.messages else ""
+    return types.CreateMessageResult(
+        role="assistant",
+        content=types.TextContent(type="text", text=f"sampled by python: {asked[:40]}"),
+        model="mcpod-test-model",
+        stop_reason="endTurn",
+    )
+
+
+def texts(result):
+    return [c.text for c in result.content if getattr(c, "type", "") == "text"]
+
+
+async def everything(session, out):
+    init = await session.initialize()
+    out["server"] = init.server_info.name
+    out["protocol"] = init.protocol_version
+    tools = await session.list_tools()
+    out["tools"] = sorted(t.name for t in tools.tools)
+    out["echo"] = texts(await session.call_tool("echo", {"message": "hello from python"}))
+    out["sum"] = texts(await session.call_tool("get-sum", {"a": 2, "b": 40}))
+    resources = await session.list_resources()
+    first = resources.resources[0]
+    read = await session.read_resource(first.uri)
+    out["resource"] = {"uri": str(first.uri), "contents": len(read.contents)}
+    prompts = await session.list_prompts()
+    out["prompts"] = sorted(p.name for p in prompts.prompts)
+    prompt = await session.get_prompt("simple-prompt")
+    out["prompt_messages"] = len(prompt.messages)
+    progress = []
+
+    async def on_progress(value, total, message):
+        progress.append(value)
+
+    await session.call_tool("trigger-long-running-operation", {"duration": 1, "steps": 4}, progress_callback=on_progress)
+    out["progress"] = progress
+    out["sampling"] = texts(await session.call_tool("trigger-sampling-request", {"prompt": "tell me", "maxTokens": 20}))
+    out["roots"] = texts(await session.call_tool("get-roots-list", {}))
+
+
+async def time(session, out):
+    init = await session.initialize()
+    out["server"] = init.server_info.name
+    out["time"] = texts(await session.call_tool("get_current_time", {"timezone": "Asia/Tokyo"}))
+
+
+async def main():
+    scenario, url = sys.argv[1], sys.argv[2]
+    out = {}
+    transport = sse_client(url) if scenario.endswith("-legacy") else streamable_http_client(url)
+    async with transport as streams:
+        read, write = streams[0], streams[1]
+        async with ClientSession(read, write, list_roots_callback=list_roots, sampling_callback=sample) as session:
+            if scenario.startswith("everything"):
+                await everything(session, out)
+            else:
+                await time(session, out)
+    print(json.dumps(out))
+
+
+asyncio.run(main())
