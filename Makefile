@@ -5,7 +5,7 @@ CARGO ?= cargo
 MCPOD_CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 export MCPOD_CA_BUNDLE
 
-.PHONY: setup images test-images build run test lint unit e2e crd crd-check bench clean-containers
+.PHONY: setup images test-images test-clients build run test lint unit e2e crd crd-check bench clean-containers
 
 setup:
 	bash scripts/install-deps.sh
@@ -15,8 +15,15 @@ images: setup
 
 # The images the tests run: the time server from PyPI and the fault-test fixture.
 test-images: setup
-	bash scripts/build-images.sh time python-base
+	bash scripts/build-images.sh time everything python-base
 	podman build -q -t localhost/mcpod-test/fixture:latest tests/fixtures >/dev/null
+
+# The official MCP clients the tests drive: Python SDK (PyPI mcp), TypeScript SDK and
+# Inspector CLI (npm), pinned in tests/clients/.
+test-clients:
+	cd tests/clients && { [ -x .venv/bin/python ] || python3 -m venv .venv; } \
+	  && .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	cd tests/clients && npm ci --no-audit --no-fund --loglevel=error
 
 build:
 	$(CARGO) build --release
@@ -25,7 +32,7 @@ build:
 run: images build
 	./target/release/mcpod serve --manifests examples --listen 127.0.0.1:8080
 
-test: test-images lint crd-check
+test: test-images test-clients lint crd-check
 	$(CARGO) test
 
 lint:

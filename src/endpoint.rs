@@ -561,7 +561,11 @@ async fn initialize(server: &Arc<Server>, message: Value) -> HttpResponse {
             let session = server.sessions().create(version, capabilities, false);
             if capabilities.roots {
                 // A client that has roots arrived: let the server ask for them again.
-                one_way(server, None, json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}));
+                one_way(
+                    server,
+                    None,
+                    json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}),
+                );
             }
             let mut reply = json_reply(StatusCode::OK, &response);
             reply.headers_mut().insert(

@@ -184,11 +184,25 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
             },
         },
     );
-    warp::serve(routes)
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    let closing = reconciler.clone();
+    let server = warp::serve(routes)
         .incoming(listener)
-        .graceful(shutdown_signal())
-        .run()
-        .await;
+        .graceful(async move {
+            shutdown_signal().await;
+            // Open SSE streams would hold a graceful shutdown forever: end them.
+            closing.end_sessions();
+            let _ = stopping_tx.send(());
+        })
+        .run();
+    tokio::pin!(server);
+    tokio::select! {
+        _ = &mut server => {}
+        _ = async {
+            let _ = stopping.await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        } => info!("connections still open after 10 s; closing them"),
+    }
     info!("shutting down: stopping servers");
     reconciler.shutdown().await;
     Ok(())

@@ -171,6 +171,13 @@ impl Reconciler {
         }
     }
 
+    /// Ends every client session, closing their streams (mcpod is shutting down).
+    pub fn end_sessions(&self) {
+        for server in self.servers() {
+            server.sessions().end_all();
+        }
+    }
+
     /// Stops every server (mcpod is shutting down); containers stay for adoption.
     pub async fn shutdown(&self) {
         let servers = self.servers();

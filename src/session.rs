@@ -356,6 +356,14 @@ impl Sessions {
         removed.is_some()
     }
 
+    /// Ends every session.
+    pub fn end_all(&self) {
+        let ids: Vec<String> = self.sessions.read().unwrap().keys().cloned().collect();
+        for id in ids {
+            self.end(&id);
+        }
+    }
+
     /// Ends sessions idle for longer than `ttl`; returns their ids.
     pub fn expire(&self, ttl: Duration) -> Vec<String> {
         let expired: Vec<String> = self

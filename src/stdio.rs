@@ -95,8 +95,15 @@ impl StdioBridge {
         let span = tracing::info_span!(parent: None, "stdio", server = %server);
         tokio::spawn(write_loop(stdin, outbound_rx).instrument(span.clone()));
         tokio::spawn(
-            read_loop(output, shared.clone(), handler, outbound.clone(), closed_tx, max_message_bytes)
-                .instrument(span),
+            read_loop(
+                output,
+                shared.clone(),
+                handler,
+                outbound.clone(),
+                closed_tx,
+                max_message_bytes,
+            )
+            .instrument(span),
         );
         StdioBridge {
             outbound,
@@ -520,17 +527,27 @@ mod tests {
     async fn a_notification_before_a_response_is_routed_before_the_response_arrives() {
         let (bridge, mut events, server_out, server_in) = fake_server();
         let mut lines = BufReader::new(server_in).lines();
-        let request = bridge.request(json!({"jsonrpc":"2.0","id":1,"method":"slow"}), Duration::from_secs(5));
+        let request = bridge.request(
+            json!({"jsonrpc":"2.0","id":1,"method":"slow"}),
+            Duration::from_secs(5),
+        );
         let server = async {
-            let sent: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+            let sent: Value =
+                serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
             let progress = json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":3}});
             let reply = json!({"jsonrpc":"2.0","id":sent["id"],"result":{}});
-            server_out.send(out(&format!("{progress}\n{reply}"))).unwrap();
+            server_out
+                .send(out(&format!("{progress}\n{reply}")))
+                .unwrap();
         };
         let (response, ()) = tokio::join!(request, server);
         response.unwrap();
-        let routed = events.try_recv().expect("the notification was routed first");
-        assert!(matches!(routed, ServerMessage::Notification(ref m) if m["params"]["progress"] == 3));
+        let routed = events
+            .try_recv()
+            .expect("the notification was routed first");
+        assert!(
+            matches!(routed, ServerMessage::Notification(ref m) if m["params"]["progress"] == 3)
+        );
     }
 
     #[test]

@@ -236,10 +236,19 @@ impl Mcpod {
         }
     }
 
-    /// Stops mcpod gracefully (SIGTERM) and waits for it.
+    /// Stops mcpod gracefully (SIGTERM) and waits for it; kills it after 30 s.
     pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(child.try_wait(), Ok(None)) {
+                if Instant::now() > deadline {
+                    eprintln!("mcpod did not exit 30 s after SIGTERM; killing it");
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = child.wait();
         }
     }
@@ -316,4 +325,179 @@ pub fn text_of(response: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// Runs one scenario of an official SDK client (tests/clients), returning the JSON it printed.
+pub fn sdk_client(language: &str, scenario: &str, url: &str) -> Value {
+    let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    let mut command = match language {
+        "python" => {
+            let mut c = Command::new(clients.join(".venv/bin/python"));
+            c.arg(clients.join("py_client.py"));
+            c
+        }
+        "typescript" => {
+            let mut c = Command::new("node");
+            c.arg(clients.join("ts_client.mjs"));
+            c
+        }
+        other => panic!("no {other} client"),
+    };
+    let output = command
+        .args([scenario, url])
+        .output()
+        .expect("test clients are installed (make test-clients)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{language} client {scenario} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{language} client printed no JSON ({e}): {stdout}"))
+}
+
+/// Runs the MCP Inspector CLI against an HTTP endpoint; returns its stdout.
+pub fn inspector(url: &str, args: &[&str]) -> String {
+    // The CLI finds its own package.json relative to the working directory.
+    let build = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients/node_modules/@modelcontextprotocol/inspector-cli/build");
+    let output = Command::new("node")
+        .current_dir(&build)
+        .arg("index.js")
+        .args([url, "--transport", "http"])
+        .args(args)
+        .output()
+        .expect("inspector CLI installed (make test-clients)");
+    assert!(
+        output.status.success(),
+        "inspector failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// One SSE event as a client sees it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Value,
+}
+
+/// Parses complete SSE events out of `buffer`, leaving any partial one.
+pub fn take_events(buffer: &mut String) -> Vec<Event> {
+    let mut events = vec![];
+    while let Some(end) = buffer.find("\n\n") {
+        let block: String = buffer.drain(..end + 2).collect();
+        let (mut id, mut event, mut data) = (None, None, String::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                id = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+        if id.is_some() || !data.is_empty() {
+            let data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+            events.push(Event { id, event, data });
+        }
+    }
+    events
+}
+
+/// A hand-driven Streamable HTTP client, for the transport rules SDKs hide.
+pub struct RawClient {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub session: Option<String>,
+    pub version: String,
+}
+
+impl RawClient {
+    pub fn new(url: String) -> Self {
+        RawClient {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            url,
+            session: None,
+            version: "2025-06-18".into(),
+        }
+    }
+
+    pub fn request(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .request(method, &self.url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", &self.version);
+        if let Some(session) = &self.session {
+            request = request.header("mcp-session-id", session);
+        }
+        request
+    }
+
+    pub async fn initialize(&mut self, capabilities: Value) -> Value {
+        let body = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion": self.version, "capabilities": capabilities,
+            "clientInfo": {"name": "raw", "version": "1"}}});
+        let response = self
+            .request(reqwest::Method::POST)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        self.session = response
+            .headers()
+            .get("mcp-session-id")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert!(self.session.is_some(), "initialize must issue a session");
+        let result: Value = response.json().await.unwrap();
+        let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+        let status = self
+            .request(reqwest::Method::POST)
+            .body(initialized.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 202);
+        result
+    }
+
+    /// POSTs a message; returns the status and every JSON-RPC message in the reply
+    /// (one for JSON, all events for SSE).
+    pub async fn post(&self, body: &Value) -> (u16, Vec<Value>) {
+        let response = self
+            .request(reqwest::Method::POST)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let is_sse = response
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/event-stream"));
+        let mut text = response.text().await.unwrap();
+        if is_sse {
+            (
+                status,
+                take_events(&mut text).into_iter().map(|e| e.data).collect(),
+            )
+        } else if text.is_empty() {
+            (status, vec![])
+        } else {
+            (
+                status,
+                vec![serde_json::from_str(&text).unwrap_or(Value::String(text))],
+            )
+        }
+    }
 }

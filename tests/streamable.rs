@@ -1,0 +1,411 @@
+//! The MCP endpoint as the specification has it, proven with the official
+//! clients (Python and TypeScript SDKs, MCP Inspector CLI) against real servers
+//! (`server-everything` from npm, `mcp-server-time` from PyPI) in containers,
+//! and with a hand-driven client for the transport rules.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const EVERYTHING_IMAGE: &str = "localhost/mcpod/everything:latest";
+
+fn servers() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "everything.yaml",
+            manifest("everything", EVERYTHING_IMAGE, ""),
+        ),
+        ("time.yaml", manifest("time", TIME_IMAGE, "")),
+        ("fake.yaml", manifest("fake", FIXTURE_IMAGE, "")),
+    ]
+}
+
+#[tokio::test]
+async fn python_sdk_holds_a_full_conversation() {
+    let mcpod = Mcpod::start(&servers(), &[]);
+    let url = format!("{}/mcp/everything", mcpod.url);
+    let out = tokio::task::spawn_blocking(move || sdk_client("python", "everything", &url))
+        .await
+        .unwrap();
+    assert_eq!(out["server"], "mcp-servers/everything");
+    assert_eq!(out["protocol"], "2025-11-25");
+    assert!(
+        out["tools"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("trigger-sampling-request")),
+        "{out}"
+    );
+    assert_eq!(out["echo"], json!(["Echo: hello from python"]));
+    assert_eq!(out["sum"], json!(["The sum of 2 and 40 is 42."]));
+    assert_eq!(out["resource"]["contents"], 1);
+    assert!(out["prompts"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("simple-prompt")));
+    assert_eq!(
+        out["progress"],
+        json!([1.0, 2.0, 3.0, 4.0]),
+        "every progress notification, in order"
+    );
+    assert!(
+        out["sampling"].to_string().contains("sampled by python"),
+        "{out}"
+    );
+    assert!(
+        out["roots"]
+            .to_string()
+            .contains("file:///workspace/python-client"),
+        "{out}"
+    );
+
+    let url = format!("{}/mcp/time", mcpod.url);
+    let out = tokio::task::spawn_blocking(move || sdk_client("python", "time", &url))
+        .await
+        .unwrap();
+    assert_eq!(out["server"], "mcp-time");
+    assert!(out["time"].to_string().contains("Asia/Tokyo"), "{out}");
+}
+
+#[tokio::test]
+async fn typescript_sdk_holds_a_full_conversation_and_ends_its_session() {
+    let mcpod = Mcpod::start(&servers(), &[]);
+    let url = format!("{}/mcp/everything", mcpod.url);
+    let out = tokio::task::spawn_blocking(move || sdk_client("typescript", "everything", &url))
+        .await
+        .unwrap();
+    assert_eq!(out["server"], "mcp-servers/everything");
+    assert_eq!(out["echo"], json!(["Echo: hello from ts"]));
+    assert_eq!(out["resource"], 1);
+    assert_eq!(out["prompt"], 1);
+    assert_eq!(out["progress"], json!([1, 2, 3]));
+    assert!(
+        out["sampling"].to_string().contains("sampled by ts-client"),
+        "{out}"
+    );
+    assert!(
+        out["roots"]
+            .to_string()
+            .contains("file:///workspace/ts-client"),
+        "{out}"
+    );
+    assert_eq!(
+        out["afterDelete"], 404,
+        "an ended session is refused with 404"
+    );
+    let session = out["sessionId"].as_str().unwrap();
+    assert!(session.len() >= 32 && session.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+}
+
+#[tokio::test]
+async fn many_sessions_with_colliding_ids_each_get_their_own_answers() {
+    let mcpod = Mcpod::start(&servers(), &[]);
+    let url = format!("{}/mcp/everything", mcpod.url);
+    let out = tokio::task::spawn_blocking(move || sdk_client("typescript", "concurrent", &url))
+        .await
+        .unwrap();
+    assert_eq!(out["total"], 30);
+    assert_eq!(out["mismatched"], json!([]), "{out}");
+    assert_eq!(
+        mcpod.status("everything").await["starts"],
+        1,
+        "one process served every session"
+    );
+}
+
+#[tokio::test]
+async fn legacy_sse_transport_serves_old_clients() {
+    let mcpod = Mcpod::start(&servers(), &[]);
+    let url = format!("{}/sse/everything", mcpod.url);
+    let out = tokio::task::spawn_blocking(move || sdk_client("typescript", "legacy", &url))
+        .await
+        .unwrap();
+    assert_eq!(out["echo"], json!(["Echo: over legacy sse"]));
+    let url = format!("{}/sse/time", mcpod.url);
+    let out = tokio::task::spawn_blocking(move || sdk_client("python", "time-legacy", &url))
+        .await
+        .unwrap();
+    assert!(out["time"].to_string().contains("Asia/Tokyo"), "{out}");
+}
+
+#[tokio::test]
+async fn inspector_cli_lists_and_calls_tools() {
+    let mcpod = Mcpod::start(&servers(), &[]);
+    let url = format!("{}/mcp/time", mcpod.url);
+    let (listed, called) = tokio::task::spawn_blocking(move || {
+        (
+            inspector(&url, &["--method", "tools/list"]),
+            inspector(
+                &url,
+                &[
+                    "--method",
+                    "tools/call",
+                    "--tool-name",
+                    "get_current_time",
+                    "--tool-arg",
+                    "timezone=UTC",
+                ],
+            ),
+        )
+    })
+    .await
+    .unwrap();
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let names: Vec<_> = listed["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].clone())
+        .collect();
+    assert!(
+        names.contains(&json!("get_current_time")) && names.contains(&json!("convert_time")),
+        "{listed}"
+    );
+    assert!(
+        called.contains("\"timezone\": \"UTC\"")
+            || called.contains("\\\"timezone\\\": \\\"UTC\\\""),
+        "{called}"
+    );
+}
+
+#[tokio::test]
+async fn transport_rules_are_enforced() {
+    let mcpod = Mcpod::start(&servers(), &[]);
+    let mut client = RawClient::new(format!("{}/mcp/fake", mcpod.url));
+    let list = json!({"jsonrpc":"2.0","id":1,"method":"tools/list"});
+
+    let (status, body) = client.post(&list).await;
+    assert_eq!(status, 400, "a Streamable HTTP client needs a session");
+    assert!(body[0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Mcp-Session-Id"));
+
+    client.initialize(json!({})).await;
+    let (status, body) = client.post(&list).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.last().unwrap()["id"], 1);
+    assert!(body.last().unwrap()["result"]["tools"].is_array());
+
+    let real_session = client.session.clone();
+    client.session = Some("not-a-session".into());
+    assert_eq!(client.post(&list).await.0, 404);
+    client.session = real_session;
+
+    client.version = "1999-01-01".into();
+    assert_eq!(
+        client.post(&list).await.0,
+        400,
+        "unsupported MCP-Protocol-Version"
+    );
+    client.version = "2025-06-18".into();
+
+    let foreign = client
+        .request(reqwest::Method::POST)
+        .header("origin", "https://evil.example")
+        .body(list.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    let local = client
+        .request(reqwest::Method::POST)
+        .header("origin", "http://localhost:3000")
+        .body(list.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(local.status(), 200);
+
+    // Batches exist only in 2025-03-26.
+    let batch = json!([list, {"jsonrpc":"2.0","id":2,"method":"ping"}]);
+    assert_eq!(client.post(&batch).await.0, 400);
+    let mut old = RawClient::new(format!("{}/mcp/fake", mcpod.url));
+    old.version = "2025-03-26".into();
+    old.initialize(json!({})).await;
+    let (status, body) = old.post(&batch).await;
+    assert_eq!(status, 200);
+    let ids: Vec<_> = body[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!(1), json!(2)]);
+
+    // A notification or response gets 202 and no body.
+    let (status, body) = client
+        .post(&json!({"jsonrpc":"2.0","method":"notifications/roots/list_changed"}))
+        .await;
+    assert_eq!((status, body.len()), (202, 0));
+
+    let get = client
+        .http
+        .get(&client.url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 400, "GET without a session");
+    let get = client
+        .http
+        .get(&client.url)
+        .header("accept", "application/json")
+        .header("mcp-session-id", client.session.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 406, "GET must accept text/event-stream");
+
+    let delete = client
+        .request(reqwest::Method::DELETE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), 200);
+    assert_eq!(client.post(&list).await.0, 404, "the session ended");
+}
+
+/// Reads SSE events from a streaming response until `count` arrived.
+async fn read_events(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+    count: usize,
+) -> Vec<Event> {
+    let mut events = vec![];
+    while events.len() < count {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), response.chunk())
+            .await
+            .expect("an event within 20 s")
+            .unwrap()
+            .expect("stream still open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        events.extend(take_events(buffer).into_iter().filter(|e| e.id.is_some()));
+    }
+    events
+}
+
+#[tokio::test]
+async fn get_stream_resumes_with_last_event_id_and_loses_nothing() {
+    let mcpod = Mcpod::start(&servers(), &[]);
+    let mut client = RawClient::new(format!("{}/mcp/fake", mcpod.url));
+    client.initialize(json!({})).await;
+    let notify = |count: u64| json!({"jsonrpc":"2.0","id":count,"method":"tools/call","params":{"name":"notify","arguments":{"count":count}}});
+    let json_only = |client: &RawClient, body: Value| {
+        // JSON-only request: what the server sends meanwhile goes to the GET stream.
+        client
+            .request(reqwest::Method::POST)
+            .header("accept", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+
+    let mut stream = client.request(reqwest::Method::GET).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut buffer = String::new();
+    assert_eq!(json_only(&client, notify(1)).await.unwrap().status(), 200);
+    let first = read_events(&mut stream, &mut buffer, 1).await;
+    assert_eq!(first[0].data["params"]["data"], "note 1 of 1");
+    drop(stream); // the connection drops
+
+    assert_eq!(json_only(&client, notify(3)).await.unwrap().status(), 200);
+    let mut resumed = client
+        .request(reqwest::Method::GET)
+        .header("last-event-id", first[0].id.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let replayed = read_events(&mut resumed, &mut buffer, 3).await;
+    let notes: Vec<_> = replayed
+        .iter()
+        .map(|e| e.data["params"]["data"].clone())
+        .collect();
+    assert_eq!(
+        notes,
+        [
+            json!("note 1 of 3"),
+            json!("note 2 of 3"),
+            json!("note 3 of 3")
+        ]
+    );
+    let ids: Vec<u64> = replayed
+        .iter()
+        .map(|e| e.id.as_ref().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1])
+            && ids[0] > first[0].id.as_ref().unwrap().parse::<u64>().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn sse_response_carries_related_messages_before_the_response() {
+    let mcpod = Mcpod::start(&servers(), &[]);
+    let mut client = RawClient::new(format!("{}/mcp/everything", mcpod.url));
+    client.initialize(json!({})).await;
+    let call = json!({"jsonrpc":"2.0","id":"op","method":"tools/call","params":{
+        "name":"trigger-long-running-operation","arguments":{"duration":1,"steps":3},"_meta":{"progressToken":"mine"}}});
+    let (status, messages) = client.post(&call).await;
+    assert_eq!(status, 200);
+    let progress: Vec<_> = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
+    assert_eq!(progress.len(), 3, "{messages:?}");
+    assert!(
+        progress
+            .iter()
+            .all(|p| p["params"]["progressToken"] == "mine"),
+        "the client's own token comes back"
+    );
+    let last = messages.last().unwrap();
+    assert_eq!(last["id"], "op", "the stream ends with the response");
+    assert!(last["result"].is_object());
+}
+
+#[tokio::test]
+async fn a_session_outlives_scale_to_zero() {
+    let files = vec![(
+        "fake.yaml",
+        manifest("fake", FIXTURE_IMAGE, "idleTimeout: 1s"),
+    )];
+    let mcpod = Mcpod::start(&files, &[]);
+    let mut client = RawClient::new(format!("{}/mcp/fake", mcpod.url));
+    client.initialize(json!({})).await;
+    let echo = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"before"}}});
+    assert_eq!(client.post(&echo).await.0, 200);
+    // An open GET stream that carries nothing does not keep the server alive.
+    let _idle_stream = client.request(reqwest::Method::GET).send().await.unwrap();
+    mcpod
+        .wait_status("fake", "stopped", Duration::from_secs(20))
+        .await;
+    let (status, body) = client.post(&echo).await;
+    assert_eq!(status, 200, "same session, new instance");
+    assert_eq!(
+        body.last().unwrap()["result"]["content"][0]["text"],
+        "before"
+    );
+    assert_eq!(mcpod.status("fake").await["starts"], 2);
+}
+
+#[tokio::test]
+async fn a_server_request_no_session_can_answer_gets_an_error_at_once() {
+    let mcpod = Mcpod::start(&servers(), &[]);
+    // This client declares no sampling: the server's sampling request must fail fast.
+    let mut client = RawClient::new(format!("{}/mcp/everything", mcpod.url));
+    client.initialize(json!({})).await;
+    let call = json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"trigger-sampling-request","arguments":{"prompt":"x"}}});
+    let began = std::time::Instant::now();
+    let (status, messages) = client.post(&call).await;
+    assert_eq!(status, 200);
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "no wait for a timeout"
+    );
+    let last = messages.last().unwrap();
+    assert_eq!(last["id"], 5);
+    assert!(last.to_string().to_lowercase().contains("error"), "{last}");
+}
