@@ -14,6 +14,7 @@ pub mod duration;
 pub mod error;
 pub mod jsonrpc;
 pub mod manifests;
+pub mod operator;
 pub mod quantity;
 pub mod reconcile;
 pub mod router;
