@@ -96,6 +96,18 @@ pub fn routes(
             let span = info_span!("mcp", server = %name);
             handle_mcp(name, state, body).instrument(span).await
         });
+    // Kubernetes: a server in any namespace the router watches.
+    let mcp_namespaced = warp::path!("mcp" / String / String)
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(warp::body::stream())
+        .then(
+            |namespace: String, name: String, state: State, body| async move {
+                let key = state.reconciler.key_for(&namespace, &name);
+                let span = info_span!("mcp", server = %key);
+                handle_mcp(key, state, body).instrument(span).await
+            },
+        );
 
     health
         .or(list)
@@ -107,6 +119,8 @@ pub fn routes(
         .or(stop)
         .unify()
         .or(mcp)
+        .unify()
+        .or(mcp_namespaced)
         .unify()
         .recover(handle_rejection)
         .unify()

@@ -9,6 +9,7 @@
 
 pub mod pod;
 
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
@@ -20,6 +21,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::api::{AttachParams, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::io::AsyncWrite;
@@ -28,6 +30,8 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::{Attached, Managed, Output, Runtime};
 use crate::crd::MCPServer;
+use crate::manifests::{Loaded, Manifests};
+use crate::reconcile::Reconciler;
 use crate::workload::{Workload, LABEL_MANAGED_BY, LABEL_SERVER, LABEL_SPEC_HASH, MANAGED_BY};
 use crate::{Error, Result};
 use pod::{pod_name, CONTAINER_NAME};
@@ -516,6 +520,49 @@ impl Runtime for KubeRuntime {
             PodState::Terminating => Some("pod is being deleted".into()),
             _ => None,
         }
+    }
+}
+
+/// Keeps `reconciler` equal to the MCPServers in the cluster (the router's
+/// counterpart of watching a manifest directory): every change after the
+/// initial list applies the whole set; servers being deleted are left out.
+pub async fn sync_servers(api: Api<MCPServer>, reconciler: Arc<Reconciler>) {
+    let (reader, writer) = reflector::store();
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .boxed();
+    let mut listed = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+            Ok(watcher::Event::InitDone) => listed = true,
+            Ok(_) if !listed => continue,
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "watching MCPServers failed; retrying with backoff");
+                continue;
+            }
+        }
+        let servers = reader
+            .state()
+            .iter()
+            .filter(|s| s.metadata.deletion_timestamp.is_none())
+            .map(|s| Loaded {
+                file: PathBuf::from(format!(
+                    "mcpservers/{}/{}",
+                    s.namespace().unwrap_or_default(),
+                    s.name_any()
+                )),
+                server: (**s).clone(),
+            })
+            .collect();
+        reconciler
+            .apply(Manifests {
+                servers,
+                broken_files: Default::default(),
+            })
+            .await;
     }
 }
 
