@@ -28,7 +28,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::crd::{Condition, DesiredState, MCPServer, MCPServerStatus, Phase};
 use crate::runtime::kube::pod::{network_policy_for, pod_for, pod_name};
 use crate::runtime::kube::{
-    delete_pod, observe, FailureKind, PodState, ANNOTATION_ACTIVITY, ANNOTATION_WAKE, FIELD_MANAGER,
+    delete_pod, is_scheduled, observe, FailureKind, PodState, ANNOTATION_ACTIVITY, ANNOTATION_WAKE,
+    FIELD_MANAGER,
 };
 use crate::workload::{
     Defaults, Target, Workload, LABEL_MANAGED_BY, LABEL_SERVER, LABEL_SPEC_HASH, MANAGED_BY,
@@ -39,6 +40,8 @@ use crate::{Error, Result};
 pub const FINALIZER: &str = "mcpod.dev/cleanup";
 /// Longest wait between two looks at a server, whatever happens.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Added to the request timeout for the shortest idle timeout the operator applies.
+const REQUEST_SLACK: Duration = Duration::from_secs(5);
 /// Longest wait after a failed reconcile.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -265,12 +268,19 @@ fn wanted(
                 return Err(StopReason::Idle(Duration::ZERO)); // never woken
             };
             let idle_for = (now - last).to_std().unwrap_or_default();
-            match workload.timeouts.idle {
+            match idle_limit(workload) {
                 Some(limit) if idle_for >= limit => Err(StopReason::Idle(idle_for)),
                 _ => Ok(()),
             }
         }
     }
+}
+
+/// The idle timeout, but never shorter than a request may take: a request is
+/// activity when it is written, and its answer must not find the pod gone.
+fn idle_limit(workload: &Workload) -> Option<Duration> {
+    let idle = workload.timeouts.idle?;
+    Some(idle.max(workload.timeouts.request + REQUEST_SLACK))
 }
 
 fn annotation_time(server: &MCPServer, annotation: &str) -> Option<DateTime<Utc>> {
@@ -485,12 +495,7 @@ pub fn observed_status(
     };
     status.phase = Some(phase);
     status.message = message;
-    let scheduled = match &state {
-        Some(PodState::Running { .. }) => true,
-        Some(PodState::Pending { scheduled, .. }) => *scheduled,
-        Some(PodState::Failed { kind, .. }) => *kind != FailureKind::Crash || pod.is_some(),
-        _ => false,
-    };
+    let scheduled = pod.is_some_and(is_scheduled);
     let previous = server
         .status
         .as_ref()
@@ -655,7 +660,7 @@ fn next_look(
 ) -> Action {
     let idle_limit = workload
         .filter(|w| w.desired_state == DesiredState::OnDemand)
-        .and_then(|w| w.timeouts.idle);
+        .and_then(idle_limit);
     if let (Some(limit), Some(_), Some(last)) = (idle_limit, pod, last_activity(server, pod)) {
         let due = chrono::Duration::from_std(limit)
             .ok()

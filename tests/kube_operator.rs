@@ -70,7 +70,7 @@ impl Scenario {
     }
 
     /// Serves the expected requests in order, then checks that no other comes.
-    fn serve(self, mut handle: Handle) -> tokio::task::JoinHandle<()> {
+    fn serve(self, mut handle: Handle) -> tokio::task::JoinHandle<Handle> {
         tokio::spawn(async move {
             for (index, exchange) in self.0.into_iter().enumerate() {
                 let (request, send) =
@@ -109,6 +109,7 @@ impl Scenario {
             if let Ok(Some((request, _))) = extra {
                 panic!("unexpected request: {} {}", request.method(), request.uri());
             }
+            handle
         })
     }
 }
@@ -122,6 +123,17 @@ fn mock() -> (Client, Handle) {
 async fn reconcile(server: Value, scenario: Scenario) -> (mcpod::Result<Action>, Arc<Context>) {
     let (client, handle) = mock();
     let ctx = Context::new(client, Defaults::default());
+    let (result, _) = reconcile_with(&ctx, handle, server, scenario).await;
+    (result, ctx)
+}
+
+/// One reconcile with a given context (and its API server's handle, given back).
+async fn reconcile_with(
+    ctx: &Arc<Context>,
+    handle: Handle,
+    server: Value,
+    scenario: Scenario,
+) -> (mcpod::Result<Action>, Handle) {
     let api_server = scenario.serve(handle);
     let server: MCPServer = serde_json::from_value(server).unwrap();
     let result = tokio::time::timeout(
@@ -130,11 +142,11 @@ async fn reconcile(server: Value, scenario: Scenario) -> (mcpod::Result<Action>,
     )
     .await
     .expect("reconcile finished");
-    tokio::time::timeout(Duration::from_secs(5), api_server)
+    let handle = tokio::time::timeout(Duration::from_secs(5), api_server)
         .await
         .expect("scenario finished")
         .expect("scenario held");
-    (result, ctx)
+    (result, handle)
 }
 
 fn not_found() -> Value {
@@ -840,4 +852,63 @@ async fn kube_runtime_stop_deletes_the_pod_and_lists_by_label() {
     assert_eq!(managed[0].server, "time");
     assert!(managed[0].running);
     api_server.await.unwrap();
+}
+
+#[tokio::test]
+async fn kube_error_backoff_grows_then_resets_after_a_success() {
+    let (client, handle) = mock();
+    let ctx = Context::new(client, Defaults::default());
+    let object = server(json!({}), json!({}), json!(null));
+    let typed: Arc<MCPServer> = Arc::new(serde_json::from_value(object.clone()).unwrap());
+    let forbidden = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "forbidden", "reason": "Forbidden", "code": 403});
+    let mut handle = handle;
+    let mut delays = vec![];
+    for _ in 0..3 {
+        let scenario = Scenario::default().expect(Method::GET, POD, |_| {}, 403, forbidden.clone());
+        let (result, back) = reconcile_with(&ctx, handle, object.clone(), scenario).await;
+        handle = back;
+        let error = result.unwrap_err();
+        delays.push(operator::error_policy(typed.clone(), &error, ctx.clone()));
+    }
+    let expected: Vec<Action> = [1, 2, 4]
+        .map(|s| Action::requeue(Duration::from_secs(s)))
+        .to_vec();
+    assert_eq!(delays, expected);
+    // A successful reconcile forgets the failures: the next error waits 1 s again.
+    let scenario = Scenario::default().get_pod(None).expect(
+        Method::PATCH,
+        &format!("{SERVERS}/time/status"),
+        status_phase("Stopped"),
+        200,
+        json!(null),
+    );
+    let (result, _) = reconcile_with(&ctx, handle, object, scenario).await;
+    result.unwrap();
+    let error = mcpod::Error::Cluster("again".into());
+    assert_eq!(
+        operator::error_policy(typed, &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(1))
+    );
+}
+
+#[tokio::test]
+async fn kube_idle_timeout_never_undercuts_a_request() {
+    // idleTimeout 10s but requestTimeout 60s: 20 s after the last write the
+    // answer may still come, so the pod stays.
+    let object = server(
+        json!({"mcpod.dev/wake-requested-at": ago(20)}),
+        json!({"idleTimeout": "10s", "requestTimeout": "60s"}),
+        json!({"phase": "Running", "podName": "mcpod-time"}),
+    );
+    let scenario = Scenario::default()
+        .get_pod(Some(pod(true, running(19))))
+        .expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time/status"),
+            status_phase("Running"),
+            200,
+            json!(null),
+        );
+    reconcile(object, scenario).await.0.unwrap();
 }

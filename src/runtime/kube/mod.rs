@@ -127,11 +127,7 @@ pub fn observe(pod: &Pod) -> PodState {
             };
         }
     }
-    let scheduled = status
-        .conditions
-        .unwrap_or_default()
-        .iter()
-        .any(|c| c.type_ == "PodScheduled" && c.status == "True");
+    let scheduled = is_scheduled(pod);
     let reason = container
         .as_ref()
         .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
@@ -139,10 +135,38 @@ pub fn observe(pod: &Pod) -> PodState {
             if scheduled {
                 "ContainerCreating".into()
             } else {
-                "Unschedulable".into()
+                not_scheduled_reason(pod)
             }
         });
     PodState::Pending { scheduled, reason }
+}
+
+/// Whether the scheduler has placed the pod on a node.
+pub fn is_scheduled(pod: &Pod) -> bool {
+    scheduled_condition(pod).is_some_and(|c| c.status == "True")
+}
+
+fn scheduled_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "PodScheduled")
+}
+
+/// "Unschedulable: 0/3 nodes are available: …", or "Scheduling" before the scheduler said anything.
+fn not_scheduled_reason(pod: &Pod) -> String {
+    match scheduled_condition(pod) {
+        Some(c) if c.status == "False" => {
+            let reason = c.reason.as_deref().unwrap_or("Unschedulable");
+            match c.message.as_deref().filter(|m| !m.is_empty()) {
+                Some(message) => format!("{reason}: {message}"),
+                None => reason.to_string(),
+            }
+        }
+        _ => "Scheduling".into(),
+    }
 }
 
 /// A waiting container that will not start by itself: a pull error, a config
@@ -602,7 +626,18 @@ mod tests {
             observe(&unscheduled),
             PodState::Pending {
                 scheduled: false,
-                reason: "Unschedulable".into()
+                reason: "Scheduling".into()
+            }
+        );
+        let full = pod(
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
+            "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available"}]}),
+        );
+        assert_eq!(
+            observe(&full),
+            PodState::Pending {
+                scheduled: false,
+                reason: "Unschedulable: 0/3 nodes are available".into()
             }
         );
         let pull = pod(json!({"phase": "Pending", "containerStatuses": [{

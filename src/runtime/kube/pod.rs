@@ -301,8 +301,11 @@ pub fn export_yaml(workload: &Workload) -> crate::Result<String> {
         NetworkMode::None => "network: none: run with `podman kube play --network none` (Kubernetes uses a NetworkPolicy)",
         NetworkMode::Bridge => "network: bridge: egress allowed",
     };
+    // podman-kube-play(1) of Podman 4.3 lists stdin/stdinOnce/tty as unsupported.
     Ok(format!(
-        "# MCPServer {name}, exported by `mcpod export`; run with `podman kube play`.\n# {network}\n{yaml}",
+        "# MCPServer {name}, exported by `mcpod export`; run with `podman kube play`.\n# {network}\n\
+         # Podman 4.3 ignores `stdin: true` here: a server that exits when stdin closes needs\n\
+         # a Podman that honours it, or `mcpod serve`, which attaches to stdin itself.\n{yaml}",
         name = workload.name
     ))
 }
