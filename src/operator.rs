@@ -28,8 +28,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::crd::{Condition, DesiredState, MCPServer, MCPServerStatus, Phase};
 use crate::runtime::kube::pod::{network_policy_for, pod_for, pod_name};
 use crate::runtime::kube::{
-    delete_pod, is_scheduled, observe, FailureKind, PodState, ANNOTATION_ACTIVITY, ANNOTATION_WAKE,
-    FIELD_MANAGER,
+    delete_pod, is_scheduled, observe, shortest_idle, FailureKind, PodState, ANNOTATION_ACTIVITY,
+    ANNOTATION_WAKE, FIELD_MANAGER,
 };
 use crate::workload::{
     Defaults, Target, Workload, LABEL_MANAGED_BY, LABEL_SERVER, LABEL_SPEC_HASH, MANAGED_BY,
@@ -40,8 +40,6 @@ use crate::{Error, Result};
 pub const FINALIZER: &str = "mcpod.dev/cleanup";
 /// Longest wait between two looks at a server, whatever happens.
 const RESYNC: Duration = Duration::from_secs(300);
-/// Added to the request timeout for the shortest idle timeout the operator applies.
-const REQUEST_SLACK: Duration = Duration::from_secs(5);
 /// Longest wait after a failed reconcile.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -280,7 +278,7 @@ fn wanted(
 /// activity when it is written, and its answer must not find the pod gone.
 fn idle_limit(workload: &Workload) -> Option<Duration> {
     let idle = workload.timeouts.idle?;
-    Some(idle.max(workload.timeouts.request + REQUEST_SLACK))
+    Some(idle.max(shortest_idle(workload)))
 }
 
 fn annotation_time(server: &MCPServer, annotation: &str) -> Option<DateTime<Utc>> {

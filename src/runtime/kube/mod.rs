@@ -44,6 +44,8 @@ pub const ANNOTATION_ACTIVITY: &str = "mcpod.dev/last-activity";
 pub const FIELD_MANAGER: &str = "mcpod";
 /// The longest gap between two activity reports of one busy server.
 const MAX_ACTIVITY_INTERVAL: Duration = Duration::from_secs(10);
+/// Added to the request timeout for the shortest idle time (see [`shortest_idle`]).
+const REQUEST_SLACK: Duration = Duration::from_secs(5);
 /// Bytes buffered per attach stream before the API connection waits for the reader.
 const ATTACH_BUFFER: usize = 64 * 1024;
 
@@ -388,14 +390,24 @@ impl KubeRuntime {
     }
 }
 
-/// How often a busy server's activity is reported: often enough for the
-/// operator to see it well within the idle timeout, at most every 10 s.
+/// The operator never scales a server to zero sooner than this after its
+/// last activity, whatever its idle timeout: the answer to a request written
+/// then may take the request timeout to come.
+pub fn shortest_idle(workload: &Workload) -> Duration {
+    workload.timeouts.request + REQUEST_SLACK
+}
+
+/// How often a busy server's activity is reported: a quarter of the shortest
+/// idle time the operator may apply (the router's own workload has no idle
+/// timeout: idle stops are the operator's), between 1 s and 10 s.
 fn activity_interval(workload: &Workload) -> Duration {
-    let quarter = workload
+    let shortest = workload
         .timeouts
         .idle
-        .map_or(MAX_ACTIVITY_INTERVAL, |idle| idle / 4);
-    quarter.clamp(Duration::from_secs(1), MAX_ACTIVITY_INTERVAL)
+        .map_or(shortest_idle(workload), |idle| {
+            idle.max(shortest_idle(workload))
+        });
+    (shortest / 4).clamp(Duration::from_secs(1), MAX_ACTIVITY_INTERVAL)
 }
 
 /// Last stdio traffic of one attach, reported to the cluster by a background
@@ -666,23 +678,37 @@ mod tests {
     fn kube_keys_and_activity_interval() {
         assert_eq!(split_key("ns/time", "home"), ("ns", "time"));
         assert_eq!(split_key("time", "home"), ("home", "time"));
-        let spec = serde_yaml::from_str("image: x\nidleTimeout: 8s").unwrap();
-        let w = Workload::resolve(
-            "t",
-            &spec,
-            &Default::default(),
-            crate::workload::Target::Kubernetes,
-        )
-        .unwrap();
-        assert_eq!(activity_interval(&w), Duration::from_secs(2));
-        let spec = serde_yaml::from_str("image: x").unwrap();
-        let w = Workload::resolve(
-            "t",
-            &spec,
-            &Default::default(),
-            crate::workload::Target::Kubernetes,
-        )
-        .unwrap();
-        assert_eq!(activity_interval(&w), MAX_ACTIVITY_INTERVAL);
+        let interval = |yaml: &str, router: bool| {
+            let spec = serde_yaml::from_str(yaml).unwrap();
+            let mut w = Workload::resolve(
+                "t",
+                &spec,
+                &Default::default(),
+                crate::workload::Target::Kubernetes,
+            )
+            .unwrap();
+            if router {
+                w.timeouts.idle = None; // as Reconciler::for_kubernetes has it
+            }
+            activity_interval(&w)
+        };
+        // A quarter of max(idle, request + 5 s), between 1 s and 10 s.
+        assert_eq!(
+            interval("image: x\nidleTimeout: 8s\nrequestTimeout: 3s", false),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            interval("image: x\nrequestTimeout: 3s", true),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            interval("image: x\nidleTimeout: 8s", false),
+            Duration::from_millis(8750)
+        );
+        assert_eq!(interval("image: x", false), MAX_ACTIVITY_INTERVAL);
+        assert_eq!(
+            interval("image: x\nrequestTimeout: 1s\nidleTimeout: 1s", true),
+            Duration::from_millis(1500)
+        );
     }
 }
