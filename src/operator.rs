@@ -232,12 +232,8 @@ pub fn decide(
         (None, Err(_)) => Step::Keep,
         (Some(_), Err(reason)) => Step::Delete(reason),
         (Some(pod), Ok(())) => {
-            let wanted_hash = pod_for(workload, None, None)
-                .metadata
-                .labels
-                .unwrap_or_default()[LABEL_SPEC_HASH]
-                .clone();
-            if pod.labels().get(LABEL_SPEC_HASH) != Some(&wanted_hash) {
+            let wanted = pod_for(workload, None, None);
+            if pod.labels().get(LABEL_SPEC_HASH) != wanted.labels().get(LABEL_SPEC_HASH) {
                 Step::Delete(StopReason::SpecChanged)
             } else if matches!(
                 pod.status.as_ref().and_then(|s| s.phase.as_deref()),
