@@ -912,3 +912,59 @@ async fn kube_idle_timeout_never_undercuts_a_request() {
         );
     reconcile(object, scenario).await.0.unwrap();
 }
+
+#[tokio::test]
+async fn kube_disabled_server_loses_its_pod_without_an_event() {
+    let object = server(
+        json!({"mcpod.dev/wake-requested-at": ago(1)}),
+        json!({"desiredState": "Disabled"}),
+        json!({"phase": "Running", "podName": "mcpod-time"}),
+    );
+    let scenario = Scenario::default()
+        .get_pod(Some(pod(true, running(30))))
+        .expect(Method::DELETE, POD, |_| {}, 200, pod(true, running(30)))
+        .expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time/status"),
+            |patch| {
+                status_phase("Stopped")(patch);
+                assert_eq!(patch["status"]["message"], "disabled");
+            },
+            200,
+            json!(null),
+        );
+    reconcile(object, scenario).await.0.unwrap();
+}
+
+#[tokio::test]
+async fn kube_invalid_spec_is_failed_and_named() {
+    let object = server(
+        json!({}),
+        json!({"resources": {"limits": {"memory": "12XB"}}}),
+        json!(null),
+    );
+    let scenario = Scenario::default()
+        .get_pod(None)
+        .expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time/status"),
+            |patch| {
+                status_phase("Failed")(patch);
+                let message = patch["status"]["message"].as_str().unwrap();
+                assert!(
+                    message.contains("spec.resources.limits.memory"),
+                    "{message}"
+                );
+            },
+            200,
+            json!(null),
+        )
+        .expect(
+            Method::POST,
+            EVENTS,
+            event_reason("Failed", "Warning"),
+            201,
+            json!({}),
+        );
+    reconcile(object, scenario).await.0.unwrap();
+}
