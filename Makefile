@@ -41,6 +41,8 @@ lint:
 
 crd:
 	$(CARGO) run -q -- crd > crds/mcpserver.yaml
+	cp crds/mcpserver.yaml charts/mcpod/crds/mcpserver.yaml
+	cp crds/mcpserver.yaml manifests/kubernetes/01-crd.yaml
 
 crd-check:
 	$(CARGO) run -q -- crd | diff -u crds/mcpserver.yaml - || \

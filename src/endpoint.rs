@@ -68,7 +68,17 @@ pub fn routes(
         config: Arc::new(config),
     };
     let with = warp::any().map(move || endpoint.clone());
-    let post = warp::path!("mcp" / String)
+    // `/mcp/{name}`, or on Kubernetes `/mcp/{namespace}/{name}` for other namespaces.
+    let reconciler = with.clone().map(|e: Endpoint| e.reconciler);
+    let mcp_key = warp::path!("mcp" / String)
+        .or(warp::path!("mcp" / String / String).and(reconciler).map(
+            |namespace: String, name: String, reconciler: Arc<Reconciler>| {
+                reconciler.key_for(&namespace, &name)
+            },
+        ))
+        .unify();
+    let post = mcp_key
+        .clone()
         .and(warp::post())
         .and(with.clone())
         .and(warp::header::headers_cloned())
@@ -77,12 +87,13 @@ pub fn routes(
             let span = info_span!("mcp", server = %name);
             async move { endpoint.post(&name, &headers, body).await }.instrument(span)
         });
-    let get = warp::path!("mcp" / String)
+    let get = mcp_key
+        .clone()
         .and(warp::get())
         .and(with.clone())
         .and(warp::header::headers_cloned())
         .map(|name: String, endpoint: Endpoint, headers: HeaderMap| endpoint.get(&name, &headers));
-    let delete = warp::path!("mcp" / String)
+    let delete = mcp_key
         .and(warp::delete())
         .and(with.clone())
         .and(warp::header::headers_cloned())

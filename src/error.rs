@@ -42,6 +42,25 @@ pub enum Error {
     #[error("container runtime: {0}")]
     Runtime(String),
 
+    /// The API server refused a call for lack of permission: says which call,
+    /// and where the permissions are granted, since that is what needs fixing.
+    #[error(
+        "kubernetes: {context}: forbidden ({message}); grant it to mcpod's service account \
+         (the Role/ClusterRole in charts/mcpod/templates/rbac.yaml or manifests/kubernetes/rbac.yaml)"
+    )]
+    KubeForbidden { context: String, message: String },
+
+    /// An object from the API server lacks a field every stored object has.
+    #[error("kubernetes: {kind} has no {field}")]
+    MissingObjectKey {
+        kind: &'static str,
+        field: &'static str,
+    },
+
+    /// The cluster is not in a state mcpod can act on (named in the message).
+    #[error("kubernetes: {0}")]
+    Cluster(String),
+
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
 }
@@ -55,6 +74,25 @@ impl Error {
             field: field.to_string(),
             message: message.into(),
         }
+    }
+
+    /// Maps a kube error, turning HTTP 403 into [`Error::KubeForbidden`].
+    pub fn kube(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let context = context.into();
+        move |source| match &source {
+            kube::Error::Api(status) if status.is_forbidden() || status.code == 403 => {
+                Error::KubeForbidden {
+                    context,
+                    message: status.message.clone(),
+                }
+            }
+            _ => Error::Kube { context, source },
+        }
+    }
+
+    /// True for an API "not found" (HTTP 404), which deletes treat as success.
+    pub fn is_kube_not_found(source: &kube::Error) -> bool {
+        matches!(source, kube::Error::Api(status) if status.code == 404)
     }
 
     pub fn podman(context: impl Into<String>) -> impl FnOnce(podman_api::Error) -> Self {

@@ -15,6 +15,7 @@ pub mod endpoint;
 pub mod error;
 pub mod jsonrpc;
 pub mod manifests;
+pub mod operator;
 pub mod quantity;
 pub mod reconcile;
 pub mod router;

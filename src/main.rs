@@ -33,6 +33,94 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print the MCPServer CustomResourceDefinition as YAML.
     Crd,
+    /// Kubernetes: run the operator (one pod per running MCPServer, none while idle).
+    Operator(Box<OperatorArgs>),
+    /// Kubernetes: run the HTTP router; it wakes servers through the operator and attaches to their pods.
+    Router(Box<RouterArgs>),
+    /// Print the Pod YAML of one MCPServer, for `podman kube play`.
+    Export(Box<ExportArgs>),
+}
+
+/// Defaults for what an MCPServer leaves out (the same knobs as `serve`).
+#[derive(Args)]
+struct DefaultsArgs {
+    /// Idle time before a server is scaled to zero, when its spec does not say (0 = never).
+    #[arg(long, env = "AUTO_SHUTDOWN_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Longest wait for one answer from a server, when its spec does not say.
+    #[arg(long, env = "STDIO_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Longest wait for a server to start and initialize, when its spec does not say.
+    #[arg(long, env = "MCPOD_STARTUP_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    startup_timeout: Duration,
+    /// Memory limit per server, when its spec does not say.
+    #[arg(long, env = "MAX_MEMORY_PER_CONTAINER", default_value = "512Mi")]
+    max_memory: String,
+    /// CPU limit per server, when its spec does not say.
+    #[arg(long, env = "MAX_CPU_PER_CONTAINER", default_value = "1")]
+    max_cpu: String,
+}
+
+impl DefaultsArgs {
+    fn defaults(&self) -> Defaults {
+        Defaults {
+            memory: self.max_memory.clone(),
+            cpu: self.max_cpu.clone(),
+            idle_timeout: self.idle_timeout,
+            startup_timeout: self.startup_timeout,
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+/// Which MCPServers a cluster component watches.
+#[derive(Args)]
+struct ScopeArgs {
+    /// Namespace to watch (and the router's home namespace). Default: the in-cluster or kubeconfig namespace.
+    #[arg(long, env = "MCPOD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Watch every namespace (needs a ClusterRole).
+    #[arg(long, env = "MCPOD_ALL_NAMESPACES")]
+    all_namespaces: bool,
+}
+
+#[derive(Args)]
+struct OperatorArgs {
+    #[command(flatten)]
+    scope: ScopeArgs,
+    #[command(flatten)]
+    defaults: DefaultsArgs,
+    /// Address of the operator's `/health` endpoint (for probes).
+    #[arg(long, env = "MCPOD_HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
+    health_listen: SocketAddr,
+}
+
+#[derive(Args)]
+struct RouterArgs {
+    #[command(flatten)]
+    scope: ScopeArgs,
+    #[command(flatten)]
+    defaults: DefaultsArgs,
+    /// Address the HTTP router listens on.
+    #[arg(long, env = "MCPOD_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Largest HTTP request body accepted.
+    #[arg(long, env = "MCPOD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Largest JSON-RPC message accepted from a server.
+    #[arg(long, env = "MCPOD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_message_bytes: usize,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// The MCPServer to export.
+    name: String,
+    /// Directory of MCPServer YAML files.
+    #[arg(long, env = "MCPOD_MANIFESTS", default_value = "examples")]
+    manifests: PathBuf,
+    #[command(flatten)]
+    defaults: DefaultsArgs,
 }
 
 #[derive(Args)]
@@ -105,6 +193,9 @@ async fn main() {
             Ok(())
         }
         Command::Serve(args) => serve(*args).await,
+        Command::Operator(args) => kube_cli::operator(*args).await,
+        Command::Router(args) => kube_cli::router(*args).await,
+        Command::Export(args) => kube_cli::export(&args),
     };
     if let Err(e) = result {
         error!("{e}");
@@ -184,14 +275,29 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
             },
         },
     );
+    serve_until_signal(routes, listener, reconciler.clone()).await;
+    info!("shutting down: stopping servers");
+    reconciler.shutdown().await;
+    Ok(())
+}
+
+/// Serves `routes` until SIGINT/SIGTERM, then ends client sessions (open SSE
+/// streams would otherwise hold a graceful shutdown forever) and waits at most
+/// 10 s for connections to finish.
+async fn serve_until_signal<F>(
+    routes: F,
+    listener: tokio::net::TcpListener,
+    reconciler: Arc<Reconciler>,
+) where
+    F: warp::Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
-    let closing = reconciler.clone();
     let server = warp::serve(routes)
         .incoming(listener)
         .graceful(async move {
             shutdown_signal().await;
-            // Open SSE streams would hold a graceful shutdown forever: end them.
-            closing.end_sessions();
+            reconciler.end_sessions();
             let _ = stopping_tx.send(());
         })
         .run();
@@ -203,9 +309,6 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
             tokio::time::sleep(Duration::from_secs(10)).await;
         } => info!("connections still open after 10 s; closing them"),
     }
-    info!("shutting down: stopping servers");
-    reconciler.shutdown().await;
-    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -214,5 +317,120 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// The Kubernetes commands: `operator`, `router`, and `export` (which needs no cluster).
+mod kube_cli {
+    use super::*;
+    use kube::{Api, Client};
+    use mcpod::crd::MCPServer;
+    use mcpod::operator::{self, Scope};
+    use mcpod::runtime::kube::{pod, sync_servers, KubeRuntime};
+    use mcpod::workload::{Target, Workload};
+    use mcpod::Error;
+    use warp::Filter;
+
+    async fn connect(scope: &ScopeArgs) -> mcpod::Result<(Client, String)> {
+        let client = Client::try_default().await.map_err(Error::kube(
+            "connect to the cluster (in-cluster config or kubeconfig)",
+        ))?;
+        let namespace = scope
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        Ok((client, namespace))
+    }
+
+    async fn bind(address: SocketAddr) -> mcpod::Result<tokio::net::TcpListener> {
+        tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| Error::Io {
+                path: PathBuf::from(address.to_string()),
+                source,
+            })
+    }
+
+    pub async fn operator(args: OperatorArgs) -> mcpod::Result<()> {
+        let (client, namespace) = connect(&args.scope).await?;
+        let scope = if args.scope.all_namespaces {
+            Scope::Cluster
+        } else {
+            Scope::Namespace(namespace)
+        };
+        let listener = bind(args.health_listen).await?;
+        // The probes' endpoint; the controller's own failures end the process.
+        let health = warp::path!("health")
+            .map(|| warp::reply::json(&serde_json::json!({"status": "healthy"})));
+        tokio::spawn(warp::serve(health).incoming(listener).run());
+        operator::run(client, scope, args.defaults.defaults()).await
+    }
+
+    pub async fn router(args: RouterArgs) -> mcpod::Result<()> {
+        let (client, namespace) = connect(&args.scope).await?;
+        let runtime = Arc::new(KubeRuntime::new(
+            client.clone(),
+            &namespace,
+            args.scope.all_namespaces,
+        ));
+        let settings = Settings {
+            max_message_bytes: args.max_message_bytes,
+            ..Settings::default()
+        };
+        let reconciler =
+            Reconciler::for_kubernetes(runtime, args.defaults.defaults(), settings, &namespace);
+        let servers: Api<MCPServer> = if args.scope.all_namespaces {
+            Api::all(client)
+        } else {
+            Api::namespaced(client, &namespace)
+        };
+        tokio::spawn(sync_servers(servers, reconciler.clone()));
+        let listener = bind(args.listen).await?;
+        info!(address = %args.listen, %namespace, all_namespaces = args.scope.all_namespaces, "router listening");
+        let routes = router::routes(
+            reconciler.clone(),
+            RouterConfig {
+                endpoint: EndpointConfig {
+                    max_body_bytes: args.max_body_bytes,
+                    allowed_origins: vec![],
+                },
+            },
+        );
+        // Pods are left running on exit: the operator scales them to zero, and
+        // other router replicas may be using them.
+        serve_until_signal(routes, listener, reconciler).await;
+        Ok(())
+    }
+
+    pub fn export(args: &ExportArgs) -> mcpod::Result<()> {
+        let manifests = mcpod::manifests::load_dir(&args.manifests)?;
+        let Some(loaded) = manifests
+            .servers
+            .iter()
+            .find(|l| l.server.metadata.name.as_deref() == Some(args.name.as_str()))
+        else {
+            let known: Vec<_> = manifests
+                .servers
+                .iter()
+                .filter_map(|l| l.server.metadata.name.clone())
+                .collect();
+            return Err(Error::Manifest {
+                file: args.manifests.clone(),
+                message: format!(
+                    "no MCPServer named '{}' (found: {})",
+                    args.name,
+                    known.join(", ")
+                ),
+            });
+        };
+        // Podman resolution: valueFromFile is read here, on the host that will run the pod.
+        let workload = Workload::resolve(
+            &args.name,
+            &loaded.server.spec,
+            &args.defaults.defaults(),
+            Target::Podman,
+        )?;
+        print!("{}", pod::export_yaml(&workload)?);
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
+use crate::crd::MCPServer;
 use crate::manifests::{self, Manifests};
 use crate::runtime::Runtime;
 use crate::server::{Server, Settings};
@@ -22,6 +23,10 @@ pub struct Reconciler {
     servers: RwLock<BTreeMap<String, Entry>>,
     /// Problems found in the last reconcile, by file or server: shown by the API.
     problems: RwLock<Vec<String>>,
+    target: Target,
+    /// On Kubernetes: servers in this namespace are known by bare name, others
+    /// as `namespace/name`.
+    home_namespace: Option<String>,
 }
 
 struct Entry {
@@ -37,7 +42,48 @@ impl Reconciler {
             settings,
             servers: RwLock::new(BTreeMap::new()),
             problems: RwLock::new(vec![]),
+            target: Target::Podman,
+            home_namespace: None,
         })
+    }
+
+    /// A reconciler for `mcpod router`: servers are MCPServers in the cluster,
+    /// their runtime keys are `namespace/name`, and idle stops are left to the
+    /// operator, which sees the activity of every router replica.
+    pub fn for_kubernetes(
+        runtime: Arc<dyn Runtime>,
+        defaults: Defaults,
+        settings: Settings,
+        home_namespace: &str,
+    ) -> Arc<Self> {
+        Arc::new(Reconciler {
+            runtime,
+            defaults,
+            settings,
+            servers: RwLock::new(BTreeMap::new()),
+            problems: RwLock::new(vec![]),
+            target: Target::Kubernetes,
+            home_namespace: Some(home_namespace.to_string()),
+        })
+    }
+
+    /// The key `server` finds a server by: its name in the home namespace
+    /// (and on Podman), `namespace/name` elsewhere.
+    pub fn key_for(&self, namespace: &str, name: &str) -> String {
+        match &self.home_namespace {
+            Some(home) if home != namespace => format!("{namespace}/{name}"),
+            _ => name.to_string(),
+        }
+    }
+
+    /// (lookup key, runtime key) of a declared server.
+    fn keys_of(&self, server: &MCPServer, name: &str) -> (String, String) {
+        match (self.target, server.metadata.namespace.as_deref()) {
+            (Target::Kubernetes, Some(namespace)) => {
+                (self.key_for(namespace, name), format!("{namespace}/{name}"))
+            }
+            _ => (name.to_string(), name.to_string()),
+        }
     }
 
     pub fn server(&self, name: &str) -> Option<Arc<Server>> {
@@ -68,11 +114,16 @@ impl Reconciler {
         let mut declared = BTreeSet::new();
         for loaded in manifests.servers {
             let name = loaded.server.metadata.name.clone().unwrap_or_default();
-            declared.insert(name.clone());
+            let (key, runtime_key) = self.keys_of(&loaded.server, &name);
+            declared.insert(key.clone());
             let workload =
-                match Workload::resolve(&name, &loaded.server.spec, &self.defaults, Target::Podman)
-                {
-                    Ok(workload) => workload,
+                match Workload::resolve(&name, &loaded.server.spec, &self.defaults, self.target) {
+                    Ok(mut workload) => {
+                        if self.target == Target::Kubernetes {
+                            workload.timeouts.idle = None; // the operator's decision
+                        }
+                        workload
+                    }
                     Err(e) => {
                         let problem = format!("{}: {e}", loaded.file.display());
                         error!("{problem}");
@@ -80,19 +131,23 @@ impl Reconciler {
                         continue;
                     }
                 };
-            let existing = self.server(&name);
+            let existing = self.server(&key);
             match existing {
                 Some(server) if *server.workload() == workload => {}
                 Some(server) => {
-                    info!(server = %name, "spec changed");
+                    info!(server = %key, "spec changed");
                     server.update(workload).await;
                 }
                 None => {
-                    info!(server = %name, file = %loaded.file.display(), "declared");
-                    let server =
-                        Server::new(&name, workload, self.runtime.clone(), self.settings.clone());
+                    info!(server = %key, file = %loaded.file.display(), "declared");
+                    let server = Server::new(
+                        &runtime_key,
+                        workload,
+                        self.runtime.clone(),
+                        self.settings.clone(),
+                    );
                     self.servers.write().unwrap().insert(
-                        name,
+                        key,
                         Entry {
                             server,
                             file: loaded.file,

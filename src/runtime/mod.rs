@@ -2,6 +2,7 @@
 //! [`kube`] for Kubernetes pods. A runtime starts a workload's container and
 //! hands back its stdio; it knows nothing of MCP.
 
+pub mod kube;
 pub mod podman;
 
 use std::pin::Pin;

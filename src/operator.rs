@@ -1,0 +1,680 @@
+//! `mcpod operator`: a kube-runtime Controller over MCPServer resources that
+//! owns one pod per running server and none while it is scaled to zero.
+//!
+//! Each reconcile reads the MCPServer and its pod, [`decide`]s one step (create,
+//! adopt, delete or keep), takes it, and writes the status it observed with
+//! server-side apply. Routers ask for a pod through the `wake-requested-at`
+//! annotation and report use through `last-activity`; a server whose last
+//! wake or activity is older than its idle timeout is scaled to zero.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::watcher;
+use kube::runtime::Controller;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::crd::{Condition, DesiredState, MCPServer, MCPServerStatus, Phase};
+use crate::runtime::kube::pod::{network_policy_for, pod_for, pod_name};
+use crate::runtime::kube::{
+    delete_pod, is_scheduled, observe, shortest_idle, FailureKind, PodState, ANNOTATION_ACTIVITY,
+    ANNOTATION_WAKE, FIELD_MANAGER,
+};
+use crate::workload::{
+    Defaults, Target, Workload, LABEL_MANAGED_BY, LABEL_SERVER, LABEL_SPEC_HASH, MANAGED_BY,
+};
+use crate::{Error, Result};
+
+/// Held on every MCPServer until its pod is gone.
+pub const FINALIZER: &str = "mcpod.dev/cleanup";
+/// Longest wait between two looks at a server, whatever happens.
+const RESYNC: Duration = Duration::from_secs(300);
+/// Longest wait after a failed reconcile.
+const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(300);
+
+/// What the operator watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// One namespace (a namespace-scoped install with a Role).
+    Namespace(String),
+    /// Every namespace (a cluster-wide install with a ClusterRole).
+    Cluster,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    client: Client,
+    recorder: Recorder,
+    defaults: Defaults,
+    /// Consecutive failed reconciles per server (`namespace/name`), for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, defaults: Defaults) -> Arc<Context> {
+        let reporter = Reporter {
+            controller: "mcpod".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            defaults,
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Runs the controller until SIGTERM or Ctrl-C.
+pub async fn run(client: Client, scope: Scope, defaults: Defaults) -> Result<()> {
+    let (servers, pods): (Api<MCPServer>, Api<Pod>) = match &scope {
+        Scope::Namespace(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        Scope::Cluster => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    // Fail early, with a clear message, when the CRD or the permission to read it is missing.
+    servers
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(|e| match Error::kube("list MCPServers")(e) {
+            Error::Kube { context, source } => Error::Cluster(format!(
+                "{context}: {source} (is the CRD installed? `kubectl apply -f crds/mcpserver.yaml`)"
+            )),
+            other => other,
+        })?;
+    info!(?scope, "operator watching MCPServers");
+    let ctx = Context::new(client, defaults);
+    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    Controller::new(servers, watcher::Config::default())
+        .owns(pods, owned)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(server = %object.name, "reconciled"),
+                Err(e) => warn!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+    info!("operator stopped");
+    Ok(())
+}
+
+fn key_of(server: &MCPServer) -> String {
+    format!(
+        "{}/{}",
+        server.namespace().unwrap_or_default(),
+        server.name_any()
+    )
+}
+
+/// One reconcile: the finalizer helper around [`apply`] and [`cleanup`].
+pub async fn reconcile(server: Arc<MCPServer>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = server.namespace().ok_or(Error::MissingObjectKey {
+        kind: "MCPServer",
+        field: "metadata.namespace",
+    })?;
+    let key = key_of(&server);
+    let span = info_span!("reconcile", server = %key);
+    let api: Api<MCPServer> = Api::namespaced(ctx.client.clone(), &namespace);
+    let action = finalizer(&api, FINALIZER, server, |event| async {
+        match event {
+            finalizer::Event::Apply(server) => apply(&server, &ctx).await,
+            finalizer::Event::Cleanup(server) => cleanup(&server, &ctx).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(from_finalizer)?;
+    ctx.failures().remove(&key);
+    Ok(action)
+}
+
+fn from_finalizer(error: finalizer::Error<Error>) -> Error {
+    match error {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) => Error::kube("add the finalizer")(e),
+        finalizer::Error::RemoveFinalizer(e) => Error::kube("remove the finalizer")(e),
+        other => Error::Cluster(other.to_string()),
+    }
+}
+
+/// Requeues a failed server with exponential backoff (1 s, 2 s, 4 s … 5 min), per server.
+pub fn error_policy(server: Arc<MCPServer>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = key_of(&server);
+    let failures = {
+        let mut failures = ctx.failures();
+        let count = failures.entry(key.clone()).or_insert(0);
+        *count += 1;
+        *count
+    };
+    let delay = error_backoff(failures);
+    warn!(server = %key, error = %error, failures, retry_in_s = delay.as_secs(), "reconcile failed");
+    Action::requeue(delay)
+}
+
+pub fn error_backoff(failures: u32) -> Duration {
+    let seconds = 1u64 << failures.saturating_sub(1).min(16);
+    Duration::from_secs(seconds).min(MAX_ERROR_BACKOFF)
+}
+
+/// Why the operator deletes a pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StopReason {
+    /// No wake or activity for this long (at least the idle timeout).
+    Idle(Duration),
+    Disabled,
+    SpecChanged,
+    /// The pod itself failed (phase Failed, e.g. evicted); a wake makes a new one.
+    PodFailed,
+}
+
+/// The one change a reconcile makes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Keep,
+    /// Create the pod and its NetworkPolicy.
+    Create,
+    /// Put an owner reference on a pod mcpod labelled but nobody owns
+    /// (left by an earlier install), instead of replacing it.
+    Adopt,
+    Delete(StopReason),
+}
+
+/// Decides the step for a server, from its spec, annotations and pod only.
+pub fn decide(
+    server: &MCPServer,
+    workload: Option<&Workload>,
+    pod: Option<&Pod>,
+    now: DateTime<Utc>,
+) -> Result<Step> {
+    if let Some(pod) = pod {
+        if !is_managed(pod, &server.name_any()) {
+            return Err(Error::Cluster(format!(
+                "pod {}/{} exists but is not managed by mcpod (label {LABEL_MANAGED_BY}={MANAGED_BY}); delete or rename it",
+                pod.namespace().unwrap_or_default(),
+                pod.name_any()
+            )));
+        }
+        if observe(pod) == PodState::Terminating {
+            return Ok(Step::Keep);
+        }
+        if !is_owned_by(pod, server) {
+            return Ok(Step::Adopt);
+        }
+    }
+    // An invalid spec leaves a running pod as it was, like a broken manifest file does.
+    let Some(workload) = workload else {
+        return Ok(Step::Keep);
+    };
+    let wanted = wanted(server, workload, pod, now);
+    Ok(match (pod, wanted) {
+        (None, Ok(())) => Step::Create,
+        (None, Err(_)) => Step::Keep,
+        (Some(_), Err(reason)) => Step::Delete(reason),
+        (Some(pod), Ok(())) => {
+            let wanted = pod_for(workload, None, None);
+            if pod.labels().get(LABEL_SPEC_HASH) != wanted.labels().get(LABEL_SPEC_HASH) {
+                Step::Delete(StopReason::SpecChanged)
+            } else if matches!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Failed" | "Succeeded")
+            ) {
+                Step::Delete(StopReason::PodFailed)
+            } else {
+                Step::Keep
+            }
+        }
+    })
+}
+
+/// Whether the server should have a pod now; if not, why not.
+fn wanted(
+    server: &MCPServer,
+    workload: &Workload,
+    pod: Option<&Pod>,
+    now: DateTime<Utc>,
+) -> Result<(), StopReason> {
+    match workload.desired_state {
+        DesiredState::Disabled => Err(StopReason::Disabled),
+        DesiredState::AlwaysOn => Ok(()),
+        DesiredState::OnDemand => {
+            let Some(last) = last_activity(server, pod) else {
+                return Err(StopReason::Idle(Duration::ZERO)); // never woken
+            };
+            let idle_for = (now - last).to_std().unwrap_or_default();
+            match idle_limit(workload) {
+                Some(limit) if idle_for >= limit => Err(StopReason::Idle(idle_for)),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// The idle timeout, but never shorter than a request may take: a request is
+/// activity when it is written, and its answer must not find the pod gone.
+fn idle_limit(workload: &Workload) -> Option<Duration> {
+    let idle = workload.timeouts.idle?;
+    Some(idle.max(shortest_idle(workload)))
+}
+
+fn annotation_time(server: &MCPServer, annotation: &str) -> Option<DateTime<Utc>> {
+    let text = server.annotations().get(annotation)?;
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The latest of: the last wake request, the last reported activity, and the
+/// start of the running container (idle time counts from when it could serve).
+fn last_activity(server: &MCPServer, pod: Option<&Pod>) -> Option<DateTime<Utc>> {
+    let started = pod.and_then(|pod| match observe(pod) {
+        PodState::Running {
+            started_at: Some(at),
+            ..
+        } => DateTime::parse_from_rfc3339(&at)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        _ => None,
+    });
+    [
+        annotation_time(server, ANNOTATION_WAKE),
+        annotation_time(server, ANNOTATION_ACTIVITY),
+        started,
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+}
+
+fn is_managed(pod: &Pod, server: &str) -> bool {
+    let labels = pod.labels();
+    labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(LABEL_SERVER).map(String::as_str) == Some(server)
+}
+
+fn is_owned_by(pod: &Pod, server: &MCPServer) -> bool {
+    let uid = server.uid();
+    pod.owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == uid.as_ref())
+}
+
+/// The Apply branch: observe, decide, act, then write what was observed.
+async fn apply(server: &MCPServer, ctx: &Context) -> Result<Action> {
+    let name = server
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey {
+            kind: "MCPServer",
+            field: "metadata.name",
+        })?;
+    let namespace = server.namespace().ok_or(Error::MissingObjectKey {
+        kind: "MCPServer",
+        field: "metadata.namespace",
+    })?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pod = pods
+        .get_opt(&pod_name(&name))
+        .await
+        .map_err(Error::kube(format!(
+            "get pod {namespace}/{}",
+            pod_name(&name)
+        )))?;
+    let workload = Workload::resolve(&name, &server.spec, &ctx.defaults, Target::Kubernetes);
+    let now = Utc::now();
+    let step = decide(server, workload.as_ref().ok(), pod.as_ref(), now)?;
+    if step != Step::Keep {
+        info!(?step, "acting");
+    }
+    let pod_after = match (&step, &workload) {
+        (Step::Create, Ok(workload)) => Some(create_pod(ctx, server, workload, &namespace).await?),
+        (Step::Adopt, _) => Some(adopt_pod(&pods, server, pod.as_ref()).await?),
+        (Step::Delete(_), _) => {
+            delete_pod(&pods, &pod_name(&name)).await?;
+            None
+        }
+        _ => pod,
+    };
+    let outcome = observed_status(server, &workload, pod_after.as_ref(), &step, now);
+    write_status(ctx, server, &namespace, &outcome.status).await?;
+    for event in events_for(server, &step, &outcome) {
+        publish(ctx, server, event).await;
+    }
+    Ok(next_look(
+        server,
+        workload.as_ref().ok(),
+        pod_after.as_ref(),
+        now,
+    ))
+}
+
+async fn create_pod(
+    ctx: &Context,
+    server: &MCPServer,
+    workload: &Workload,
+    namespace: &str,
+) -> Result<Pod> {
+    let owner = server
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingObjectKey {
+            kind: "MCPServer",
+            field: "metadata.uid",
+        })?;
+    let policy = network_policy_for(workload, namespace, Some(&owner));
+    let policy_name = policy.name_any();
+    Api::<NetworkPolicy>::namespaced(ctx.client.clone(), namespace)
+        .patch(
+            &policy_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&policy),
+        )
+        .await
+        .map_err(Error::kube(format!(
+            "apply networkpolicy {namespace}/{policy_name}"
+        )))?;
+    let pod = pod_for(workload, Some(namespace), Some(&owner));
+    let pod_name = pod.name_any();
+    Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+        .create(&PostParams::default(), &pod)
+        .await
+        .map_err(Error::kube(format!("create pod {namespace}/{pod_name}")))
+}
+
+async fn adopt_pod(pods: &Api<Pod>, server: &MCPServer, pod: Option<&Pod>) -> Result<Pod> {
+    let pod = pod.ok_or_else(|| Error::Cluster("nothing to adopt".into()))?;
+    let owner = server
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingObjectKey {
+            kind: "MCPServer",
+            field: "metadata.uid",
+        })?;
+    let name = pod.name_any();
+    info!(pod = %name, "adopting an existing pod");
+    let patch = json!({"metadata": {"ownerReferences": [owner]}});
+    pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(Error::kube(format!("adopt pod {name}")))
+}
+
+/// The status to write, and the failure kind when the server failed.
+pub struct Outcome {
+    pub status: MCPServerStatus,
+    pub failure: Option<FailureKind>,
+}
+
+/// The status from what was observed (and the step just taken), with the
+/// transition times of unchanged conditions kept.
+pub fn observed_status(
+    server: &MCPServer,
+    workload: &Result<Workload>,
+    pod: Option<&Pod>,
+    step: &Step,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let state = pod.map(observe);
+    let mut failure = None;
+    let mut status = MCPServerStatus {
+        pod_name: pod.map(|p| p.name_any()),
+        last_activity: last_activity(server, None).map(|t| t.to_rfc3339()),
+        observed_generation: server.metadata.generation,
+        ..MCPServerStatus::default()
+    };
+    let (phase, message) = match (workload, &state) {
+        (Err(e), _) => {
+            failure = Some(FailureKind::Config);
+            (Phase::Failed, Some(e.to_string()))
+        }
+        (Ok(_), _) if matches!(step, Step::Delete(StopReason::SpecChanged)) => (
+            Phase::Stopping,
+            Some("spec changed: replacing the pod".into()),
+        ),
+        (Ok(w), None) => match w.desired_state {
+            DesiredState::Disabled => (Phase::Stopped, Some("disabled".into())),
+            DesiredState::AlwaysOn => (Phase::Starting, None),
+            DesiredState::OnDemand => (
+                Phase::Stopped,
+                Some("scaled to zero: the next request starts it".into()),
+            ),
+        },
+        (Ok(_), Some(PodState::Terminating)) => (Phase::Stopping, None),
+        (Ok(_), Some(PodState::Pending { reason, .. })) => {
+            (Phase::Starting, Some(format!("pod pending: {reason}")))
+        }
+        (
+            Ok(_),
+            Some(PodState::Running {
+                container_id,
+                started_at,
+                restarts,
+            }),
+        ) => {
+            status.container_id = container_id.clone();
+            status.started_at = started_at.clone();
+            status.restart_count = *restarts;
+            (Phase::Running, None)
+        }
+        (
+            Ok(_),
+            Some(PodState::Failed {
+                kind,
+                message,
+                restarts,
+            }),
+        ) => {
+            failure = Some(*kind);
+            status.restart_count = *restarts;
+            (Phase::Failed, Some(message.clone()))
+        }
+    };
+    status.phase = Some(phase);
+    status.message = message;
+    let scheduled = pod.is_some_and(is_scheduled);
+    let previous = server
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    status.conditions = vec![
+        condition(
+            previous,
+            "Ready",
+            phase == Phase::Running,
+            ready_reason(phase),
+            now,
+        ),
+        condition(
+            previous,
+            "Scheduled",
+            scheduled,
+            if scheduled {
+                "PodScheduled"
+            } else if state.is_none() {
+                "NoPod"
+            } else {
+                "Unschedulable"
+            },
+            now,
+        ),
+    ];
+    Outcome { status, failure }
+}
+
+fn ready_reason(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Running => "PodRunning",
+        Phase::Starting => "Starting",
+        Phase::Stopped => "ScaledToZero",
+        Phase::Stopping => "Stopping",
+        Phase::Failed => "Failed",
+    }
+}
+
+/// A condition, keeping the previous transition time while its status holds.
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: None,
+        last_transition_time: Some(since),
+    }
+}
+
+/// Server-side apply of the whole status, skipped when nothing changed (a
+/// status write is itself a watch event, which would reconcile again).
+async fn write_status(
+    ctx: &Context,
+    server: &MCPServer,
+    namespace: &str,
+    status: &MCPServerStatus,
+) -> Result<()> {
+    if server.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let name = server.name_any();
+    let patch = json!({
+        "apiVersion": MCPServer::api_version(&()),
+        "kind": MCPServer::kind(&()),
+        "status": status,
+    });
+    Api::<MCPServer>::namespaced(ctx.client.clone(), namespace)
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube(format!(
+            "write the status of MCPServer {namespace}/{name}"
+        )))?;
+    Ok(())
+}
+
+/// Events for real changes only: started, scaled to zero, failed, image pull error.
+fn events_for(server: &MCPServer, step: &Step, outcome: &Outcome) -> Vec<Event> {
+    let old = server.status.as_ref();
+    let old_phase = old.and_then(|s| s.phase);
+    let new_phase = outcome.status.phase;
+    let mut events = vec![];
+    let event = |type_, reason: &str, note: Option<String>, action: &str| Event {
+        type_,
+        reason: reason.into(),
+        note,
+        action: action.into(),
+        secondary: None,
+    };
+    if let Step::Delete(StopReason::Idle(idle)) = step {
+        events.push(event(
+            EventType::Normal,
+            "ScaledToZero",
+            Some(format!(
+                "no activity for {}: pod deleted",
+                crate::duration::format(Duration::from_secs(idle.as_secs()))
+            )),
+            "DeletePod",
+        ));
+    }
+    if new_phase == Some(Phase::Running) && old_phase != Some(Phase::Running) {
+        events.push(event(
+            EventType::Normal,
+            "Started",
+            outcome
+                .status
+                .pod_name
+                .as_ref()
+                .map(|p| format!("pod {p} is running")),
+            "StartPod",
+        ));
+    }
+    let failed_anew = new_phase == Some(Phase::Failed)
+        && (old_phase != Some(Phase::Failed)
+            || old.and_then(|s| s.message.as_ref()) != outcome.status.message.as_ref());
+    if failed_anew {
+        let reason = match outcome.failure {
+            Some(FailureKind::ImagePull) => "ImagePullError",
+            _ => "Failed",
+        };
+        events.push(event(
+            EventType::Warning,
+            reason,
+            outcome.status.message.clone(),
+            "StartPod",
+        ));
+    }
+    events
+}
+
+/// Events are best effort: a missing permission is logged, never fatal.
+async fn publish(ctx: &Context, server: &MCPServer, event: Event) {
+    if let Err(e) = ctx.recorder.publish(&event, &server.object_ref(&())).await {
+        warn!(error = %Error::kube(format!("publish event {}", event.reason))(e), "event not recorded");
+    }
+}
+
+/// When to look again without a watch event: when a running server would
+/// become idle, else after [`RESYNC`].
+fn next_look(
+    server: &MCPServer,
+    workload: Option<&Workload>,
+    pod: Option<&Pod>,
+    now: DateTime<Utc>,
+) -> Action {
+    let idle_limit = workload
+        .filter(|w| w.desired_state == DesiredState::OnDemand)
+        .and_then(idle_limit);
+    if let (Some(limit), Some(_), Some(last)) = (idle_limit, pod, last_activity(server, pod)) {
+        let due = chrono::Duration::from_std(limit)
+            .ok()
+            .and_then(|limit| last.checked_add_signed(limit))
+            .map_or(RESYNC, |at| (at - now).to_std().unwrap_or_default());
+        // Whole seconds, rounded up: never before the server is due.
+        return Action::requeue(Duration::from_secs(due.min(RESYNC).as_secs() + 1));
+    }
+    Action::requeue(RESYNC)
+}
+
+/// The Cleanup branch: the server is being deleted; its pod goes first.
+/// (The NetworkPolicy follows through its owner reference.)
+async fn cleanup(server: &MCPServer, ctx: &Context) -> Result<Action> {
+    let namespace = server.namespace().ok_or(Error::MissingObjectKey {
+        kind: "MCPServer",
+        field: "metadata.namespace",
+    })?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    delete_pod(&pods, &pod_name(&server.name_any())).await?;
+    info!("MCPServer deleted: its pod is gone");
+    Ok(Action::await_change())
+}

@@ -1,0 +1,714 @@
+//! The Kubernetes runtime: MCP servers run as pods that `mcpod operator` creates
+//! and scales to zero; `mcpod router` uses this runtime to wake a server (an
+//! annotation on its MCPServer), wait for its pod to run, and attach to the
+//! container's stdin/stdout through the API server (`pods/attach`).
+//!
+//! Activity lives in the cluster, not in one router's memory: every byte through
+//! an attach marks the server active, and a throttled patch of
+//! `mcpod.dev/last-activity` tells the operator, so several router replicas agree.
+
+pub mod pod;
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::api::{AttachParams, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio::io::AsyncWrite;
+use tokio_util::io::ReaderStream;
+use tracing::{debug, info, warn, Instrument};
+
+use super::{Attached, Managed, Output, Runtime};
+use crate::crd::MCPServer;
+use crate::manifests::{Loaded, Manifests};
+use crate::reconcile::Reconciler;
+use crate::workload::{Workload, LABEL_MANAGED_BY, LABEL_SERVER, LABEL_SPEC_HASH, MANAGED_BY};
+use crate::{Error, Result};
+use pod::{pod_name, CONTAINER_NAME};
+
+/// Set by a router to ask the operator for a server's pod (RFC 3339).
+pub const ANNOTATION_WAKE: &str = "mcpod.dev/wake-requested-at";
+/// Set by routers, throttled, while a server's stdio carries traffic (RFC 3339).
+pub const ANNOTATION_ACTIVITY: &str = "mcpod.dev/last-activity";
+/// Field manager of every server-side apply and patch mcpod makes.
+pub const FIELD_MANAGER: &str = "mcpod";
+/// The longest gap between two activity reports of one busy server.
+const MAX_ACTIVITY_INTERVAL: Duration = Duration::from_secs(10);
+/// Added to the request timeout for the shortest idle time (see [`shortest_idle`]).
+const REQUEST_SLACK: Duration = Duration::from_secs(5);
+/// Bytes buffered per attach stream before the API connection waits for the reader.
+const ATTACH_BUFFER: usize = 64 * 1024;
+
+/// What a pod is doing, as far as running an MCP server goes. Both the router
+/// (waiting for a pod) and the operator (writing status) read pods through this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodState {
+    /// The server container runs.
+    Running {
+        container_id: Option<String>,
+        started_at: Option<String>,
+        restarts: i32,
+    },
+    /// Not running yet: being scheduled, pulling, creating.
+    Pending { scheduled: bool, reason: String },
+    /// Will not run without a change: the message says why.
+    Failed {
+        kind: FailureKind,
+        message: String,
+        restarts: i32,
+    },
+    /// Being deleted.
+    Terminating,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    ImagePull,
+    /// The container exits (CrashLoopBackOff, or a pod phase of Failed/Succeeded).
+    Crash,
+    /// The kubelet cannot create the container (missing Secret or ConfigMap key, …).
+    Config,
+}
+
+const IMAGE_PULL_REASONS: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+];
+const CONFIG_REASONS: &[&str] = &[
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Reads a pod's state from its status.
+pub fn observe(pod: &Pod) -> PodState {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return PodState::Terminating;
+    }
+    let status = pod.status.clone().unwrap_or_default();
+    let container = status
+        .container_statuses
+        .as_ref()
+        .and_then(|all| all.iter().find(|c| c.name == CONTAINER_NAME))
+        .cloned();
+    let restarts = container.as_ref().map_or(0, |c| c.restart_count);
+    let phase = status.phase.as_deref().unwrap_or("Pending");
+    if matches!(phase, "Failed" | "Succeeded") {
+        let message = container
+            .as_ref()
+            .and_then(termination)
+            .or(status.message.clone())
+            .unwrap_or_else(|| format!("pod is {phase}"));
+        return PodState::Failed {
+            kind: FailureKind::Crash,
+            message,
+            restarts,
+        };
+    }
+    if let Some(container) = &container {
+        if let Some(failed) = waiting_failure(container, restarts) {
+            return failed;
+        }
+        if let Some(running) = container.state.as_ref().and_then(|s| s.running.as_ref()) {
+            return PodState::Running {
+                container_id: container.container_id.clone(),
+                started_at: running.started_at.as_ref().map(|t| t.0.to_string()),
+                restarts,
+            };
+        }
+    }
+    let scheduled = is_scheduled(pod);
+    let reason = container
+        .as_ref()
+        .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+        .unwrap_or_else(|| {
+            if scheduled {
+                "ContainerCreating".into()
+            } else {
+                not_scheduled_reason(pod)
+            }
+        });
+    PodState::Pending { scheduled, reason }
+}
+
+/// Whether the scheduler has placed the pod on a node.
+pub fn is_scheduled(pod: &Pod) -> bool {
+    scheduled_condition(pod).is_some_and(|c| c.status == "True")
+}
+
+fn scheduled_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "PodScheduled")
+}
+
+/// "Unschedulable: 0/3 nodes are available: …", or "Scheduling" before the scheduler said anything.
+fn not_scheduled_reason(pod: &Pod) -> String {
+    match scheduled_condition(pod) {
+        Some(c) if c.status == "False" => {
+            let reason = c.reason.as_deref().unwrap_or("Unschedulable");
+            match c.message.as_deref().filter(|m| !m.is_empty()) {
+                Some(message) => format!("{reason}: {message}"),
+                None => reason.to_string(),
+            }
+        }
+        _ => "Scheduling".into(),
+    }
+}
+
+/// A waiting container that will not start by itself: a pull error, a config
+/// error, or a crash loop (with why it last exited).
+fn waiting_failure(container: &ContainerStatus, restarts: i32) -> Option<PodState> {
+    let waiting = container.state.as_ref()?.waiting.as_ref()?;
+    let reason = waiting.reason.as_deref().unwrap_or("");
+    let detail = waiting.message.as_deref().unwrap_or("").trim();
+    let with_detail = |text: String| {
+        if detail.is_empty() {
+            text
+        } else {
+            format!("{text}: {detail}")
+        }
+    };
+    let (kind, message) = if IMAGE_PULL_REASONS.contains(&reason) {
+        (
+            FailureKind::ImagePull,
+            with_detail(format!(
+                "image {} cannot be pulled ({reason})",
+                container.image
+            )),
+        )
+    } else if CONFIG_REASONS.contains(&reason) {
+        (
+            FailureKind::Config,
+            with_detail(format!("container cannot be created ({reason})")),
+        )
+    } else if reason == "CrashLoopBackOff" {
+        let last = termination(container).unwrap_or_else(|| "exited".into());
+        (
+            FailureKind::Crash,
+            format!("container {last}; restarted {restarts} times, backing off (CrashLoopBackOff)"),
+        )
+    } else {
+        return None;
+    };
+    Some(PodState::Failed {
+        kind,
+        message,
+        restarts,
+    })
+}
+
+/// "exited with code 1 (Error)" from the current or last terminated state.
+fn termination(container: &ContainerStatus) -> Option<String> {
+    let terminated = container
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .or_else(|| container.last_state.as_ref()?.terminated.as_ref())?;
+    let mut text = match terminated.reason.as_deref() {
+        Some("OOMKilled") => "was killed: out of memory".to_string(),
+        Some(reason) => format!("exited with code {} ({reason})", terminated.exit_code),
+        None => format!("exited with code {}", terminated.exit_code),
+    };
+    if let Some(message) = terminated.message.as_deref().filter(|m| !m.is_empty()) {
+        text.push_str(&format!(": {}", message.trim()));
+    }
+    Some(text)
+}
+
+/// Parses a runtime key: `namespace/name`, or `name` in the runtime's namespace.
+fn split_key<'a>(key: &'a str, default_namespace: &'a str) -> (&'a str, &'a str) {
+    key.split_once('/').unwrap_or((default_namespace, key))
+}
+
+/// Writes an RFC 3339 annotation on an MCPServer with a merge patch, which
+/// touches nothing else (the spec stays the user's, the status the operator's).
+pub async fn annotate(
+    api: &Api<MCPServer>,
+    name: &str,
+    annotation: &str,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    let patch = json!({"metadata": {"annotations": {annotation: at.to_rfc3339()}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(Error::kube(format!(
+            "annotate MCPServer {name} with {annotation}"
+        )))?;
+    Ok(())
+}
+
+pub struct KubeRuntime {
+    client: Client,
+    /// Namespace of keys that name none, and of `list` when not cluster-wide.
+    namespace: String,
+    all_namespaces: bool,
+    /// How often the router looks at a pod it waits for.
+    poll_interval: Duration,
+}
+
+impl KubeRuntime {
+    pub fn new(client: Client, namespace: &str, all_namespaces: bool) -> Self {
+        KubeRuntime {
+            client,
+            namespace: namespace.to_string(),
+            all_namespaces,
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+
+    /// Polls faster or slower than the default 250 ms (tests use a short one).
+    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    fn pods(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    fn servers(&self, namespace: &str) -> Api<MCPServer> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Asks the operator for the server's pod.
+    pub async fn request_wake(&self, namespace: &str, server: &str) -> Result<()> {
+        info!(namespace, server, "requesting wake");
+        annotate(
+            &self.servers(namespace),
+            server,
+            ANNOTATION_WAKE,
+            Utc::now(),
+        )
+        .await
+    }
+
+    /// Waits, up to `timeout`, for the server's pod to run; fails at once when
+    /// the pod cannot run (bad image, crash loop), naming why.
+    pub async fn wait_running(
+        &self,
+        namespace: &str,
+        server: &str,
+        timeout: Duration,
+    ) -> Result<Pod> {
+        let name = pod_name(server);
+        let pods = self.pods(namespace);
+        let mut last =
+            "no pod yet (is `mcpod operator` running and watching this namespace?)".to_string();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let pod = pods
+                .get_opt(&name)
+                .await
+                .map_err(Error::kube(format!("get pod {namespace}/{name}")))?;
+            if let Some(pod) = pod {
+                match observe(&pod) {
+                    PodState::Running { .. } => return Ok(pod),
+                    PodState::Failed { message, .. } => {
+                        return Err(Error::Cluster(format!("pod {namespace}/{name}: {message}")))
+                    }
+                    PodState::Pending { reason, .. } => last = format!("pod is pending ({reason})"),
+                    PodState::Terminating => last = "the previous pod is still terminating".into(),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Cluster(format!(
+                    "pod {namespace}/{name} did not run within {timeout:?}: {last}"
+                )));
+            }
+            tokio::time::sleep(self.poll_interval).await;
+        }
+    }
+
+    async fn attach(&self, namespace: &str, server: &str, workload: &Workload) -> Result<Attached> {
+        let name = pod_name(server);
+        let params = AttachParams {
+            container: Some(CONTAINER_NAME.into()),
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+            max_stdin_buf_size: Some(ATTACH_BUFFER),
+            max_stdout_buf_size: Some(ATTACH_BUFFER),
+            max_stderr_buf_size: Some(ATTACH_BUFFER),
+        };
+        let mut process = self
+            .pods(namespace)
+            .attach(&name, &params)
+            .await
+            .map_err(Error::kube(format!("attach to pod {namespace}/{name}")))?;
+        let missing = |what: &str| {
+            Error::Cluster(format!(
+                "attach to pod {namespace}/{name}: no {what} stream"
+            ))
+        };
+        let stdin = process.stdin().ok_or_else(|| missing("stdin"))?;
+        let stdout = process.stdout().ok_or_else(|| missing("stdout"))?;
+        let stderr = process.stderr().ok_or_else(|| missing("stderr"))?;
+        let activity = ActivityReporter::spawn(
+            self.servers(namespace),
+            server.to_string(),
+            activity_interval(workload),
+        );
+        // stderr is read too: an undrained stream would stall the whole attach.
+        let output = futures::stream::select(
+            ReaderStream::new(stdout).map_ok(Output::Stdout),
+            ReaderStream::new(stderr).map_ok(Output::Stderr),
+        );
+        let stream_activity = activity.clone();
+        let output = output
+            .inspect(move |_| stream_activity.touch())
+            // The attach task is aborted when `process` drops: the stream owns it.
+            .map(move |item| {
+                let _attached = &process;
+                item
+            })
+            .boxed();
+        Ok(Attached {
+            container_id: name,
+            output,
+            stdin: Box::pin(ActiveWriter {
+                inner: stdin,
+                activity,
+            }),
+        })
+    }
+}
+
+/// The operator never scales a server to zero sooner than this after its
+/// last activity, whatever its idle timeout: the answer to a request written
+/// then may take the request timeout to come.
+pub fn shortest_idle(workload: &Workload) -> Duration {
+    workload.timeouts.request + REQUEST_SLACK
+}
+
+/// How often a busy server's activity is reported: a quarter of the shortest
+/// idle time the operator may apply (the router's own workload has no idle
+/// timeout: idle stops are the operator's), between 1 s and 10 s.
+fn activity_interval(workload: &Workload) -> Duration {
+    let shortest = workload
+        .timeouts
+        .idle
+        .map_or(shortest_idle(workload), |idle| {
+            idle.max(shortest_idle(workload))
+        });
+    (shortest / 4).clamp(Duration::from_secs(1), MAX_ACTIVITY_INTERVAL)
+}
+
+/// Last stdio traffic of one attach, reported to the cluster by a background
+/// task at most once per interval; the task ends (after a last report) when
+/// the attach's streams are dropped.
+struct ActivityReporter {
+    last_ms: AtomicI64,
+}
+
+impl ActivityReporter {
+    fn spawn(api: Api<MCPServer>, server: String, interval: Duration) -> Arc<ActivityReporter> {
+        let reporter = Arc::new(ActivityReporter {
+            last_ms: AtomicI64::new(Utc::now().timestamp_millis()),
+        });
+        let weak = Arc::downgrade(&reporter);
+        let span = tracing::debug_span!("activity", server = %server);
+        tokio::spawn(report_loop(api, server, weak, interval).instrument(span));
+        reporter
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+}
+
+async fn report_loop(
+    api: Api<MCPServer>,
+    server: String,
+    reporter: Weak<ActivityReporter>,
+    interval: Duration,
+) {
+    // The wake annotation already marked the start as activity.
+    let mut reported = Utc::now().timestamp_millis();
+    loop {
+        tokio::time::sleep(interval).await;
+        let (last, alive) = match reporter.upgrade() {
+            Some(r) => (r.last_ms.load(Ordering::Relaxed), true),
+            None => (reported, false),
+        };
+        if last > reported {
+            if let Some(at) = DateTime::from_timestamp_millis(last) {
+                match annotate(&api, &server, ANNOTATION_ACTIVITY, at).await {
+                    Ok(()) => reported = last,
+                    Err(e) => warn!(error = %e, "reporting activity failed"),
+                }
+            }
+        }
+        if !alive {
+            debug!("attach closed: activity reporting ends");
+            return;
+        }
+    }
+}
+
+/// The attach's stdin, marking activity on every write.
+struct ActiveWriter<W> {
+    inner: W,
+    activity: Arc<ActivityReporter>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for ActiveWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Runtime for KubeRuntime {
+    /// Wakes the server and attaches to its pod. Unlike a Podman container, a pod
+    /// found running is attached as it is: another router replica may be using it,
+    /// and the operator, not a router, decides when a pod goes away.
+    async fn start(&self, key: &str, workload: &Workload) -> Result<Attached> {
+        let (namespace, server) = split_key(key, &self.namespace);
+        self.request_wake(namespace, server).await?;
+        self.wait_running(namespace, server, workload.timeouts.startup)
+            .await?;
+        self.attach(namespace, server, workload).await
+    }
+
+    /// Deletes the pod: stdin was closed by the caller, and the kubelet gives the
+    /// server the pod's grace period after SIGTERM.
+    async fn stop(&self, key: &str, _grace: Duration) -> Result<()> {
+        self.remove(key).await
+    }
+
+    async fn remove(&self, key: &str) -> Result<()> {
+        let (namespace, server) = split_key(key, &self.namespace);
+        delete_pod(&self.pods(namespace), &pod_name(server)).await
+    }
+
+    async fn list(&self) -> Result<Vec<Managed>> {
+        let api: Api<Pod> = if self.all_namespaces {
+            Api::all(self.client.clone())
+        } else {
+            self.pods(&self.namespace)
+        };
+        let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
+        let pods = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(Error::kube("list mcpod pods"))?;
+        Ok(pods
+            .items
+            .iter()
+            .filter_map(|pod| {
+                let labels = pod.metadata.labels.as_ref()?;
+                let server = labels.get(LABEL_SERVER)?.clone();
+                let namespace = pod.namespace()?;
+                Some(Managed {
+                    key: format!("{namespace}/{server}"),
+                    server,
+                    id: pod.uid().unwrap_or_else(|| pod.name_any()),
+                    running: matches!(observe(pod), PodState::Running { .. }),
+                    spec_hash: labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    async fn exit_reason(&self, key: &str) -> Option<String> {
+        let (namespace, server) = split_key(key, &self.namespace);
+        let pod = self
+            .pods(namespace)
+            .get_opt(&pod_name(server))
+            .await
+            .ok()??;
+        match observe(&pod) {
+            PodState::Failed { message, .. } => Some(message),
+            PodState::Terminating => Some("pod is being deleted".into()),
+            _ => None,
+        }
+    }
+}
+
+/// Keeps `reconciler` equal to the MCPServers in the cluster (the router's
+/// counterpart of watching a manifest directory): every change after the
+/// initial list applies the whole set; servers being deleted are left out.
+pub async fn sync_servers(api: Api<MCPServer>, reconciler: Arc<Reconciler>) {
+    let (reader, writer) = reflector::store();
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .boxed();
+    let mut listed = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+            Ok(watcher::Event::InitDone) => listed = true,
+            Ok(_) if !listed => continue,
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "watching MCPServers failed; retrying with backoff");
+                continue;
+            }
+        }
+        let servers = reader
+            .state()
+            .iter()
+            .filter(|s| s.metadata.deletion_timestamp.is_none())
+            .map(|s| Loaded {
+                file: PathBuf::from(format!(
+                    "mcpservers/{}/{}",
+                    s.namespace().unwrap_or_default(),
+                    s.name_any()
+                )),
+                server: (**s).clone(),
+            })
+            .collect();
+        reconciler
+            .apply(Manifests {
+                servers,
+                broken_files: Default::default(),
+            })
+            .await;
+    }
+}
+
+/// Deletes a pod; one already gone is success.
+pub async fn delete_pod(api: &Api<Pod>, name: &str) -> Result<()> {
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if Error::is_kube_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::kube(format!("delete pod {name}"))(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "mcpod-time"},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn kube_observe_running_pending_and_failures() {
+        let running = pod(json!({"phase": "Running", "containerStatuses": [{
+            "name": "server", "image": "x", "imageID": "", "ready": true, "restartCount": 2,
+            "containerID": "containerd://abc",
+            "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}));
+        assert!(matches!(
+            observe(&running),
+            PodState::Running { restarts: 2, container_id: Some(ref id), .. } if id == "containerd://abc"
+        ));
+        let unscheduled = pod(json!({"phase": "Pending"}));
+        assert_eq!(
+            observe(&unscheduled),
+            PodState::Pending {
+                scheduled: false,
+                reason: "Scheduling".into()
+            }
+        );
+        let full = pod(
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
+            "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available"}]}),
+        );
+        assert_eq!(
+            observe(&full),
+            PodState::Pending {
+                scheduled: false,
+                reason: "Unschedulable: 0/3 nodes are available".into()
+            }
+        );
+        let pull = pod(json!({"phase": "Pending", "containerStatuses": [{
+            "name": "server", "image": "nope:1", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}));
+        let PodState::Failed { kind, message, .. } = observe(&pull) else {
+            panic!("image pull errors are failures")
+        };
+        assert_eq!(kind, FailureKind::ImagePull);
+        assert!(
+            message.contains("image nope:1 cannot be pulled"),
+            "{message}"
+        );
+        let crash = pod(json!({"phase": "Running", "containerStatuses": [{
+            "name": "server", "image": "x", "imageID": "", "ready": false, "restartCount": 3,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}));
+        let PodState::Failed { kind, message, .. } = observe(&crash) else {
+            panic!("crash loops are failures")
+        };
+        assert_eq!(kind, FailureKind::Crash);
+        assert!(message.contains("exited with code 1 (Error)"), "{message}");
+    }
+
+    #[test]
+    fn kube_keys_and_activity_interval() {
+        assert_eq!(split_key("ns/time", "home"), ("ns", "time"));
+        assert_eq!(split_key("time", "home"), ("home", "time"));
+        let interval = |yaml: &str, router: bool| {
+            let spec = serde_yaml::from_str(yaml).unwrap();
+            let mut w = Workload::resolve(
+                "t",
+                &spec,
+                &Default::default(),
+                crate::workload::Target::Kubernetes,
+            )
+            .unwrap();
+            if router {
+                w.timeouts.idle = None; // as Reconciler::for_kubernetes has it
+            }
+            activity_interval(&w)
+        };
+        // A quarter of max(idle, request + 5 s), between 1 s and 10 s.
+        assert_eq!(
+            interval("image: x\nidleTimeout: 8s\nrequestTimeout: 3s", false),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            interval("image: x\nrequestTimeout: 3s", true),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            interval("image: x\nidleTimeout: 8s", false),
+            Duration::from_millis(8750)
+        );
+        assert_eq!(interval("image: x", false), MAX_ACTIVITY_INTERVAL);
+        assert_eq!(
+            interval("image: x\nrequestTimeout: 1s\nidleTimeout: 1s", true),
+            Duration::from_millis(1500)
+        );
+    }
+}
