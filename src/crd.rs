@@ -69,6 +69,10 @@ pub struct MCPServerSpec {
     /// Longest wait for the answer to one request. Default 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<String>,
+    /// How often a running, quiet server must answer a `ping` (`30s`; `0` = never).
+    /// One that does not is marked Failed and restarted. Default: `--health-check-interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_interval: Option<String>,
     /// Network access: `none` (default, no network at all) or `bridge` (egress allowed).
     #[serde(default)]
     pub network: NetworkMode,

@@ -59,6 +59,9 @@ struct DefaultsArgs {
     /// CPU limit per server, when its spec does not say.
     #[arg(long, env = "MAX_CPU_PER_CONTAINER", default_value = "1")]
     max_cpu: String,
+    /// How often a quiet running server must answer a ping, when its spec does not say (0 = never).
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    health_check_interval: Duration,
 }
 
 impl DefaultsArgs {
@@ -69,6 +72,7 @@ impl DefaultsArgs {
             idle_timeout: self.idle_timeout,
             startup_timeout: self.startup_timeout,
             request_timeout: self.request_timeout,
+            health_check_interval: self.health_check_interval,
         }
     }
 }
@@ -125,6 +129,8 @@ struct ExportArgs {
 
 #[derive(Args)]
 struct ServeArgs {
+    #[command(flatten)]
+    defaults: DefaultsArgs,
     /// Directory of MCPServer YAML files; watched for changes.
     #[arg(long, env = "MCPOD_MANIFESTS", default_value = "examples")]
     manifests: PathBuf,
@@ -137,21 +143,6 @@ struct ServeArgs {
     /// Where mcpod keeps its state (and the Podman socket it starts, if any).
     #[arg(long, env = "MCPOD_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Idle time before a server is stopped, when its spec does not say (0 = never).
-    #[arg(long, env = "AUTO_SHUTDOWN_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
-    idle_timeout: Duration,
-    /// Longest wait for one answer from a server, when its spec does not say.
-    #[arg(long, env = "STDIO_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    request_timeout: Duration,
-    /// Longest wait for a server to start and initialize, when its spec does not say.
-    #[arg(long, env = "MCPOD_STARTUP_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    startup_timeout: Duration,
-    /// Memory limit per container, when its spec does not say.
-    #[arg(long, env = "MAX_MEMORY_PER_CONTAINER", default_value = "512Mi")]
-    max_memory: String,
-    /// CPU limit per container, when its spec does not say.
-    #[arg(long, env = "MAX_CPU_PER_CONTAINER", default_value = "1")]
-    max_cpu: String,
     /// Largest HTTP request body accepted.
     #[arg(long, env = "MCPOD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -223,13 +214,7 @@ fn nix_is_root() -> bool {
 
 async fn serve(args: ServeArgs) -> mcpod::Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    let defaults = Defaults {
-        memory: args.max_memory.clone(),
-        cpu: args.max_cpu.clone(),
-        idle_timeout: args.idle_timeout,
-        startup_timeout: args.startup_timeout,
-        request_timeout: args.request_timeout,
-    };
+    let defaults = args.defaults.defaults();
     let settings = Settings {
         max_message_bytes: args.max_message_bytes,
         stop_grace: args.stop_grace,

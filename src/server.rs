@@ -143,6 +143,7 @@ pub struct Status {
     pub starts: u64,
     pub start_failures: u64,
     pub stops: u64,
+    pub health_check_failures: u64,
     pub last_cold_start_ms: Option<u64>,
 }
 
@@ -223,6 +224,7 @@ impl Server {
             starts: 0,
             start_failures: 0,
             stops: 0,
+            health_check_failures: 0,
             last_cold_start_ms: None,
         };
         let server = Arc::new(Server {
@@ -581,8 +583,44 @@ impl Server {
         last.elapsed()
     }
 
-    /// Background duty: stop when idle, keep AlwaysOn servers up, Disabled ones down.
+    /// Pings a running server that has been quiet for `interval`; one that does
+    /// not answer within the request timeout (at most 10 s) is marked Failed and
+    /// restarted. A server busy with requests is not probed: those have timeouts.
+    async fn check_health(self: &Arc<Self>, interval: Duration, last_probe: &mut Instant) {
+        if last_probe.elapsed() < interval {
+            return;
+        }
+        *last_probe = Instant::now();
+        let Some(instance) = self.running_instance() else {
+            return;
+        };
+        let busy = self.in_flight.load(Ordering::SeqCst) > 0 || instance.bridge.pending() > 0;
+        if busy || self.idle_for(&instance) < interval {
+            return; // recent traffic showed it alive
+        }
+        let timeout = self.workload().timeouts.request.min(Duration::from_secs(10));
+        let Err(BridgeError::Timeout(after)) = instance.bridge.probe(timeout).await else {
+            return; // answered, or exited (the crash watcher handles that)
+        };
+        let mut lifecycle = self.lifecycle.lock().await;
+        if !matches!(&*lifecycle, Lifecycle::Running(current) if Arc::ptr_eq(current, &instance)) {
+            return;
+        }
+        let reason = format!("did not answer a health-check ping within {after:?}");
+        warn!(%reason, "restarting");
+        self.status.lock().unwrap().health_check_failures += 1;
+        self.set_phase(Phase::Failed, Some(reason.clone()));
+        self.stop_locked(&mut lifecycle, &reason).await;
+        let workload = self.workload();
+        if self.start_locked(&mut lifecycle, &workload).await.is_ok() {
+            self.set_phase(Phase::Running, Some(format!("restarted: {reason}")));
+        }
+    }
+
+    /// Background duty: stop when idle, keep AlwaysOn servers up, Disabled ones
+    /// down, restart ones that fail their health check.
     async fn supervise(self: Arc<Self>) {
+        let mut last_probe = Instant::now();
         loop {
             tokio::time::sleep(self.settings.idle_check_interval).await;
             if Arc::strong_count(&self) == 1 {
@@ -592,6 +630,9 @@ impl Server {
                 info!(session = %id, "client session expired");
             }
             let workload = self.workload();
+            if let Some(interval) = workload.timeouts.health_check {
+                self.check_health(interval, &mut last_probe).await;
+            }
             match workload.desired_state {
                 DesiredState::AlwaysOn => self.keep_running().await,
                 DesiredState::Disabled => self.stop("disabled", false).await,

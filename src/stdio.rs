@@ -54,6 +54,8 @@ struct Pending {
 
 struct Shared {
     pending: Mutex<HashMap<u64, Pending>>,
+    /// Wire ids of health probes: they must not count as activity.
+    quiet: Mutex<std::collections::HashSet<u64>>,
     next_id: AtomicU64,
     last_activity: Mutex<Instant>,
     stderr_tail: Mutex<VecDeque<String>>,
@@ -86,6 +88,7 @@ impl StdioBridge {
     ) -> StdioBridge {
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
+            quiet: Mutex::new(Default::default()),
             next_id: AtomicU64::new(1),
             last_activity: Mutex::new(Instant::now()),
             stderr_tail: Mutex::new(VecDeque::new()),
@@ -159,6 +162,36 @@ impl StdioBridge {
                 Err(BridgeError::Timeout(timeout))
             }
         }
+    }
+
+    /// A health probe: a `ping` that must be answered within `timeout`. Unlike
+    /// client traffic it does not count as activity, so it never keeps an idle
+    /// server from being stopped.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), BridgeError> {
+        let wire_id = self.next_wire_id();
+        self.shared.quiet.lock().unwrap().insert(wire_id);
+        let (reply, response) = oneshot::channel();
+        self.shared.pending.lock().unwrap().insert(
+            wire_id,
+            Pending {
+                client_id: json!(wire_id),
+                reply,
+            },
+        );
+        let ping = json!({"jsonrpc": "2.0", "id": wire_id, "method": "ping"});
+        let _ = self.outbound.send(Outbound::Line(ping.to_string()));
+        let result = match tokio::time::timeout(timeout, response).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(BridgeError::Closed(
+                self.closed_reason().unwrap_or_else(|| "bridge stopped".into()),
+            )),
+            Err(_) => {
+                self.shared.pending.lock().unwrap().remove(&wire_id);
+                Err(BridgeError::Timeout(timeout))
+            }
+        };
+        self.shared.quiet.lock().unwrap().remove(&wire_id);
+        result
     }
 
     /// Sends a notification, or a response to a request the server made.
@@ -295,7 +328,13 @@ fn dispatch(
         warn!(line = %truncate(text, 200), "server wrote a line that is not JSON to stdout; ignored");
         return;
     };
-    shared.touch();
+    let is_probe_answer = message
+        .get("id")
+        .and_then(Value::as_u64)
+        .is_some_and(|id| shared.quiet.lock().unwrap().contains(&id));
+    if !is_probe_answer {
+        shared.touch();
+    }
     let reply = match jsonrpc::classify(&message) {
         Some(Kind::Response) => {
             deliver_response(message, shared);
@@ -548,6 +587,25 @@ mod tests {
         assert!(
             matches!(routed, ServerMessage::Notification(ref m) if m["params"]["progress"] == 3)
         );
+    }
+
+    #[tokio::test]
+    async fn a_probe_is_answered_without_counting_as_activity() {
+        let (bridge, _events, server_out, server_in) = fake_server();
+        let mut lines = BufReader::new(server_in).lines();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let before = bridge.last_activity();
+        let probe = bridge.probe(Duration::from_secs(5));
+        let server = async {
+            let ping: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+            assert_eq!(ping["method"], "ping");
+            server_out.send(out(&json!({"jsonrpc":"2.0","id":ping["id"],"result":{}}).to_string())).unwrap();
+        };
+        let (result, ()) = tokio::join!(probe, server);
+        assert_eq!(result, Ok(()));
+        assert_eq!(bridge.last_activity(), before);
+        let silent = bridge.probe(Duration::from_millis(50)).await;
+        assert_eq!(silent, Err(BridgeError::Timeout(Duration::from_millis(50))));
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub struct Defaults {
     pub idle_timeout: Duration,
     pub startup_timeout: Duration,
     pub request_timeout: Duration,
+    pub health_check_interval: Duration,
 }
 
 impl Default for Defaults {
@@ -36,6 +37,7 @@ impl Default for Defaults {
             idle_timeout: Duration::from_secs(300),
             startup_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
+            health_check_interval: Duration::from_secs(30),
         }
     }
 }
@@ -105,6 +107,8 @@ pub struct Timeouts {
     pub idle: Option<Duration>,
     pub startup: Duration,
     pub request: Duration,
+    /// `None`: no health checks.
+    pub health_check: Option<Duration>,
 }
 
 impl Workload {
@@ -156,6 +160,11 @@ impl Workload {
             &spec.request_timeout,
             defaults.request_timeout,
         )?;
+        let health_check = timeout(
+            "spec.healthCheckInterval",
+            &spec.health_check_interval,
+            defaults.health_check_interval,
+        )?;
         for (field, value) in [
             ("spec.startupTimeout", startup),
             ("spec.requestTimeout", request),
@@ -197,6 +206,7 @@ impl Workload {
                 idle: (!idle.is_zero()).then_some(idle),
                 startup,
                 request,
+                health_check: (!health_check.is_zero()).then_some(health_check),
             },
             desired_state: spec.desired_state,
             session_mode: spec.session_mode,

@@ -592,3 +592,26 @@ async fn disabled_servers_refuse_with_a_reason_and_always_on_ones_start_alone() 
         .wait_status("on", "running", Duration::from_secs(20))
         .await;
 }
+
+#[tokio::test]
+async fn a_server_that_stops_answering_pings_is_marked_failed_and_restarted() {
+    let list = [
+        fixture("deaf", "env: [{name: FAKE_MODE, value: deaf}]\nhealthCheckInterval: 1s\nrequestTimeout: 1s"),
+        fixture("healthy", "healthCheckInterval: 1s"),
+    ];
+    let mcpod = Mcpod::start(&files(&list), &[]);
+    assert_eq!(mcpod.post("/servers/deaf/start").await.0, 200);
+    assert_eq!(mcpod.post("/servers/healthy/start").await.0, 200);
+    let mut deaf = Value::Null;
+    wait_for(Duration::from_secs(30), "a failed health check", async || {
+        deaf = mcpod.status("deaf").await;
+        deaf["healthCheckFailures"].as_u64() >= Some(1) && deaf["starts"].as_u64() >= Some(2)
+    })
+    .await;
+    assert!(deaf["message"].as_str().unwrap_or("").contains("health-check ping"), "{deaf}");
+    // A healthy server is probed too, answers, and is left alone; the probes do
+    // not count as activity (its idle clock is not reset).
+    let healthy = mcpod.status("healthy").await;
+    assert_eq!(healthy["healthCheckFailures"], 0, "{healthy}");
+    assert_eq!(healthy["starts"], 1);
+}
