@@ -14,6 +14,7 @@ pub mod duration;
 pub mod endpoint;
 pub mod error;
 pub mod jsonrpc;
+pub mod logs;
 pub mod manifests;
 pub mod operator;
 pub mod quantity;

@@ -33,6 +33,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print the MCPServer CustomResourceDefinition as YAML.
     Crd,
+    /// Print a server's log (its stderr and lifecycle) from the data dir.
+    Logs(LogsArgs),
     /// Kubernetes: run the operator (one pod per running MCPServer, none while idle).
     Operator(Box<OperatorArgs>),
     /// Kubernetes: run the HTTP router; it wakes servers through the operator and attaches to their pods.
@@ -168,22 +170,84 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     duration::parse(text)
 }
 
+#[derive(Args)]
+struct LogsArgs {
+    /// The MCPServer's name.
+    name: String,
+    /// The data dir `mcpod serve` uses.
+    #[arg(long, env = "MCPOD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// How many of the last lines to print.
+    #[arg(long, default_value_t = 100)]
+    tail: usize,
+}
+
+fn data_dir_of(args: &ServeArgs) -> PathBuf {
+    args.data_dir.clone().unwrap_or_else(default_data_dir)
+}
+
+/// Logs to stderr (and, for `serve`, to a file too), filtered by `RUST_LOG`.
+fn init_logging(file: Option<&std::path::Path>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let file = file.and_then(|path| {
+        std::fs::create_dir_all(path.parent()?).ok()?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()?;
+        Some(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false),
+        )
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file)
+        .init();
+}
+
+fn show_logs(args: &LogsArgs) -> mcpod::Result<()> {
+    let dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let path = dir
+        .join("logs/containers")
+        .join(format!("{}.log", args.name));
+    if !path.exists() {
+        return Err(mcpod::Error::Io {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no log for this server yet"),
+        });
+    }
+    for line in mcpod::logs::tail_file(&path, args.tail) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    // `serve` also keeps its own log under the data dir (logs/router/mcpod.log).
+    let log_file = match &cli.command {
+        Command::Serve(args) => Some(data_dir_of(args).join("logs/router/mcpod.log")),
+        _ => None,
+    };
+    init_logging(log_file.as_deref());
     let result = match cli.command {
         Command::Crd => {
             print!("{}", crd::crd_yaml());
             Ok(())
         }
         Command::Serve(args) => serve(*args).await,
+        Command::Logs(args) => show_logs(&args),
         Command::Operator(args) => kube_cli::operator(*args).await,
         Command::Router(args) => kube_cli::router(*args).await,
         Command::Export(args) => kube_cli::export(&args),
@@ -219,6 +283,7 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         max_message_bytes: args.max_message_bytes,
         stop_grace: args.stop_grace,
         session_ttl: args.session_ttl,
+        log_dir: Some(data_dir.join("logs/containers")),
         ..Settings::default()
     };
     // Kept alive for the whole run: dropping it stops a Podman service mcpod started.

@@ -68,6 +68,27 @@ pub fn routes(
                 None => unknown_server(&name),
             },
         );
+    let logs = warp::path!("servers" / String / "logs")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .map(
+            |name: String, state: State, query: std::collections::HashMap<String, String>| {
+                let Some(server) = state.reconciler.server(&name) else {
+                    return unknown_server(&name);
+                };
+                let tail = query
+                    .get("tail")
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(100);
+                let mut text = server.log().tail(tail).join("\n");
+                text.push('\n');
+                warp::http::Response::builder()
+                    .header("content-type", "text/plain; charset=utf-8")
+                    .body(text.into())
+                    .expect("static headers are valid")
+            },
+        );
     let start = warp::path!("servers" / String / "start")
         .and(warp::post())
         .and(with_state.clone())
@@ -81,6 +102,8 @@ pub fn routes(
         .or(list)
         .unify()
         .or(show)
+        .unify()
+        .or(logs)
         .unify()
         .or(start)
         .unify()

@@ -17,6 +17,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::crd::{DesiredState, Phase};
 use crate::jsonrpc;
+use crate::logs::ServerLog;
 use crate::runtime::Runtime;
 use crate::session::Sessions;
 use crate::stdio::{BridgeError, MessageHandler, StdioBridge};
@@ -40,6 +41,8 @@ pub struct Settings {
     pub idle_check_interval: Duration,
     /// Client sessions idle for longer than this end (clients get 404 and re-initialize).
     pub session_ttl: Duration,
+    /// Where each server's log goes (`<name>.log`); `None` keeps none.
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -49,6 +52,7 @@ impl Default for Settings {
             stop_grace: Duration::from_millis(1000),
             idle_check_interval: Duration::from_millis(500),
             session_ttl: Duration::from_secs(3600),
+            log_dir: None,
         }
     }
 }
@@ -159,6 +163,7 @@ pub struct Server {
     in_flight: AtomicUsize,
     last_activity: Mutex<Instant>,
     sessions: Arc<Sessions>,
+    log: Arc<ServerLog>,
 }
 
 /// Held while a request is being served: keeps the server from being stopped.
@@ -227,6 +232,7 @@ impl Server {
             health_check_failures: 0,
             last_cold_start_ms: None,
         };
+        let log = Arc::new(ServerLog::open(settings.log_dir.as_deref(), key));
         let server = Arc::new(Server {
             name: workload.name.clone(),
             key: key.to_string(),
@@ -238,6 +244,7 @@ impl Server {
             in_flight: AtomicUsize::new(0),
             last_activity: Mutex::new(Instant::now()),
             sessions: Arc::new(Sessions::default()),
+            log,
         });
         let span = tracing::info_span!("server", server = %server.name);
         tokio::spawn(server.clone().supervise().instrument(span));
@@ -246,6 +253,11 @@ impl Server {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// This server's log: its stderr and its lifecycle.
+    pub fn log(&self) -> &ServerLog {
+        &self.log
     }
 
     /// The client sessions talking to this server.
@@ -277,6 +289,12 @@ impl Server {
                 message = message.as_deref().unwrap_or(""),
                 "phase changed"
             );
+            let note = message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            let line = format!("{} -> {}{note}", status.status, phase.as_api_str());
+            self.log.write("mcpod", &line);
         }
         status.phase = phase;
         status.status = phase.as_api_str();
@@ -417,6 +435,7 @@ impl Server {
             attached.output,
             attached.stdin,
             route,
+            self.log.clone(),
             self.settings.max_message_bytes,
         );
         let initialize = json!({
@@ -598,7 +617,11 @@ impl Server {
         if busy || self.idle_for(&instance) < interval {
             return; // recent traffic showed it alive
         }
-        let timeout = self.workload().timeouts.request.min(Duration::from_secs(10));
+        let timeout = self
+            .workload()
+            .timeouts
+            .request
+            .min(Duration::from_secs(10));
         let Err(BridgeError::Timeout(after)) = instance.bridge.probe(timeout).await else {
             return; // answered, or exited (the crash watcher handles that)
         };

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::jsonrpc::{self, Kind};
+use crate::logs::ServerLog;
 use crate::runtime::Output;
 
 /// Why a request through the bridge got no answer from the server.
@@ -84,6 +85,7 @@ impl StdioBridge {
         output: BoxStream<'static, std::io::Result<Output>>,
         stdin: Pin<Box<dyn AsyncWrite + Send>>,
         handler: MessageHandler,
+        log: Arc<ServerLog>,
         max_message_bytes: usize,
     ) -> StdioBridge {
         let shared = Arc::new(Shared {
@@ -102,6 +104,7 @@ impl StdioBridge {
                 output,
                 shared.clone(),
                 handler,
+                log,
                 outbound.clone(),
                 closed_tx,
                 max_message_bytes,
@@ -183,7 +186,8 @@ impl StdioBridge {
         let result = match tokio::time::timeout(timeout, response).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(BridgeError::Closed(
-                self.closed_reason().unwrap_or_else(|| "bridge stopped".into()),
+                self.closed_reason()
+                    .unwrap_or_else(|| "bridge stopped".into()),
             )),
             Err(_) => {
                 self.shared.pending.lock().unwrap().remove(&wire_id);
@@ -276,6 +280,7 @@ async fn read_loop(
     mut output: BoxStream<'static, std::io::Result<Output>>,
     shared: Arc<Shared>,
     handler: MessageHandler,
+    log: Arc<ServerLog>,
     outbound: mpsc::UnboundedSender<Outbound>,
     closed: watch::Sender<Option<String>>,
     max_message_bytes: usize,
@@ -291,7 +296,7 @@ async fn read_loop(
             }
             Some(Ok(Output::Stderr(bytes))) => {
                 for line in stderr.push(&bytes) {
-                    record_stderr(&line, &shared);
+                    record_stderr(&line, &shared, &log);
                 }
             }
             Some(Err(e)) => break format!("reading its output failed: {e}"),
@@ -368,12 +373,13 @@ fn deliver_response(mut message: Value, shared: &Shared) {
     let _ = pending.reply.send(message);
 }
 
-fn record_stderr(line: &[u8], shared: &Shared) {
+fn record_stderr(line: &[u8], shared: &Shared, log: &ServerLog) {
     let text = String::from_utf8_lossy(line).trim_end().to_string();
     if text.is_empty() {
         return;
     }
     info!(target: "mcpod::server_stderr", "{text}");
+    log.write("stderr", &text);
     let mut tail = shared.stderr_tail.lock().unwrap();
     if tail.len() == STDERR_TAIL_LINES {
         tail.pop_front();
@@ -448,7 +454,15 @@ mod tests {
             None
         });
         let output = tokio_stream_from(from_server);
-        let bridge = StdioBridge::spawn("test", output, Box::pin(stdin_router), events_tx, 1 << 20);
+        let log = Arc::new(ServerLog::open(None, "test"));
+        let bridge = StdioBridge::spawn(
+            "test",
+            output,
+            Box::pin(stdin_router),
+            events_tx,
+            log,
+            1 << 20,
+        );
         (bridge, events, to_router, stdin_server)
     }
 
@@ -597,9 +611,14 @@ mod tests {
         let before = bridge.last_activity();
         let probe = bridge.probe(Duration::from_secs(5));
         let server = async {
-            let ping: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+            let ping: Value =
+                serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
             assert_eq!(ping["method"], "ping");
-            server_out.send(out(&json!({"jsonrpc":"2.0","id":ping["id"],"result":{}}).to_string())).unwrap();
+            server_out
+                .send(out(
+                    &json!({"jsonrpc":"2.0","id":ping["id"],"result":{}}).to_string()
+                ))
+                .unwrap();
         };
         let (result, ()) = tokio::join!(probe, server);
         assert_eq!(result, Ok(()));

@@ -596,22 +596,78 @@ async fn disabled_servers_refuse_with_a_reason_and_always_on_ones_start_alone() 
 #[tokio::test]
 async fn a_server_that_stops_answering_pings_is_marked_failed_and_restarted() {
     let list = [
-        fixture("deaf", "env: [{name: FAKE_MODE, value: deaf}]\nhealthCheckInterval: 1s\nrequestTimeout: 1s"),
+        fixture(
+            "deaf",
+            "env: [{name: FAKE_MODE, value: deaf}]\nhealthCheckInterval: 1s\nrequestTimeout: 1s",
+        ),
         fixture("healthy", "healthCheckInterval: 1s"),
     ];
     let mcpod = Mcpod::start(&files(&list), &[]);
     assert_eq!(mcpod.post("/servers/deaf/start").await.0, 200);
     assert_eq!(mcpod.post("/servers/healthy/start").await.0, 200);
     let mut deaf = Value::Null;
-    wait_for(Duration::from_secs(30), "a failed health check", async || {
-        deaf = mcpod.status("deaf").await;
-        deaf["healthCheckFailures"].as_u64() >= Some(1) && deaf["starts"].as_u64() >= Some(2)
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "a failed health check",
+        async || {
+            deaf = mcpod.status("deaf").await;
+            deaf["healthCheckFailures"].as_u64() >= Some(1) && deaf["starts"].as_u64() >= Some(2)
+        },
+    )
     .await;
-    assert!(deaf["message"].as_str().unwrap_or("").contains("health-check ping"), "{deaf}");
+    assert!(
+        deaf["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("health-check ping"),
+        "{deaf}"
+    );
     // A healthy server is probed too, answers, and is left alone; the probes do
     // not count as activity (its idle clock is not reset).
     let healthy = mcpod.status("healthy").await;
     assert_eq!(healthy["healthCheckFailures"], 0, "{healthy}");
     assert_eq!(healthy["starts"], 1);
+}
+
+#[tokio::test]
+async fn each_servers_stderr_and_lifecycle_are_logged_and_readable() {
+    let mcpod = Mcpod::start(&files(&[fixture("chatty", "")]), &[]);
+    assert_eq!(
+        mcpod
+            .call_tool("chatty", json!(1), "echo", json!({"text": "x"}))
+            .await
+            .0,
+        200
+    );
+    let response = mcpod
+        .http
+        .get(format!("{}/servers/chatty/logs?tail=50", mcpod.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("stderr fake-mcp starting"), "{text}");
+    assert!(text.contains("mcpod stopped -> starting"), "{text}");
+    assert!(text.contains("mcpod starting -> running"), "{text}");
+
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_mcpod"))
+        .args(["logs", "chatty", "--tail", "5", "--data-dir"])
+        .arg(mcpod.data.path())
+        .output()
+        .unwrap();
+    assert!(cli.status.success());
+    let printed = String::from_utf8_lossy(&cli.stdout);
+    assert!(printed.contains("fake-mcp starting"), "{printed}");
+    assert!(printed.lines().count() <= 5);
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_mcpod"))
+        .args(["logs", "nobody", "--data-dir"])
+        .arg(mcpod.data.path())
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no log for this server yet"));
+
+    let own = std::fs::read_to_string(mcpod.data.path().join("logs/router/mcpod.log")).unwrap();
+    assert!(own.contains("router listening"), "{own}");
 }
