@@ -24,12 +24,15 @@ use tracing::{debug, info_span, Instrument};
 use warp::http::{HeaderMap, Response, StatusCode};
 use warp::{Buf, Filter, Reply};
 
+use crate::crd::SessionMode;
 use crate::jsonrpc::{self, Kind};
 use crate::reconcile::Reconciler;
 use crate::server::{Server, ServerError, SUPPORTED_PROTOCOL_VERSIONS};
 use crate::session::{ClientCapabilities, Session, SseEvent, StreamKey, STANDALONE};
 
 pub type HttpResponse = warp::reply::Response;
+/// A client session and the server that holds it.
+type Held = (Arc<Server>, Arc<Session>);
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -97,9 +100,11 @@ pub fn routes(
         .and(warp::delete())
         .and(with.clone())
         .and(warp::header::headers_cloned())
-        .map(|name: String, endpoint: Endpoint, headers: HeaderMap| {
-            endpoint.delete(&name, &headers)
-        });
+        .then(
+            |name: String, endpoint: Endpoint, headers: HeaderMap| async move {
+                endpoint.delete(&name, &headers).await
+            },
+        );
     let legacy_stream = warp::path!("sse" / String)
         .and(warp::get())
         .and(with.clone())
@@ -242,15 +247,22 @@ impl Endpoint {
         Ok(server)
     }
 
-    /// The session named by `Mcp-Session-Id`: 404 once it has ended.
-    fn session(server: &Server, headers: &HeaderMap) -> Result<Option<Arc<Session>>, HttpResponse> {
+    /// The session named by `Mcp-Session-Id` and the server that holds it (for
+    /// `sessionMode: Isolated`, the session's own one): 404 once it has ended.
+    fn session(server: &Arc<Server>, headers: &HeaderMap) -> Result<Option<Held>, HttpResponse> {
         let Some(id) = header(headers, SESSION_HEADER) else {
             return Ok(None);
         };
-        match server.sessions().get(id) {
-            Some(session) => {
+        let found = match server.sessions().get(id) {
+            Some(session) => Some((server.clone(), session)),
+            None => server
+                .isolated_for(id)
+                .and_then(|child| child.sessions().get(id).map(|session| (child, session))),
+        };
+        match found {
+            Some((holder, session)) => {
                 session.touch();
-                Ok(Some(session))
+                Ok(Some((holder, session)))
             }
             None => Err(transport_error(
                 StatusCode::NOT_FOUND,
@@ -260,7 +272,7 @@ impl Endpoint {
         }
     }
 
-    fn require_session(server: &Server, headers: &HeaderMap) -> Result<Arc<Session>, HttpResponse> {
+    fn require_session(server: &Arc<Server>, headers: &HeaderMap) -> Result<Held, HttpResponse> {
         Self::session(server, headers)?.ok_or_else(|| {
             transport_error(
                 StatusCode::BAD_REQUEST,
@@ -296,8 +308,9 @@ impl Endpoint {
         if is_initialize {
             return initialize(&server, message).await;
         }
-        let session = match Self::session(&server, headers) {
-            Ok(session) => session,
+        let (server, session) = match Self::session(&server, headers) {
+            Ok(Some((holder, session))) => (holder, Some(session)),
+            Ok(None) => (server, None),
             Err(response) => return response,
         };
         // A Streamable HTTP client (it accepts SSE) must use its session; a plain
@@ -409,8 +422,8 @@ impl Endpoint {
                 "GET needs Accept: text/event-stream",
             );
         }
-        let session = match Self::require_session(&server, headers) {
-            Ok(session) => session,
+        let (_, session) = match Self::require_session(&server, headers) {
+            Ok(found) => found,
             Err(response) => return response,
         };
         let last_event_id = header(headers, "last-event-id").and_then(|v| v.parse().ok());
@@ -419,14 +432,16 @@ impl Endpoint {
     }
 
     /// DELETE: the client ends its session.
-    fn delete(&self, name: &str, headers: &HeaderMap) -> HttpResponse {
+    async fn delete(&self, name: &str, headers: &HeaderMap) -> HttpResponse {
         let server = match self.admit(name, headers) {
             Ok(server) => server,
             Err(response) => return response,
         };
         match Self::require_session(&server, headers) {
-            Ok(session) => {
-                server.sessions().end(&session.id);
+            Ok((holder, session)) => {
+                holder.sessions().end(&session.id);
+                // An isolated session's container goes with it.
+                server.end_isolated(&session.id).await;
                 debug!(session = %session.id, "session ended by the client");
                 status_only(StatusCode::OK)
             }
@@ -563,13 +578,23 @@ where
 }
 
 /// A client's `initialize`: answered from the server's own result, with a new session.
-async fn initialize(server: &Arc<Server>, message: Value) -> HttpResponse {
+async fn initialize(parent: &Arc<Server>, message: Value) -> HttpResponse {
     let id = jsonrpc::id(&message);
+    // `sessionMode: Isolated`: this session gets a container of its own.
+    let isolated = parent.workload().session_mode == SessionMode::Isolated;
+    let server = &if isolated {
+        parent.spawn_isolated()
+    } else {
+        parent.clone()
+    };
     match initialize_result(server, &message).await {
         Ok(response) => {
             let version = negotiate_version(&message);
             let capabilities = ClientCapabilities::from_initialize(&message);
             let session = server.sessions().create(version, capabilities, false);
+            if isolated {
+                parent.attach_isolated(&session.id, server.clone());
+            }
             if capabilities.roots {
                 // A client that has roots arrived: let the server ask for them again.
                 one_way(
@@ -585,7 +610,12 @@ async fn initialize(server: &Arc<Server>, message: Value) -> HttpResponse {
             );
             reply
         }
-        Err(e) => server_error_reply(id, &e),
+        Err(e) => {
+            if isolated {
+                server.remove().await;
+            }
+            server_error_reply(id, &e)
+        }
     }
 }
 

@@ -197,6 +197,13 @@ impl Reconciler {
                         warn!(error = %e, "removing an orphan container failed");
                     }
                 }
+                // An isolated session's container: its session died with the old mcpod.
+                Some(server) if server.key() != container.key => {
+                    info!(container = %container.id, "removing the container of a session that no longer exists");
+                    if let Err(e) = self.runtime.remove(&container.key).await {
+                        warn!(error = %e, "removing an orphan session container failed");
+                    }
+                }
                 Some(server) if container.running => {
                     tokio::spawn(async move { server.adopt_running().await });
                 }

@@ -144,6 +144,9 @@ pub struct Status {
     pub message: Option<String>,
     pub server_info: Option<Value>,
     pub in_flight: usize,
+    pub sessions: usize,
+    /// `sessionMode: Isolated`: containers serving one session each.
+    pub isolated_instances: usize,
     pub starts: u64,
     pub start_failures: u64,
     pub stops: u64,
@@ -164,6 +167,8 @@ pub struct Server {
     last_activity: Mutex<Instant>,
     sessions: Arc<Sessions>,
     log: Arc<ServerLog>,
+    /// `sessionMode: Isolated`: the container of each client session, by session id.
+    isolated: Mutex<std::collections::HashMap<String, Arc<Server>>>,
 }
 
 /// Held while a request is being served: keeps the server from being stopped.
@@ -226,6 +231,8 @@ impl Server {
             message: None,
             server_info: None,
             in_flight: 0,
+            sessions: 0,
+            isolated_instances: 0,
             starts: 0,
             start_failures: 0,
             stops: 0,
@@ -245,6 +252,7 @@ impl Server {
             last_activity: Mutex::new(Instant::now()),
             sessions: Arc::new(Sessions::default()),
             log,
+            isolated: Mutex::new(Default::default()),
         });
         let span = tracing::info_span!("server", server = %server.name);
         tokio::spawn(server.clone().supervise().instrument(span));
@@ -272,6 +280,10 @@ impl Server {
     pub fn status(&self) -> Status {
         let mut status = self.status.lock().unwrap().clone();
         status.in_flight = self.in_flight.load(Ordering::SeqCst);
+        let isolated = self.isolated.lock().unwrap();
+        status.isolated_instances = isolated.len();
+        status.sessions =
+            self.sessions.len() + isolated.values().map(|c| c.sessions.len()).sum::<usize>();
         status
     }
 
@@ -547,8 +559,78 @@ impl Server {
         }
     }
 
+    /// The runtime's key for this server's container.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// `sessionMode: Isolated`: a server of the same spec under a key of its own,
+    /// for one client session. Register its session with [`Server::attach_isolated`].
+    pub fn spawn_isolated(&self) -> Arc<Server> {
+        let suffix: [u8; 4] = rand::random();
+        let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let key = format!("{}-s{suffix}", self.key);
+        Server::new(
+            &key,
+            (*self.workload()).clone(),
+            self.runtime.clone(),
+            self.settings.clone(),
+        )
+    }
+
+    pub fn attach_isolated(&self, session_id: &str, child: Arc<Server>) {
+        self.isolated
+            .lock()
+            .unwrap()
+            .insert(session_id.to_string(), child);
+    }
+
+    /// The isolated server holding session `session_id`, if any.
+    pub fn isolated_for(&self, session_id: &str) -> Option<Arc<Server>> {
+        self.isolated.lock().unwrap().get(session_id).cloned()
+    }
+
+    /// Removes isolated servers whose session ended or expired, with their containers.
+    async fn reap_isolated(&self, ended: Option<&str>) {
+        let gone: Vec<Arc<Server>> = {
+            let mut isolated = self.isolated.lock().unwrap();
+            let ids: Vec<String> = isolated
+                .iter()
+                .filter(|(id, child)| {
+                    Some(id.as_str()) == ended || child.sessions.get(id).is_none()
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| isolated.remove(id)).collect()
+        };
+        for child in gone {
+            info!(container_key = %child.key, "session ended: removing its isolated container");
+            // A child has no children of its own; boxing breaks the async recursion.
+            Box::pin(child.remove()).await;
+        }
+    }
+
+    /// A client ended session `session_id` of an isolated server: its container goes.
+    pub async fn end_isolated(&self, session_id: &str) {
+        if let Some(child) = self.isolated_for(session_id) {
+            child.sessions.end(session_id);
+        }
+        self.reap_isolated(Some(session_id)).await;
+    }
+
     /// Stops the server for good and removes its container; waiting requests get an error.
     pub async fn remove(&self) {
+        self.reap_isolated(None).await;
+        let children: Vec<Arc<Server>> = self
+            .isolated
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for child in children {
+            Box::pin(child.remove()).await;
+        }
         let mut lifecycle = self.lifecycle.lock().await;
         self.stop_locked(&mut lifecycle, "removed").await;
         if let Err(e) = self.runtime.remove(&self.key).await {
@@ -565,6 +647,10 @@ impl Server {
             let mut status = self.status.lock().unwrap();
             status.image = workload.image.clone();
             status.desired_state = workload.desired_state;
+        }
+        let children: Vec<Arc<Server>> = self.isolated.lock().unwrap().values().cloned().collect();
+        for child in children {
+            Box::pin(child.update(workload.clone())).await;
         }
         *self.workload.write().unwrap() = Arc::new(workload);
         let mut lifecycle = self.lifecycle.lock().await;
@@ -652,6 +738,7 @@ impl Server {
             for id in self.sessions.expire(self.settings.session_ttl) {
                 info!(session = %id, "client session expired");
             }
+            self.reap_isolated(None).await;
             let workload = self.workload();
             if let Some(interval) = workload.timeouts.health_check {
                 self.check_health(interval, &mut last_probe).await;

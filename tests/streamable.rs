@@ -409,3 +409,46 @@ async fn a_server_request_no_session_can_answer_gets_an_error_at_once() {
     assert_eq!(last["id"], 5);
     assert!(last.to_string().to_lowercase().contains("error"), "{last}");
 }
+
+#[tokio::test]
+async fn isolated_sessions_get_containers_of_their_own() {
+    let files = vec![(
+        "solo.yaml",
+        manifest("solo", FIXTURE_IMAGE, "sessionMode: Isolated"),
+    )];
+    let mcpod = Mcpod::start(&files, &[]);
+    let url = format!("{}/mcp/solo", mcpod.url);
+    let (mut a, mut b) = (RawClient::new(url.clone()), RawClient::new(url));
+    a.initialize(json!({})).await;
+    b.initialize(json!({})).await;
+    assert_eq!(
+        containers_of(&mcpod.instance).len(),
+        2,
+        "one container per session"
+    );
+    let whoami = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{}}});
+    let (status_a, body_a) = a.post(&whoami).await;
+    let (status_b, body_b) = b.post(&whoami).await;
+    assert_eq!((status_a, status_b), (200, 200));
+    let text = |body: &Vec<Value>| {
+        body.last().unwrap()["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        text(&body_a),
+        text(&body_b),
+        "same uid and pid 1... in two different containers"
+    );
+    let server = mcpod.status("solo").await;
+    assert_eq!(server["isolatedInstances"], 2, "{server}");
+    assert_eq!(server["sessions"], 2);
+
+    // Ending a session removes its container; the other session keeps working.
+    let delete = a.request(reqwest::Method::DELETE).send().await.unwrap();
+    assert_eq!(delete.status(), 200);
+    assert_eq!(containers_of(&mcpod.instance).len(), 1);
+    assert_eq!(a.post(&whoami).await.0, 404);
+    assert_eq!(b.post(&whoami).await.0, 200);
+}
