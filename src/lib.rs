@@ -16,6 +16,7 @@ pub mod error;
 pub mod jsonrpc;
 pub mod logs;
 pub mod manifests;
+pub mod metrics;
 pub mod operator;
 pub mod quantity;
 pub mod reconcile;

@@ -47,6 +47,21 @@ pub fn routes(
                 }),
             )
         });
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(|state: State| {
+            let statuses: Vec<_> = state
+                .reconciler
+                .servers()
+                .iter()
+                .map(|s| s.status())
+                .collect();
+            warp::http::Response::builder()
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(crate::metrics::render(&statuses).into())
+                .expect("static headers are valid")
+        });
     let list = warp::path!("servers")
         .and(warp::get())
         .and(with_state.clone())
@@ -99,6 +114,8 @@ pub fn routes(
         .then(stop_server);
 
     health
+        .or(metrics)
+        .unify()
         .or(list)
         .unify()
         .or(show)

@@ -152,6 +152,11 @@ pub struct Status {
     pub stops: u64,
     pub health_check_failures: u64,
     pub last_cold_start_ms: Option<u64>,
+    /// Sum of all cold starts, for a mean (with `starts`).
+    pub cold_start_ms_total: u64,
+    /// Requests sent to the server, and those that got no answer from it (timeout, crash).
+    pub requests: u64,
+    pub request_failures: u64,
 }
 
 pub struct Server {
@@ -194,20 +199,26 @@ impl Lease {
     /// Like [`Lease::request`], under a wire id the caller took from the bridge.
     pub async fn request_as(&self, wire_id: u64, message: Value) -> Result<Value, ServerError> {
         let timeout = self.server.workload().timeouts.request;
-        self.instance
+        let result = self
+            .instance
             .bridge
             .request_as(wire_id, message, timeout)
-            .await
-            .map_err(|e| match e {
-                BridgeError::Timeout(timeout) => ServerError::RequestTimeout {
-                    server: self.server.name.clone(),
-                    timeout,
-                },
-                BridgeError::Closed(reason) => ServerError::Crashed {
-                    server: self.server.name.clone(),
-                    reason,
-                },
-            })
+            .await;
+        {
+            let mut status = self.server.status.lock().unwrap();
+            status.requests += 1;
+            status.request_failures += u64::from(result.is_err());
+        }
+        result.map_err(|e| match e {
+            BridgeError::Timeout(timeout) => ServerError::RequestTimeout {
+                server: self.server.name.clone(),
+                timeout,
+            },
+            BridgeError::Closed(reason) => ServerError::Crashed {
+                server: self.server.name.clone(),
+                reason,
+            },
+        })
     }
 }
 
@@ -238,6 +249,9 @@ impl Server {
             stops: 0,
             health_check_failures: 0,
             last_cold_start_ms: None,
+            cold_start_ms_total: 0,
+            requests: 0,
+            request_failures: 0,
         };
         let log = Arc::new(ServerLog::open(settings.log_dir.as_deref(), key));
         let server = Arc::new(Server {
@@ -401,6 +415,7 @@ impl Server {
                     status.started_at = Some(instance.started_at);
                     status.server_info = instance.initialize_result.get("serverInfo").cloned();
                     status.last_cold_start_ms = Some(cold_start.as_millis() as u64);
+                    status.cold_start_ms_total += cold_start.as_millis() as u64;
                 }
                 self.set_phase(Phase::Running, None);
                 *lifecycle = Lifecycle::Running(instance.clone());
