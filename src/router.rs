@@ -24,6 +24,23 @@ struct State {
     reconciler: Arc<Reconciler>,
 }
 
+impl State {
+    fn statuses(&self) -> Vec<crate::server::Status> {
+        self.reconciler
+            .servers()
+            .iter()
+            .map(|s| s.status())
+            .collect()
+    }
+}
+
+fn text_reply(content_type: &str, text: String) -> HttpResponse {
+    warp::http::Response::builder()
+        .header("content-type", content_type)
+        .body(text.into())
+        .expect("static headers are valid")
+}
+
 /// All routes, with every rejection turned into a JSON error.
 pub fn routes(
     reconciler: Arc<Reconciler>,
@@ -51,29 +68,13 @@ pub fn routes(
         .and(warp::get())
         .and(with_state.clone())
         .map(|state: State| {
-            let statuses: Vec<_> = state
-                .reconciler
-                .servers()
-                .iter()
-                .map(|s| s.status())
-                .collect();
-            warp::http::Response::builder()
-                .header("content-type", "text/plain; version=0.0.4")
-                .body(crate::metrics::render(&statuses).into())
-                .expect("static headers are valid")
+            let metrics = crate::metrics::render(&state.statuses());
+            text_reply("text/plain; version=0.0.4", metrics)
         });
     let list = warp::path!("servers")
         .and(warp::get())
         .and(with_state.clone())
-        .map(|state: State| {
-            let statuses: Vec<_> = state
-                .reconciler
-                .servers()
-                .iter()
-                .map(|s| s.status())
-                .collect();
-            json_reply(StatusCode::OK, &json!(statuses))
-        });
+        .map(|state: State| json_reply(StatusCode::OK, &json!(state.statuses())));
     let show = warp::path!("servers" / String)
         .and(warp::get())
         .and(with_state.clone())
