@@ -452,3 +452,28 @@ async fn isolated_sessions_get_containers_of_their_own() {
     assert_eq!(a.post(&whoami).await.0, 404);
     assert_eq!(b.post(&whoami).await.0, 200);
 }
+
+#[tokio::test]
+async fn idle_sessions_expire_and_their_clients_get_404() {
+    let files = vec![("fake.yaml", manifest("fake", FIXTURE_IMAGE, ""))];
+    let mcpod = Mcpod::start(&files, &["--session-ttl", "1s"]);
+    let mut client = RawClient::new(format!("{}/mcp/fake", mcpod.url));
+    client.initialize(json!({})).await;
+    let ping = json!({"jsonrpc":"2.0","id":1,"method":"ping"});
+    assert_eq!(client.post(&ping).await.0, 200);
+    let began = std::time::Instant::now();
+    wait_for(
+        Duration::from_secs(15),
+        "the session to expire",
+        async || {
+            // Only look once the TTL has passed: each request renews the session.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            client.post(&ping).await.0 == 404
+        },
+    )
+    .await;
+    assert!(began.elapsed() >= Duration::from_secs(1));
+    // A fresh initialize starts a new session.
+    client.initialize(json!({})).await;
+    assert_eq!(client.post(&ping).await.0, 200);
+}
