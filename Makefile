@@ -13,9 +13,10 @@ setup:
 images: setup
 	bash scripts/build-images.sh
 
-# The images the tests run: the time server from PyPI and the fault-test fixture.
+# The images the tests run: all seven servers (tests/seven_servers.rs), python-base and the
+# fault-test fixture. Cached: a run with nothing to rebuild takes about a second.
 test-images: setup
-	bash scripts/build-images.sh time everything python-base
+	bash scripts/build-images.sh filesystem memory everything sequentialthinking time fetch git python-base
 	podman build -q -t localhost/mcpod-test/fixture:latest tests/fixtures >/dev/null
 
 # The official MCP clients the tests drive: Python SDK (PyPI mcp), TypeScript SDK and
