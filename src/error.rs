@@ -61,6 +61,13 @@ pub enum Error {
     #[error("kubernetes: {0}")]
     Cluster(String),
 
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
 }

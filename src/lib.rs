@@ -10,6 +10,7 @@
 //! stdin, and back.
 
 pub mod crd;
+pub mod datadir;
 pub mod duration;
 pub mod endpoint;
 pub mod error;

@@ -223,6 +223,7 @@ fn nix_is_root() -> bool {
 
 async fn serve(args: ServeArgs) -> mcpod::Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    mcpod::datadir::create_layout(&data_dir)?;
     let defaults = Defaults {
         memory: args.max_memory.clone(),
         cpu: args.max_cpu.clone(),
