@@ -5,7 +5,7 @@ CARGO ?= cargo
 MCPOD_CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 export MCPOD_CA_BUNDLE
 
-.PHONY: setup images test-images test-clients build run test lint unit e2e crd crd-check bench clean-containers
+.PHONY: setup images image test-images test-clients build run test lint unit e2e crd crd-check bench clean-containers
 
 setup:
 	bash scripts/install-deps.sh
@@ -29,8 +29,17 @@ test-clients:
 build:
 	$(CARGO) build --release
 
+# mcpod's own image, localhost/mcpod/mcpod:latest, from the release binary (for
+# `podman kube play manifests/podman/mcpod.yaml`). Only the binary goes into the context.
+image: build
+	bash scripts/build-images.sh base
+	rm -rf target/image && mkdir -p target/image
+	strip -o target/image/mcpod target/release/mcpod
+	podman build -q --pull=never -f images/mcpod/Containerfile -t localhost/mcpod/mcpod:latest target/image
+
 # Serves every MCPServer in examples/ on http://127.0.0.1:8080.
 run: images build
+	mkdir -p /srv/mcpod/files
 	./target/release/mcpod serve --manifests examples --listen 127.0.0.1:8080
 
 test: test-images test-clients lint crd-check
