@@ -94,6 +94,25 @@ fn run(program: &str, dir: &Path, args: &[&str]) {
     );
 }
 
+/// `examples/{name}.yaml` with each `(from, to)` replaced; `from` must occur exactly once.
+fn example(name: &str, replacements: &[(&str, String)]) -> (String, String) {
+    let file = format!("{name}.yaml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(&file);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    for (from, to) in replacements {
+        assert_eq!(
+            text.matches(from).count(),
+            1,
+            "{} has one {from:?}",
+            path.display()
+        );
+        text = text.replace(from, to);
+    }
+    (file, text)
+}
+
 fn world_readable(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
@@ -174,69 +193,48 @@ async fn all_seven_servers_answer_through_the_router_and_memory_persists() {
     let port = serve_page();
     let url = format!("http://{}:{port}/page.html", bridge_gateway());
 
+    // The examples as shipped, with only this run's host folders and volume swapped in.
     let manifests = [
-        (
-            "filesystem.yaml",
-            manifest(
-                "filesystem",
-                "localhost/mcpod/filesystem:latest",
-                &format!(
-                    "args: [/data]\nvolumes:\n- {{hostPath: {}, mountPath: /data, readOnly: true}}",
-                    files.path().display()
-                ),
-            ),
+        example(
+            "filesystem",
+            &[(
+                "hostPath: /srv/mcpod/files,",
+                format!("hostPath: {},", files.path().display()),
+            )],
         ),
-        (
-            "memory.yaml",
-            manifest(
-                "memory",
-                "localhost/mcpod/memory:latest",
-                &format!(
-                    "env:\n- {{name: MEMORY_FILE_PATH, value: /data/memory.jsonl}}\nvolumes:\n- {{volume: {}, mountPath: /data}}",
-                    volume.0
-                ),
-            ),
+        example(
+            "memory",
+            &[(
+                "volume: mcpod-memory-data,",
+                format!("volume: {},", volume.0),
+            )],
         ),
-        (
-            "git.yaml",
-            manifest(
-                "git",
-                "localhost/mcpod/git:latest",
-                &format!(
-                    "volumes:\n- {{hostPath: {}, mountPath: /repos, readOnly: true}}",
+        example(
+            "git",
+            &[(
+                "{volume: mcpod-git-repos, mountPath: /repos}",
+                format!(
+                    "{{hostPath: {}, mountPath: /repos, readOnly: true}}",
                     repos.path().display()
                 ),
-            ),
+            )],
         ),
-        (
-            "fetch.yaml",
-            manifest(
-                "fetch",
-                "localhost/mcpod/fetch:latest",
-                "network: bridge\nargs: [--ignore-robots-txt, --allow-private-ips]",
-            ),
+        // The page is on a private address and has no robots.txt.
+        example(
+            "fetch",
+            &[(
+                "  network: bridge\n",
+                "  network: bridge\n  args: [--ignore-robots-txt, --allow-private-ips]\n".into(),
+            )],
         ),
-        (
-            "everything.yaml",
-            manifest("everything", "localhost/mcpod/everything:latest", ""),
-        ),
-        (
-            "sequentialthinking.yaml",
-            manifest(
-                "sequentialthinking",
-                "localhost/mcpod/sequentialthinking:latest",
-                "env:\n- {name: DISABLE_THOUGHT_LOGGING, value: \"true\"}",
-            ),
-        ),
-        (
-            "time.yaml",
-            manifest(
-                "time",
-                "localhost/mcpod/time:latest",
-                "args: [--local-timezone, UTC]",
-            ),
-        ),
+        example("everything", &[]),
+        example("sequentialthinking", &[]),
+        example("time", &[]),
     ];
+    let manifests: Vec<(&str, String)> = manifests
+        .iter()
+        .map(|(name, text)| (name.as_str(), text.clone()))
+        .collect();
     let mcpod = Mcpod::start(&manifests, &[]);
     let (_, servers) = mcpod.get("/servers").await;
     assert_eq!(
