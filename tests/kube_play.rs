@@ -215,6 +215,26 @@ async fn mcpod_runs_under_podman_kube_play_and_kube_down_keeps_its_data() {
     let state = podman_ok(&["pod", "inspect", "--format", "{{.State}}", &pod]);
     assert_eq!(state.trim(), "Running");
 
+    // Root only for the socket: no capabilities, read-only root, no privilege escalation.
+    let mcpod: Value =
+        serde_json::from_str(&podman_ok(&["inspect", &format!("{pod}-mcpod")])).unwrap();
+    let mcpod = &mcpod[0];
+    assert_eq!(mcpod["HostConfig"]["ReadonlyRootfs"], true, "{mcpod}");
+    assert!(
+        mcpod["EffectiveCaps"]
+            .as_array()
+            .is_none_or(|caps| caps.is_empty()),
+        "{}",
+        mcpod["EffectiveCaps"]
+    );
+    assert!(
+        mcpod["HostConfig"]["SecurityOpt"]
+            .to_string()
+            .contains("no-new-privileges"),
+        "{}",
+        mcpod["HostConfig"]["SecurityOpt"]
+    );
+
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -279,5 +299,53 @@ async fn mcpod_runs_under_podman_kube_play_and_kube_down_keeps_its_data() {
     assert!(
         !podman(&["container", "exists", &server]).status.success(),
         "the server's container is cleaned up"
+    );
+}
+
+/// The systemd unit passes `systemd-analyze verify`, and every variable it sets is one
+/// `mcpod serve` reads (a misspelt one would be ignored silently).
+#[test]
+fn systemd_unit_verifies_and_sets_only_variables_mcpod_reads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("manifests/podman/mcpod.service")).unwrap();
+    let help = Command::new(env!("CARGO_BIN_EXE_mcpod"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let mut checked = 0;
+    for line in unit.lines() {
+        let Some(assignment) = line.strip_prefix("Environment=") else {
+            continue;
+        };
+        let name = assignment.split('=').next().unwrap();
+        if name == "CONTAINER_HOST" || name == "RUST_LOG" {
+            continue;
+        }
+        assert!(
+            help.contains(&format!("[env: {name}=")),
+            "mcpod serve reads no {name}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 4, "{checked} variables checked");
+    assert!(unit.contains("ExecStart=/usr/local/bin/mcpod serve\n"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("mcpod.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/mcpod", env!("CARGO_BIN_EXE_mcpod")),
+    )
+    .unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (Debian: systemd) is installed");
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
     );
 }
