@@ -35,7 +35,10 @@ image: build
 	bash scripts/build-images.sh base
 	rm -rf target/image && mkdir -p target/image
 	strip -o target/image/mcpod target/release/mcpod
-	podman build -q --pull=never -f images/mcpod/Containerfile -t localhost/mcpod/mcpod:latest target/image
+	old=$$(podman image inspect --format '{{.Id}}' localhost/mcpod/mcpod:latest 2>/dev/null || true); \
+	podman build -q --pull=never -f images/mcpod/Containerfile -t localhost/mcpod/mcpod:latest target/image \
+	  && new=$$(podman image inspect --format '{{.Id}}' localhost/mcpod/mcpod:latest) \
+	  && if [ -n "$$old" ] && [ "$$old" != "$$new" ]; then podman rmi "$$old" >/dev/null 2>&1 || true; fi
 
 # Serves every MCPServer in examples/ on http://127.0.0.1:8080.
 run: images build
