@@ -5,7 +5,8 @@ set -euo pipefail
 
 need_apt=()
 for pkg in podman runc conmon netavark aardvark-dns iptables slirp4netns fuse-overlayfs \
-           catatonit uidmap mmdebstrap ca-certificates util-linux; do
+           catatonit uidmap mmdebstrap ca-certificates util-linux \
+           binutils git systemd; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
