@@ -267,7 +267,6 @@ fn nix_is_root() -> bool {
 
 async fn serve(args: ServeArgs) -> mcpod::Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    mcpod::datadir::create_layout(&data_dir)?;
     let defaults = Defaults {
         memory: args.max_memory.clone(),
         cpu: args.max_cpu.clone(),
@@ -281,6 +280,7 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         session_ttl: args.session_ttl,
         ..Settings::default()
     };
+    mcpod::datadir::create_layout(&data_dir)?;
     // Kept alive for the whole run: dropping it stops a Podman service mcpod started.
     let (socket, _owned_service) = podman::connect(&data_dir.join("run")).await?;
     let runtime = Arc::new(PodmanRuntime::new(&socket, &args.instance));
