@@ -5,8 +5,11 @@ set -euo pipefail
 
 need_apt=()
 for pkg in podman runc conmon netavark aardvark-dns iptables slirp4netns fuse-overlayfs \
-           catatonit uidmap mmdebstrap ca-certificates util-linux \
-           binutils git systemd; do
+           catatonit uidmap mmdebstrap ca-certificates util-linux; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+# What `make image` and the tests use besides: strip (binutils), git, systemd-analyze (systemd).
+for pkg in binutils git systemd; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
