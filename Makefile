@@ -5,7 +5,7 @@ CARGO ?= cargo
 MCPOD_CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 export MCPOD_CA_BUNDLE
 
-.PHONY: setup images test-images test-clients build run test lint unit e2e crd crd-check bench clean-containers
+.PHONY: setup images image test-images test-clients build run test lint unit e2e crd crd-check bench clean-containers
 
 setup:
 	bash scripts/install-deps.sh
@@ -13,9 +13,10 @@ setup:
 images: setup
 	bash scripts/build-images.sh
 
-# The images the tests run: the time server from PyPI and the fault-test fixture.
+# The images the tests run: all seven servers (tests/seven_servers.rs), python-base and the
+# fault-test fixture. Cached: a run with nothing to rebuild takes about a second.
 test-images: setup
-	bash scripts/build-images.sh time everything python-base
+	bash scripts/build-images.sh filesystem memory everything sequentialthinking time fetch git python-base
 	podman build -q -t localhost/mcpod-test/fixture:latest tests/fixtures >/dev/null
 
 # The official MCP clients the tests drive: Python SDK (PyPI mcp), TypeScript SDK and
@@ -28,8 +29,20 @@ test-clients:
 build:
 	$(CARGO) build --release
 
+# mcpod's own image, localhost/mcpod/mcpod:latest, from the release binary (for
+# `podman kube play manifests/podman/mcpod.yaml`). Only the binary goes into the context.
+image: build
+	bash scripts/build-images.sh base
+	rm -rf target/image && mkdir -p target/image
+	strip -o target/image/mcpod target/release/mcpod
+	old=$$(podman image inspect --format '{{.Id}}' localhost/mcpod/mcpod:latest 2>/dev/null || true); \
+	podman build -q --pull=never -f images/mcpod/Containerfile -t localhost/mcpod/mcpod:latest target/image \
+	  && new=$$(podman image inspect --format '{{.Id}}' localhost/mcpod/mcpod:latest) \
+	  && if [ -n "$$old" ] && [ "$$old" != "$$new" ]; then podman rmi "$$old" >/dev/null 2>&1 || true; fi
+
 # Serves every MCPServer in examples/ on http://127.0.0.1:8080.
 run: images build
+	mkdir -p /srv/mcpod/files
 	./target/release/mcpod serve --manifests examples --listen 127.0.0.1:8080
 
 test: test-images test-clients lint crd-check

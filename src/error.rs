@@ -61,6 +61,26 @@ pub enum Error {
     #[error("kubernetes: {0}")]
     Cluster(String),
 
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A backup or restore step failed on a file: says which step and which file.
+    #[error("backup: {context} {path}: {source}")]
+    Backup {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A backup or restore that would lose data or cannot be done as asked.
+    #[error("backup: {0}")]
+    BackupRefused(String),
+
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
 }

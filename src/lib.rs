@@ -9,7 +9,9 @@
 //! into calls on a server and the bridge turns those into lines on the container's
 //! stdin, and back.
 
+pub mod backup;
 pub mod crd;
+pub mod datadir;
 pub mod duration;
 pub mod endpoint;
 pub mod error;

@@ -41,6 +41,48 @@ enum Command {
     Router(Box<RouterArgs>),
     /// Print the Pod YAML of one MCPServer, for `podman kube play`.
     Export(Box<ExportArgs>),
+    /// Save the manifests, the data directory and the declared named volumes to a .tar.gz.
+    Backup(Box<BackupArgs>),
+    /// Restore what `mcpod backup` saved (refuses to replace anything unless --force).
+    Restore(Box<RestoreArgs>),
+}
+
+#[derive(Args)]
+struct BackupArgs {
+    /// The data directory to save (`serve --data-dir`).
+    #[arg(long, env = "MCPOD_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The MCPServer manifests directory to save (`serve --manifests`).
+    #[arg(long, env = "MCPOD_MANIFESTS")]
+    manifests: PathBuf,
+    /// The archive to write (.tar.gz).
+    #[arg(long)]
+    output: PathBuf,
+    /// Replace the archive if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Leave the named volumes out (they are exported with the `podman` CLI).
+    #[arg(long)]
+    no_volumes: bool,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// The archive `mcpod backup` wrote.
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to restore the data directory.
+    #[arg(long, env = "MCPOD_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Where to restore the manifests.
+    #[arg(long, env = "MCPOD_MANIFESTS")]
+    manifests: PathBuf,
+    /// Replace existing files and import into existing volumes.
+    #[arg(long)]
+    force: bool,
+    /// Do not import the named volumes the backup holds.
+    #[arg(long)]
+    no_volumes: bool,
 }
 
 /// Defaults for what an MCPServer leaves out (the same knobs as `serve`).
@@ -251,6 +293,8 @@ async fn main() {
         Command::Operator(args) => kube_cli::operator(*args).await,
         Command::Router(args) => kube_cli::router(*args).await,
         Command::Export(args) => kube_cli::export(&args),
+        Command::Backup(args) => backup_cli::backup(&args),
+        Command::Restore(args) => backup_cli::restore(&args),
     };
     if let Err(e) = result {
         error!("{e}");
@@ -286,6 +330,7 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         log_dir: Some(data_dir.join("logs/containers")),
         ..Settings::default()
     };
+    mcpod::datadir::create_layout(&data_dir)?;
     // Kept alive for the whole run: dropping it stops a Podman service mcpod started.
     let (socket, _owned_service) = podman::connect(&data_dir.join("run")).await?;
     let runtime = Arc::new(PodmanRuntime::new(&socket, &args.instance));
@@ -367,6 +412,48 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// `backup` and `restore`: thin wrappers over `mcpod::backup` that print what was done.
+mod backup_cli {
+    use super::{BackupArgs, RestoreArgs};
+    use mcpod::backup::{self, BackupOptions, RestoreOptions, Summary};
+
+    fn print(verb: &str, path: &std::path::Path, summary: &Summary) {
+        println!(
+            "{verb} {}: {} files, volumes: [{}]",
+            path.display(),
+            summary.files,
+            summary.volumes.join(", ")
+        );
+        for name in &summary.missing_volumes {
+            println!("volume {name} is declared but does not exist: nothing to save");
+        }
+    }
+
+    pub fn backup(args: &BackupArgs) -> mcpod::Result<()> {
+        let summary = backup::backup(&BackupOptions {
+            data_dir: args.data_dir.clone(),
+            manifests: args.manifests.clone(),
+            output: args.output.clone(),
+            force: args.force,
+            volumes: !args.no_volumes,
+        })?;
+        print("wrote", &args.output, &summary);
+        Ok(())
+    }
+
+    pub fn restore(args: &RestoreArgs) -> mcpod::Result<()> {
+        let summary = backup::restore(&RestoreOptions {
+            input: args.input.clone(),
+            data_dir: args.data_dir.clone(),
+            manifests: args.manifests.clone(),
+            force: args.force,
+            volumes: !args.no_volumes,
+        })?;
+        print("restored", &args.input, &summary);
+        Ok(())
     }
 }
 
