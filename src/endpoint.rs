@@ -36,6 +36,8 @@ type Held = (Arc<Server>, Arc<Session>);
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
+/// How much of an oversized body is read and dropped before answering 413.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 /// Assumed when a client sends no version header and nothing else tells.
 const DEFAULT_VERSION: &str = "2025-03-26";
 
@@ -560,6 +562,15 @@ where
             )
         })?;
         if collected.len() + chunk.remaining() > limit {
+            // Read (and drop) the rest, up to a bound, so the client gets the 413
+            // instead of a connection reset from unread data.
+            let mut drained = 0usize;
+            while let Some(Ok(chunk)) = body.next().await {
+                drained += chunk.remaining();
+                if drained > DRAIN_LIMIT {
+                    break;
+                }
+            }
             return Err(transport_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 jsonrpc::INVALID_REQUEST,
