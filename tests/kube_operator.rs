@@ -62,6 +62,32 @@ impl Scenario {
         self
     }
 
+    /// An Event with this reason and type is published.
+    fn event(self, reason: &'static str, kind: &'static str) -> Self {
+        self.expect(
+            Method::POST,
+            EVENTS,
+            event_reason(reason, kind),
+            201,
+            json!({}),
+        )
+    }
+
+    /// The status is patched to Failed with a message containing `cause`.
+    fn failed_status(self, cause: &'static str) -> Self {
+        self.expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time/status"),
+            move |patch| {
+                status_phase("Failed")(patch);
+                let message = patch["status"]["message"].as_str().unwrap();
+                assert!(message.contains(cause), "{message}");
+            },
+            200,
+            json!(null),
+        )
+    }
+
     fn get_pod(self, pod: Option<Value>) -> Self {
         match pod {
             Some(pod) => self.expect(Method::GET, POD, |_| {}, 200, pod),
@@ -334,13 +360,7 @@ async fn kube_running_pod_gives_running_status_and_one_started_event() {
             200,
             json!(null),
         )
-        .expect(
-            Method::POST,
-            EVENTS,
-            event_reason("Started", "Normal"),
-            201,
-            json!({}),
-        );
+        .event("Started", "Normal");
     let (result, _) = reconcile(object, scenario).await;
     // Looked at again when the idle timeout (300 s) could run out, not before.
     let action = result.unwrap();
@@ -547,13 +567,7 @@ async fn kube_crash_loop_is_failed_with_the_exit_and_a_warning() {
             200,
             json!(null),
         )
-        .expect(
-            Method::POST,
-            EVENTS,
-            event_reason("Failed", "Warning"),
-            201,
-            json!({}),
-        );
+        .event("Failed", "Warning");
     reconcile(object, scenario).await.0.unwrap();
 }
 
@@ -569,27 +583,8 @@ async fn kube_image_pull_error_is_failed_with_its_own_event() {
             true,
             waiting("ImagePullBackOff", "Back-off pulling image", 0),
         )))
-        .expect(
-            Method::PATCH,
-            &format!("{SERVERS}/time/status"),
-            |patch| {
-                status_phase("Failed")(patch);
-                let message = patch["status"]["message"].as_str().unwrap();
-                assert!(
-                    message.contains("localhost/mcpod/time:latest cannot be pulled"),
-                    "{message}"
-                );
-            },
-            200,
-            json!(null),
-        )
-        .expect(
-            Method::POST,
-            EVENTS,
-            event_reason("ImagePullError", "Warning"),
-            201,
-            json!({}),
-        );
+        .failed_status("localhost/mcpod/time:latest cannot be pulled")
+        .event("ImagePullError", "Warning");
     reconcile(object, scenario).await.0.unwrap();
 }
 
@@ -665,13 +660,7 @@ async fn kube_existing_pod_is_adopted_not_replaced() {
             200,
             json!(null),
         )
-        .expect(
-            Method::POST,
-            EVENTS,
-            event_reason("Started", "Normal"),
-            201,
-            json!({}),
-        );
+        .event("Started", "Normal");
     reconcile(object, scenario).await.0.unwrap();
 }
 
@@ -945,26 +934,7 @@ async fn kube_invalid_spec_is_failed_and_named() {
     );
     let scenario = Scenario::default()
         .get_pod(None)
-        .expect(
-            Method::PATCH,
-            &format!("{SERVERS}/time/status"),
-            |patch| {
-                status_phase("Failed")(patch);
-                let message = patch["status"]["message"].as_str().unwrap();
-                assert!(
-                    message.contains("spec.resources.limits.memory"),
-                    "{message}"
-                );
-            },
-            200,
-            json!(null),
-        )
-        .expect(
-            Method::POST,
-            EVENTS,
-            event_reason("Failed", "Warning"),
-            201,
-            json!({}),
-        );
+        .failed_status("spec.resources.limits.memory")
+        .event("Failed", "Warning");
     reconcile(object, scenario).await.0.unwrap();
 }
