@@ -73,6 +73,10 @@ pub struct MCPServerSpec {
     /// One that does not is marked Failed and restarted. Default: `--health-check-interval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_interval: Option<String>,
+    /// Bytes buffered for the server's stdout before a line is complete (it grows
+    /// up to `--max-message-bytes` for longer messages). Default: `--stdio-buffer-size` (8192).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdio_buffer_size: Option<u32>,
     /// Network access: `none` (default, no network at all) or `bridge` (egress allowed).
     #[serde(default)]
     pub network: NetworkMode,

@@ -106,6 +106,9 @@ struct DefaultsArgs {
     /// How often a quiet running server must answer a ping, when its spec does not say (0 = never).
     #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     health_check_interval: Duration,
+    /// Initial bytes buffered for a server's stdout, when its spec does not say.
+    #[arg(long, env = "STDIO_BUFFER_SIZE", default_value_t = 8192)]
+    stdio_buffer_size: usize,
 }
 
 impl DefaultsArgs {
@@ -117,6 +120,7 @@ impl DefaultsArgs {
             startup_timeout: self.startup_timeout,
             request_timeout: self.request_timeout,
             health_check_interval: self.health_check_interval,
+            stdio_buffer_size: self.stdio_buffer_size,
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::jsonrpc;
 use crate::logs::ServerLog;
 use crate::runtime::Runtime;
 use crate::session::Sessions;
-use crate::stdio::{BridgeError, MessageHandler, StdioBridge};
+use crate::stdio::{BridgeError, Buffers, MessageHandler, StdioBridge};
 use crate::workload::Workload;
 
 /// The protocol version mcpod asks servers for; they answer with theirs.
@@ -463,7 +463,10 @@ impl Server {
             attached.stdin,
             route,
             self.log.clone(),
-            self.settings.max_message_bytes,
+            Buffers {
+                initial_bytes: workload.stdio_buffer_size,
+                max_message_bytes: self.settings.max_message_bytes,
+            },
         );
         let initialize = json!({
             "jsonrpc": "2.0", "id": 0, "method": "initialize",

@@ -36,6 +36,14 @@ pub enum BridgeError {
 /// that followed it on stdout is delivered: progress never overtakes its result.
 pub type MessageHandler = Arc<dyn Fn(ServerMessage) -> Option<Value> + Send + Sync>;
 
+/// Sizes of the buffer for a server's stdout (the original system's STDIO_BUFFER_SIZE).
+#[derive(Debug, Clone, Copy)]
+pub struct Buffers {
+    pub initial_bytes: usize,
+    /// Longer lines are discarded with a warning.
+    pub max_message_bytes: usize,
+}
+
 /// A message the server sent on its own: a notification or a request for a client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerMessage {
@@ -86,7 +94,7 @@ impl StdioBridge {
         stdin: Pin<Box<dyn AsyncWrite + Send>>,
         handler: MessageHandler,
         log: Arc<ServerLog>,
-        max_message_bytes: usize,
+        buffers: Buffers,
     ) -> StdioBridge {
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
@@ -107,7 +115,7 @@ impl StdioBridge {
                 log,
                 outbound.clone(),
                 closed_tx,
-                max_message_bytes,
+                buffers,
             )
             .instrument(span),
         );
@@ -283,9 +291,9 @@ async fn read_loop(
     log: Arc<ServerLog>,
     outbound: mpsc::UnboundedSender<Outbound>,
     closed: watch::Sender<Option<String>>,
-    max_message_bytes: usize,
+    buffers: Buffers,
 ) {
-    let mut stdout = LineBuffer::new(max_message_bytes);
+    let mut stdout = LineBuffer::with_capacity(buffers.initial_bytes, buffers.max_message_bytes);
     let mut stderr = LineBuffer::new(64 * 1024);
     let reason = loop {
         match output.next().await {
@@ -404,8 +412,12 @@ pub struct LineBuffer {
 
 impl LineBuffer {
     pub fn new(max: usize) -> Self {
+        Self::with_capacity(0, max)
+    }
+
+    pub fn with_capacity(initial: usize, max: usize) -> Self {
         LineBuffer {
-            buffer: BytesMut::new(),
+            buffer: BytesMut::with_capacity(initial.min(max)),
             max,
             discarding: false,
         }
@@ -461,7 +473,10 @@ mod tests {
             Box::pin(stdin_router),
             events_tx,
             log,
-            1 << 20,
+            Buffers {
+                initial_bytes: 8192,
+                max_message_bytes: 1 << 20,
+            },
         );
         (bridge, events, to_router, stdin_server)
     }

@@ -27,6 +27,7 @@ pub struct Defaults {
     pub startup_timeout: Duration,
     pub request_timeout: Duration,
     pub health_check_interval: Duration,
+    pub stdio_buffer_size: usize,
 }
 
 impl Default for Defaults {
@@ -38,6 +39,7 @@ impl Default for Defaults {
             startup_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             health_check_interval: Duration::from_secs(30),
+            stdio_buffer_size: 8192,
         }
     }
 }
@@ -68,6 +70,8 @@ pub struct Workload {
     pub timeouts: Timeouts,
     pub desired_state: DesiredState,
     pub session_mode: SessionMode,
+    /// Initial size of the buffer for the server's stdout.
+    pub stdio_buffer_size: usize,
     /// Hash of everything above that shapes the container: a change means a new container.
     pub spec_hash: String,
 }
@@ -210,6 +214,9 @@ impl Workload {
             },
             desired_state: spec.desired_state,
             session_mode: spec.session_mode,
+            stdio_buffer_size: spec
+                .stdio_buffer_size
+                .map_or(defaults.stdio_buffer_size, |size| size as usize),
             spec_hash: String::new(),
         };
         workload.spec_hash = workload.container_hash();
