@@ -255,13 +255,7 @@ impl Endpoint {
         let Some(id) = header(headers, SESSION_HEADER) else {
             return Ok(None);
         };
-        let found = match server.sessions().get(id) {
-            Some(session) => Some((server.clone(), session)),
-            None => server
-                .isolated_for(id)
-                .and_then(|child| child.sessions().get(id).map(|session| (child, session))),
-        };
-        match found {
+        match find_session(server, id) {
             Some((holder, session)) => {
                 session.touch();
                 Ok(Some((holder, session)))
@@ -457,9 +451,18 @@ impl Endpoint {
             Ok(server) => server,
             Err(response) => return response,
         };
-        let session = server
+        let isolated = server.workload().session_mode == SessionMode::Isolated;
+        let holder = if isolated {
+            server.spawn_isolated()
+        } else {
+            server.clone()
+        };
+        let session = holder
             .sessions()
             .create("2024-11-05", ClientCapabilities::default(), true);
+        if isolated {
+            server.attach_isolated(&session.id, holder);
+        }
         let endpoint = format!("/messages/{name}?sessionId={}", session.id);
         let events = session.attach(None);
         // The session lives as long as this stream.
@@ -485,9 +488,9 @@ impl Endpoint {
             Ok(server) => server,
             Err(response) => return response,
         };
-        let Some(session) = query
+        let Some((server, session)) = query
             .get("sessionId")
-            .and_then(|id| server.sessions().get(id))
+            .and_then(|id| find_session(&server, id))
         else {
             return transport_error(
                 StatusCode::NOT_FOUND,
@@ -525,6 +528,17 @@ impl Endpoint {
     }
 }
 
+/// Session `id` of `server` and the server holding it: `server` itself, or for
+/// `sessionMode: Isolated` the session's own server.
+fn find_session(server: &Arc<Server>, id: &str) -> Option<Held> {
+    match server.sessions().get(id) {
+        Some(session) => Some((server.clone(), session)),
+        None => server
+            .isolated_for(id)
+            .and_then(|child| child.sessions().get(id).map(|session| (child, session))),
+    }
+}
+
 /// Ends a legacy session when its stream is dropped.
 struct SessionGuard {
     server: Arc<Server>,
@@ -534,6 +548,10 @@ struct SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.server.sessions().end(&self.id);
+        if self.server.isolated_for(&self.id).is_some() {
+            let (server, id) = (self.server.clone(), self.id.clone());
+            tokio::spawn(async move { server.end_isolated(&id).await });
+        }
     }
 }
 

@@ -477,3 +477,29 @@ async fn idle_sessions_expire_and_their_clients_get_404() {
     client.initialize(json!({})).await;
     assert_eq!(client.post(&ping).await.0, 200);
 }
+
+#[tokio::test]
+async fn legacy_sse_clients_of_an_isolated_server_get_their_own_container_too() {
+    let files = vec![(
+        "solo.yaml",
+        manifest("solo", EVERYTHING_IMAGE, "sessionMode: Isolated"),
+    )];
+    let mcpod = Mcpod::start(&files, &[]);
+    let url = format!("{}/sse/solo", mcpod.url);
+    let out = tokio::task::spawn_blocking(move || sdk_client("typescript", "legacy", &url))
+        .await
+        .unwrap();
+    assert_eq!(out["echo"], json!(["Echo: over legacy sse"]));
+    let server = mcpod.status("solo").await;
+    assert_eq!(
+        server["starts"], 0,
+        "the shared server never started: {server}"
+    );
+    // The client closed its stream: its session and container are gone.
+    wait_for(
+        Duration::from_secs(20),
+        "the session's container to be removed",
+        async || containers_of(&mcpod.instance).is_empty(),
+    )
+    .await;
+}
