@@ -32,6 +32,8 @@ struct Seen {
     activity: Vec<String>,
     attaches: Vec<String>,
     deletes: usize,
+    /// The pod's creation time; `None`: the pod carries none.
+    pod_created: Option<String>,
 }
 
 fn fixture() -> PathBuf {
@@ -45,7 +47,15 @@ fn mcp_server() -> Value {
                     "requestTimeout": "1s"}})
 }
 
-fn running_pod() -> Value {
+fn running_pod(created: Option<&str>) -> Value {
+    let mut pod = running_pod_without_time();
+    if let Some(created) = created {
+        pod["metadata"]["creationTimestamp"] = json!(created);
+    }
+    pod
+}
+
+fn running_pod_without_time() -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "mcpod-fix", "namespace": "ns",
                         "labels": {"app.kubernetes.io/managed-by": "mcpod", "mcpod.dev/server": "fix"}},
@@ -149,9 +159,10 @@ async fn fake_api_server(seen: Arc<Mutex<Seen>>) -> String {
         .and(warp::get())
         .and(with_seen.clone())
         .map(|seen: Arc<Mutex<Seen>>| {
-            if seen.lock().unwrap().wakes > 0 {
+            let seen = seen.lock().unwrap();
+            if seen.wakes > 0 {
                 warp::reply::with_status(
-                    warp::reply::json(&running_pod()),
+                    warp::reply::json(&running_pod(seen.pod_created.as_deref())),
                     warp::http::StatusCode::OK,
                 )
             } else {
@@ -167,8 +178,14 @@ async fn fake_api_server(seen: Arc<Mutex<Seen>>) -> String {
         .and(warp::delete())
         .and(with_seen.clone())
         .map(|seen: Arc<Mutex<Seen>>| {
-            seen.lock().unwrap().deletes += 1;
-            warp::reply::json(&running_pod())
+            let mut seen = seen.lock().unwrap();
+            seen.deletes += 1;
+            // The operator's next pod is a new one.
+            if seen.pod_created.is_some() {
+                seen.pod_created =
+                    Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            }
+            warp::reply::json(&running_pod(None))
         });
     let attach_pod =
         warp::path!("api" / "v1" / "namespaces" / "ns" / "pods" / "mcpod-fix" / "attach")
@@ -206,10 +223,12 @@ async fn post(
     serde_json::from_slice(response.body()).unwrap()
 }
 
-#[tokio::test]
-async fn kube_router_wakes_attaches_and_talks_mcp_through_the_api_server() {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let url = fake_api_server(seen.clone()).await;
+/// A router over a `KubeRuntime` that talks to the fake API server.
+async fn kube_router(
+    seen: Arc<Mutex<Seen>>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone + 'static
+{
+    let url = fake_api_server(seen).await;
     let config = kube::Config::new(url.parse().unwrap());
     let client = kube::Client::try_from(config).unwrap();
     let runtime = Arc::new(
@@ -227,12 +246,42 @@ async fn kube_router_wakes_attaches_and_talks_mcp_through_the_api_server() {
             broken_files: Default::default(),
         })
         .await;
-    let routes = router::routes(reconciler.clone(), RouterConfig::default());
+    router::routes(reconciler, RouterConfig::default())
+}
 
-    let call = |text: &str| {
-        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                                   "params": {"name": "echo", "arguments": {"text": text}}})
-    };
+fn call(text: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+           "params": {"name": "echo", "arguments": {"text": text}}})
+}
+
+#[tokio::test]
+async fn kube_router_replaces_a_pod_that_predates_it_instead_of_reinitializing_it() {
+    let seen = Arc::new(Mutex::new(Seen {
+        pod_created: Some("2020-01-01T00:00:00Z".into()),
+        ..Seen::default()
+    }));
+    let routes = kube_router(seen.clone()).await;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(20),
+        post(&routes, call("fresh session")),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(
+        reply["result"]["content"][0]["text"], "fresh session",
+        "{reply}"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.deletes, 1, "the old pod was deleted");
+    assert_eq!(seen.wakes, 2, "and a new one requested");
+    assert_eq!(seen.attaches.len(), 1, "only the new pod was attached to");
+}
+
+#[tokio::test]
+async fn kube_router_wakes_attaches_and_talks_mcp_through_the_api_server() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let routes = kube_router(seen.clone()).await;
+
     let reply = tokio::time::timeout(
         Duration::from_secs(20),
         post(&routes, call("through the cluster")),

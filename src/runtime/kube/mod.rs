@@ -260,6 +260,9 @@ pub struct KubeRuntime {
     all_namespaces: bool,
     /// How often the router looks at a pod it waits for.
     poll_interval: Duration,
+    /// When this router started: a running pod created before then holds an MCP
+    /// session of a previous router, which cannot be resumed.
+    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl KubeRuntime {
@@ -269,6 +272,7 @@ impl KubeRuntime {
             namespace: namespace.to_string(),
             all_namespaces,
             poll_interval: Duration::from_millis(250),
+            started_at: chrono::Utc::now(),
         }
     }
 
@@ -300,6 +304,19 @@ impl KubeRuntime {
 
     /// Waits, up to `timeout`, for the server's pod to run; fails at once when
     /// the pod cannot run (bad image, crash loop), naming why.
+    /// Waits for a running pod created after this router started.
+    async fn wait_fresh(&self, namespace: &str, server: &str, timeout: Duration) -> Result<Pod> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let pod = self.wait_running(namespace, server, left).await?;
+            if !predates(&pod, self.started_at) {
+                return Ok(pod);
+            }
+            tokio::time::sleep(self.poll_interval).await;
+        }
+    }
+
     pub async fn wait_running(
         &self,
         namespace: &str,
@@ -499,8 +516,17 @@ impl Runtime for KubeRuntime {
     async fn start(&self, key: &str, workload: &Workload) -> Result<Attached> {
         let (namespace, server) = split_key(key, &self.namespace);
         self.request_wake(namespace, server).await?;
-        self.wait_running(namespace, server, workload.timeouts.startup)
+        let pod = self
+            .wait_running(namespace, server, workload.timeouts.startup)
             .await?;
+        if predates(&pod, self.started_at) {
+            // As on Podman: restart it cleanly rather than send a second `initialize`.
+            info!(pod = %pod.name_any(), "pod predates this router: its MCP session cannot be resumed; replacing it");
+            self.remove(key).await?;
+            self.request_wake(namespace, server).await?;
+            self.wait_fresh(namespace, server, workload.timeouts.startup)
+                .await?;
+        }
         self.attach(namespace, server, workload).await
     }
 
@@ -709,6 +735,46 @@ mod tests {
         assert_eq!(
             interval("image: x\nrequestTimeout: 1s\nidleTimeout: 1s", true),
             Duration::from_millis(1500)
+        );
+    }
+}
+
+/// Whether `pod` was created before `since` (a pod with no creation time is taken
+/// as new). Creation times have whole seconds, so the second `since` falls in counts as new.
+fn predates(pod: &Pod, since: chrono::DateTime<chrono::Utc>) -> bool {
+    let since_second = since.timestamp();
+    pod.metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|time| chrono::DateTime::parse_from_rfc3339(&time.0.to_string()).ok())
+        .is_some_and(|created| created.timestamp() < since_second)
+}
+
+#[cfg(test)]
+mod predates_tests {
+    use super::*;
+
+    fn pod_created(at: Option<&str>) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.creation_timestamp =
+            at.map(|t| serde_json::from_value(serde_json::json!(t)).expect("an RFC 3339 time"));
+        pod
+    }
+
+    #[test]
+    fn pods_from_before_the_router_are_replaced_newer_ones_kept() {
+        let since = chrono::DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert!(predates(&pod_created(Some("2026-11-25T11:59:59Z")), since));
+        assert!(!predates(&pod_created(Some("2026-11-25T12:00:01Z")), since));
+        assert!(!predates(&pod_created(None), since));
+        let mid_second = chrono::DateTime::parse_from_rfc3339("2026-11-25T12:00:00.700Z")
+            .unwrap()
+            .to_utc();
+        assert!(
+            !predates(&pod_created(Some("2026-11-25T12:00:00Z")), mid_second),
+            "same second: new"
         );
     }
 }
