@@ -316,9 +316,15 @@ async fn kube_router_wakes_attaches_and_talks_mcp_through_the_api_server() {
     }
     // Traffic is reported to the cluster: every 1.5 s, a quarter of the 6 s
     // (request timeout + 5 s) the operator waits at least.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().activity.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no activity reported within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let activity = seen.lock().unwrap().activity.clone();
-    assert!(!activity.is_empty(), "no activity reported");
     assert!(
         chrono::DateTime::parse_from_rfc3339(&activity[0]).is_ok(),
         "{activity:?}"
