@@ -88,7 +88,7 @@ struct SessionState {
 
 pub struct Session {
     pub id: String,
-    pub protocol_version: RwLock<String>,
+    protocol_version: RwLock<String>,
     capabilities: RwLock<ClientCapabilities>,
     /// The 2024-11-05 HTTP+SSE transport: every message, responses too, goes on the one stream.
     pub legacy: bool,
