@@ -99,10 +99,7 @@ pub fn routes(
                     .unwrap_or(100);
                 let mut text = server.log().tail(tail).join("\n");
                 text.push('\n');
-                warp::http::Response::builder()
-                    .header("content-type", "text/plain; charset=utf-8")
-                    .body(text.into())
-                    .expect("static headers are valid")
+                text_reply("text/plain; charset=utf-8", text)
             },
         );
     let start = warp::path!("servers" / String / "start")
