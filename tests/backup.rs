@@ -41,6 +41,36 @@ fn s(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// `mcpod backup --data-dir D --manifests M --output O [extra…]`.
+fn backup(data: &str, manifests: &str, output: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "backup",
+        "--data-dir",
+        data,
+        "--manifests",
+        manifests,
+        "--output",
+        output,
+    ];
+    args.extend_from_slice(extra);
+    mcpod(&args)
+}
+
+/// `mcpod restore --input I --data-dir D --manifests M [extra…]`.
+fn restore(input: &str, data: &str, manifests: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "restore",
+        "--input",
+        input,
+        "--data-dir",
+        data,
+        "--manifests",
+        manifests,
+    ];
+    args.extend_from_slice(extra);
+    mcpod(&args)
+}
+
 /// Removes the test's volume however the test ends.
 struct Volume(String);
 
@@ -104,29 +134,18 @@ fn backup_and_restore_round_trip_with_a_named_volume() {
     assert!(podman(&["volume", "create", &volume.0]).status.success());
     std::fs::write(volume.mountpoint().join("graph.jsonl"), "volume content\n").unwrap();
 
-    let out = ok(&mcpod(&[
-        "backup",
-        "--data-dir",
-        s(&t.data),
-        "--manifests",
-        s(&t.manifests),
-        "--output",
-        s(&t.archive),
-    ]));
+    let out = ok(&backup(s(&t.data), s(&t.manifests), s(&t.archive), &[]));
     assert!(out.contains("2 files") && out.contains(&volume.0), "{out}");
     assert!(t.archive.is_file());
 
     // The volume is gone (a new host): restore brings it back with its content.
     assert!(podman(&["volume", "rm", "-f", &volume.0]).status.success());
-    let out = ok(&mcpod(&[
-        "restore",
-        "--input",
+    let out = ok(&restore(
         s(&t.archive),
-        "--data-dir",
         s(&t.restored_data),
-        "--manifests",
         s(&t.restored_manifests),
-    ]));
+        &[],
+    ));
     assert!(out.contains(&volume.0), "{out}");
     assert_eq!(
         std::fs::read_to_string(t.restored_data.join("data/memory/memory.jsonl")).unwrap(),
@@ -143,15 +162,12 @@ fn backup_and_restore_round_trip_with_a_named_volume() {
     );
 
     // A second restore over the same folders (and volume) is refused, naming what is in the way.
-    let error = fails(&mcpod(&[
-        "restore",
-        "--input",
+    let error = fails(&restore(
         s(&t.archive),
-        "--data-dir",
         s(&t.restored_data),
-        "--manifests",
         s(&t.restored_manifests),
-    ]));
+        &[],
+    ));
     assert!(
         error.contains("would replace") && error.contains("--force"),
         "{error}"
@@ -163,16 +179,12 @@ fn backup_and_restore_round_trip_with_a_named_volume() {
 
     // With --force it replaces them.
     std::fs::write(t.restored_manifests.join("memory.yaml"), "changed").unwrap();
-    ok(&mcpod(&[
-        "restore",
-        "--input",
+    ok(&restore(
         s(&t.archive),
-        "--data-dir",
         s(&t.restored_data),
-        "--manifests",
         s(&t.restored_manifests),
-        "--force",
-    ]));
+        &["--force"],
+    ));
     assert_eq!(
         std::fs::read_to_string(t.restored_manifests.join("memory.yaml")).unwrap(),
         memory_manifest(&volume.0)
@@ -183,25 +195,19 @@ fn backup_and_restore_round_trip_with_a_named_volume() {
 fn backup_refuses_to_replace_an_archive_unless_forced() {
     let t = setup(&memory_manifest("unused"));
     std::fs::write(&t.archive, "precious").unwrap();
-    let args = [
-        "backup",
-        "--data-dir",
-        s(&t.data),
-        "--manifests",
-        s(&t.manifests),
-        "--output",
-        s(&t.archive),
-        "--no-volumes",
-    ];
-    let error = fails(&mcpod(&args));
+    let (data, manifests, archive) = (s(&t.data), s(&t.manifests), s(&t.archive));
+    let error = fails(&backup(data, manifests, archive, &["--no-volumes"]));
     assert!(
         error.contains("exists") && error.contains("--force"),
         "{error}"
     );
     assert_eq!(std::fs::read_to_string(&t.archive).unwrap(), "precious");
-    let mut forced = args.to_vec();
-    forced.push("--force");
-    let out = ok(&mcpod(&forced));
+    let out = ok(&backup(
+        data,
+        manifests,
+        archive,
+        &["--no-volumes", "--force"],
+    ));
     assert!(out.contains("volumes: []"), "{out}");
     assert_ne!(std::fs::read(&t.archive).unwrap(), b"precious");
 }
@@ -210,56 +216,43 @@ fn backup_refuses_to_replace_an_archive_unless_forced() {
 fn errors_name_the_problem() {
     let t = setup(&memory_manifest("unused"));
     // A missing data directory.
-    let error = fails(&mcpod(&[
-        "backup",
-        "--data-dir",
+    let error = fails(&backup(
         "/nonexistent/mcpod",
-        "--manifests",
         s(&t.manifests),
-        "--output",
         s(&t.archive),
-    ]));
+        &[],
+    ));
     assert!(
         error.contains("data directory /nonexistent/mcpod does not exist"),
         "{error}"
     );
     // An archive inside the folder it saves.
     let inside = t.data.join("backup.tar.gz");
-    let error = fails(&mcpod(&[
-        "backup",
-        "--data-dir",
+    let error = fails(&backup(
         s(&t.data),
-        "--manifests",
         s(&t.manifests),
-        "--output",
         s(&inside),
-        "--no-volumes",
-    ]));
+        &["--no-volumes"],
+    ));
     assert!(error.contains("is inside"), "{error}");
     assert!(!inside.exists());
     // A file that is not a backup: nothing is written.
     std::fs::write(&t.archive, "not gzip").unwrap();
-    let error = fails(&mcpod(&[
-        "restore",
-        "--input",
+    let error = fails(&restore(
         s(&t.archive),
-        "--data-dir",
         s(&t.restored_data),
-        "--manifests",
         s(&t.restored_manifests),
-    ]));
+        &[],
+    ));
     assert!(error.contains(s(&t.archive)), "{error}");
     assert!(!t.restored_data.exists());
     // A missing archive.
-    let error = fails(&mcpod(&[
-        "restore",
-        "--input",
+    let error = fails(&restore(
         "/nonexistent/backup.tar.gz",
-        "--data-dir",
         s(&t.restored_data),
-        "--manifests",
         s(&t.restored_manifests),
-    ]));
+        &[],
+    ));
     assert!(
         error.contains("cannot open /nonexistent/backup.tar.gz"),
         "{error}"
@@ -271,15 +264,12 @@ fn errors_name_the_problem() {
         .status()
         .unwrap();
     assert!(status.success());
-    let error = fails(&mcpod(&[
-        "restore",
-        "--input",
+    let error = fails(&restore(
         s(&other),
-        "--data-dir",
         s(&t.restored_data),
-        "--manifests",
         s(&t.restored_manifests),
-    ]));
+        &[],
+    ));
     assert!(error.contains("is this an mcpod backup"), "{error}");
     assert!(!t.restored_data.exists());
 }
