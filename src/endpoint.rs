@@ -26,6 +26,7 @@ use warp::{Buf, Filter, Reply};
 
 use crate::crd::SessionMode;
 use crate::jsonrpc::{self, Kind};
+use crate::modern;
 use crate::reconcile::Reconciler;
 use crate::server::{Server, ServerError, SUPPORTED_PROTOCOL_VERSIONS};
 use crate::session::{ClientCapabilities, Session, SseEvent, StreamKey, STANDALONE};
@@ -143,7 +144,7 @@ pub fn json_reply(status: StatusCode, body: &Value) -> HttpResponse {
         .expect("static headers are valid")
 }
 
-fn status_only(status: StatusCode) -> HttpResponse {
+pub(crate) fn status_only(status: StatusCode) -> HttpResponse {
     Response::builder()
         .status(status)
         .body(Bytes::new().into())
@@ -151,7 +152,11 @@ fn status_only(status: StatusCode) -> HttpResponse {
 }
 
 /// An HTTP error with a JSON-RPC error body without id (transport-level problems).
-fn transport_error(status: StatusCode, code: i64, message: impl Into<String>) -> HttpResponse {
+pub(crate) fn transport_error(
+    status: StatusCode,
+    code: i64,
+    message: impl Into<String>,
+) -> HttpResponse {
     json_reply(status, &jsonrpc::error(Value::Null, code, message))
 }
 
@@ -235,15 +240,13 @@ impl Endpoint {
             )
         })?;
         if let Some(version) = header(headers, VERSION_HEADER) {
-            if !SUPPORTED_PROTOCOL_VERSIONS.contains(&version) {
-                return Err(transport_error(
-                    StatusCode::BAD_REQUEST,
-                    jsonrpc::INVALID_REQUEST,
-                    format!(
-                        "unsupported MCP-Protocol-Version {version}; supported: {}",
-                        SUPPORTED_PROTOCOL_VERSIONS.join(", ")
-                    ),
-                ));
+            let all: Vec<&str> = SUPPORTED_PROTOCOL_VERSIONS
+                .iter()
+                .chain(modern::MODERN_PROTOCOL_VERSIONS)
+                .copied()
+                .collect();
+            if !all.contains(&version) {
+                return Err(modern::unsupported_version(Value::Null, version, &all));
             }
         }
         Ok(server)
@@ -299,6 +302,10 @@ impl Endpoint {
             Ok(message) => message,
             Err(response) => return response,
         };
+        // 2026-07-28 and later: one self-contained request, no session.
+        if modern::requested(headers) {
+            return modern::post(server, headers, accept.sse, message).await;
+        }
         let is_initialize = jsonrpc::classify(&message) == Some(Kind::Request)
             && jsonrpc::method(&message) == Some("initialize");
         if is_initialize {
@@ -411,6 +418,9 @@ impl Endpoint {
             Ok(server) => server,
             Err(response) => return response,
         };
+        if modern::requested(headers) {
+            return modern::method_not_allowed();
+        }
         if !accepts(headers).sse {
             return transport_error(
                 StatusCode::NOT_ACCEPTABLE,
@@ -433,6 +443,9 @@ impl Endpoint {
             Ok(server) => server,
             Err(response) => return response,
         };
+        if modern::requested(headers) {
+            return modern::method_not_allowed();
+        }
         match Self::require_session(&server, headers) {
             Ok((holder, session)) => {
                 holder.sessions().end(&session.id);
@@ -669,7 +682,7 @@ pub fn negotiate_version(initialize: &Value) -> &'static str {
 }
 
 /// Notifications and responses from a client: never start a server.
-fn one_way(server: &Arc<Server>, session: Option<&Session>, message: Value) {
+pub(crate) fn one_way(server: &Arc<Server>, session: Option<&Session>, message: Value) {
     let to_server = match (
         jsonrpc::classify(&message),
         jsonrpc::method(&message),
@@ -698,7 +711,7 @@ fn one_way(server: &Arc<Server>, session: Option<&Session>, message: Value) {
 
 /// Sends a request to the server (starting it if needed) on behalf of `session`,
 /// answering what mcpod answers itself.
-async fn forward(
+pub(crate) async fn forward(
     server: &Arc<Server>,
     session: Option<&Arc<Session>>,
     stream: StreamKey,

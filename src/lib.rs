@@ -19,6 +19,7 @@ pub mod jsonrpc;
 pub mod logs;
 pub mod manifests;
 pub mod metrics;
+pub mod modern;
 pub mod operator;
 pub mod quantity;
 pub mod reconcile;

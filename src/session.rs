@@ -43,7 +43,11 @@ pub struct ClientCapabilities {
 
 impl ClientCapabilities {
     pub fn from_initialize(initialize: &Value) -> Self {
-        let caps = initialize.pointer("/params/capabilities");
+        Self::from_declared(initialize.pointer("/params/capabilities"))
+    }
+
+    /// From a `capabilities` object (an `initialize`, or a 2026-07-28 request's `_meta`).
+    pub fn from_declared(caps: Option<&Value>) -> Self {
         let has = |name: &str| caps.and_then(|c| c.get(name)).is_some_and(|v| !v.is_null());
         ClientCapabilities {
             roots: has("roots"),
@@ -60,6 +64,57 @@ impl ClientCapabilities {
             _ => false,
         }
     }
+}
+
+/// What a `subscriptions/listen` stream (protocol 2026-07-28) receives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenFilter {
+    pub tools_list_changed: bool,
+    pub prompts_list_changed: bool,
+    pub resources_list_changed: bool,
+    pub resource_subscriptions: Vec<String>,
+}
+
+impl ListenFilter {
+    fn wants(&self, method: &str, notification: &Value) -> bool {
+        match method {
+            "notifications/tools/list_changed" => self.tools_list_changed,
+            "notifications/prompts/list_changed" => self.prompts_list_changed,
+            "notifications/resources/list_changed" => self.resources_list_changed,
+            "notifications/resources/updated" => notification
+                .pointer("/params/uri")
+                .and_then(Value::as_str)
+                .is_some_and(|uri| self.resource_subscriptions.iter().any(|u| u == uri)),
+            _ => false,
+        }
+    }
+}
+
+/// One open `subscriptions/listen` stream.
+struct Listener {
+    id: u64,
+    /// The JSON-RPC id of the `subscriptions/listen` request, stamped on every frame.
+    subscription_id: Value,
+    filter: ListenFilter,
+    frames: mpsc::UnboundedSender<Value>,
+}
+
+/// The `_meta` key naming the listen stream a frame belongs to.
+pub const SUBSCRIPTION_ID_META_KEY: &str = "io.modelcontextprotocol/subscriptionId";
+
+/// Severity of a `notifications/message` level, lowest first (RFC 5424 order).
+pub fn log_severity(level: &str) -> Option<u8> {
+    const LEVELS: [&str; 8] = [
+        "debug",
+        "info",
+        "notice",
+        "warning",
+        "error",
+        "critical",
+        "alert",
+        "emergency",
+    ];
+    LEVELS.iter().position(|l| *l == level).map(|p| p as u8)
 }
 
 struct Logged {
@@ -92,6 +147,8 @@ pub struct Session {
     capabilities: RwLock<ClientCapabilities>,
     /// The 2024-11-05 HTTP+SSE transport: every message, responses too, goes on the one stream.
     pub legacy: bool,
+    /// A 2026-07-28 request that opted in to log messages: the lowest severity it wants.
+    log_severity: Option<u8>,
     state: Mutex<SessionState>,
     last_seen: Mutex<Instant>,
 }
@@ -235,6 +292,12 @@ impl Session {
             .collect()
     }
 
+    /// The server's ids of the requests it made of this client that are still unanswered.
+    pub fn unanswered_server_requests(&self) -> Vec<Value> {
+        let mut state = self.state.lock().unwrap();
+        state.server_requests.drain().map(|(_, id)| id).collect()
+    }
+
     fn has_live(&self, key: StreamKey) -> bool {
         let state = self.state.lock().unwrap();
         state
@@ -248,6 +311,11 @@ impl Session {
 #[derive(Default)]
 pub struct Sessions {
     sessions: RwLock<HashMap<String, Arc<Session>>>,
+    /// Open `subscriptions/listen` streams (protocol 2026-07-28).
+    listeners: Mutex<Vec<Listener>>,
+    next_listener: std::sync::atomic::AtomicU64,
+    /// 2026-07-28 requests waiting for the client to supply input, by `requestState`.
+    parked: Mutex<HashMap<String, (crate::modern::Exchange, Instant)>>,
     /// Rewritten progress token → where its notifications go.
     progress: Mutex<HashMap<String, ProgressRoute>>,
     /// Requests in flight, oldest first: the candidates for server→client requests.
@@ -301,6 +369,23 @@ fn new_session_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn new_session(
+    protocol_version: &str,
+    capabilities: ClientCapabilities,
+    legacy: bool,
+    log_severity: Option<u8>,
+) -> Arc<Session> {
+    Arc::new(Session {
+        id: new_session_id(),
+        protocol_version: RwLock::new(protocol_version.to_string()),
+        capabilities: RwLock::new(capabilities),
+        legacy,
+        log_severity,
+        state: Mutex::new(SessionState::default()),
+        last_seen: Mutex::new(Instant::now()),
+    })
+}
+
 impl Sessions {
     pub fn create(
         &self,
@@ -308,20 +393,85 @@ impl Sessions {
         capabilities: ClientCapabilities,
         legacy: bool,
     ) -> Arc<Session> {
-        let session = Arc::new(Session {
-            id: new_session_id(),
-            protocol_version: RwLock::new(protocol_version.to_string()),
-            capabilities: RwLock::new(capabilities),
-            legacy,
-            state: Mutex::new(SessionState::default()),
-            last_seen: Mutex::new(Instant::now()),
-        });
+        let session = new_session(protocol_version, capabilities, legacy, None);
         self.sessions
             .write()
             .unwrap()
             .insert(session.id.clone(), session.clone());
         debug!(session = %session.id, protocol_version, legacy, "session created");
         session
+    }
+
+    /// The conversation of one 2026-07-28 request: routed like a session's
+    /// request while in flight, but never listed (it gets no broadcasts).
+    pub fn ephemeral(
+        &self,
+        protocol_version: &str,
+        capabilities: ClientCapabilities,
+        log_severity: Option<u8>,
+    ) -> Arc<Session> {
+        new_session(protocol_version, capabilities, false, log_severity)
+    }
+
+    /// Opens a `subscriptions/listen` stream; returns its id and its frames.
+    pub fn listen(
+        &self,
+        subscription_id: Value,
+        filter: ListenFilter,
+    ) -> (u64, mpsc::UnboundedReceiver<Value>) {
+        let (frames, receiver) = mpsc::unbounded_channel();
+        let id = self
+            .next_listener
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.listeners.lock().unwrap().push(Listener {
+            id,
+            subscription_id,
+            filter,
+            frames,
+        });
+        (id, receiver)
+    }
+
+    /// The client closed a listen stream. Returns the resource URIs nobody wants any more.
+    pub fn unlisten(&self, id: u64) -> Vec<String> {
+        let removed: Vec<Listener> = {
+            let mut listeners = self.listeners.lock().unwrap();
+            let (gone, kept) = std::mem::take(&mut *listeners)
+                .into_iter()
+                .partition(|l| l.id == id);
+            *listeners = kept;
+            gone
+        };
+        removed
+            .into_iter()
+            .flat_map(|l| l.filter.resource_subscriptions)
+            .filter(|uri| !self.anyone_subscribed(uri))
+            .collect()
+    }
+
+    /// Ends every listen stream gracefully: its last frame is the listen result.
+    fn close_listeners(&self) {
+        for listener in std::mem::take(&mut *self.listeners.lock().unwrap()) {
+            let id = listener.subscription_id;
+            let result = json!({"resultType": "complete", "_meta": {SUBSCRIPTION_ID_META_KEY: id}});
+            let _ = listener.frames.send(jsonrpc::result(id, result));
+        }
+    }
+
+    /// Parks a 2026-07-28 request until the client's retry names `state`.
+    pub fn park(&self, state: String, exchange: crate::modern::Exchange) {
+        self.parked
+            .lock()
+            .unwrap()
+            .insert(state, (exchange, Instant::now()));
+    }
+
+    pub fn unpark(&self, state: &str) -> Option<crate::modern::Exchange> {
+        self.parked
+            .lock()
+            .unwrap()
+            .remove(state)
+            .map(|(exchange, _)| exchange)
     }
 
     /// A key for a new request stream (never [`STANDALONE`]).
@@ -356,12 +506,16 @@ impl Sessions {
         removed.is_some()
     }
 
-    /// Ends every session.
+    /// Ends every session, listen stream and parked request.
     pub fn end_all(&self) {
         let ids: Vec<String> = self.sessions.read().unwrap().keys().cloned().collect();
         for id in ids {
             self.end(&id);
         }
+        self.close_listeners();
+        // Dropped outside the lock: a dropped exchange withdraws its request.
+        let parked = std::mem::take(&mut *self.parked.lock().unwrap());
+        drop(parked);
     }
 
     /// Ends sessions idle for longer than `ttl`; returns their ids.
@@ -377,6 +531,16 @@ impl Sessions {
         for id in &expired {
             self.end(id);
         }
+        let stale: Vec<_> = {
+            let mut parked = self.parked.lock().unwrap();
+            let states: Vec<String> = parked
+                .iter()
+                .filter(|(_, (_, since))| since.elapsed() > ttl)
+                .map(|(state, _)| state.clone())
+                .collect();
+            states.iter().filter_map(|s| parked.remove(s)).collect()
+        };
+        drop(stale);
         expired
     }
 
@@ -441,23 +605,50 @@ impl Sessions {
         Some(response)
     }
 
-    /// Every resource URI some session is subscribed to (to renew after a restart).
+    /// Every resource URI some session or listen stream is subscribed to (to renew after a restart).
     pub fn subscribed_uris(&self) -> HashSet<String> {
-        self.sessions
+        let mut uris: HashSet<String> = self
+            .sessions
             .read()
             .unwrap()
             .values()
             .flat_map(|s| s.subscriptions())
-            .collect()
+            .collect();
+        let listeners = self.listeners.lock().unwrap();
+        uris.extend(
+            listeners
+                .iter()
+                .flat_map(|l| l.filter.resource_subscriptions.iter().cloned()),
+        );
+        uris
     }
 
-    /// Whether any session other than `except` is subscribed to `uri`.
+    /// Whether any session other than `except`, or any listen stream, is subscribed to `uri`.
     pub fn others_subscribed(&self, except: &Session, uri: &str) -> bool {
         self.sessions
             .read()
             .unwrap()
             .values()
             .any(|s| s.id != except.id && s.is_subscribed(uri))
+            || self.listened(uri)
+    }
+
+    /// Whether any session or listen stream is subscribed to `uri`.
+    pub fn anyone_subscribed(&self, uri: &str) -> bool {
+        self.sessions
+            .read()
+            .unwrap()
+            .values()
+            .any(|s| s.is_subscribed(uri))
+            || self.listened(uri)
+    }
+
+    fn listened(&self, uri: &str) -> bool {
+        self.listeners
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.filter.resource_subscriptions.iter().any(|u| u == uri))
     }
 
     fn all(&self) -> Vec<Arc<Session>> {
@@ -501,6 +692,7 @@ impl Sessions {
                 for session in self.all().into_iter().filter(|s| s.is_subscribed(uri)) {
                     session.send(STANDALONE, notification.clone());
                 }
+                self.notify_listeners(&method, &notification);
             }
             "notifications/cancelled" => {
                 // The server withdraws a request it made of a client.
@@ -528,7 +720,47 @@ impl Sessions {
                 for session in self.all() {
                     session.send(STANDALONE, notification.clone());
                 }
+                if method == "notifications/message" {
+                    self.log_to_requests(&notification);
+                }
+                self.notify_listeners(&method, &notification);
             }
+        }
+    }
+
+    /// Change notifications for the listen streams that asked for them, each
+    /// stamped with its stream's subscription id.
+    fn notify_listeners(&self, method: &str, notification: &Value) {
+        let listeners = self.listeners.lock().unwrap();
+        for listener in listeners
+            .iter()
+            .filter(|l| l.filter.wants(method, notification))
+        {
+            let mut frame = notification.clone();
+            if !frame["params"].is_object() {
+                frame["params"] = json!({});
+            }
+            frame["params"]["_meta"][SUBSCRIPTION_ID_META_KEY] = listener.subscription_id.clone();
+            let _ = listener.frames.send(frame);
+        }
+    }
+
+    /// A log message goes to the 2026-07-28 requests in flight that opted in at
+    /// its level (the server's log cannot tell which request it is about).
+    fn log_to_requests(&self, notification: &Value) {
+        let Some(severity) = notification
+            .pointer("/params/level")
+            .and_then(Value::as_str)
+            .and_then(log_severity)
+        else {
+            return;
+        };
+        let active = self.active.lock().unwrap();
+        for a in active
+            .iter()
+            .filter(|a| a.session.log_severity.is_some_and(|min| severity >= min))
+        {
+            a.session.send(a.stream, notification.clone());
         }
     }
 

@@ -70,6 +70,18 @@ struct Shared {
     stderr_tail: Mutex<VecDeque<String>>,
 }
 
+/// Removes a pending request's entry when its waiter is gone.
+struct ForgetOnDrop<'a> {
+    shared: &'a Shared,
+    wire_id: u64,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.shared.pending.lock().unwrap().remove(&self.wire_id);
+    }
+}
+
 impl Shared {
     fn touch(&self) {
         *self.last_activity.lock().unwrap() = Instant::now();
@@ -157,6 +169,11 @@ impl StdioBridge {
             return Err(BridgeError::Closed(reason));
         }
         self.send_line(&message);
+        // A caller that stops waiting (its client went away) leaves no entry behind.
+        let _forget = ForgetOnDrop {
+            shared: &self.shared,
+            wire_id,
+        };
         match tokio::time::timeout(timeout, response).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(_)) => Err(BridgeError::Closed(

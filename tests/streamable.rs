@@ -495,3 +495,221 @@ async fn legacy_sse_clients_of_an_isolated_server_get_their_own_container_too() 
     )
     .await;
 }
+
+/// Protocol 2026-07-28, as the Python SDK's `Client` speaks it by default: it
+/// discovers instead of initializing, and every request stands alone. mcpod
+/// translates onto the handshake-era server: progress on the request's stream,
+/// the server's sampling request as an input-required round, listen streams.
+#[tokio::test]
+async fn python_sdk_speaks_the_per_request_era() {
+    let mcpod = Mcpod::start(&servers(), &[]);
+    let url = format!("{}/mcp/everything", mcpod.url);
+    let out = tokio::task::spawn_blocking(move || sdk_client("python", "modern", &url))
+        .await
+        .unwrap();
+    assert_eq!(out["protocol"], "2026-07-28", "{out}");
+    assert_eq!(out["discovered"], true, "no handshake fallback: {out}");
+    assert_eq!(out["server"], "mcp-servers/everything");
+    assert!(out["tools"].as_array().unwrap().contains(&json!("echo")));
+    assert_eq!(out["echo"], json!(["Echo: hello from 2026"]));
+    assert_eq!(out["progress"], json!([1.0, 2.0, 3.0, 4.0]));
+    assert!(
+        out["sampling"].to_string().contains("sampled by python"),
+        "the sampling request went to the client as input required: {out}"
+    );
+    assert_eq!(out["resource"]["contents"], 1);
+    assert!(out["prompt_messages"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        out["honored"]["resourceSubscriptions"],
+        json!([out["resource"]["uri"]]),
+        "{out}"
+    );
+    assert_eq!(out["updated"], out["resource"]["uri"], "{out}");
+    // No session was created for any of this.
+    let status: Value = reqwest::get(format!("{}/servers/everything", mcpod.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["sessions"], 0, "{status}");
+}
+
+/// A 2026-07-28 request as its clients send it: the envelope in `_meta`.
+fn per_request(id: u64, method: &str, mut params: Value, log_level: Option<&str>) -> Value {
+    params["_meta"]["io.modelcontextprotocol/protocolVersion"] = json!("2026-07-28");
+    params["_meta"]["io.modelcontextprotocol/clientCapabilities"] = json!({});
+    if let Some(level) = log_level {
+        params["_meta"]["io.modelcontextprotocol/logLevel"] = json!(level);
+    }
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+/// POSTs a 2026-07-28 request with the headers that mirror its body.
+async fn post_per_request(client: &RawClient, body: &Value) -> (u16, Vec<Value>) {
+    let method = body["method"].as_str().unwrap().to_string();
+    let name = body["params"]["name"].as_str().unwrap_or("").to_string();
+    let mut headers = vec![("mcp-method", method.as_str())];
+    if !name.is_empty() {
+        headers.push(("mcp-name", name.as_str()));
+    }
+    client.post_with(body, &headers).await
+}
+
+#[tokio::test]
+async fn per_request_era_rules_are_enforced() {
+    let mut files = servers();
+    files.push((
+        "lonely.yaml",
+        manifest("lonely", FIXTURE_IMAGE, "sessionMode: Isolated"),
+    ));
+    let mcpod = Mcpod::start(&files, &[]);
+    let mut client = RawClient::new(format!("{}/mcp/fake", mcpod.url));
+    client.version = "2026-07-28".into();
+
+    // Discovery answers from the server's own initialize result, stamped for this era.
+    let (status, body) =
+        post_per_request(&client, &per_request(1, "server/discover", json!({}), None)).await;
+    assert_eq!(status, 200, "{body:?}");
+    let result = &body[0]["result"];
+    assert_eq!(result["supportedVersions"], json!(["2026-07-28"]));
+    assert_eq!(result["capabilities"], json!({"tools": {}}));
+    assert_eq!(result["resultType"], "complete");
+    assert_eq!(
+        result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "fake-mcp"
+    );
+
+    // Headers must agree with the body; the envelope must be there.
+    let echo = per_request(
+        2,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "hi"}}),
+        None,
+    );
+    let (status, body) = client
+        .post_with(&echo, &[("mcp-method", "tools/list"), ("mcp-name", "echo")])
+        .await;
+    assert_eq!(
+        (status, &body[0]["error"]["code"]),
+        (400, &json!(-32020)),
+        "{body:?}"
+    );
+    let (status, body) = client
+        .post_with(
+            &json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+            &[("mcp-method", "tools/list")],
+        )
+        .await;
+    assert_eq!(
+        (status, &body[0]["error"]["code"]),
+        (400, &json!(-32602)),
+        "{body:?}"
+    );
+    let (status, body) = post_per_request(&client, &echo).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.last().unwrap()["result"]["content"][0]["text"], "hi");
+    assert_eq!(body.last().unwrap()["id"], 2);
+
+    // Methods this era removed are not found; an unknown version names the known ones.
+    let (status, body) = post_per_request(&client, &per_request(4, "ping", json!({}), None)).await;
+    assert_eq!((status, &body[0]["error"]["code"]), (404, &json!(-32601)));
+    client.version = "2099-01-01".into();
+    let (status, body) =
+        post_per_request(&client, &per_request(5, "tools/list", json!({}), None)).await;
+    assert_eq!((status, &body[0]["error"]["code"]), (400, &json!(-32022)));
+    assert!(body[0]["error"]["data"]["supported"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("2026-07-28")));
+    client.version = "2026-07-28".into();
+
+    // No sessions in this era: GET and DELETE are not allowed.
+    let response = client.request(reqwest::Method::GET).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+
+    // Log messages reach a request that opted in at their level, and only then.
+    let notify = |id, level| {
+        per_request(
+            id,
+            "tools/call",
+            json!({"name": "notify", "arguments": {"count": 2}}),
+            level,
+        )
+    };
+    let (_, frames) = post_per_request(&client, &notify(6, Some("info"))).await;
+    let logs = frames
+        .iter()
+        .filter(|f| f["method"] == "notifications/message")
+        .count();
+    assert_eq!(logs, 2, "{frames:?}");
+    assert_eq!(frames.last().unwrap()["id"], 6);
+    let (_, frames) = post_per_request(&client, &notify(7, Some("error"))).await;
+    assert_eq!(
+        frames.len(),
+        1,
+        "below the requested level: only the response: {frames:?}"
+    );
+
+    // A client that closes its response stream cancels its request on the server.
+    let sleep = per_request(
+        8,
+        "tools/call",
+        json!({"name": "sleep", "arguments": {"seconds": 30}}),
+        None,
+    );
+    let abandoned = client
+        .request(reqwest::Method::POST)
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "sleep")
+        .timeout(Duration::from_millis(500))
+        .body(sleep.to_string())
+        .send()
+        .await;
+    assert!(abandoned.is_err(), "the sleep cannot have finished");
+    let cancelled = per_request(
+        9,
+        "tools/call",
+        json!({"name": "cancelled", "arguments": {}}),
+        None,
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the server to see the cancellation",
+        async || {
+            let (_, body) = post_per_request(&client, &cancelled).await;
+            let text = body.last().unwrap()["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap_or("[]")
+                .to_string();
+            serde_json::from_str::<Vec<Value>>(&text).is_ok_and(|ids| !ids.is_empty())
+        },
+    )
+    .await;
+
+    // A parked request that does not exist cannot be resumed.
+    let resumed = per_request(
+        10,
+        "tools/call",
+        json!({"name": "echo", "arguments": {}, "requestState": "nope"}),
+        None,
+    );
+    let (status, body) = post_per_request(&client, &resumed).await;
+    assert_eq!((status, &body[0]["error"]["code"]), (400, &json!(-32602)));
+
+    // Isolated servers keep per-client state: they need the handshake, and say so.
+    let mut lonely = RawClient::new(format!("{}/mcp/lonely", mcpod.url));
+    lonely.version = "2026-07-28".into();
+    let (status, body) = post_per_request(
+        &lonely,
+        &per_request(11, "server/discover", json!({}), None),
+    )
+    .await;
+    assert_eq!((status, &body[0]["error"]["code"]), (400, &json!(-32022)));
+    let supported = body[0]["error"]["data"]["supported"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(supported.contains(&json!("2025-11-25")) && !supported.contains(&json!("2026-07-28")));
+}

@@ -4,8 +4,9 @@ import asyncio
 import json
 import sys
 
+import anyio
 import mcp_types as types
-from mcp import ClientSession
+from mcp import Client, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -63,9 +64,55 @@ async def time(session, out):
     out["time"] = texts(await session.call_tool("get_current_time", {"timezone": "Asia/Tokyo"}))
 
 
+async def elicit(context, params):
+    return types.ElicitResult(action="decline")
+
+
+async def modern(url, out):
+    """Protocol 2026-07-28 through `Client` in its default mode: discover, no handshake."""
+    logs = []
+
+    async def on_log(params):
+        logs.append(params.level)
+
+    client = Client(url, sampling_callback=sample, list_roots_callback=list_roots, elicitation_callback=elicit,
+                    log_level="debug", logging_callback=on_log)
+    async with client:
+        out["protocol"] = client.protocol_version
+        out["discovered"] = client.session.discover_result is not None
+        out["server"] = client.server_info.name if client.server_info else None
+        out["tools"] = sorted(t.name for t in (await client.list_tools()).tools)
+        out["echo"] = texts(await client.call_tool("echo", {"message": "hello from 2026"}))
+        progress = []
+
+        async def on_progress(value, total, message):
+            progress.append(value)
+
+        await client.call_tool("trigger-long-running-operation", {"duration": 1, "steps": 4}, progress_callback=on_progress)
+        out["progress"] = progress
+        out["sampling"] = texts(await client.call_tool("trigger-sampling-request", {"prompt": "tell me", "maxTokens": 20}))
+        resources = (await client.list_resources()).resources
+        first = str(resources[0].uri)
+        out["resource"] = {"uri": first, "contents": len((await client.read_resource(first)).contents)}
+        out["prompt_messages"] = len((await client.get_prompt("simple-prompt")).messages)
+        async with client.listen(resource_subscriptions=[first], tools_list_changed=True) as subscription:
+            out["honored"] = subscription.honored.model_dump(by_alias=True, exclude_none=True)
+            await client.call_tool("toggle-subscriber-updates", {})
+            with anyio.fail_after(20):
+                async for event in subscription:
+                    out["updated"] = event.uri
+                    break
+            await client.call_tool("toggle-subscriber-updates", {})
+    out["logs"] = len(logs)
+
+
 async def main():
     scenario, url = sys.argv[1], sys.argv[2]
     out = {}
+    if scenario == "modern":
+        await modern(url, out)
+        print(json.dumps(out))
+        return
     transport = sse_client(url) if scenario.endswith("-legacy") else streamable_http_client(url)
     async with transport as streams:
         read, write = streams[0], streams[1]

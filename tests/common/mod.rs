@@ -468,12 +468,16 @@ impl RawClient {
     /// POSTs a message; returns the status and every JSON-RPC message in the reply
     /// (one for JSON, all events for SSE).
     pub async fn post(&self, body: &Value) -> (u16, Vec<Value>) {
-        let response = self
-            .request(reqwest::Method::POST)
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+        self.post_with(body, &[]).await
+    }
+
+    /// Like [`RawClient::post`], with extra headers.
+    pub async fn post_with(&self, body: &Value, headers: &[(&str, &str)]) -> (u16, Vec<Value>) {
+        let mut request = self.request(reqwest::Method::POST);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.body(body.to_string()).send().await.unwrap();
         let status = response.status().as_u16();
         let is_sse = response
             .headers()

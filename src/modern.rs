@@ -1,0 +1,906 @@
+//! Protocol version 2026-07-28, the per-request era: no `initialize`, no
+//! session. Each POST is self-contained — its `params._meta` carries the
+//! protocol version and the client's capabilities, mirrored by the
+//! `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers — and is answered
+//! on its own, as JSON or as an SSE stream that ends with the response.
+//!
+//! mcpod speaks it to clients while the stdio servers behind it keep speaking
+//! the handshake era: a request becomes a request on the server's shared
+//! conversation, rewritten like a session's (ids, progress tokens). Three things
+//! of the new era are translated:
+//! - `server/discover` is answered from the server's `InitializeResult`;
+//! - a request the server makes of the client while handling one (sampling,
+//!   elicitation, roots) ends that round with an `InputRequiredResult`; the
+//!   request stays in flight, parked under its `requestState`, and the client's
+//!   retry carries the answers back to the server;
+//! - `subscriptions/listen` is a stream of the change notifications the client
+//!   opted in to (resource subscriptions are made on the server for it).
+//!
+//! A client that closes a response stream cancels its request.
+
+// Handlers return `Result<_, HttpResponse>` so `?` yields the error reply.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, Instrument};
+use warp::http::{HeaderMap, StatusCode};
+use warp::Reply;
+
+use crate::crd::SessionMode;
+use crate::endpoint::{self, json_reply, server_error_reply, HttpResponse};
+use crate::jsonrpc::{self, Kind};
+use crate::server::{Server, ServerError, SUPPORTED_PROTOCOL_VERSIONS};
+use crate::session::{
+    log_severity, ClientCapabilities, ListenFilter, Session, SseEvent, SUBSCRIPTION_ID_META_KEY,
+};
+
+/// The per-request protocol versions mcpod serves.
+pub const MODERN_PROTOCOL_VERSIONS: &[&str] = &["2026-07-28"];
+
+pub const HEADER_MISMATCH: i64 = -32020;
+pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+
+const PROTOCOL_VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
+const CLIENT_CAPABILITIES_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
+const CLIENT_INFO_KEY: &str = "io.modelcontextprotocol/clientInfo";
+const LOG_LEVEL_KEY: &str = "io.modelcontextprotocol/logLevel";
+const SERVER_INFO_KEY: &str = "io.modelcontextprotocol/serverInfo";
+
+const VERSION_HEADER: &str = "mcp-protocol-version";
+const METHOD_HEADER: &str = "mcp-method";
+const NAME_HEADER: &str = "mcp-name";
+
+/// Methods of the handshake era that 2026-07-28 removed.
+const REMOVED_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "logging/setLevel",
+    "resources/subscribe",
+    "resources/unsubscribe",
+];
+
+/// A response that produced nothing else for this long commits to SSE, so
+/// keep-alive comments hold the connection open behind proxies.
+const SSE_COMMIT_AFTER: Duration = Duration::from_secs(15);
+
+/// Whether a request asks for the per-request era (by its version header).
+pub fn requested(headers: &HeaderMap) -> bool {
+    header(headers, VERSION_HEADER).is_some_and(|v| MODERN_PROTOCOL_VERSIONS.contains(&v))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The HTTP status of a JSON-RPC error code in this era.
+fn status_for(code: i64) -> StatusCode {
+    match code {
+        jsonrpc::PARSE_ERROR
+        | jsonrpc::INVALID_REQUEST
+        | jsonrpc::INVALID_PARAMS
+        | HEADER_MISMATCH
+        | UNSUPPORTED_PROTOCOL_VERSION
+        | -32021 => StatusCode::BAD_REQUEST,
+        jsonrpc::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
+    }
+}
+
+fn error_reply(id: Value, code: i64, message: impl Into<String>) -> HttpResponse {
+    json_reply(status_for(code), &jsonrpc::error(id, code, message))
+}
+
+/// -32022, naming what is supported so a client can pick again.
+pub fn unsupported_version(id: Value, requested: &str, supported: &[&str]) -> HttpResponse {
+    let mut error = jsonrpc::error(
+        id,
+        UNSUPPORTED_PROTOCOL_VERSION,
+        format!("unsupported protocol version {requested:?}"),
+    );
+    error["error"]["data"] = json!({"supported": supported, "requested": requested});
+    json_reply(StatusCode::BAD_REQUEST, &error)
+}
+
+/// GET and DELETE have no meaning without sessions.
+pub fn method_not_allowed() -> HttpResponse {
+    let mut response = warp::reply().into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+        .headers_mut()
+        .insert("allow", "POST".parse().expect("static header"));
+    response
+}
+
+/// A checked 2026-07-28 request.
+struct Request {
+    id: Value,
+    method: String,
+    message: Value,
+    capabilities: ClientCapabilities,
+    log_severity: Option<u8>,
+}
+
+impl Request {
+    fn param(&self, name: &str) -> Option<&Value> {
+        self.message.get("params").and_then(|p| p.get(name))
+    }
+
+    fn progress_token(&self) -> Option<Value> {
+        self.message.pointer("/params/_meta/progressToken").cloned()
+    }
+
+    /// The name a retry must repeat: the tool, prompt or resource it is about.
+    fn subject(&self) -> Option<String> {
+        let key = if self.method == "resources/read" {
+            "uri"
+        } else {
+            "name"
+        };
+        self.param(key).and_then(Value::as_str).map(str::to_string)
+    }
+
+    /// The request as the handshake-era server gets it: without the envelope
+    /// keys and without the multi-round fields mcpod handles itself.
+    fn for_server(&self) -> Value {
+        let mut message = self.message.clone();
+        if let Some(params) = message.get_mut("params").and_then(Value::as_object_mut) {
+            params.remove("inputResponses");
+            params.remove("requestState");
+            if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
+                for key in [
+                    PROTOCOL_VERSION_KEY,
+                    CLIENT_CAPABILITIES_KEY,
+                    CLIENT_INFO_KEY,
+                    LOG_LEVEL_KEY,
+                ] {
+                    meta.remove(key);
+                }
+                if meta.is_empty() {
+                    params.remove("_meta");
+                }
+            }
+        }
+        message
+    }
+}
+
+/// A POST in the per-request era. Returns the one reply it gets.
+pub async fn post(
+    server: Arc<Server>,
+    headers: &HeaderMap,
+    sse: bool,
+    message: Value,
+) -> HttpResponse {
+    let request = match check(headers, message) {
+        Ok(Some(request)) => request,
+        // A notification: nothing in this era acts on one (a client cancels by
+        // closing its stream), but clients send them; accept and drop.
+        Ok(None) => return endpoint::status_only(StatusCode::ACCEPTED),
+        Err(reply) => return reply,
+    };
+    if server.workload().session_mode == SessionMode::Isolated {
+        // Per-client state needs a session of its own: the handshake gives one.
+        let mut reply = unsupported_version(
+            request.id.clone(),
+            MODERN_PROTOCOL_VERSIONS[0],
+            SUPPORTED_PROTOCOL_VERSIONS,
+        );
+        reply.headers_mut().insert(
+            "x-mcpod-reason",
+            "sessionMode Isolated needs the initialize handshake"
+                .parse()
+                .expect("static header"),
+        );
+        return reply;
+    }
+    debug!(method = %request.method, "per-request (2026-07-28) request");
+    match request.method.as_str() {
+        "server/discover" => discover(&server, request.id).await,
+        "subscriptions/listen" if !sse => endpoint::transport_error(
+            StatusCode::NOT_ACCEPTABLE,
+            jsonrpc::INVALID_REQUEST,
+            "subscriptions/listen answers with a stream: Accept must allow text/event-stream",
+        ),
+        "subscriptions/listen" => listen(server, request).await,
+        method if REMOVED_METHODS.contains(&method) => error_reply(
+            request.id,
+            jsonrpc::METHOD_NOT_FOUND,
+            format!("{method} is not part of protocol version 2026-07-28"),
+        ),
+        _ => exchange(server, request, sse).await,
+    }
+}
+
+/// The envelope checks, in the specification's order: one request or
+/// notification; `_meta` with the version and capabilities; headers that agree
+/// with the body; a version mcpod speaks.
+fn check(headers: &HeaderMap, message: Value) -> Result<Option<Request>, HttpResponse> {
+    let single = "the body must be one JSON-RPC request or notification object";
+    if !message.is_object() {
+        return Err(error_reply(Value::Null, jsonrpc::INVALID_REQUEST, single));
+    }
+    match jsonrpc::classify(&message) {
+        Some(Kind::Notification) => return Ok(None),
+        Some(Kind::Request) => {}
+        _ => {
+            return Err(error_reply(
+                jsonrpc::id(&message),
+                jsonrpc::INVALID_REQUEST,
+                single,
+            ))
+        }
+    }
+    let id = jsonrpc::id(&message);
+    let mismatch = |what: &str| error_reply(id.clone(), HEADER_MISMATCH, what.to_string());
+    for name in [VERSION_HEADER, METHOD_HEADER, NAME_HEADER] {
+        if headers.get_all(name).iter().count() > 1 {
+            return Err(mismatch(&format!(
+                "the {name} header appears more than once"
+            )));
+        }
+    }
+    let meta = message.pointer("/params/_meta").and_then(Value::as_object);
+    let Some(meta) = meta.filter(|m| {
+        m.contains_key(PROTOCOL_VERSION_KEY) && m.contains_key(CLIENT_CAPABILITIES_KEY)
+    }) else {
+        return Err(error_reply(
+            id,
+            jsonrpc::INVALID_PARAMS,
+            format!(
+                "params._meta must carry {PROTOCOL_VERSION_KEY:?} and {CLIENT_CAPABILITIES_KEY:?}"
+            ),
+        ));
+    };
+    let version = &meta[PROTOCOL_VERSION_KEY];
+    let method = jsonrpc::method(&message).unwrap_or_default().to_string();
+    if header(headers, VERSION_HEADER) != version.as_str() {
+        return Err(mismatch(
+            "MCP-Protocol-Version does not match the request's protocol version",
+        ));
+    }
+    if header(headers, METHOD_HEADER) != Some(method.as_str()) {
+        return Err(mismatch("Mcp-Method does not match the request's method"));
+    }
+    let named = match method.as_str() {
+        "tools/call" | "prompts/get" => message.pointer("/params/name"),
+        "resources/read" => message.pointer("/params/uri"),
+        _ => None,
+    };
+    if let Some(named) = named.and_then(Value::as_str) {
+        if header(headers, NAME_HEADER)
+            .and_then(decode_header_value)
+            .as_deref()
+            != Some(named)
+        {
+            return Err(mismatch("Mcp-Name does not match the request's name"));
+        }
+    }
+    let version = version.as_str().unwrap_or_default();
+    if !MODERN_PROTOCOL_VERSIONS.contains(&version) {
+        return Err(unsupported_version(id, version, MODERN_PROTOCOL_VERSIONS));
+    }
+    let log_severity = meta
+        .get(LOG_LEVEL_KEY)
+        .and_then(Value::as_str)
+        .and_then(log_severity);
+    Ok(Some(Request {
+        id,
+        capabilities: ClientCapabilities::from_declared(meta.get(CLIENT_CAPABILITIES_KEY)),
+        log_severity,
+        method,
+        message,
+    }))
+}
+
+/// A header value as sent, or the text inside the `=?base64?…?=` wrapper that
+/// clients use for values a header cannot carry.
+fn decode_header_value(value: &str) -> Option<String> {
+    match value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    {
+        Some(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok()),
+        None => Some(value.to_string()),
+    }
+}
+
+/// Results a client may cache; this era requires the cache hints on them.
+const CACHEABLE_METHODS: &[&str] = &[
+    "server/discover",
+    "tools/list",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+];
+
+/// A result as this era has it: `resultType` always, cache hints where they
+/// are required, and the server's identity.
+fn complete(method: &str, mut result: Value, server_info: &Value) -> Value {
+    if !result.is_object() {
+        result = json!({});
+    }
+    if result.get("resultType").is_none() {
+        result["resultType"] = json!("complete");
+    }
+    if CACHEABLE_METHODS.contains(&method) && result["resultType"] == "complete" {
+        // A handshake-era server says nothing about caching: stale at once, and
+        // never shared across users, since mcpod cannot tell what is per-user.
+        if result.get("ttlMs").is_none() {
+            result["ttlMs"] = json!(0);
+        }
+        if result.get("cacheScope").is_none() {
+            result["cacheScope"] = json!("private");
+        }
+    }
+    if !server_info.is_null()
+        && result
+            .pointer(&format!("/_meta/{}", SERVER_INFO_KEY.replace('/', "~1")))
+            .is_none()
+    {
+        if !result["_meta"].is_object() {
+            result["_meta"] = json!({});
+        }
+        result["_meta"][SERVER_INFO_KEY] = server_info.clone();
+    }
+    result
+}
+
+/// `server/discover`: what the server told mcpod when it started.
+async fn discover(server: &Arc<Server>, id: Value) -> HttpResponse {
+    let lease = match server.acquire().await {
+        Ok(lease) => lease,
+        Err(e) => return server_error_reply(id, &e),
+    };
+    let init = &lease.instance.initialize_result;
+    let mut result = json!({
+        "supportedVersions": MODERN_PROTOCOL_VERSIONS,
+        "capabilities": init.get("capabilities").cloned().unwrap_or_else(|| json!({})),
+    });
+    if let Some(instructions) = init.get("instructions").filter(|i| i.is_string()) {
+        result["instructions"] = instructions.clone();
+    }
+    let result = complete(
+        "server/discover",
+        result,
+        init.get("serverInfo").unwrap_or(&Value::Null),
+    );
+    json_reply(StatusCode::OK, &jsonrpc::result(id, result))
+}
+
+/// One 2026-07-28 request in flight on the server, possibly over several
+/// rounds of input from the client. Dropped unfinished (the client closed its
+/// stream, or never came back with the input), it withdraws the request and
+/// refuses what the server asked of the client.
+pub struct Exchange {
+    server: Arc<Server>,
+    /// The request's own conversation: progress, log messages and server
+    /// requests that belong to it arrive on `events`.
+    session: Arc<Session>,
+    events: mpsc::UnboundedReceiver<SseEvent>,
+    outcome: oneshot::Receiver<Result<Value, ServerError>>,
+    /// Waits for the server's response; aborted when the client gives up.
+    waiter: tokio::task::JoinHandle<()>,
+    /// The id of the client's latest round, which the final response carries.
+    client_id: Value,
+    /// The server's view of the first round's id (cancellation names it).
+    first_client_id: Value,
+    /// The progress token of the client's latest round: a retry may bring a new one.
+    progress_token: Option<Value>,
+    method: String,
+    subject: Option<String>,
+    server_info: Value,
+    finished: bool,
+}
+
+/// What an exchange produces next for the client.
+enum Step {
+    /// A notification about the request (progress, a log message).
+    Notify(Value),
+    /// The server asks the client something: the round ends with input required.
+    Ask(Value),
+    /// The server's response, or why there is none.
+    Done(Result<Value, ServerError>),
+}
+
+impl Exchange {
+    fn start(server: Arc<Server>, request: &Request, server_info: Value) -> Exchange {
+        let session = server.sessions().ephemeral(
+            MODERN_PROTOCOL_VERSIONS[0],
+            request.capabilities,
+            request.log_severity,
+        );
+        let key = server.sessions().new_stream_key();
+        let events = session.open_request_stream(key);
+        let (done, outcome) = oneshot::channel();
+        let message = request.for_server();
+        let (task_server, task_session) = (server.clone(), session.clone());
+        let waiter = tokio::spawn(
+            async move {
+                let response =
+                    endpoint::forward(&task_server, Some(&task_session), key, message).await;
+                let _ = done.send(response);
+            }
+            .in_current_span(),
+        );
+        Exchange {
+            server,
+            session,
+            events,
+            outcome,
+            waiter,
+            client_id: request.id.clone(),
+            first_client_id: request.id.clone(),
+            progress_token: request.progress_token(),
+            method: request.method.clone(),
+            subject: request.subject(),
+            server_info,
+            finished: false,
+        }
+    }
+
+    async fn next(&mut self) -> Step {
+        tokio::select! {
+            // Events first: what the server sent before its response comes before it.
+            biased;
+            Some(event) = self.events.recv() => match jsonrpc::classify(&event.message) {
+                Some(Kind::Request) => Step::Ask(event.message),
+                _ => Step::Notify(self.for_this_round(event.message)),
+            },
+            outcome = &mut self.outcome => {
+                self.finished = true;
+                Step::Done(outcome.unwrap_or_else(|_| Err(ServerError::Removed(self.server.name().to_string()))))
+            }
+        }
+    }
+
+    /// Progress carries the token of the round the client is listening to.
+    fn for_this_round(&self, mut notification: Value) -> Value {
+        if let (Some(token), Some(Kind::Notification)) =
+            (&self.progress_token, jsonrpc::classify(&notification))
+        {
+            if jsonrpc::method(&notification) == Some("notifications/progress") {
+                notification["params"]["progressToken"] = token.clone();
+            }
+        }
+        notification
+    }
+
+    /// The next step worth a reply: notifications are skipped for a JSON-only client.
+    async fn next_for(&mut self, sse: bool) -> Step {
+        loop {
+            match self.next().await {
+                Step::Notify(_) if !sse => continue,
+                step => return step,
+            }
+        }
+    }
+
+    /// The server's final response for the client's latest round.
+    fn final_message(&self, outcome: Result<Value, ServerError>) -> Value {
+        match outcome {
+            Ok(mut response) => {
+                response["id"] = self.client_id.clone();
+                if let Some(result) = response.get_mut("result") {
+                    *result = complete(&self.method, result.take(), &self.server_info);
+                }
+                response
+            }
+            Err(e) => jsonrpc::error(self.client_id.clone(), e.jsonrpc_code(), e.to_string()),
+        }
+    }
+
+    /// Ends the round: the exchange waits under a new `requestState` for the
+    /// client's answer to `ask`, and the client gets an `InputRequiredResult`.
+    fn park(self, ask: Value) -> Value {
+        let state = random_state();
+        let key = ask["id"].as_str().unwrap_or_default().to_string();
+        let mut input = json!({"method": ask["method"]});
+        if let Some(params) = ask.get("params") {
+            input["params"] = params.clone();
+        }
+        let id = self.client_id.clone();
+        let result = json!({
+            "resultType": "input_required",
+            "inputRequests": {key: input},
+            "requestState": state,
+        });
+        debug!(method = %ask["method"], "input required from the client; request parked");
+        let sessions = self.server.sessions().clone();
+        sessions.park(state, self);
+        jsonrpc::result(id, result)
+    }
+
+    /// The client's retry: its answers go to the server under the server's ids.
+    fn resume(&mut self, request: &Request) -> Result<(), HttpResponse> {
+        if request.method != self.method || request.subject() != self.subject {
+            return Err(error_reply(
+                request.id.clone(),
+                jsonrpc::INVALID_PARAMS,
+                "requestState belongs to a different request",
+            ));
+        }
+        self.client_id = request.id.clone();
+        self.progress_token = request.progress_token();
+        let answers = request
+            .param("inputResponses")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        for (key, result) in answers {
+            let response = json!({"jsonrpc": "2.0", "id": key, "result": result});
+            endpoint::one_way(&self.server, Some(&self.session), response);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        debug!(method = %self.method, "request abandoned by its client; cancelling it");
+        let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": self.first_client_id, "reason": "the client closed its request"}});
+        endpoint::one_way(&self.server, Some(&self.session), cancel);
+        // The server need not answer a cancelled request: stop waiting for it.
+        self.waiter.abort();
+        for server_id in self.session.unanswered_server_requests() {
+            let refusal = jsonrpc::error(
+                server_id,
+                jsonrpc::INTERNAL_ERROR,
+                "mcpod: the client abandoned the request this was part of",
+            );
+            endpoint::one_way(&self.server, None, refusal);
+        }
+    }
+}
+
+fn random_state() -> String {
+    let bytes: [u8; 24] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A request other than discover and listen: a new exchange, or the next round
+/// of a parked one.
+async fn exchange(server: Arc<Server>, request: Request, sse: bool) -> HttpResponse {
+    let state = request.param("requestState").and_then(Value::as_str);
+    let exchange = match state {
+        Some(state) => match server.sessions().unpark(state) {
+            Some(mut exchange) => match exchange.resume(&request) {
+                Ok(()) => exchange,
+                Err(reply) => {
+                    server.sessions().park(state.to_string(), exchange);
+                    return reply;
+                }
+            },
+            None => {
+                return error_reply(
+                    request.id,
+                    jsonrpc::INVALID_PARAMS,
+                    "requestState is unknown or expired: send the request again without it",
+                )
+            }
+        },
+        None => {
+            // The server's identity is stamped on results: start it (or find it) first.
+            let server_info = match server.acquire().await {
+                Ok(lease) => lease.instance.initialize_result["serverInfo"].clone(),
+                Err(e) => return server_error_reply(request.id, &e),
+            };
+            Exchange::start(server, &request, server_info)
+        }
+    };
+    answer(exchange, sse).await
+}
+
+/// Answers one round: as JSON when the round ends before anything else needs
+/// saying, else as an SSE stream (when the client accepts one).
+async fn answer(mut exchange: Exchange, sse: bool) -> HttpResponse {
+    let step = if sse {
+        match tokio::time::timeout(SSE_COMMIT_AFTER, exchange.next_for(true)).await {
+            Ok(step) => step,
+            Err(_) => return stream(exchange, None),
+        }
+    } else {
+        exchange.next_for(false).await
+    };
+    match step {
+        Step::Notify(notification) => stream(exchange, Some(notification)),
+        Step::Ask(ask) => json_reply(StatusCode::OK, &exchange.park(ask)),
+        Step::Done(Err(e)) => server_error_reply(exchange.client_id.clone(), &e),
+        Step::Done(outcome) => {
+            let message = exchange.final_message(outcome);
+            let status = message
+                .pointer("/error/code")
+                .and_then(Value::as_i64)
+                .map_or(StatusCode::OK, status_for);
+            json_reply(status, &message)
+        }
+    }
+}
+
+/// The rest of a round as SSE: notifications, then the response or an
+/// `InputRequiredResult`. A client that goes away drops the exchange, which
+/// cancels the request.
+fn stream(mut exchange: Exchange, first: Option<Value>) -> HttpResponse {
+    let (frames, receiver) = mpsc::unbounded_channel();
+    if let Some(first) = first {
+        let _ = frames.send(first);
+    }
+    let relay = async move {
+        loop {
+            tokio::select! {
+                _ = frames.closed() => return,
+                step = exchange.next_for(true) => match step {
+                    Step::Notify(message) => { let _ = frames.send(message); }
+                    Step::Ask(ask) => { let _ = frames.send(exchange.park(ask)); return; }
+                    Step::Done(outcome) => { let _ = frames.send(exchange.final_message(outcome)); return; }
+                },
+            }
+        }
+    };
+    tokio::spawn(relay.in_current_span());
+    sse(receive(receiver))
+}
+
+fn receive(
+    mut frames: mpsc::UnboundedReceiver<Value>,
+) -> impl futures::Stream<Item = Value> + Send + Sync {
+    futures::stream::poll_fn(move |cx| frames.poll_recv(cx))
+}
+
+fn sse(frames: impl futures::Stream<Item = Value> + Send + Sync + 'static) -> HttpResponse {
+    let events = frames.map(|message| {
+        Ok::<_, Infallible>(
+            warp::sse::Event::default()
+                .event("message")
+                .data(message.to_string()),
+        )
+    });
+    let keep_alive = warp::sse::keep_alive().interval(Duration::from_secs(15));
+    warp::sse::reply(keep_alive.stream(events)).into_response()
+}
+
+/// `subscriptions/listen`: acknowledges what will be delivered (what the client
+/// asked for and the server can send), then streams it until the client leaves
+/// or mcpod ends the stream gracefully with the listen result.
+async fn listen(server: Arc<Server>, request: Request) -> HttpResponse {
+    let lease = match server.acquire().await {
+        Ok(lease) => lease,
+        Err(e) => return server_error_reply(request.id, &e),
+    };
+    let capabilities = &lease.instance.initialize_result["capabilities"];
+    let asked = request.param("notifications").cloned().unwrap_or_default();
+    let honored = honored_filter(&asked, capabilities);
+    for uri in &honored.resource_subscriptions {
+        if !server.sessions().anyone_subscribed(uri) {
+            let subscribe = json!({"jsonrpc": "2.0", "id": 0, "method": "resources/subscribe", "params": {"uri": uri}});
+            if let Err(e) = lease.request(subscribe).await {
+                return server_error_reply(request.id, &e);
+            }
+        }
+    }
+    drop(lease);
+    let subscription_id = request.id.clone();
+    let (listener, frames) = server
+        .sessions()
+        .listen(subscription_id.clone(), honored.clone());
+    let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+        "params": {"notifications": filter_json(&honored), "_meta": {SUBSCRIPTION_ID_META_KEY: subscription_id}}});
+    debug!(?honored, "listen stream opened");
+    let guard = ListenGuard { server, listener };
+    let frames = futures::stream::iter([ack]).chain(receive(frames).map(move |frame| {
+        // The guard lives as long as the stream: the client's leaving drops it.
+        let _ = &guard;
+        frame
+    }));
+    sse(frames)
+}
+
+/// The part of the client's listen filter that the server's capabilities can honor.
+fn honored_filter(asked: &Value, capabilities: &Value) -> ListenFilter {
+    let asked_for = |key: &str| asked.get(key).and_then(Value::as_bool).unwrap_or(false);
+    let can = |pointer: &str| {
+        capabilities
+            .pointer(pointer)
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    let uris: Vec<String> = asked
+        .get("resourceSubscriptions")
+        .and_then(Value::as_array)
+        .map(|uris| {
+            uris.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    ListenFilter {
+        tools_list_changed: asked_for("toolsListChanged") && can("/tools/listChanged"),
+        prompts_list_changed: asked_for("promptsListChanged") && can("/prompts/listChanged"),
+        resources_list_changed: asked_for("resourcesListChanged") && can("/resources/listChanged"),
+        resource_subscriptions: if can("/resources/subscribe") {
+            uris
+        } else {
+            vec![]
+        },
+    }
+}
+
+fn filter_json(filter: &ListenFilter) -> Value {
+    let mut json = Map::new();
+    for (key, on) in [
+        ("toolsListChanged", filter.tools_list_changed),
+        ("promptsListChanged", filter.prompts_list_changed),
+        ("resourcesListChanged", filter.resources_list_changed),
+    ] {
+        if on {
+            json.insert(key.to_string(), json!(true));
+        }
+    }
+    if !filter.resource_subscriptions.is_empty() {
+        json.insert(
+            "resourceSubscriptions".to_string(),
+            json!(filter.resource_subscriptions),
+        );
+    }
+    Value::Object(json)
+}
+
+/// Closes a listen stream when its client goes: the server is unsubscribed from
+/// the resources nobody else listens to.
+struct ListenGuard {
+    server: Arc<Server>,
+    listener: u64,
+}
+
+impl Drop for ListenGuard {
+    fn drop(&mut self) {
+        let unwanted = self.server.sessions().unlisten(self.listener);
+        let Some(instance) = self.server.running_instance() else {
+            return;
+        };
+        let timeout = self.server.workload().timeouts.request;
+        for uri in unwanted {
+            let bridge = instance.bridge.clone();
+            let unsubscribe = json!({"jsonrpc": "2.0", "id": 0, "method": "resources/unsubscribe", "params": {"uri": uri}});
+            tokio::spawn(async move {
+                if let Err(e) = bridge.request(unsubscribe, timeout).await {
+                    debug!(error = %e, "unsubscribing after a listen stream failed");
+                }
+            });
+        }
+        debug!("listen stream closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                warp::http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    fn call(version: &str) -> Value {
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "echo", "arguments": {},
+            "_meta": {PROTOCOL_VERSION_KEY: version, CLIENT_CAPABILITIES_KEY: {"sampling": {}}, LOG_LEVEL_KEY: "info"}}})
+    }
+
+    fn code(reply: Result<Option<Request>, HttpResponse>) -> (u16, i64) {
+        let reply = reply.err().expect("rejected");
+        let status = reply.status().as_u16();
+        let body = futures::executor::block_on(http_body_util::BodyExt::collect(reply.into_body()))
+            .unwrap()
+            .to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        (status, body["error"]["code"].as_i64().unwrap())
+    }
+
+    #[test]
+    fn the_envelope_ladder_rejects_in_order() {
+        let good = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ];
+        let request = check(&headers(&good), call("2026-07-28")).unwrap().unwrap();
+        assert!(request.capabilities.sampling && !request.capabilities.roots);
+        assert_eq!(request.log_severity, Some(1));
+        let stripped = request.for_server();
+        assert!(stripped["params"].get("_meta").is_none(), "{stripped}");
+
+        let mut no_meta = call("2026-07-28");
+        no_meta["params"].as_object_mut().unwrap().remove("_meta");
+        assert_eq!(
+            code(check(&headers(&good), no_meta)),
+            (400, jsonrpc::INVALID_PARAMS)
+        );
+        let wrong_name = [good[0], good[1], ("mcp-name", "other")];
+        assert_eq!(
+            code(check(&headers(&wrong_name), call("2026-07-28"))),
+            (400, HEADER_MISMATCH)
+        );
+        let twice = [good[0], good[0], good[1], good[2]];
+        assert_eq!(
+            code(check(&headers(&twice), call("2026-07-28"))),
+            (400, HEADER_MISMATCH)
+        );
+        let future = [("mcp-protocol-version", "2099-01-01"), good[1], good[2]];
+        assert_eq!(
+            code(check(&headers(&future), call("2099-01-01"))),
+            (400, UNSUPPORTED_PROTOCOL_VERSION)
+        );
+        let notification = json!({"jsonrpc": "2.0", "method": "notifications/cancelled"});
+        assert!(check(&headers(&good), notification).unwrap().is_none());
+        assert_eq!(
+            code(check(&headers(&good), json!([1]))),
+            (400, jsonrpc::INVALID_REQUEST)
+        );
+    }
+
+    #[test]
+    fn base64_wrapped_names_are_decoded() {
+        assert_eq!(decode_header_value("plain").as_deref(), Some("plain"));
+        assert_eq!(
+            decode_header_value("=?base64?w6l0w6k=?=").as_deref(),
+            Some("été")
+        );
+        assert_eq!(decode_header_value("=?base64?!!?="), None);
+    }
+
+    #[test]
+    fn listen_honors_only_what_the_server_can_send() {
+        let asked = json!({"toolsListChanged": true, "promptsListChanged": true, "resourceSubscriptions": ["a://1"]});
+        let caps = json!({"tools": {"listChanged": true}, "prompts": {}, "resources": {"subscribe": true}});
+        let honored = honored_filter(&asked, &caps);
+        assert_eq!(
+            filter_json(&honored),
+            json!({"toolsListChanged": true, "resourceSubscriptions": ["a://1"]})
+        );
+    }
+
+    #[test]
+    fn results_carry_their_type_and_the_servers_identity() {
+        let info = json!({"name": "s", "version": "1"});
+        let result = complete("tools/list", json!({"tools": []}), &info);
+        assert_eq!(result["resultType"], "complete");
+        assert_eq!(result["_meta"][SERVER_INFO_KEY], info);
+        assert_eq!(
+            (&result["ttlMs"], &result["cacheScope"]),
+            (&json!(0), &json!("private"))
+        );
+        let called = complete("tools/call", json!({"content": []}), &info);
+        assert!(
+            called.get("ttlMs").is_none(),
+            "only cacheable results get hints"
+        );
+        let asked = complete(
+            "tools/call",
+            json!({"resultType": "input_required"}),
+            &Value::Null,
+        );
+        assert_eq!(asked["resultType"], "input_required");
+    }
+}
