@@ -455,25 +455,13 @@ impl Exchange {
             biased;
             Some(event) = self.events.recv() => match jsonrpc::classify(&event.message) {
                 Some(Kind::Request) => Step::Ask(event.message),
-                _ => Step::Notify(self.for_this_round(event.message)),
+                _ => Step::Notify(for_round(self.progress_token.as_ref(), event.message)),
             },
             outcome = &mut self.outcome => {
                 self.finished = true;
                 Step::Done(outcome.unwrap_or_else(|_| Err(ServerError::Removed(self.server.name().to_string()))))
             }
         }
-    }
-
-    /// Progress carries the token of the round the client is listening to.
-    fn for_this_round(&self, mut notification: Value) -> Value {
-        if let (Some(token), Some(Kind::Notification)) =
-            (&self.progress_token, jsonrpc::classify(&notification))
-        {
-            if jsonrpc::method(&notification) == Some("notifications/progress") {
-                notification["params"]["progressToken"] = token.clone();
-            }
-        }
-        notification
     }
 
     /// The next step worth a reply: notifications are skipped for a JSON-only client.
@@ -565,6 +553,17 @@ impl Drop for Exchange {
             endpoint::one_way(&self.server, None, refusal);
         }
     }
+}
+
+/// Progress carries the token of the round the client is listening to: a
+/// retry after input may bring a new one.
+fn for_round(progress_token: Option<&Value>, mut notification: Value) -> Value {
+    if let Some(token) = progress_token {
+        if jsonrpc::method(&notification) == Some("notifications/progress") {
+            notification["params"]["progressToken"] = token.clone();
+        }
+    }
+    notification
 }
 
 fn random_state() -> String {
@@ -858,6 +857,17 @@ mod tests {
             code(check(&headers(&good), json!([1]))),
             (400, jsonrpc::INVALID_REQUEST)
         );
+    }
+
+    #[test]
+    fn progress_follows_the_latest_round() {
+        let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+            "params": {"progressToken": "first", "progress": 2}});
+        let moved = for_round(Some(&json!("second")), progress.clone());
+        assert_eq!(moved["params"]["progressToken"], "second");
+        assert_eq!(for_round(None, progress.clone()), progress);
+        let log = json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {}});
+        assert_eq!(for_round(Some(&json!("second")), log.clone()), log);
     }
 
     #[test]

@@ -698,6 +698,43 @@ async fn per_request_era_rules_are_enforced() {
     let (status, body) = post_per_request(&client, &resumed).await;
     assert_eq!((status, &body[0]["error"]["code"]), (400, &json!(-32602)));
 
+    // A listen stream is acknowledged first (with what the server can send: the
+    // fixture announces no list changes), and ends gracefully when mcpod stops.
+    let listen = per_request(
+        12,
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true}}),
+        None,
+    );
+    let mut stream = client
+        .request(reqwest::Method::POST)
+        .header("mcp-method", "subscriptions/listen")
+        .body(listen.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut text = String::new();
+    let mut frames = vec![];
+    while frames.is_empty() {
+        let chunk = stream.chunk().await.unwrap().expect("the acknowledgement");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        frames.extend(take_events(&mut text).into_iter().map(|e| e.data));
+    }
+    assert_eq!(
+        frames[0]["method"],
+        "notifications/subscriptions/acknowledged"
+    );
+    assert_eq!(
+        frames[0]["params"]["notifications"],
+        json!({}),
+        "{frames:?}"
+    );
+    assert_eq!(
+        frames[0]["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        12
+    );
+
     // Isolated servers keep per-client state: they need the handshake, and say so.
     let mut lonely = RawClient::new(format!("{}/mcp/lonely", mcpod.url));
     lonely.version = "2026-07-28".into();
@@ -712,4 +749,17 @@ async fn per_request_era_rules_are_enforced() {
         .unwrap()
         .clone();
     assert!(supported.contains(&json!("2025-11-25")) && !supported.contains(&json!("2026-07-28")));
+
+    let mut mcpod = mcpod;
+    let stopping = tokio::task::spawn_blocking(move || mcpod.terminate());
+    while let Some(chunk) = stream.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    stopping.await.unwrap();
+    let last = take_events(&mut text).pop().expect("a last frame").data;
+    assert_eq!(last["id"], 12, "{last}");
+    assert_eq!(
+        last["result"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        12
+    );
 }
