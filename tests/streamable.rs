@@ -556,6 +556,28 @@ async fn post_per_request(client: &RawClient, body: &Value) -> (u16, Vec<Value>)
     client.post_with(body, &headers).await
 }
 
+/// The TypeScript SDK v2 negotiates 2026-07-28 with mcpod too, and its
+/// multi-round-trip and listen support work against the translation.
+#[tokio::test]
+async fn typescript_sdk_v2_speaks_the_per_request_era() {
+    let mcpod = Mcpod::start(&servers(), &[]);
+    let url = format!("{}/mcp/everything", mcpod.url);
+    let out = tokio::task::spawn_blocking(move || sdk_client("typescript2", "everything", &url))
+        .await
+        .unwrap();
+    assert_eq!(out["protocol"], "2026-07-28", "{out}");
+    assert_eq!(out["server"], "mcp-servers/everything");
+    assert_eq!(out["echo"], json!(["Echo: hello from ts2"]));
+    assert_eq!(out["progress"], json!([1, 2, 3]));
+    assert!(
+        out["sampling"].to_string().contains("sampled by ts2"),
+        "{out}"
+    );
+    assert_eq!(out["honored"]["resourceSubscriptions"], json!([out["uri"]]));
+    assert_eq!(out["updated"], out["uri"], "{out}");
+    assert_eq!(out["closed"], "local");
+}
+
 #[tokio::test]
 async fn per_request_era_rules_are_enforced() {
     let mut files = servers();

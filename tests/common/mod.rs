@@ -335,6 +335,12 @@ pub fn sdk_client(language: &str, scenario: &str, url: &str) -> Value {
             c.arg(clients.join("ts_client.mjs"));
             c
         }
+        // The TypeScript SDK v2 (`@modelcontextprotocol/client`).
+        "typescript2" => {
+            let mut c = Command::new("node");
+            c.arg(clients.join("ts2_client.mjs"));
+            c
+        }
         other => panic!("no {other} client"),
     };
     let output = command
