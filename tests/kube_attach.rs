@@ -22,6 +22,7 @@ use mcpod::crd::MCPServer;
 use mcpod::manifests::{Loaded, Manifests};
 use mcpod::reconcile::Reconciler;
 use mcpod::router::{self, RouterConfig};
+use mcpod::runtime::kube::lease::{LeaseSettings, Ownership};
 use mcpod::runtime::kube::KubeRuntime;
 use mcpod::server::Settings;
 use mcpod::workload::Defaults;
@@ -46,6 +47,23 @@ struct Seen {
     /// JSON patches (RFC 6902) that were applied, and those refused (422).
     json_patches: Vec<Value>,
     refused_json_patches: usize,
+    /// The shared pod's generation while it exists (its uid is `pod-<n>`); a wake
+    /// makes one when there is none, as the operator would.
+    shared_pod: Option<u32>,
+    pods_made: u32,
+    /// Leases by name, with the resourceVersion they were last written with.
+    leases: BTreeMap<String, Value>,
+    resource_version: u64,
+    /// Lease writes refused for a stale resourceVersion or an existing name (409).
+    lease_conflicts: usize,
+}
+
+impl Seen {
+    fn lease_holder(&self) -> Option<String> {
+        self.leases.get("mcpod-fix")?["spec"]["holderIdentity"]
+            .as_str()
+            .map(str::to_string)
+    }
 }
 
 fn fixture() -> PathBuf {
@@ -94,6 +112,77 @@ fn not_found() -> warp::reply::WithStatus<warp::reply::Json> {
 /// The session a pod name is for (`mcpod-fix-<session>`), if it is a session pod.
 fn session_of(pod: &str) -> Option<&str> {
     pod.strip_prefix("mcpod-fix-")
+}
+
+/// `coordination.k8s.io/v1` Leases in `ns`: get, create (409 when it exists) and
+/// update (409 unless the resourceVersion is the stored one), as the API server does.
+fn lease_routes(
+    seen: Arc<Mutex<Seen>>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
+    let with_seen = warp::any().map(move || seen.clone());
+    let conflict = || {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "reason": "Conflict", "code": 409, "message": "the object has been modified"});
+        warp::reply::with_status(warp::reply::json(&status), warp::http::StatusCode::CONFLICT)
+    };
+    let store = |seen: &mut Seen, mut lease: Value| {
+        seen.resource_version += 1;
+        lease["metadata"]["resourceVersion"] = json!(seen.resource_version.to_string());
+        let name = lease["metadata"]["name"].as_str().unwrap().to_string();
+        seen.leases.insert(name, lease.clone());
+        lease
+    };
+    let get = warp::path!(
+        "apis" / "coordination.k8s.io" / "v1" / "namespaces" / "ns" / "leases" / String
+    )
+    .and(warp::get())
+    .and(with_seen.clone())
+    .map(
+        |name: String, seen: Arc<Mutex<Seen>>| match seen.lock().unwrap().leases.get(&name) {
+            Some(lease) => {
+                warp::reply::with_status(warp::reply::json(lease), warp::http::StatusCode::OK)
+            }
+            None => not_found(),
+        },
+    );
+    let create =
+        warp::path!("apis" / "coordination.k8s.io" / "v1" / "namespaces" / "ns" / "leases")
+            .and(warp::post())
+            .and(warp::body::json())
+            .and(with_seen.clone())
+            .map(move |lease: Value, seen: Arc<Mutex<Seen>>| {
+                let mut seen = seen.lock().unwrap();
+                let name = lease["metadata"]["name"].as_str().unwrap_or_default();
+                if seen.leases.contains_key(name) {
+                    seen.lease_conflicts += 1;
+                    return conflict();
+                }
+                let stored = store(&mut seen, lease);
+                warp::reply::with_status(
+                    warp::reply::json(&stored),
+                    warp::http::StatusCode::CREATED,
+                )
+            });
+    let update = warp::path!(
+        "apis" / "coordination.k8s.io" / "v1" / "namespaces" / "ns" / "leases" / String
+    )
+    .and(warp::put())
+    .and(warp::body::json())
+    .and(with_seen)
+    .map(move |name: String, lease: Value, seen: Arc<Mutex<Seen>>| {
+        let mut seen = seen.lock().unwrap();
+        let stored = seen
+            .leases
+            .get(&name)
+            .map(|l| l["metadata"]["resourceVersion"].clone());
+        if stored.is_none() || stored != Some(lease["metadata"]["resourceVersion"].clone()) {
+            seen.lease_conflicts += 1;
+            return conflict();
+        }
+        let stored = store(&mut seen, lease);
+        warp::reply::with_status(warp::reply::json(&stored), warp::http::StatusCode::OK)
+    });
+    get.or(create).or(update)
 }
 
 /// Bridges one attach WebSocket to a fresh fixture process, as the kubelet
@@ -236,6 +325,10 @@ async fn fake_api_server(seen: Arc<Mutex<Seen>>) -> String {
                 let mut seen = seen.lock().unwrap();
                 if annotations.get("mcpod.dev/wake-requested-at").is_some() {
                     seen.wakes += 1;
+                    if seen.shared_pod.is_none() {
+                        seen.pods_made += 1;
+                        seen.shared_pod = Some(seen.pods_made);
+                    }
                 }
                 if let Some(at) = annotations["mcpod.dev/last-activity"].as_str() {
                     seen.activity.push(at.to_string());
@@ -261,13 +354,16 @@ async fn fake_api_server(seen: Arc<Mutex<Seen>>) -> String {
                 Some(session) => seen
                     .annotations
                     .contains_key(&format!("sessions.mcpod.dev/{session}")),
-                None => name == "mcpod-fix" && seen.wakes > 0,
+                None => name == "mcpod-fix" && seen.shared_pod.is_some(),
             };
             if !exists {
                 return not_found();
             }
             let mut pod = running_pod(seen.pod_created.as_deref());
             pod["metadata"]["name"] = json!(name);
+            if let (None, Some(generation)) = (session_of(&name), seen.shared_pod) {
+                pod["metadata"]["uid"] = json!(format!("pod-{generation}"));
+            }
             if let Some(session) = session_of(&name) {
                 pod["metadata"]["labels"]["mcpod.dev/session"] = json!(session);
             }
@@ -279,6 +375,9 @@ async fn fake_api_server(seen: Arc<Mutex<Seen>>) -> String {
         .map(|name: String, seen: Arc<Mutex<Seen>>| {
             let mut seen = seen.lock().unwrap();
             seen.deletes += 1;
+            if name == "mcpod-fix" {
+                seen.shared_pod = None;
+            }
             seen.deleted.push(name);
             // The operator's next pod is a new one.
             if seen.pod_created.is_some() {
@@ -305,7 +404,11 @@ async fn fake_api_server(seen: Arc<Mutex<Seen>>) -> String {
                 )
             },
         );
-    let routes = patch_server.or(get_pod).or(delete_pod).or(attach_pod);
+    let routes = patch_server
+        .or(get_pod)
+        .or(delete_pod)
+        .or(attach_pod)
+        .or(lease_routes(seen.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(warp::serve(routes).incoming(listener).run());
@@ -623,4 +726,268 @@ async fn kube_router_gives_each_isolated_session_its_own_pod_until_it_ends() {
         .reply(&routes)
         .await;
     assert_eq!(gone.status(), 404, "the ended session is gone");
+}
+
+// --- several router replicas: one owner per server, the others forward ---
+
+/// One router replica, serving HTTP on its own port, with its own Leases.
+struct Replica {
+    address: std::net::SocketAddr,
+    reconciler: Arc<Reconciler>,
+    ownership: Arc<Ownership>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Replica {
+    fn url(&self) -> String {
+        format!("http://{}/mcp/fix", self.address)
+    }
+
+    /// Requests the fixture server answered for this replica.
+    fn requests_served(&self) -> u64 {
+        self.reconciler.server("fix").unwrap().status().requests
+    }
+
+    /// Stops serving HTTP; `release`: gives its Leases up (a graceful shutdown),
+    /// else they run out (a crash).
+    async fn stop(&self, release: bool) {
+        self.serving.abort();
+        self.ownership.shutdown(release).await;
+    }
+}
+
+const FAST_LEASES: LeaseSettings = LeaseSettings {
+    duration: Duration::from_secs(2),
+    renew_interval: Duration::from_millis(250),
+};
+
+async fn replica(api_server: &str, identity: &str) -> Replica {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let client = kube::Client::try_from(kube::Config::new(api_server.parse().unwrap())).unwrap();
+    let ownership = Ownership::new(client.clone(), identity, &address.to_string(), FAST_LEASES);
+    let runtime = KubeRuntime::new(client, "ns", false)
+        .with_poll_interval(Duration::from_millis(20))
+        .with_ownership(ownership.clone());
+    let reconciler = Reconciler::for_kubernetes(
+        Arc::new(runtime),
+        Defaults::default(),
+        Settings::default(),
+        "ns",
+    );
+    mcpod::forward::track_usage(&ownership, &reconciler);
+    reconciler
+        .apply(Manifests {
+            servers: vec![Loaded {
+                file: PathBuf::from("mcpservers/ns/fix"),
+                server: serde_json::from_value(mcp_server()).unwrap(),
+            }],
+            broken_files: Default::default(),
+        })
+        .await;
+    let routes = router::routes(
+        reconciler.clone(),
+        RouterConfig {
+            ownership: Some(ownership.clone()),
+            ..RouterConfig::default()
+        },
+    );
+    let serving = tokio::spawn(warp::serve(routes).incoming(listener).run());
+    Replica {
+        address,
+        reconciler,
+        ownership,
+        serving,
+    }
+}
+
+async fn http_call(url: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("the replica answers");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+fn echoed(body: &Value) -> &str {
+    body["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn kube_replicas_forward_to_the_owner_and_take_over_when_it_stops() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let api_server = fake_api_server(seen.clone()).await;
+    let a = replica(&api_server, "router-a").await;
+    let b = replica(&api_server, "router-b").await;
+
+    // The first request makes A the owner: it takes the Lease and attaches.
+    let (status, _, body) = http_call(&a.url(), &call("on a")).await;
+    assert_eq!((status, echoed(&body)), (200, "on a"), "{body}");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.lease_holder().as_deref(), Some("router-a"));
+        assert_eq!(
+            seen.leases["mcpod-fix"]["metadata"]["annotations"]["mcpod.dev/router-address"],
+            a.address.to_string()
+        );
+    }
+
+    // B forwards everything for `fix` to A: a session opened through B lives on A,
+    // and its SSE answers stream back through B.
+    let client = reqwest::Client::new();
+    let response = client
+        .post(b.url())
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(a
+        .reconciler
+        .server("fix")
+        .unwrap()
+        .sessions()
+        .get(&session)
+        .is_some());
+    assert!(b
+        .reconciler
+        .server("fix")
+        .unwrap()
+        .sessions()
+        .get(&session)
+        .is_none());
+    let response = client
+        .post(b.url())
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&call("streamed through b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = response.text().await.unwrap();
+    assert_eq!(
+        events.matches("streamed through b").count(),
+        1,
+        "answered once: {events}"
+    );
+    let (status, _, body) = http_call(&b.url(), &call("json through b")).await;
+    assert_eq!((status, echoed(&body)), (200, "json through b"), "{body}");
+    let ended = client
+        .delete(b.url())
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 200);
+    assert!(a
+        .reconciler
+        .server("fix")
+        .unwrap()
+        .sessions()
+        .get(&session)
+        .is_none());
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.attaches.len(), 1, "only the owner attached");
+        assert_eq!(seen.initializes, 1, "one initialize reached the pod");
+    }
+    assert_eq!(a.requests_served(), 3);
+    assert_eq!(b.requests_served(), 0, "B served nothing itself");
+
+    // A crashes: it stops answering and renewing. While its Lease holds, B
+    // answers 503 with Retry-After and a JSON-RPC error for the request.
+    a.stop(false).await;
+    let (status, headers, body) = http_call(&b.url(), &call("too early")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    assert_eq!(body["id"], 1, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("router-a") && message.contains("does not answer"),
+        "{message}"
+    );
+
+    // Once it has run out, B takes the server over and replaces A's pod rather
+    // than send it a second initialize.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, _, body) = http_call(&b.url(), &call("on b")).await;
+        if status == 200 {
+            break body;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(std::time::Instant::now() < deadline, "B never took over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(echoed(&body), "on b", "{body}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.lease_holder().as_deref(), Some("router-b"));
+    assert_eq!(seen.deleted, ["mcpod-fix"], "A's pod was replaced");
+    assert_eq!(seen.attached_pods, ["mcpod-fix", "mcpod-fix"]);
+    assert_eq!(seen.initializes, 2, "the new pod's own initialize");
+    assert_eq!(b.requests_served(), 1);
+}
+
+#[tokio::test]
+async fn kube_replica_that_shuts_down_hands_its_servers_over_at_once() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let api_server = fake_api_server(seen.clone()).await;
+    let a = replica(&api_server, "router-a").await;
+    let b = replica(&api_server, "router-b").await;
+    let (status, _, _) = http_call(&a.url(), &call("on a")).await;
+    assert_eq!(status, 200);
+    a.stop(true).await;
+    assert_eq!(seen.lock().unwrap().lease_holder(), None, "released");
+    // No 503 and no wait for the Lease to run out: B takes it at once.
+    let (status, _, body) = http_call(&b.url(), &call("on b")).await;
+    assert_eq!((status, echoed(&body)), (200, "on b"), "{body}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.lease_holder().as_deref(), Some("router-b"));
+    assert_eq!(seen.deleted, ["mcpod-fix"], "A's pod was replaced");
+    assert_eq!(seen.initializes, 2);
+}
+
+#[tokio::test]
+async fn kube_forwarded_request_is_served_where_it_arrives() {
+    // A request already forwarded once is never forwarded again, whatever the
+    // Lease says: here B holds it, and A still serves the marked request.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let api_server = fake_api_server(seen.clone()).await;
+    let a = replica(&api_server, "router-a").await;
+    let b = replica(&api_server, "router-b").await;
+    let (status, _, _) = http_call(&b.url(), &call("b owns it")).await;
+    assert_eq!(status, 200);
+    let response = reqwest::Client::new()
+        .post(a.url())
+        .header(mcpod::forward::FORWARDED_BY, "router-b")
+        .json(&json!({"jsonrpc": "2.0", "id": 5, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({"jsonrpc": "2.0", "id": 5, "result": {}}));
+    assert_eq!(
+        seen.lock().unwrap().lease_holder().as_deref(),
+        Some("router-b")
+    );
 }

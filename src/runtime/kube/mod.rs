@@ -12,6 +12,7 @@
 //! last activity; the router removes it when the session ends, and the operator
 //! keeps one pod per fresh session annotation (see [`crate::operator`]).
 
+pub mod lease;
 pub mod pod;
 
 use std::path::PathBuf;
@@ -368,6 +369,9 @@ pub struct KubeRuntime {
     /// When this router started: a running pod created before then holds an MCP
     /// session of a previous router, which cannot be resumed.
     started_at: chrono::DateTime<chrono::Utc>,
+    /// With several router replicas: the Leases that say which one attaches to
+    /// a server's pod (`None`: this router is the only one).
+    ownership: Option<Arc<lease::Ownership>>,
 }
 
 impl KubeRuntime {
@@ -378,7 +382,14 @@ impl KubeRuntime {
             all_namespaces,
             poll_interval: Duration::from_millis(250),
             started_at: chrono::Utc::now(),
+            ownership: None,
         }
+    }
+
+    /// Attaches only to the pods of servers whose Lease this replica holds.
+    pub fn with_ownership(mut self, ownership: Arc<lease::Ownership>) -> Self {
+        self.ownership = Some(ownership);
+        self
     }
 
     /// Polls faster or slower than the default 250 ms (tests use a short one).
@@ -428,17 +439,50 @@ impl KubeRuntime {
         .await
     }
 
-    /// Waits for a running pod created after this router started.
-    async fn wait_fresh(&self, namespace: &str, name: &str, timeout: Duration) -> Result<Pod> {
+    /// Waits for a running pod that replaces `old`: another pod (by uid), created
+    /// after this router started.
+    async fn wait_replacement(
+        &self,
+        namespace: &str,
+        name: &str,
+        old: &Pod,
+        timeout: Duration,
+    ) -> Result<Pod> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let pod = self.wait_pod_running(namespace, name, left).await?;
-            if !predates(&pod, self.started_at) {
+            let same = old.uid().is_some() && pod.uid() == old.uid();
+            if !same && !predates(&pod, self.started_at) {
                 return Ok(pod);
             }
             tokio::time::sleep(self.poll_interval).await;
         }
+    }
+
+    /// With several replicas: makes sure this one holds the server's Lease, and
+    /// when it has just taken the server over, the uid of the pod it found: that
+    /// pod may hold the previous owner's MCP session.
+    async fn take_ownership(&self, target: &PodKey<'_>) -> Result<Option<String>> {
+        let Some(ownership) = &self.ownership else {
+            return Ok(None);
+        };
+        let taken_over = ownership
+            .ensure_held(target.namespace, target.server)
+            .await?;
+        // A session's pod is never inherited: sessions live in one replica's memory.
+        if !taken_over || target.session.is_some() {
+            return Ok(None);
+        }
+        let name = target.pod_name();
+        let found = self
+            .pods(target.namespace)
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube(format!("get pod {}/{name}", target.namespace)))?;
+        Ok(found
+            .filter(|pod| observe(pod) != PodState::Terminating)
+            .and_then(|pod| pod.uid()))
     }
 
     /// Waits, up to `timeout`, for the server's pod to run; fails at once when
@@ -685,19 +729,29 @@ impl Runtime for KubeRuntime {
     /// found running is attached as it is: another router replica may be using it,
     /// and the operator, not a router, decides when a pod goes away.
     /// A session key (`namespace/name#session`) gets the session's own pod the same way.
+    /// With several replicas, only the holder of the server's Lease attaches, and
+    /// a pod it inherits from the previous holder is replaced, not re-initialized.
     async fn start(&self, key: &str, workload: &Workload) -> Result<Attached> {
         let target = PodKey::parse(key, &self.namespace);
         let (namespace, name) = (target.namespace, target.pod_name());
+        let inherited = self.take_ownership(&target).await?;
         self.request_pod(&target).await?;
         let pod = self
             .wait_pod_running(namespace, &name, workload.timeouts.startup)
             .await?;
-        if predates(&pod, self.started_at) {
+        let from_another_router = if predates(&pod, self.started_at) {
+            Some("it predates this router")
+        } else if inherited.is_some() && pod.uid() == inherited {
+            Some("this replica took the server over from another")
+        } else {
+            None
+        };
+        if let Some(why) = from_another_router {
             // As on Podman: restart it cleanly rather than send a second `initialize`.
-            info!(pod = %pod.name_any(), "pod predates this router: its MCP session cannot be resumed; replacing it");
+            info!(pod = %pod.name_any(), why, "the pod's MCP session cannot be resumed; replacing it");
             delete_pod(&self.pods(namespace), &name).await?;
             self.request_pod(&target).await?;
-            self.wait_fresh(namespace, &name, workload.timeouts.startup)
+            self.wait_replacement(namespace, &name, &pod, workload.timeouts.startup)
                 .await?;
         }
         self.attach(&target, workload).await
