@@ -272,6 +272,9 @@ pub struct MCPServerStatus {
     /// The server's `serverInfo` from its `initialize` result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_info: Option<ServerInfo>,
+    /// `sessionMode: Isolated` on Kubernetes: pods serving one client session each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_pods: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -15,6 +15,7 @@ pub mod datadir;
 pub mod duration;
 pub mod endpoint;
 pub mod error;
+pub mod forward;
 pub mod jsonrpc;
 pub mod logs;
 pub mod manifests;

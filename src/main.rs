@@ -162,6 +162,28 @@ struct RouterArgs {
     /// Largest JSON-RPC message accepted from a server.
     #[arg(long, env = "MCPOD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_message_bytes: usize,
+    #[command(flatten)]
+    replicas: ReplicaArgs,
+}
+
+/// Several router replicas: each server is served by the replica holding its
+/// Lease; the others forward to the address it advertises.
+#[derive(Args)]
+struct ReplicaArgs {
+    /// Where the other replicas reach this router (`pod-ip:port`). Set it to run
+    /// several replicas; without it this router assumes it is the only one.
+    #[arg(long, env = "MCPOD_ADVERTISE_ADDRESS")]
+    advertise_address: Option<String>,
+    /// This replica's name on the Leases (default: the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a server's Lease stays valid without renewal: the longest a
+    /// crashed replica's servers wait for another replica to take them over.
+    #[arg(long, env = "MCPOD_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// How often a replica renews the Leases of the servers it serves.
+    #[arg(long, env = "MCPOD_LEASE_RENEW_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    lease_renew_interval: Duration,
 }
 
 #[derive(Args)]
@@ -372,6 +394,7 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
                 max_body_bytes: args.max_body_bytes,
                 allowed_origins: args.allowed_origins.clone(),
             },
+            ownership: None,
         },
     );
     serve_until_signal(routes, listener, reconciler.clone()).await;
@@ -467,6 +490,7 @@ mod kube_cli {
     use kube::{Api, Client};
     use mcpod::crd::MCPServer;
     use mcpod::operator::{self, Scope};
+    use mcpod::runtime::kube::lease::{LeaseSettings, Ownership};
     use mcpod::runtime::kube::{pod, sync_servers, KubeRuntime};
     use mcpod::workload::{Target, Workload};
     use mcpod::Error;
@@ -507,19 +531,54 @@ mod kube_cli {
         operator::run(client, scope, args.defaults.defaults()).await
     }
 
+    /// The Leases of a replica among several, when it advertises an address.
+    fn ownership(client: &Client, args: &ReplicaArgs) -> mcpod::Result<Option<Arc<Ownership>>> {
+        let Some(address) = &args.advertise_address else {
+            return Ok(None);
+        };
+        let settings = LeaseSettings {
+            duration: args.lease_duration,
+            renew_interval: args.lease_renew_interval,
+        };
+        if settings.renew_interval >= settings.duration {
+            return Err(Error::Cluster(format!(
+                "--lease-renew-interval ({:?}) must be shorter than --lease-duration ({:?})",
+                settings.renew_interval, settings.duration
+            )));
+        }
+        let identity = args
+            .identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .ok_or_else(|| {
+                Error::Cluster("--identity (or POD_NAME) is needed with --advertise-address".into())
+            })?;
+        info!(%identity, %address, "serving as one of several router replicas");
+        Ok(Some(Ownership::new(
+            client.clone(),
+            &identity,
+            address,
+            settings,
+        )))
+    }
+
     pub async fn router(args: RouterArgs) -> mcpod::Result<()> {
         let (client, namespace) = connect(&args.scope).await?;
-        let runtime = Arc::new(KubeRuntime::new(
-            client.clone(),
-            &namespace,
-            args.scope.all_namespaces,
-        ));
+        let ownership = ownership(&client, &args.replicas)?;
+        let mut runtime = KubeRuntime::new(client.clone(), &namespace, args.scope.all_namespaces);
+        if let Some(ownership) = &ownership {
+            runtime = runtime.with_ownership(ownership.clone());
+        }
+        let runtime = Arc::new(runtime);
         let settings = Settings {
             max_message_bytes: args.max_message_bytes,
             ..Settings::default()
         };
         let reconciler =
             Reconciler::for_kubernetes(runtime, args.defaults.defaults(), settings, &namespace);
+        if let Some(ownership) = &ownership {
+            mcpod::forward::track_usage(ownership, &reconciler);
+        }
         let servers: Api<MCPServer> = if args.scope.all_namespaces {
             Api::all(client)
         } else {
@@ -535,11 +594,16 @@ mod kube_cli {
                     max_body_bytes: args.max_body_bytes,
                     allowed_origins: vec![],
                 },
+                ownership: ownership.clone(),
             },
         );
         // Pods are left running on exit: the operator scales them to zero, and
-        // other router replicas may be using them.
+        // another replica that takes a server over replaces its pod.
         serve_until_signal(routes, listener, reconciler).await;
+        if let Some(ownership) = ownership {
+            // Released, not left to run out: the other replicas take over at once.
+            ownership.shutdown(true).await;
+        }
         Ok(())
     }
 

@@ -6,8 +6,13 @@
 //! server-side apply. Routers ask for a pod through the `wake-requested-at`
 //! annotation and report use through `last-activity`; a server whose last
 //! wake or activity is older than its idle timeout is scaled to zero.
+//!
+//! `sessionMode: Isolated`: no shared pod, but one pod per client session that a
+//! router asked for with a `sessions.mcpod.dev/<session>` annotation (its value is
+//! the session's last activity). A session pod goes when its annotation does (the
+//! session ended) or goes stale (idle timeout; the stale annotation is removed too).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,11 +30,14 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::crd::{Condition, DesiredState, MCPServer, MCPServerStatus, Phase};
-use crate::runtime::kube::pod::{network_policy_for, pod_for, pod_name};
+use crate::crd::{Condition, DesiredState, MCPServer, MCPServerStatus, Phase, SessionMode};
+use crate::runtime::kube::pod::{
+    is_valid_session_key, network_policy_for, pod_for, pod_name, session_pod_for, session_pod_name,
+    LABEL_SESSION,
+};
 use crate::runtime::kube::{
     delete_pod, is_scheduled, observe, shortest_idle, FailureKind, PodState, ANNOTATION_ACTIVITY,
-    ANNOTATION_WAKE, FIELD_MANAGER,
+    ANNOTATION_WAKE, FIELD_MANAGER, SESSION_ANNOTATION_PREFIX,
 };
 use crate::workload::{
     Defaults, Target, Workload, LABEL_MANAGED_BY, LABEL_SERVER, LABEL_SPEC_HASH, MANAGED_BY,
@@ -186,6 +194,10 @@ pub enum StopReason {
     SpecChanged,
     /// The pod itself failed (phase Failed, e.g. evicted); a wake makes a new one.
     PodFailed,
+    /// `sessionMode: Isolated`: the server has session pods only, no shared one.
+    Isolated,
+    /// A session pod whose session annotation is gone (or cannot name a pod).
+    SessionEnded,
 }
 
 /// The one change a reconcile makes.
@@ -207,6 +219,19 @@ pub fn decide(
     pod: Option<&Pod>,
     now: DateTime<Utc>,
 ) -> Result<Step> {
+    decide_pod(server, workload, pod, |workload| {
+        wanted(server, workload, pod, now)
+    })
+}
+
+/// The step for one pod of a server (its shared pod or a session's), given
+/// `wanted`: whether the server should have that pod now, and if not, why not.
+fn decide_pod(
+    server: &MCPServer,
+    workload: Option<&Workload>,
+    pod: Option<&Pod>,
+    wanted: impl FnOnce(&Workload) -> Result<(), StopReason>,
+) -> Result<Step> {
     if let Some(pod) = pod {
         if !is_managed(pod, &server.name_any()) {
             return Err(Error::Cluster(format!(
@@ -226,8 +251,7 @@ pub fn decide(
     let Some(workload) = workload else {
         return Ok(Step::Keep);
     };
-    let wanted = wanted(server, workload, pod, now);
-    Ok(match (pod, wanted) {
+    Ok(match (pod, wanted(workload)) {
         (None, Ok(())) => Step::Create,
         (None, Err(_)) => Step::Keep,
         (Some(_), Err(reason)) => Step::Delete(reason),
@@ -284,8 +308,101 @@ fn annotation_time(server: &MCPServer, annotation: &str) -> Option<DateTime<Utc>
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// The latest of: the last wake request, the last reported activity, and the
-/// start of the running container (idle time counts from when it could serve).
+/// The client sessions routers asked pods for (`sessions.mcpod.dev/<session>`):
+/// session → (annotation value, its time; `None` when it is no RFC 3339 time).
+pub fn session_annotations(
+    server: &MCPServer,
+) -> BTreeMap<String, (String, Option<DateTime<Utc>>)> {
+    server
+        .annotations()
+        .iter()
+        .filter_map(|(key, value)| {
+            let session = key.strip_prefix(SESSION_ANNOTATION_PREFIX)?;
+            let at = DateTime::parse_from_rfc3339(value)
+                .ok()
+                .map(|t| t.with_timezone(&Utc));
+            Some((session.to_string(), (value.clone(), at)))
+        })
+        .collect()
+}
+
+/// Whether a session's pod should exist now, from its last activity (`None`:
+/// no usable annotation). A session outlives no idle timeout, `AlwaysOn` or not:
+/// its annotation is the only sign the session still exists.
+fn session_wanted(
+    workload: &Workload,
+    session: &str,
+    last: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), StopReason> {
+    let Some(last) = last.filter(|_| is_valid_session_key(session)) else {
+        return Err(StopReason::SessionEnded);
+    };
+    let idle_for = (now - last).to_std().unwrap_or_default();
+    if let Some(limit) = idle_limit(workload) {
+        if idle_for >= limit {
+            return Err(StopReason::Idle(idle_for));
+        }
+    }
+    if workload.desired_state == DesiredState::Disabled {
+        return Err(StopReason::Disabled);
+    }
+    Ok(())
+}
+
+/// What to do about a server's client sessions.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SessionPlan {
+    /// One step per session (with an annotation, a pod, or both), by session key.
+    pub steps: BTreeMap<String, Step>,
+    /// Session annotations to remove (key → the value seen): stale or unusable.
+    pub forget: BTreeMap<String, String>,
+}
+
+/// Decides the step for every session of a server from its session annotations
+/// and the session pods found (each labelled with its session).
+pub fn plan_sessions(
+    server: &MCPServer,
+    workload: Option<&Workload>,
+    session_pods: &[Pod],
+    now: DateTime<Utc>,
+) -> Result<SessionPlan> {
+    let annotations = session_annotations(server);
+    let pods: BTreeMap<&str, &Pod> = session_pods
+        .iter()
+        .filter_map(|pod| Some((pod.labels().get(LABEL_SESSION)?.as_str(), pod)))
+        .collect();
+    let sessions: BTreeSet<&str> = annotations
+        .keys()
+        .map(String::as_str)
+        .chain(pods.keys().copied())
+        .collect();
+    let mut plan = SessionPlan::default();
+    for session in sessions {
+        let annotation = annotations.get(session);
+        let last = annotation.and_then(|(_, at)| *at);
+        let pod = pods.get(session).copied();
+        let mut verdict = None;
+        let step = decide_pod(server, workload, pod, |workload| {
+            let wanted = session_wanted(workload, session, last, now);
+            verdict = Some(wanted.clone());
+            wanted
+        })?;
+        let stale = matches!(
+            verdict,
+            Some(Err(StopReason::Idle(_) | StopReason::SessionEnded))
+        );
+        if let (true, Some((value, _))) = (stale, annotation) {
+            plan.forget.insert(session.to_string(), value.clone());
+        }
+        plan.steps.insert(session.to_string(), step);
+    }
+    Ok(plan)
+}
+
+/// The latest of: the last wake request, the last reported activity (the
+/// server's, or any session's), and the start of the running container (idle
+/// time counts from when it could serve).
 fn last_activity(server: &MCPServer, pod: Option<&Pod>) -> Option<DateTime<Utc>> {
     let started = pod.and_then(|pod| match observe(pod) {
         PodState::Running {
@@ -296,6 +413,9 @@ fn last_activity(server: &MCPServer, pod: Option<&Pod>) -> Option<DateTime<Utc>>
             .map(|t| t.with_timezone(&Utc)),
         _ => None,
     });
+    let sessions = session_annotations(server)
+        .into_values()
+        .filter_map(|(_, at)| at);
     [
         annotation_time(server, ANNOTATION_WAKE),
         annotation_time(server, ANNOTATION_ACTIVITY),
@@ -303,6 +423,7 @@ fn last_activity(server: &MCPServer, pod: Option<&Pod>) -> Option<DateTime<Utc>>
     ]
     .into_iter()
     .flatten()
+    .chain(sessions)
     .max()
 }
 
@@ -333,6 +454,11 @@ async fn apply(server: &MCPServer, ctx: &Context) -> Result<Action> {
         kind: "MCPServer",
         field: "metadata.namespace",
     })?;
+    let workload = Workload::resolve(&name, &server.spec, &ctx.defaults, Target::Kubernetes);
+    let now = Utc::now();
+    if server.spec.session_mode == SessionMode::Isolated {
+        return apply_isolated(server, ctx, &namespace, &workload, now).await;
+    }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let pod = pods
         .get_opt(&pod_name(&name))
@@ -341,14 +467,14 @@ async fn apply(server: &MCPServer, ctx: &Context) -> Result<Action> {
             "get pod {namespace}/{}",
             pod_name(&name)
         )))?;
-    let workload = Workload::resolve(&name, &server.spec, &ctx.defaults, Target::Kubernetes);
-    let now = Utc::now();
     let step = decide(server, workload.as_ref().ok(), pod.as_ref(), now)?;
     if step != Step::Keep {
         info!(?step, "acting");
     }
     let pod_after = match (&step, &workload) {
-        (Step::Create, Ok(workload)) => Some(create_pod(ctx, server, workload, &namespace).await?),
+        (Step::Create, Ok(workload)) => {
+            Some(create_pod(ctx, server, workload, &namespace, None).await?)
+        }
         (Step::Adopt, _) => Some(adopt_pod(&pods, server, pod.as_ref()).await?),
         (Step::Delete(_), _) => {
             delete_pod(&pods, &pod_name(&name)).await?;
@@ -356,6 +482,15 @@ async fn apply(server: &MCPServer, ctx: &Context) -> Result<Action> {
         }
         _ => pod,
     };
+    // Sessions left from when the server was Isolated: ended and stale ones still go.
+    if !session_annotations(server).is_empty() {
+        let session_pods = list_server_pods(ctx, server, &namespace)
+            .await?
+            .into_iter()
+            .filter(|pod| pod.labels().contains_key(LABEL_SESSION))
+            .collect();
+        reconcile_sessions(ctx, server, &namespace, &workload, session_pods, now).await?;
+    }
     let outcome = observed_status(server, &workload, pod_after.as_ref(), &step, now);
     write_status(ctx, server, &namespace, &outcome.status).await?;
     for event in events_for(server, &step, &outcome) {
@@ -369,11 +504,172 @@ async fn apply(server: &MCPServer, ctx: &Context) -> Result<Action> {
     ))
 }
 
+/// The Apply branch of an Isolated server: one pod per client session, none shared.
+async fn apply_isolated(
+    server: &MCPServer,
+    ctx: &Context,
+    namespace: &str,
+    workload: &Result<Workload>,
+    now: DateTime<Utc>,
+) -> Result<Action> {
+    let (session_pods, shared): (Vec<Pod>, Vec<Pod>) = list_server_pods(ctx, server, namespace)
+        .await?
+        .into_iter()
+        .partition(|pod| pod.labels().contains_key(LABEL_SESSION));
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    for pod in shared
+        .iter()
+        .filter(|p| observe(p) != PodState::Terminating)
+    {
+        info!(pod = %pod.name_any(), reason = ?StopReason::Isolated, "deleting the shared pod");
+        delete_pod(&pods, &pod.name_any()).await?;
+    }
+    let sessions = reconcile_sessions(ctx, server, namespace, workload, session_pods, now).await?;
+    let outcome = isolated_status(server, workload, &sessions.pods, now);
+    write_status(ctx, server, namespace, &outcome.status).await?;
+    // "Scaled to zero" when the last session pod went for idleness.
+    let step = match sessions.idle_deleted {
+        Some(idle) if sessions.pods.is_empty() => Step::Delete(StopReason::Idle(idle)),
+        _ => Step::Keep,
+    };
+    for event in events_for(server, &step, &outcome) {
+        publish(ctx, server, event).await;
+    }
+    let due = workload
+        .as_ref()
+        .ok()
+        .and_then(|w| sessions_due(server, w, now));
+    Ok(Action::requeue(due.unwrap_or(RESYNC)))
+}
+
+/// Every pod mcpod made for `server`: its shared pod and its session pods.
+async fn list_server_pods(ctx: &Context, server: &MCPServer, namespace: &str) -> Result<Vec<Pod>> {
+    let name = server.name_any();
+    let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_SERVER}={name}");
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube(format!(
+            "list the pods of MCPServer {namespace}/{name}"
+        )))?;
+    Ok(pods.items)
+}
+
+/// The session pods after [`reconcile_sessions`] acted.
+struct SessionsOutcome {
+    pods: Vec<Pod>,
+    /// The longest idle time of a session pod deleted for idleness.
+    idle_deleted: Option<Duration>,
+}
+
+/// Takes the steps [`plan_sessions`] decides, then removes stale annotations.
+async fn reconcile_sessions(
+    ctx: &Context,
+    server: &MCPServer,
+    namespace: &str,
+    workload: &Result<Workload>,
+    session_pods: Vec<Pod>,
+    now: DateTime<Utc>,
+) -> Result<SessionsOutcome> {
+    let plan = plan_sessions(server, workload.as_ref().ok(), &session_pods, now)?;
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut pods: BTreeMap<String, Pod> = session_pods
+        .into_iter()
+        .filter_map(|pod| Some((pod.labels().get(LABEL_SESSION)?.clone(), pod)))
+        .collect();
+    let mut idle_deleted = None;
+    for (session, step) in &plan.steps {
+        if *step != Step::Keep {
+            info!(session, ?step, "acting on a session pod");
+        }
+        match (step, workload) {
+            (Step::Create, Ok(workload)) => {
+                let pod = create_pod(ctx, server, workload, namespace, Some(session)).await?;
+                pods.insert(session.clone(), pod);
+            }
+            (Step::Adopt, _) => {
+                let pod = adopt_pod(&api, server, pods.get(session)).await?;
+                pods.insert(session.clone(), pod);
+            }
+            (Step::Delete(reason), _) => {
+                delete_pod(&api, &session_pod_name(&server.name_any(), session)).await?;
+                pods.remove(session);
+                if let StopReason::Idle(idle) = reason {
+                    idle_deleted = idle_deleted.max(Some(*idle));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (session, seen) in &plan.forget {
+        forget_session(ctx, server, namespace, session, seen).await?;
+    }
+    Ok(SessionsOutcome {
+        pods: pods.into_values().collect(),
+        idle_deleted,
+    })
+}
+
+/// Removes a stale session annotation, unless a router refreshed it meanwhile:
+/// a JSON patch that tests the value seen before removing it.
+async fn forget_session(
+    ctx: &Context,
+    server: &MCPServer,
+    namespace: &str,
+    session: &str,
+    seen: &str,
+) -> Result<()> {
+    let name = server.name_any();
+    let path = format!(
+        "/metadata/annotations/{}{session}",
+        SESSION_ANNOTATION_PREFIX.replace('/', "~1")
+    );
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": path, "value": seen},
+        {"op": "remove", "path": path},
+    ]))?;
+    let api: Api<MCPServer> = Api::namespaced(ctx.client.clone(), namespace);
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+    {
+        Ok(_) => {
+            info!(session, "removed the annotation of a stale session");
+            Ok(())
+        }
+        // 422: the test failed, a router refreshed (or removed) it: nothing to forget.
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            debug!(session, "session annotation changed meanwhile: kept");
+            Ok(())
+        }
+        Err(e) => Err(Error::kube(format!(
+            "remove the stale session annotation {session} from MCPServer {namespace}/{name}"
+        ))(e)),
+    }
+}
+
+/// Time until the first fresh session would go stale, rounded up to whole seconds.
+fn sessions_due(server: &MCPServer, workload: &Workload, now: DateTime<Utc>) -> Option<Duration> {
+    let limit = chrono::Duration::from_std(idle_limit(workload)?).ok()?;
+    session_annotations(server)
+        .into_values()
+        .filter_map(|(_, at)| at?.checked_add_signed(limit))
+        .filter(|due| *due > now)
+        .min()
+        .map(|due| {
+            let left = (due - now).to_std().unwrap_or_default();
+            Duration::from_secs(left.as_secs() + 1).min(RESYNC)
+        })
+}
+
+/// Creates a server's pod (or, with `session`, that session's pod) and the
+/// NetworkPolicy that selects every pod of the server.
 async fn create_pod(
     ctx: &Context,
     server: &MCPServer,
     workload: &Workload,
     namespace: &str,
+    session: Option<&str>,
 ) -> Result<Pod> {
     let owner = server
         .controller_owner_ref(&())
@@ -393,7 +689,10 @@ async fn create_pod(
         .map_err(Error::kube(format!(
             "apply networkpolicy {namespace}/{policy_name}"
         )))?;
-    let pod = pod_for(workload, Some(namespace), Some(&owner));
+    let pod = match session {
+        Some(session) => session_pod_for(workload, session, Some(namespace), Some(&owner)),
+        None => pod_for(workload, Some(namespace), Some(&owner)),
+    };
     let pod_name = pod.name_any();
     Api::<Pod>::namespaced(ctx.client.clone(), namespace)
         .create(&PostParams::default(), &pod)
@@ -432,6 +731,86 @@ pub fn observed_status(
     step: &Step,
     now: DateTime<Utc>,
 ) -> Outcome {
+    status_of(server, workload, pod, step, now, shared_without_pod)
+}
+
+/// The phase of a Shared server that has no pod.
+fn shared_without_pod(workload: &Workload) -> (Phase, Option<String>) {
+    match workload.desired_state {
+        DesiredState::Disabled => (Phase::Stopped, Some("disabled".into())),
+        DesiredState::AlwaysOn => (Phase::Starting, None),
+        DesiredState::OnDemand => (
+            Phase::Stopped,
+            Some("scaled to zero: the next request starts it".into()),
+        ),
+    }
+}
+
+/// The status of an Isolated server: Running while any session pod runs (else
+/// what the most telling one does), with the count of session pods.
+pub fn isolated_status(
+    server: &MCPServer,
+    workload: &Result<Workload>,
+    session_pods: &[Pod],
+    now: DateTime<Utc>,
+) -> Outcome {
+    let states: Vec<PodState> = session_pods.iter().map(observe).collect();
+    let rank = |state: &PodState| match state {
+        PodState::Running { .. } => 0,
+        PodState::Failed { .. } => 1,
+        PodState::Pending { .. } => 2,
+        PodState::Terminating => 3,
+    };
+    let telling = (0..session_pods.len()).min_by_key(|&i| rank(&states[i]));
+    let pod = telling.map(|i| &session_pods[i]);
+    let mut outcome = status_of(
+        server,
+        workload,
+        pod,
+        &Step::Keep,
+        now,
+        |workload| match workload.desired_state {
+            DesiredState::Disabled => (Phase::Stopped, Some("disabled".into())),
+            _ => (
+                Phase::Stopped,
+                Some("no client sessions: each session gets a pod of its own".into()),
+            ),
+        },
+    );
+    let status = &mut outcome.status;
+    let running = states
+        .iter()
+        .filter(|s| matches!(s, PodState::Running { .. }))
+        .count();
+    // One pod's name and container would misdescribe the others.
+    status.pod_name = None;
+    status.container_id = None;
+    status.started_at = None;
+    status.session_pods = Some(session_pods.len() as i32);
+    status.restart_count = states
+        .iter()
+        .map(|s| match s {
+            PodState::Running { restarts, .. } | PodState::Failed { restarts, .. } => *restarts,
+            _ => 0,
+        })
+        .sum();
+    if status.phase == Some(Phase::Running) {
+        status.message = Some(format!(
+            "{running} of {} session pods running",
+            session_pods.len()
+        ));
+    }
+    outcome
+}
+
+fn status_of(
+    server: &MCPServer,
+    workload: &Result<Workload>,
+    pod: Option<&Pod>,
+    step: &Step,
+    now: DateTime<Utc>,
+    without_pod: impl FnOnce(&Workload) -> (Phase, Option<String>),
+) -> Outcome {
     let state = pod.map(observe);
     let mut failure = None;
     let mut status = MCPServerStatus {
@@ -449,14 +828,7 @@ pub fn observed_status(
             Phase::Stopping,
             Some("spec changed: replacing the pod".into()),
         ),
-        (Ok(w), None) => match w.desired_state {
-            DesiredState::Disabled => (Phase::Stopped, Some("disabled".into())),
-            DesiredState::AlwaysOn => (Phase::Starting, None),
-            DesiredState::OnDemand => (
-                Phase::Stopped,
-                Some("scaled to zero: the next request starts it".into()),
-            ),
-        },
+        (Ok(w), None) => without_pod(w),
         (Ok(_), Some(PodState::Terminating)) => (Phase::Stopping, None),
         (Ok(_), Some(PodState::Pending { reason, .. })) => {
             (Phase::Starting, Some(format!("pod pending: {reason}")))
@@ -675,6 +1047,17 @@ async fn cleanup(server: &MCPServer, ctx: &Context) -> Result<Action> {
     })?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     delete_pod(&pods, &pod_name(&server.name_any())).await?;
-    info!("MCPServer deleted: its pod is gone");
+    let has_sessions = server.spec.session_mode == SessionMode::Isolated
+        || !session_annotations(server).is_empty();
+    if has_sessions {
+        let listed = list_server_pods(ctx, server, &namespace).await?;
+        for pod in listed
+            .iter()
+            .filter(|p| p.labels().contains_key(LABEL_SESSION))
+        {
+            delete_pod(&pods, &pod.name_any()).await?;
+        }
+    }
+    info!("MCPServer deleted: its pods are gone");
     Ok(Action::await_change())
 }

@@ -10,13 +10,18 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::endpoint::{self, json_reply, EndpointConfig, HttpResponse};
+use crate::forward::{self, Forwarding};
 use crate::reconcile::Reconciler;
+use crate::runtime::kube::lease::Ownership;
 use crate::server::ServerError;
 
 /// Router-wide settings.
 #[derive(Debug, Clone, Default)]
 pub struct RouterConfig {
     pub endpoint: EndpointConfig,
+    /// Kubernetes with several router replicas: requests for a server another
+    /// replica owns are forwarded to it (`None`: every request is served here).
+    pub ownership: Option<Arc<Ownership>>,
 }
 
 #[derive(Clone)]
@@ -47,6 +52,12 @@ pub fn routes(
     config: RouterConfig,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let mcp = endpoint::routes(reconciler.clone(), config.endpoint.clone());
+    // First of all: a request for a server another replica owns goes there.
+    let elsewhere = forward::gate(Forwarding::new(
+        reconciler.clone(),
+        config.ownership.clone(),
+        config.endpoint.max_body_bytes,
+    ));
     let state = State { reconciler };
     let with_state = warp::any().map(move || state.clone());
 
@@ -111,7 +122,9 @@ pub fn routes(
         .and(with_state.clone())
         .then(stop_server);
 
-    health
+    elsewhere
+        .or(health)
+        .unify()
         .or(metrics)
         .unify()
         .or(list)

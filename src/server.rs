@@ -587,7 +587,7 @@ impl Server {
     pub fn spawn_isolated(&self) -> Arc<Server> {
         let suffix: [u8; 4] = rand::random();
         let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-        let key = format!("{}-s{suffix}", self.key);
+        let key = self.runtime.session_key(&self.key, &format!("s{suffix}"));
         Server::new(
             &key,
             (*self.workload()).clone(),

@@ -345,6 +345,9 @@ const CALLS: &[(&str, &str, &str)] = &[
     ("networking.k8s.io", "networkpolicies", "get"),
     ("networking.k8s.io", "networkpolicies", "create"),
     ("networking.k8s.io", "networkpolicies", "patch"), // server-side apply
+    ("coordination.k8s.io", "leases", "get"),          // which router replica serves a server
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"), // take (resourceVersion), renew, release
 ];
 
 fn grants(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
@@ -422,6 +425,51 @@ fn kube_deployment_runs_both_parts_hardened_with_probes() {
         assert_eq!(security.read_only_root_filesystem, Some(true));
         assert_eq!(security.allow_privilege_escalation, Some(false));
     }
+    // Router replicas advertise their pod IP and router port (the downward API),
+    // and may reach each other's router port.
+    let router = &pod.containers[1];
+    let env = router.env.clone().unwrap_or_default();
+    let var = |name: &str| env.iter().position(|e| e.name == name);
+    let pod_ip = var("POD_IP").expect("POD_IP");
+    assert_eq!(
+        env[pod_ip]
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("status.podIP")
+    );
+    let advertise = var("MCPOD_ADVERTISE_ADDRESS").expect("MCPOD_ADVERTISE_ADDRESS");
+    assert!(
+        pod_ip < advertise,
+        "$(POD_IP) expands only if defined before"
+    );
+    let port = router.ports.as_ref().unwrap()[0].container_port;
+    assert_eq!(
+        env[advertise].value.as_deref(),
+        Some(format!("$(POD_IP):{port}").as_str())
+    );
+    let policy: NetworkPolicy = manifest_documents()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == "NetworkPolicy")
+        .map(|(_, d)| serde_json::from_value(d).unwrap())
+        .unwrap();
+    let egress = policy.spec.unwrap().egress.unwrap_or_default();
+    assert!(
+        egress.iter().any(|rule| {
+            let to_replicas = rule.to.iter().flatten().any(|peer| {
+                peer.pod_selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.clone())
+                    == deployment.spec.selector.match_labels
+            });
+            let router_port = rule.ports.iter().flatten().any(|p| {
+                p.port == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port))
+            });
+            to_replicas && router_port
+        }),
+        "egress to the other replicas' router port: {egress:?}"
+    );
 }
 
 /// Every `.Values.a.b` a template uses exists in values.yaml.

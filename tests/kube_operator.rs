@@ -34,6 +34,8 @@ const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
 struct Exchange {
     method: Method,
     path: String,
+    /// Text the request's query must contain (a label selector).
+    query: Option<&'static str>,
     check: Box<dyn Fn(&Value) + Send>,
     status: u16,
     reply: Value,
@@ -55,6 +57,7 @@ impl Scenario {
         self.0.push(Exchange {
             method,
             path: path.into(),
+            query: None,
             check: Box::new(check),
             status,
             reply,
@@ -88,6 +91,20 @@ impl Scenario {
         )
     }
 
+    /// The server's pods are listed by label, and these are found.
+    fn list_pods(mut self, items: Vec<Value>) -> Self {
+        self = self.expect(
+            Method::GET,
+            PODS,
+            |_| {},
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}),
+        );
+        self.0.last_mut().unwrap().query =
+            Some("app.kubernetes.io%2Fmanaged-by%3Dmcpod%2Cmcpod.dev%2Fserver%3Dtime");
+        self
+    }
+
     fn get_pod(self, pod: Option<Value>) -> Self {
         match pod {
             Some(pod) => self.expect(Method::GET, POD, |_| {}, 200, pod),
@@ -116,6 +133,10 @@ impl Scenario {
                     request.uri()
                 );
                 assert_eq!(request.uri().path(), exchange.path, "request {index}");
+                if let Some(query) = exchange.query {
+                    let actual = request.uri().query().unwrap_or_default();
+                    assert!(actual.contains(query), "request {index}: {actual}");
+                }
                 let bytes = request.into_body().collect_bytes().await.unwrap();
                 let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                 (exchange.check)(&body);
@@ -937,4 +958,340 @@ async fn kube_invalid_spec_is_failed_and_named() {
         .failed_status("spec.resources.limits.memory")
         .event("Failed", "Warning");
     reconcile(object, scenario).await.0.unwrap();
+}
+
+// --- sessionMode: Isolated: one pod per client session ---
+
+const SESSION: &str = "s0a1b2c3d";
+const SESSION_POD: &str = "/api/v1/namespaces/ns/pods/mcpod-time-s0a1b2c3d";
+
+fn isolated(annotations: Value, spec: Value, status: Value) -> Value {
+    let mut spec = spec;
+    spec["sessionMode"] = json!("Isolated");
+    server(annotations, spec, status)
+}
+
+fn session_annotation(seconds_ago: i64) -> Value {
+    json!({format!("sessions.mcpod.dev/{SESSION}"): ago(seconds_ago)})
+}
+
+/// The pod the operator makes for session [`SESSION`], as the API server returns it.
+fn session_pod(status: Value) -> Value {
+    let mut pod = serde_json::to_value(mcpod::runtime::kube::pod::session_pod_for(
+        &workload(),
+        SESSION,
+        Some("ns"),
+        None,
+    ))
+    .unwrap();
+    pod["metadata"]["ownerReferences"] = json!([owner()]);
+    pod["metadata"]["uid"] = json!("session-pod-uid");
+    pod["status"] = status;
+    pod
+}
+
+fn session_pods(count: i64, phase: &'static str) -> impl Fn(&Value) + Send {
+    move |patch| {
+        status_phase(phase)(patch);
+        assert_eq!(patch["status"]["sessionPods"], count, "{patch}");
+        assert!(patch["status"].get("podName").is_none(), "{patch}");
+    }
+}
+
+#[tokio::test]
+async fn kube_session_annotation_creates_a_session_pod() {
+    let object = isolated(session_annotation(1), json!({}), json!(null));
+    let scenario = Scenario::default()
+        .list_pods(vec![])
+        .expect(
+            Method::PATCH,
+            POLICY,
+            |policy| {
+                // The server's one NetworkPolicy selects its session pods too.
+                let selector = &policy["spec"]["podSelector"]["matchLabels"];
+                assert_eq!(selector["mcpod.dev/server"], "time", "{policy}");
+                assert!(selector.get("mcpod.dev/session").is_none(), "{policy}");
+            },
+            200,
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "mcpod-time"}}),
+        )
+        .expect(
+            Method::POST,
+            PODS,
+            |pod| {
+                assert_eq!(pod["metadata"]["name"], "mcpod-time-s0a1b2c3d");
+                let labels = &pod["metadata"]["labels"];
+                assert_eq!(labels["mcpod.dev/server"], "time");
+                assert_eq!(labels["mcpod.dev/session"], SESSION);
+                assert_eq!(labels["app.kubernetes.io/managed-by"], "mcpod");
+                assert_eq!(pod["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+                // The same pod spec as a shared pod: the one workload step made it.
+                let shared = pod_for(&workload(), Some("ns"), None);
+                assert_eq!(pod["spec"], serde_json::to_value(shared.spec).unwrap());
+                assert_eq!(
+                    labels["mcpod.dev/spec-hash"],
+                    shared.metadata.labels.unwrap()["mcpod.dev/spec-hash"]
+                );
+            },
+            201,
+            session_pod(json!({"phase": "Pending"})),
+        )
+        .expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time/status"),
+            session_pods(1, "Starting"),
+            200,
+            json!(null),
+        );
+    reconcile(object, scenario).await.0.unwrap();
+}
+
+#[tokio::test]
+async fn kube_running_session_pod_is_kept_and_counted() {
+    let object = isolated(
+        session_annotation(5),
+        json!({"idleTimeout": "300s"}),
+        json!({"phase": "Starting", "sessionPods": 1}),
+    );
+    let scenario = Scenario::default()
+        .list_pods(vec![session_pod(running(3))])
+        .expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time/status"),
+            |patch| {
+                session_pods(1, "Running")(patch);
+                assert_eq!(patch["status"]["message"], "1 of 1 session pods running");
+                assert!(patch["status"]["lastActivity"].is_string());
+            },
+            200,
+            json!(null),
+        )
+        .event("Started", "Normal");
+    let action = reconcile(object, scenario).await.0.unwrap();
+    // Looked at again when the session would go stale (300 s after 5 s ago).
+    let due = [295, 296, 297].map(|s| Action::requeue(Duration::from_secs(s)));
+    assert!(due.contains(&action), "{action:?}");
+}
+
+#[tokio::test]
+async fn kube_session_pod_goes_when_its_annotation_does() {
+    let object = isolated(
+        json!({}),
+        json!({}),
+        json!({"phase": "Running", "sessionPods": 1}),
+    );
+    let scenario = Scenario::default()
+        .list_pods(vec![session_pod(running(30))])
+        .expect(
+            Method::DELETE,
+            SESSION_POD,
+            |_| {},
+            200,
+            session_pod(running(30)),
+        )
+        .expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time/status"),
+            |patch| {
+                session_pods(0, "Stopped")(patch);
+                assert!(
+                    patch["status"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("no client sessions"),
+                    "{patch}"
+                );
+            },
+            200,
+            json!(null),
+        );
+    reconcile(object, scenario).await.0.unwrap();
+}
+
+#[tokio::test]
+async fn kube_stale_session_loses_its_pod_and_its_annotation() {
+    let annotations = session_annotation(400);
+    let seen = annotations[format!("sessions.mcpod.dev/{SESSION}")].clone();
+    let object = isolated(
+        annotations,
+        json!({"idleTimeout": "300s"}),
+        json!({"phase": "Running", "sessionPods": 1}),
+    );
+    let scenario = Scenario::default()
+        .list_pods(vec![session_pod(running(400))])
+        .expect(
+            Method::DELETE,
+            SESSION_POD,
+            |_| {},
+            200,
+            session_pod(running(400)),
+        )
+        .expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time"),
+            move |patch| {
+                // Removed only if no router refreshed it since it was read.
+                let path = "/metadata/annotations/sessions.mcpod.dev~1s0a1b2c3d";
+                assert_eq!(
+                    patch,
+                    &json!([{"op": "test", "path": path, "value": seen},
+                            {"op": "remove", "path": path}])
+                );
+            },
+            200,
+            json!(null),
+        )
+        .expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time/status"),
+            session_pods(0, "Stopped"),
+            200,
+            json!(null),
+        )
+        .event("ScaledToZero", "Normal");
+    reconcile(object, scenario).await.0.unwrap();
+}
+
+#[tokio::test]
+async fn kube_stale_session_refreshed_meanwhile_is_kept() {
+    let object = isolated(
+        session_annotation(400),
+        json!({"idleTimeout": "300s"}),
+        json!(null),
+    );
+    let changed = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "the server rejected our request due to an error in our request", "code": 422});
+    let scenario = Scenario::default()
+        .list_pods(vec![])
+        .expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time"),
+            |_| {},
+            422,
+            changed,
+        )
+        .expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time/status"),
+            session_pods(0, "Stopped"),
+            200,
+            json!(null),
+        );
+    reconcile(object, scenario).await.0.unwrap();
+}
+
+#[tokio::test]
+async fn kube_isolated_server_never_gets_a_shared_pod() {
+    // A wake (from a router of an older version, or from before the switch to
+    // Isolated) makes no shared pod, and a shared pod left running is deleted.
+    let object = isolated(
+        json!({"mcpod.dev/wake-requested-at": ago(1)}),
+        json!({"desiredState": "AlwaysOn"}),
+        json!({"phase": "Running", "podName": "mcpod-time"}),
+    );
+    let scenario = Scenario::default()
+        .list_pods(vec![pod(true, running(60))])
+        .expect(Method::DELETE, POD, |_| {}, 200, pod(true, running(60)))
+        .expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time/status"),
+            session_pods(0, "Stopped"),
+            200,
+            json!(null),
+        );
+    reconcile(object, scenario).await.0.unwrap();
+    let object = isolated(
+        json!({"mcpod.dev/wake-requested-at": ago(1)}),
+        json!({}),
+        json!(null),
+    );
+    let scenario = Scenario::default().list_pods(vec![]).expect(
+        Method::PATCH,
+        &format!("{SERVERS}/time/status"),
+        session_pods(0, "Stopped"),
+        200,
+        json!(null),
+    );
+    reconcile(object, scenario).await.0.unwrap();
+}
+
+#[tokio::test]
+async fn kube_deleted_isolated_server_loses_its_session_pods() {
+    let mut object = isolated(session_annotation(1), json!({}), json!(null));
+    object["metadata"]["deletionTimestamp"] = json!(ago(1));
+    let scenario = Scenario::default()
+        .expect(Method::DELETE, POD, |_| {}, 404, not_found())
+        .list_pods(vec![session_pod(running(10))])
+        .expect(
+            Method::DELETE,
+            SESSION_POD,
+            |_| {},
+            200,
+            session_pod(running(10)),
+        )
+        .expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time"),
+            |patch| {
+                assert!(
+                    patch.as_array().is_some(),
+                    "the finalizer's removal: {patch}"
+                )
+            },
+            200,
+            json!(null),
+        );
+    reconcile(object, scenario).await.0.unwrap();
+}
+
+#[tokio::test]
+async fn kube_runtime_session_pod_is_removed_with_its_annotation_first() {
+    let (client, handle) = mock();
+    let runtime = KubeRuntime::new(client.clone(), "ns", false);
+    let key = runtime.session_key("ns/time", SESSION);
+    assert_eq!(key, "ns/time#s0a1b2c3d");
+    let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "the server rejected our request due to an error in our request", "code": 422});
+    let api_server = Scenario::default()
+        // The annotation first, so that the operator does not make the pod again.
+        .expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time"),
+            |patch| {
+                assert_eq!(
+                    patch,
+                    &json!({"metadata": {"annotations": {"sessions.mcpod.dev/s0a1b2c3d": null}}})
+                )
+            },
+            200,
+            json!(null),
+        )
+        .expect(Method::DELETE, SESSION_POD, |_| {}, 404, not_found())
+        // An activity report after the session ended must not bring the annotation back.
+        .expect(
+            Method::PATCH,
+            &format!("{SERVERS}/time"),
+            |patch| {
+                assert_eq!(patch[0]["op"], "replace", "{patch}");
+                assert_eq!(
+                    patch[0]["path"],
+                    "/metadata/annotations/sessions.mcpod.dev~1s0a1b2c3d"
+                );
+            },
+            422,
+            gone,
+        )
+        .serve(handle);
+    runtime.remove(&key).await.unwrap();
+    let servers: kube::Api<MCPServer> = kube::Api::namespaced(client, "ns");
+    let refreshed = mcpod::runtime::kube::refresh_annotation(
+        &servers,
+        "time",
+        &format!("sessions.mcpod.dev/{SESSION}"),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert!(!refreshed, "a removed session annotation stays removed");
+    api_server.await.unwrap();
 }

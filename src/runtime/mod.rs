@@ -63,4 +63,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// Why the container under `key` is not running, with the end of its log,
     /// for error messages ("exited with code 1: ModuleNotFoundError ...").
     async fn exit_reason(&self, key: &str) -> Option<String>;
+
+    /// The key of the container that serves one client session (`sessionMode:
+    /// Isolated`) of the server under `key`. A runtime that must tell session
+    /// containers apart from servers by their key (Kubernetes) gives its own form.
+    fn session_key(&self, key: &str, session: &str) -> String {
+        format!("{key}-{session}")
+    }
 }

@@ -6,7 +6,13 @@
 //! Activity lives in the cluster, not in one router's memory: every byte through
 //! an attach marks the server active, and a throttled patch of
 //! `mcpod.dev/last-activity` tells the operator, so several router replicas agree.
+//!
+//! `sessionMode: Isolated`: a client session's pod is asked for with an annotation
+//! of its own on the server, `sessions.mcpod.dev/<session>`, holding the session's
+//! last activity; the router removes it when the session ends, and the operator
+//! keeps one pod per fresh session annotation (see [`crate::operator`]).
 
+pub mod lease;
 pub mod pod;
 
 use std::path::PathBuf;
@@ -34,12 +40,19 @@ use crate::manifests::{Loaded, Manifests};
 use crate::reconcile::Reconciler;
 use crate::workload::{Workload, LABEL_MANAGED_BY, LABEL_SERVER, LABEL_SPEC_HASH, MANAGED_BY};
 use crate::{Error, Result};
-use pod::{pod_name, CONTAINER_NAME};
+use pod::{pod_name, session_pod_name, CONTAINER_NAME};
 
 /// Set by a router to ask the operator for a server's pod (RFC 3339).
 pub const ANNOTATION_WAKE: &str = "mcpod.dev/wake-requested-at";
 /// Set by routers, throttled, while a server's stdio carries traffic (RFC 3339).
 pub const ANNOTATION_ACTIVITY: &str = "mcpod.dev/last-activity";
+/// Prefix of the per-session annotations (`sessions.mcpod.dev/<session>`, RFC 3339
+/// of the session's last activity): one key per session, so routers that write
+/// them with merge patches never overwrite each other's.
+pub const SESSION_ANNOTATION_PREFIX: &str = "sessions.mcpod.dev/";
+/// Separates the server from the session in a runtime key: `namespace/name#session`
+/// (never part of a server name, which is a DNS label).
+const SESSION_SEPARATOR: char = '#';
 /// Field manager of every server-side apply and patch mcpod makes.
 pub const FIELD_MANAGER: &str = "mcpod";
 /// The longest gap between two activity reports of one busy server.
@@ -236,6 +249,99 @@ fn split_key<'a>(key: &'a str, default_namespace: &'a str) -> (&'a str, &'a str)
     key.split_once('/').unwrap_or((default_namespace, key))
 }
 
+/// The annotation that asks for (and keeps alive) the pod of one client session.
+pub fn session_annotation(session: &str) -> String {
+    format!("{SESSION_ANNOTATION_PREFIX}{session}")
+}
+
+/// What a runtime key names: a server's shared pod (`namespace/name`), or the pod
+/// of one client session of it (`namespace/name#session`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PodKey<'a> {
+    namespace: &'a str,
+    server: &'a str,
+    session: Option<&'a str>,
+}
+
+impl<'a> PodKey<'a> {
+    fn parse(key: &'a str, default_namespace: &'a str) -> Self {
+        let (namespace, rest) = split_key(key, default_namespace);
+        let (server, session) = match rest.split_once(SESSION_SEPARATOR) {
+            Some((server, session)) => (server, Some(session)),
+            None => (rest, None),
+        };
+        PodKey {
+            namespace,
+            server,
+            session,
+        }
+    }
+
+    fn pod_name(&self) -> String {
+        match self.session {
+            Some(session) => session_pod_name(self.server, session),
+            None => pod_name(self.server),
+        }
+    }
+
+    /// The annotation the attach reports activity to.
+    fn activity_annotation(&self) -> String {
+        match self.session {
+            Some(session) => session_annotation(session),
+            None => ANNOTATION_ACTIVITY.to_string(),
+        }
+    }
+}
+
+/// Escapes an annotation key for a JSON pointer (RFC 6901): `~` and `/`.
+fn annotation_pointer(annotation: &str) -> String {
+    format!(
+        "/metadata/annotations/{}",
+        annotation.replace('~', "~0").replace('/', "~1")
+    )
+}
+
+/// Updates an annotation only if it is still there (a JSON patch `replace`
+/// fails on a missing key): an activity report must not bring back the
+/// annotation of a session that ended meanwhile. `Ok(false)`: it was gone.
+pub async fn refresh_annotation(
+    api: &Api<MCPServer>,
+    name: &str,
+    annotation: &str,
+    at: DateTime<Utc>,
+) -> Result<bool> {
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "replace", "path": annotation_pointer(annotation), "value": at.to_rfc3339()}
+    ]))?;
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        // The API server answers 422 when a patch operation cannot apply.
+        Err(kube::Error::Api(status)) if status.code == 422 => Ok(false),
+        Err(e) => Err(Error::kube(format!(
+            "refresh {annotation} on MCPServer {name}"
+        ))(e)),
+    }
+}
+
+/// Removes an annotation with a merge patch (null deletes a key; a missing key is fine).
+pub async fn remove_annotation(api: &Api<MCPServer>, name: &str, annotation: &str) -> Result<()> {
+    let patch = json!({"metadata": {"annotations": {annotation: null}}});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // The server itself is gone: so is the annotation.
+        Err(e) if Error::is_kube_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::kube(format!(
+            "remove {annotation} from MCPServer {name}"
+        ))(e)),
+    }
+}
+
 /// Writes an RFC 3339 annotation on an MCPServer with a merge patch, which
 /// touches nothing else (the spec stays the user's, the status the operator's).
 pub async fn annotate(
@@ -263,6 +369,9 @@ pub struct KubeRuntime {
     /// When this router started: a running pod created before then holds an MCP
     /// session of a previous router, which cannot be resumed.
     started_at: chrono::DateTime<chrono::Utc>,
+    /// With several router replicas: the Leases that say which one attaches to
+    /// a server's pod (`None`: this router is the only one).
+    ownership: Option<Arc<lease::Ownership>>,
 }
 
 impl KubeRuntime {
@@ -273,7 +382,14 @@ impl KubeRuntime {
             all_namespaces,
             poll_interval: Duration::from_millis(250),
             started_at: chrono::Utc::now(),
+            ownership: None,
         }
+    }
+
+    /// Attaches only to the pods of servers whose Lease this replica holds.
+    pub fn with_ownership(mut self, ownership: Arc<lease::Ownership>) -> Self {
+        self.ownership = Some(ownership);
+        self
     }
 
     /// Polls faster or slower than the default 250 ms (tests use a short one).
@@ -302,35 +418,99 @@ impl KubeRuntime {
         .await
     }
 
-    /// Waits, up to `timeout`, for the server's pod to run; fails at once when
-    /// the pod cannot run (bad image, crash loop), naming why.
-    /// Waits for a running pod created after this router started.
-    async fn wait_fresh(&self, namespace: &str, server: &str, timeout: Duration) -> Result<Pod> {
+    /// Asks the operator for the pod `target` names: the server's wake
+    /// annotation, or the session's own annotation.
+    async fn request_pod(&self, target: &PodKey<'_>) -> Result<()> {
+        let Some(session) = target.session else {
+            return self.request_wake(target.namespace, target.server).await;
+        };
+        info!(
+            namespace = target.namespace,
+            server = target.server,
+            session,
+            "requesting a session pod"
+        );
+        annotate(
+            &self.servers(target.namespace),
+            target.server,
+            &session_annotation(session),
+            Utc::now(),
+        )
+        .await
+    }
+
+    /// Waits for a running pod that replaces `old`: another pod (by uid), created
+    /// after this router started.
+    async fn wait_replacement(
+        &self,
+        namespace: &str,
+        name: &str,
+        old: &Pod,
+        timeout: Duration,
+    ) -> Result<Pod> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let pod = self.wait_running(namespace, server, left).await?;
-            if !predates(&pod, self.started_at) {
+            let pod = self.wait_pod_running(namespace, name, left).await?;
+            let same = old.uid().is_some() && pod.uid() == old.uid();
+            if !same && !predates(&pod, self.started_at) {
                 return Ok(pod);
             }
             tokio::time::sleep(self.poll_interval).await;
         }
     }
 
+    /// With several replicas: makes sure this one holds the server's Lease, and
+    /// when it has just taken the server over, the uid of the pod it found: that
+    /// pod may hold the previous owner's MCP session.
+    async fn take_ownership(&self, target: &PodKey<'_>) -> Result<Option<String>> {
+        let Some(ownership) = &self.ownership else {
+            return Ok(None);
+        };
+        let taken_over = ownership
+            .ensure_held(target.namespace, target.server)
+            .await?;
+        // A session's pod is never inherited: sessions live in one replica's memory.
+        if !taken_over || target.session.is_some() {
+            return Ok(None);
+        }
+        let name = target.pod_name();
+        let found = self
+            .pods(target.namespace)
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube(format!("get pod {}/{name}", target.namespace)))?;
+        Ok(found
+            .filter(|pod| observe(pod) != PodState::Terminating)
+            .and_then(|pod| pod.uid()))
+    }
+
+    /// Waits, up to `timeout`, for the server's pod to run; fails at once when
+    /// the pod cannot run (bad image, crash loop), naming why.
     pub async fn wait_running(
         &self,
         namespace: &str,
         server: &str,
         timeout: Duration,
     ) -> Result<Pod> {
-        let name = pod_name(server);
+        self.wait_pod_running(namespace, &pod_name(server), timeout)
+            .await
+    }
+
+    /// [`KubeRuntime::wait_running`] for any pod by name (a session's, too).
+    async fn wait_pod_running(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Pod> {
         let pods = self.pods(namespace);
         let mut last =
             "no pod yet (is `mcpod operator` running and watching this namespace?)".to_string();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let pod = pods
-                .get_opt(&name)
+                .get_opt(name)
                 .await
                 .map_err(Error::kube(format!("get pod {namespace}/{name}")))?;
             if let Some(pod) = pod {
@@ -352,8 +532,9 @@ impl KubeRuntime {
         }
     }
 
-    async fn attach(&self, namespace: &str, server: &str, workload: &Workload) -> Result<Attached> {
-        let name = pod_name(server);
+    async fn attach(&self, target: &PodKey<'_>, workload: &Workload) -> Result<Attached> {
+        let namespace = target.namespace;
+        let name = target.pod_name();
         let params = AttachParams {
             container: Some(CONTAINER_NAME.into()),
             stdin: true,
@@ -379,7 +560,12 @@ impl KubeRuntime {
         let stderr = process.stderr().ok_or_else(|| missing("stderr"))?;
         let activity = ActivityReporter::spawn(
             self.servers(namespace),
-            server.to_string(),
+            ActivityTarget {
+                server: target.server.to_string(),
+                annotation: target.activity_annotation(),
+                // A session's annotation is the session: never written back once removed.
+                only_while_present: target.session.is_some(),
+            },
             activity_interval(workload),
         );
         // stderr is read too: an undrained stream would stall the whole attach.
@@ -434,14 +620,39 @@ struct ActivityReporter {
     last_ms: AtomicI64,
 }
 
+/// Where an attach's activity is reported: an annotation on an MCPServer.
+struct ActivityTarget {
+    server: String,
+    annotation: String,
+    /// Update the annotation only while it exists (a session's), never create it.
+    only_while_present: bool,
+}
+
+impl ActivityTarget {
+    /// Reports `at`; `Ok(false)` when the annotation is gone and reporting should end.
+    async fn report(&self, api: &Api<MCPServer>, at: DateTime<Utc>) -> Result<bool> {
+        if self.only_while_present {
+            refresh_annotation(api, &self.server, &self.annotation, at).await
+        } else {
+            annotate(api, &self.server, &self.annotation, at)
+                .await
+                .map(|()| true)
+        }
+    }
+}
+
 impl ActivityReporter {
-    fn spawn(api: Api<MCPServer>, server: String, interval: Duration) -> Arc<ActivityReporter> {
+    fn spawn(
+        api: Api<MCPServer>,
+        target: ActivityTarget,
+        interval: Duration,
+    ) -> Arc<ActivityReporter> {
         let reporter = Arc::new(ActivityReporter {
             last_ms: AtomicI64::new(Utc::now().timestamp_millis()),
         });
         let weak = Arc::downgrade(&reporter);
-        let span = tracing::debug_span!("activity", server = %server);
-        tokio::spawn(report_loop(api, server, weak, interval).instrument(span));
+        let span = tracing::debug_span!("activity", server = %target.server, annotation = %target.annotation);
+        tokio::spawn(report_loop(api, target, weak, interval).instrument(span));
         reporter
     }
 
@@ -453,7 +664,7 @@ impl ActivityReporter {
 
 async fn report_loop(
     api: Api<MCPServer>,
-    server: String,
+    target: ActivityTarget,
     reporter: Weak<ActivityReporter>,
     interval: Duration,
 ) {
@@ -467,8 +678,12 @@ async fn report_loop(
         };
         if last > reported {
             if let Some(at) = DateTime::from_timestamp_millis(last) {
-                match annotate(&api, &server, ANNOTATION_ACTIVITY, at).await {
-                    Ok(()) => reported = last,
+                match target.report(&api, at).await {
+                    Ok(true) => reported = last,
+                    Ok(false) => {
+                        debug!("the session's annotation is gone: activity reporting ends");
+                        return;
+                    }
                     Err(e) => warn!(error = %e, "reporting activity failed"),
                 }
             }
@@ -513,21 +728,33 @@ impl Runtime for KubeRuntime {
     /// Wakes the server and attaches to its pod. Unlike a Podman container, a pod
     /// found running is attached as it is: another router replica may be using it,
     /// and the operator, not a router, decides when a pod goes away.
+    /// A session key (`namespace/name#session`) gets the session's own pod the same way.
+    /// With several replicas, only the holder of the server's Lease attaches, and
+    /// a pod it inherits from the previous holder is replaced, not re-initialized.
     async fn start(&self, key: &str, workload: &Workload) -> Result<Attached> {
-        let (namespace, server) = split_key(key, &self.namespace);
-        self.request_wake(namespace, server).await?;
+        let target = PodKey::parse(key, &self.namespace);
+        let (namespace, name) = (target.namespace, target.pod_name());
+        let inherited = self.take_ownership(&target).await?;
+        self.request_pod(&target).await?;
         let pod = self
-            .wait_running(namespace, server, workload.timeouts.startup)
+            .wait_pod_running(namespace, &name, workload.timeouts.startup)
             .await?;
-        if predates(&pod, self.started_at) {
+        let from_another_router = if predates(&pod, self.started_at) {
+            Some("it predates this router")
+        } else if inherited.is_some() && pod.uid() == inherited {
+            Some("this replica took the server over from another")
+        } else {
+            None
+        };
+        if let Some(why) = from_another_router {
             // As on Podman: restart it cleanly rather than send a second `initialize`.
-            info!(pod = %pod.name_any(), "pod predates this router: its MCP session cannot be resumed; replacing it");
-            self.remove(key).await?;
-            self.request_wake(namespace, server).await?;
-            self.wait_fresh(namespace, server, workload.timeouts.startup)
+            info!(pod = %pod.name_any(), why, "the pod's MCP session cannot be resumed; replacing it");
+            delete_pod(&self.pods(namespace), &name).await?;
+            self.request_pod(&target).await?;
+            self.wait_replacement(namespace, &name, &pod, workload.timeouts.startup)
                 .await?;
         }
-        self.attach(namespace, server, workload).await
+        self.attach(&target, workload).await
     }
 
     /// Deletes the pod: stdin was closed by the caller, and the kubelet gives the
@@ -536,9 +763,19 @@ impl Runtime for KubeRuntime {
         self.remove(key).await
     }
 
+    /// A session's pod goes with its annotation, removed first so that the
+    /// operator does not make the pod again.
     async fn remove(&self, key: &str) -> Result<()> {
-        let (namespace, server) = split_key(key, &self.namespace);
-        delete_pod(&self.pods(namespace), &pod_name(server)).await
+        let target = PodKey::parse(key, &self.namespace);
+        if let Some(session) = target.session {
+            remove_annotation(
+                &self.servers(target.namespace),
+                target.server,
+                &session_annotation(session),
+            )
+            .await?;
+        }
+        delete_pod(&self.pods(target.namespace), &target.pod_name()).await
     }
 
     async fn list(&self) -> Result<Vec<Managed>> {
@@ -559,8 +796,12 @@ impl Runtime for KubeRuntime {
                 let labels = pod.metadata.labels.as_ref()?;
                 let server = labels.get(LABEL_SERVER)?.clone();
                 let namespace = pod.namespace()?;
+                let key = match labels.get(pod::LABEL_SESSION) {
+                    Some(session) => format!("{namespace}/{server}{SESSION_SEPARATOR}{session}"),
+                    None => format!("{namespace}/{server}"),
+                };
                 Some(Managed {
-                    key: format!("{namespace}/{server}"),
+                    key,
                     server,
                     id: pod.uid().unwrap_or_else(|| pod.name_any()),
                     running: matches!(observe(pod), PodState::Running { .. }),
@@ -571,10 +812,10 @@ impl Runtime for KubeRuntime {
     }
 
     async fn exit_reason(&self, key: &str) -> Option<String> {
-        let (namespace, server) = split_key(key, &self.namespace);
+        let target = PodKey::parse(key, &self.namespace);
         let pod = self
-            .pods(namespace)
-            .get_opt(&pod_name(server))
+            .pods(target.namespace)
+            .get_opt(&target.pod_name())
             .await
             .ok()??;
         match observe(&pod) {
@@ -582,6 +823,12 @@ impl Runtime for KubeRuntime {
             PodState::Terminating => Some("pod is being deleted".into()),
             _ => None,
         }
+    }
+
+    /// `namespace/name#session`: parsed back by the runtime, unambiguous because
+    /// server names never hold a `#`.
+    fn session_key(&self, key: &str, session: &str) -> String {
+        format!("{key}{SESSION_SEPARATOR}{session}")
     }
 }
 
@@ -704,6 +951,24 @@ mod tests {
     fn kube_keys_and_activity_interval() {
         assert_eq!(split_key("ns/time", "home"), ("ns", "time"));
         assert_eq!(split_key("time", "home"), ("home", "time"));
+        let shared = PodKey::parse("ns/time", "home");
+        assert_eq!((shared.server, shared.session), ("time", None));
+        assert_eq!(shared.pod_name(), "mcpod-time");
+        assert_eq!(shared.activity_annotation(), ANNOTATION_ACTIVITY);
+        let session = PodKey::parse("ns/time#s0a1b2c3d", "home");
+        assert_eq!(
+            (session.namespace, session.server, session.session),
+            ("ns", "time", Some("s0a1b2c3d"))
+        );
+        assert_eq!(session.pod_name(), "mcpod-time-s0a1b2c3d");
+        assert_eq!(
+            session.activity_annotation(),
+            "sessions.mcpod.dev/s0a1b2c3d"
+        );
+        assert_eq!(
+            annotation_pointer("sessions.mcpod.dev/s1"),
+            "/metadata/annotations/sessions.mcpod.dev~1s1"
+        );
         let interval = |yaml: &str, router: bool| {
             let spec = serde_yaml::from_str(yaml).unwrap();
             let mut w = Workload::resolve(

@@ -32,6 +32,43 @@ pub fn pod_name(server: &str) -> String {
     format!("mcpod-{server}")
 }
 
+/// Label of a pod that serves one client session (`sessionMode: Isolated`): the session's key.
+pub const LABEL_SESSION: &str = "mcpod.dev/session";
+
+/// The pod of one client session of a server: `mcpod-<name>-<session>`.
+pub fn session_pod_name(server: &str, session: &str) -> String {
+    format!("{}-{session}", pod_name(server))
+}
+
+/// Whether `session` can name a session pod and its annotation: 1-20 lower-case
+/// letters, digits and '-', starting and ending with a letter or digit (routers
+/// make `s` and 8 hex digits).
+pub fn is_valid_session_key(session: &str) -> bool {
+    (1..=20).contains(&session.len())
+        && session
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !session.starts_with('-')
+        && !session.ends_with('-')
+}
+
+/// The pod for one client session: the server's pod (same spec, same spec hash,
+/// so the same NetworkPolicy selects it) under its own name, labelled with the session.
+pub fn session_pod_for(
+    workload: &Workload,
+    session: &str,
+    namespace: Option<&str>,
+    owner: Option<&OwnerReference>,
+) -> Pod {
+    let mut pod = pod_for(workload, namespace, owner);
+    pod.metadata.name = Some(session_pod_name(&workload.name, session));
+    pod.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(LABEL_SESSION.to_string(), session.to_string());
+    pod
+}
+
 /// The labels that select a server's pod.
 pub fn selector_labels(server: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
