@@ -17,6 +17,7 @@ pub mod endpoint;
 pub mod error;
 pub mod forward;
 pub mod jsonrpc;
+pub mod leader;
 pub mod logs;
 pub mod manifests;
 pub mod metrics;
@@ -32,3 +33,13 @@ pub mod stdio;
 pub mod workload;
 
 pub use error::{Error, Result};
+
+/// Waits for SIGTERM or Ctrl-C: how every long-running command is asked to stop.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

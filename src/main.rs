@@ -14,7 +14,7 @@ use mcpod::router::{self, RouterConfig};
 use mcpod::runtime::podman::{self, PodmanRuntime};
 use mcpod::server::Settings;
 use mcpod::workload::Defaults;
-use mcpod::{crd, duration};
+use mcpod::{crd, duration, shutdown_signal};
 
 #[derive(Parser)]
 #[command(
@@ -145,6 +145,19 @@ struct OperatorArgs {
     /// Address of the operator's `/health` endpoint (for probes).
     #[arg(long, env = "MCPOD_HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
     health_listen: SocketAddr,
+    /// Run as one of several replicas: only the holder of the Lease
+    /// `mcpod-operator` (in the operator's namespace) reconciles.
+    #[arg(long, env = "MCPOD_LEADER_ELECT")]
+    leader_elect: bool,
+    /// This replica's name on the Lease (default: the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long the leader's Lease stays valid without renewal.
+    #[arg(long, env = "MCPOD_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// How often the leader renews its Lease (and a standby looks at it).
+    #[arg(long, env = "MCPOD_LEASE_RENEW_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    lease_renew_interval: Duration,
 }
 
 #[derive(Args)]
@@ -433,15 +446,6 @@ async fn serve_until_signal<F>(
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("signal handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 /// `backup` and `restore`: thin wrappers over `mcpod::backup` that print what was done.
 mod backup_cli {
     use super::{BackupArgs, RestoreArgs};
@@ -489,6 +493,7 @@ mod kube_cli {
     use super::*;
     use kube::{Api, Client};
     use mcpod::crd::MCPServer;
+    use mcpod::leader::{self, Election};
     use mcpod::operator::{self, Scope};
     use mcpod::runtime::kube::lease::{LeaseSettings, Ownership};
     use mcpod::runtime::kube::{pod, sync_servers, KubeRuntime};
@@ -521,14 +526,54 @@ mod kube_cli {
         let scope = if args.scope.all_namespaces {
             Scope::Cluster
         } else {
-            Scope::Namespace(namespace)
+            Scope::Namespace(namespace.clone())
         };
         let listener = bind(args.health_listen).await?;
         // The probes' endpoint; the controller's own failures end the process.
         let health = warp::path!("health")
             .map(|| warp::reply::json(&serde_json::json!({"status": "healthy"})));
         tokio::spawn(warp::serve(health).incoming(listener).run());
-        operator::run(client, scope, args.defaults.defaults()).await
+        let election = if args.leader_elect {
+            let settings = lease_settings(args.lease_duration, args.lease_renew_interval)?;
+            let identity = identity(args.identity.as_deref(), "--leader-elect")?;
+            info!(%identity, lease = leader::LEASE_NAME, "one of several operator replicas");
+            Some(Election::new(
+                client.clone(),
+                &namespace,
+                &identity,
+                settings,
+            ))
+        } else {
+            None
+        };
+        operator::run(client, scope, args.defaults.defaults(), election).await
+    }
+
+    fn lease_settings(
+        duration: Duration,
+        renew_interval: Duration,
+    ) -> mcpod::Result<LeaseSettings> {
+        if renew_interval >= duration {
+            return Err(Error::Cluster(format!(
+                "--lease-renew-interval ({renew_interval:?}) must be shorter than --lease-duration ({duration:?})"
+            )));
+        }
+        Ok(LeaseSettings {
+            duration,
+            renew_interval,
+        })
+    }
+
+    /// A replica's name on Leases: as given, else the host name (the pod's name).
+    fn identity(given: Option<&str>, needed_by: &str) -> mcpod::Result<String> {
+        given
+            .map(str::to_string)
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .ok_or_else(|| {
+                Error::Cluster(format!(
+                    "--identity (or POD_NAME) is needed with {needed_by}"
+                ))
+            })
     }
 
     /// The Leases of a replica among several, when it advertises an address.
@@ -536,23 +581,8 @@ mod kube_cli {
         let Some(address) = &args.advertise_address else {
             return Ok(None);
         };
-        let settings = LeaseSettings {
-            duration: args.lease_duration,
-            renew_interval: args.lease_renew_interval,
-        };
-        if settings.renew_interval >= settings.duration {
-            return Err(Error::Cluster(format!(
-                "--lease-renew-interval ({:?}) must be shorter than --lease-duration ({:?})",
-                settings.renew_interval, settings.duration
-            )));
-        }
-        let identity = args
-            .identity
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .ok_or_else(|| {
-                Error::Cluster("--identity (or POD_NAME) is needed with --advertise-address".into())
-            })?;
+        let settings = lease_settings(args.lease_duration, args.lease_renew_interval)?;
+        let identity = identity(args.identity.as_deref(), "--advertise-address")?;
         info!(%identity, %address, "serving as one of several router replicas");
         Ok(Some(Ownership::new(
             client.clone(),

@@ -31,6 +31,7 @@ use serde_json::json;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::crd::{Condition, DesiredState, MCPServer, MCPServerStatus, Phase, SessionMode};
+use crate::leader::Election;
 use crate::runtime::kube::pod::{
     is_valid_session_key, network_policy_for, pod_for, pod_name, session_pod_for, session_pod_name,
     LABEL_SESSION,
@@ -90,8 +91,15 @@ impl Context {
     }
 }
 
-/// Runs the controller until SIGTERM or Ctrl-C.
-pub async fn run(client: Client, scope: Scope, defaults: Defaults) -> Result<()> {
+/// Runs the controller until SIGTERM or Ctrl-C. With an `election`, only while
+/// this replica leads: it stands by until then, and stops (with an error, so
+/// its container restarts as a standby) if it loses the lead.
+pub async fn run(
+    client: Client,
+    scope: Scope,
+    defaults: Defaults,
+    election: Option<Election>,
+) -> Result<()> {
     let (servers, pods): (Api<MCPServer>, Api<Pod>) = match &scope {
         Scope::Namespace(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -109,10 +117,17 @@ pub async fn run(client: Client, scope: Scope, defaults: Defaults) -> Result<()>
             )),
             other => other,
         })?;
+    let lease = match &election {
+        Some(election) => tokio::select! {
+            lease = election.lead() => Some(lease?),
+            _ = crate::shutdown_signal() => return Ok(()),
+        },
+        None => None,
+    };
     info!(?scope, "operator watching MCPServers");
     let ctx = Context::new(client, defaults);
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    Controller::new(servers, watcher::Config::default())
+    let controller = Controller::new(servers, watcher::Config::default())
         .owns(pods, owned)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -121,10 +136,22 @@ pub async fn run(client: Client, scope: Scope, defaults: Defaults) -> Result<()>
                 Ok((object, _)) => debug!(server = %object.name, "reconciled"),
                 Err(e) => warn!(error = %e, "reconcile failed"),
             }
-        })
-        .await;
-    info!("operator stopped");
-    Ok(())
+        });
+    match (election, lease) {
+        (Some(election), Some(lease)) => tokio::select! {
+            _ = controller => {
+                election.release(lease).await;
+                info!("operator stopped");
+                Ok(())
+            }
+            lost = election.keep(lease.clone()) => Err(lost),
+        },
+        _ => {
+            controller.await;
+            info!("operator stopped");
+            Ok(())
+        }
+    }
 }
 
 fn key_of(server: &MCPServer) -> String {

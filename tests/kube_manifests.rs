@@ -345,7 +345,7 @@ const CALLS: &[(&str, &str, &str)] = &[
     ("networking.k8s.io", "networkpolicies", "get"),
     ("networking.k8s.io", "networkpolicies", "create"),
     ("networking.k8s.io", "networkpolicies", "patch"), // server-side apply
-    ("coordination.k8s.io", "leases", "get"),          // which router replica serves a server
+    ("coordination.k8s.io", "leases", "get"), // which router replica serves a server; operator leader
     ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"), // take (resourceVersion), renew, release
 ];
