@@ -783,7 +783,8 @@ impl Server {
             Lifecycle::Stopped => true,
             Lifecycle::Removed => false,
         };
-        if due {
+        // With several router replicas, the one that serves the server keeps it up.
+        if due && self.runtime.serves_here(&self.key).await {
             let _ = self.acquire().await;
         }
     }

@@ -762,6 +762,15 @@ const FAST_LEASES: LeaseSettings = LeaseSettings {
 };
 
 async fn replica(api_server: &str, identity: &str) -> Replica {
+    replica_with(api_server, identity, mcp_server(), Settings::default()).await
+}
+
+async fn replica_with(
+    api_server: &str,
+    identity: &str,
+    server: Value,
+    settings: Settings,
+) -> Replica {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let client = kube::Client::try_from(kube::Config::new(api_server.parse().unwrap())).unwrap();
@@ -769,18 +778,14 @@ async fn replica(api_server: &str, identity: &str) -> Replica {
     let runtime = KubeRuntime::new(client, "ns", false)
         .with_poll_interval(Duration::from_millis(20))
         .with_ownership(ownership.clone());
-    let reconciler = Reconciler::for_kubernetes(
-        Arc::new(runtime),
-        Defaults::default(),
-        Settings::default(),
-        "ns",
-    );
+    let reconciler =
+        Reconciler::for_kubernetes(Arc::new(runtime), Defaults::default(), settings, "ns");
     mcpod::forward::track_usage(&ownership, &reconciler);
     reconciler
         .apply(Manifests {
             servers: vec![Loaded {
                 file: PathBuf::from("mcpservers/ns/fix"),
-                server: serde_json::from_value(mcp_server()).unwrap(),
+                server: serde_json::from_value(server).unwrap(),
             }],
             broken_files: Default::default(),
         })
@@ -989,5 +994,42 @@ async fn kube_forwarded_request_is_served_where_it_arrives() {
     assert_eq!(
         seen.lock().unwrap().lease_holder().as_deref(),
         Some("router-b")
+    );
+}
+
+#[tokio::test]
+async fn kube_only_the_owner_keeps_an_always_on_server_running() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let api_server = fake_api_server(seen.clone()).await;
+    let mut always_on = mcp_server();
+    always_on["spec"]["desiredState"] = json!("AlwaysOn");
+    // Supervisors look often, so each replica's would try many times below.
+    let settings = Settings {
+        idle_check_interval: Duration::from_millis(50),
+        ..Settings::default()
+    };
+    let a = replica_with(&api_server, "router-a", always_on.clone(), settings.clone()).await;
+    let b = replica_with(&api_server, "router-b", always_on, settings).await;
+    eventually(Duration::from_secs(10), "one replica to attach", || {
+        seen.lock().unwrap().attaches.len() == 1
+    })
+    .await;
+    // Let the owner renew its Lease several times (renewals bump the
+    // resourceVersion): both supervisors have run a few dozen times by then.
+    let version = seen.lock().unwrap().resource_version;
+    eventually(
+        Duration::from_secs(10),
+        "the owner to renew its lease",
+        || seen.lock().unwrap().resource_version >= version + 4,
+    )
+    .await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.attaches.len(), 1, "only the owner attaches");
+    let owner = seen.lease_holder().expect("held");
+    let standby = if owner == "router-a" { &b } else { &a };
+    let status = standby.reconciler.server("fix").unwrap().status();
+    assert_ne!(
+        status.status, "failed",
+        "the other replica did not try: {status:?}"
     );
 }

@@ -70,4 +70,11 @@ pub trait Runtime: Send + Sync + 'static {
     fn session_key(&self, key: &str, session: &str) -> String {
         format!("{key}-{session}")
     }
+
+    /// Whether this mcpod is the one that serves the server under `key`. With
+    /// several router replicas (Kubernetes) only one is; the others must not
+    /// keep an `AlwaysOn` server running themselves.
+    async fn serves_here(&self, _key: &str) -> bool {
+        true
+    }
 }

@@ -725,6 +725,18 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for ActiveWriter<W> {
 
 #[async_trait]
 impl Runtime for KubeRuntime {
+    /// The holder of the server's Lease serves it (taking the Lease when it is free).
+    async fn serves_here(&self, key: &str) -> bool {
+        let Some(ownership) = &self.ownership else {
+            return true;
+        };
+        let target = PodKey::parse(key, &self.namespace);
+        matches!(
+            ownership.route(target.namespace, target.server).await,
+            Ok(lease::Route::Local)
+        )
+    }
+
     /// Wakes the server and attaches to its pod. Unlike a Podman container, a pod
     /// found running is attached as it is: another router replica may be using it,
     /// and the operator, not a router, decides when a pod goes away.
