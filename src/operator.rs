@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
@@ -32,6 +33,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::crd::{Condition, DesiredState, MCPServer, MCPServerStatus, Phase, SessionMode};
 use crate::leader::Election;
+use crate::runtime::kube::lease;
 use crate::runtime::kube::pod::{
     is_valid_session_key, network_policy_for, pod_for, pod_name, session_pod_for, session_pod_name,
     LABEL_SESSION,
@@ -1085,6 +1087,14 @@ async fn cleanup(server: &MCPServer, ctx: &Context) -> Result<Action> {
             delete_pod(&pods, &pod.name_any()).await?;
         }
     }
-    info!("MCPServer deleted: its pods are gone");
+    // The router replicas' Lease on the server has no owner reference: remove it here.
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &namespace);
+    let lease = lease::lease_name(&server.name_any());
+    match leases.delete(&lease, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(e) if Error::is_kube_not_found(&e) => {}
+        Err(e) => return Err(Error::kube(format!("delete lease {namespace}/{lease}"))(e)),
+    }
+    info!("MCPServer deleted: its pods and lease are gone");
     Ok(Action::await_change())
 }

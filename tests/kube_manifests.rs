@@ -348,6 +348,7 @@ const CALLS: &[(&str, &str, &str)] = &[
     ("coordination.k8s.io", "leases", "get"), // which router replica serves a server; operator leader
     ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"), // take (resourceVersion), renew, release
+    ("coordination.k8s.io", "leases", "delete"), // a deleted MCPServer's Lease
 ];
 
 fn grants(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {

@@ -29,6 +29,7 @@ const POD: &str = "/api/v1/namespaces/ns/pods/mcpod-time";
 const PODS: &str = "/api/v1/namespaces/ns/pods";
 const POLICY: &str = "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/mcpod-time";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/ns/leases/mcpod-time";
 
 /// One expected request and the reply to it.
 struct Exchange {
@@ -529,6 +530,7 @@ async fn kube_deleted_server_loses_its_pod_then_its_finalizer() {
     object["metadata"]["deletionTimestamp"] = json!(ago(1));
     let scenario = Scenario::default()
         .expect(Method::DELETE, POD, |_| {}, 200, pod(true, running(10)))
+        .expect(Method::DELETE, LEASE, |_| {}, 200, json!({}))
         .expect(
             Method::PATCH,
             &format!("{SERVERS}/time"),
@@ -553,6 +555,7 @@ async fn kube_cleanup_of_a_pod_already_gone_succeeds() {
     object["metadata"]["deletionTimestamp"] = json!(ago(1));
     let scenario = Scenario::default()
         .expect(Method::DELETE, POD, |_| {}, 404, not_found())
+        .expect(Method::DELETE, LEASE, |_| {}, 404, not_found())
         .expect(
             Method::PATCH,
             &format!("{SERVERS}/time"),
@@ -1229,6 +1232,7 @@ async fn kube_deleted_isolated_server_loses_its_session_pods() {
             200,
             session_pod(running(10)),
         )
+        .expect(Method::DELETE, LEASE, |_| {}, 404, not_found())
         .expect(
             Method::PATCH,
             &format!("{SERVERS}/time"),
