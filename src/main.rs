@@ -271,8 +271,11 @@ fn data_dir_of(args: &ServeArgs) -> PathBuf {
 fn init_logging(file: Option<&std::path::Path>) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // warp logs every connection a client drops mid-response (a closed SSE stream,
+    // an impatient curl) as an ERROR, which is the client's doing and not
+    // actionable: silenced unless RUST_LOG asks for it (`warp::server=error`).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,warp::server=off".into());
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
