@@ -149,13 +149,22 @@ struct OperatorArgs {
     /// `mcpod-operator` (in the operator's namespace) reconciles.
     #[arg(long, env = "MCPOD_LEADER_ELECT")]
     leader_elect: bool,
-    /// This replica's name on the Lease (default: the pod name, else the host name).
+    #[command(flatten)]
+    lease: LeaseArgs,
+}
+
+/// How a replica among several holds its Leases (the operator's lead, the
+/// router's servers).
+#[derive(Args)]
+struct LeaseArgs {
+    /// This replica's name on Leases (default: the pod name, else the host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// How long the leader's Lease stays valid without renewal.
+    /// How long a Lease stays valid without renewal: the longest a crashed
+    /// replica's work waits for another replica to take it over.
     #[arg(long, env = "MCPOD_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
-    /// How often the leader renews its Lease (and a standby looks at it).
+    /// How often a holder renews its Leases (and a standby looks at them).
     #[arg(long, env = "MCPOD_LEASE_RENEW_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     lease_renew_interval: Duration,
 }
@@ -187,16 +196,8 @@ struct ReplicaArgs {
     /// several replicas; without it this router assumes it is the only one.
     #[arg(long, env = "MCPOD_ADVERTISE_ADDRESS")]
     advertise_address: Option<String>,
-    /// This replica's name on the Leases (default: the pod name, else the host name).
-    #[arg(long, env = "POD_NAME")]
-    identity: Option<String>,
-    /// How long a server's Lease stays valid without renewal: the longest a
-    /// crashed replica's servers wait for another replica to take them over.
-    #[arg(long, env = "MCPOD_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
-    lease_duration: Duration,
-    /// How often a replica renews the Leases of the servers it serves.
-    #[arg(long, env = "MCPOD_LEASE_RENEW_INTERVAL", default_value = "5s", value_parser = parse_duration)]
-    lease_renew_interval: Duration,
+    #[command(flatten)]
+    lease: LeaseArgs,
 }
 
 #[derive(Args)]
@@ -537,8 +538,7 @@ mod kube_cli {
             .map(|| warp::reply::json(&serde_json::json!({"status": "healthy"})));
         tokio::spawn(warp::serve(health).incoming(listener).run());
         let election = if args.leader_elect {
-            let settings = lease_settings(args.lease_duration, args.lease_renew_interval)?;
-            let identity = identity(args.identity.as_deref(), "--leader-elect")?;
+            let (identity, settings) = args.lease.resolve("--leader-elect")?;
             info!(%identity, lease = leader::LEASE_NAME, "one of several operator replicas");
             Some(Election::new(
                 client.clone(),
@@ -552,31 +552,31 @@ mod kube_cli {
         operator::run(client, scope, args.defaults.defaults(), election).await
     }
 
-    fn lease_settings(
-        duration: Duration,
-        renew_interval: Duration,
-    ) -> mcpod::Result<LeaseSettings> {
-        if renew_interval >= duration {
-            return Err(Error::Cluster(format!(
-                "--lease-renew-interval ({renew_interval:?}) must be shorter than --lease-duration ({duration:?})"
-            )));
+    impl LeaseArgs {
+        /// This replica's name (as given, else the host name: the pod's name)
+        /// and the Lease timing, checked; `needed_by` names the flag that asked.
+        fn resolve(&self, needed_by: &str) -> mcpod::Result<(String, LeaseSettings)> {
+            let (duration, renew_interval) = (self.lease_duration, self.lease_renew_interval);
+            if renew_interval >= duration {
+                return Err(Error::Cluster(format!(
+                    "--lease-renew-interval ({renew_interval:?}) must be shorter than --lease-duration ({duration:?})"
+                )));
+            }
+            let identity = self
+                .identity
+                .clone()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .ok_or_else(|| {
+                    Error::Cluster(format!(
+                        "--identity (or POD_NAME) is needed with {needed_by}"
+                    ))
+                })?;
+            let settings = LeaseSettings {
+                duration,
+                renew_interval,
+            };
+            Ok((identity, settings))
         }
-        Ok(LeaseSettings {
-            duration,
-            renew_interval,
-        })
-    }
-
-    /// A replica's name on Leases: as given, else the host name (the pod's name).
-    fn identity(given: Option<&str>, needed_by: &str) -> mcpod::Result<String> {
-        given
-            .map(str::to_string)
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .ok_or_else(|| {
-                Error::Cluster(format!(
-                    "--identity (or POD_NAME) is needed with {needed_by}"
-                ))
-            })
     }
 
     /// The Leases of a replica among several, when it advertises an address.
@@ -584,8 +584,7 @@ mod kube_cli {
         let Some(address) = &args.advertise_address else {
             return Ok(None);
         };
-        let settings = lease_settings(args.lease_duration, args.lease_renew_interval)?;
-        let identity = identity(args.identity.as_deref(), "--advertise-address")?;
+        let (identity, settings) = args.lease.resolve("--advertise-address")?;
         info!(%identity, %address, "serving as one of several router replicas");
         Ok(Some(Ownership::new(
             client.clone(),
