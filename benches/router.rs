@@ -1,6 +1,7 @@
 //! `make bench`: mcpod's router against baselines measured in the same run, on
 //! the same real MCP server (`mcp-server-time` in its container):
-//! - warm requests: HTTP through mcpod vs. a direct stdio pipe (`podman run -i`);
+//! - warm requests: HTTP through mcpod vs. a direct stdio pipe (`podman run -i`),
+//!   in the handshake era and in the per-request era of protocol 2026-07-28;
 //! - cold start: first reply through mcpod vs. raw `podman start -ai` plus the first reply.
 //!
 //! Results are ratios, printed; nothing here asserts a time.
@@ -21,6 +22,12 @@ fn initialize(id: u64) -> String {
 
 fn call(id: u64) -> String {
     json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"get_current_time","arguments":{"timezone":"UTC"}}}).to_string()
+}
+
+/// The same call as a 2026-07-28 client sends it: the envelope in `_meta`.
+fn call_per_request(id: u64) -> String {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"get_current_time","arguments":{"timezone":"UTC"},
+        "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}).to_string()
 }
 
 struct Stats {
@@ -186,9 +193,20 @@ fn start_mcpod() -> Mcpod {
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: String) -> Value {
-    client
-        .post(url)
-        .header("content-type", "application/json")
+    post_with(client, url, body, &[]).await
+}
+
+async fn post_with(
+    client: &reqwest::Client,
+    url: &str,
+    body: String,
+    headers: &[(&str, &str)],
+) -> Value {
+    let mut request = client.post(url).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request
         .body(body)
         .send()
         .await
@@ -196,6 +214,27 @@ async fn post(client: &reqwest::Client, url: &str, body: String) -> Value {
         .json()
         .await
         .unwrap()
+}
+
+/// Warm requests in the 2026-07-28 era: no session, every request self-contained.
+async fn per_request_era(mcpod: &Mcpod) -> Vec<Duration> {
+    let client = reqwest::Client::new();
+    let endpoint = format!("{}/mcp/time", mcpod.url);
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "get_current_time"),
+    ];
+    let mut warm = vec![];
+    for id in 1..=(WARM_ROUNDS as u64 + 20) {
+        let began = Instant::now();
+        let reply = post_with(&client, &endpoint, call_per_request(id), &headers).await;
+        assert_eq!(reply["id"], id, "{reply}");
+        if id > 20 {
+            warm.push(began.elapsed());
+        }
+    }
+    warm
 }
 
 async fn through_router(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
@@ -235,6 +274,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mcpod = start_mcpod();
     let (warm, cold) = runtime.block_on(through_router(&mcpod));
+    let modern = stats(runtime.block_on(per_request_era(&mcpod)));
     drop(mcpod);
     let (warm, cold) = (stats(warm), stats(cold));
 
@@ -250,6 +290,12 @@ fn main() {
         "warm: HTTP through mcpod",
         ms(warm.median),
         ms(warm.p90)
+    );
+    println!(
+        "{:<44} {:>10.3} {:>10.3}",
+        "warm: HTTP through mcpod, protocol 2026-07-28",
+        ms(modern.median),
+        ms(modern.p90)
     );
     println!(
         "{:<44} {:>10.1} {:>10.1}",
@@ -268,6 +314,11 @@ fn main() {
         "warm ratio (mcpod / direct pipe, median): {:.2}x  (+{:.3} ms)",
         ms(warm.median) / ms(direct.median),
         ms(warm.median) - ms(direct.median)
+    );
+    println!(
+        "warm ratio, 2026-07-28 (mcpod / direct pipe, median): {:.2}x  (+{:.3} ms)",
+        ms(modern.median) / ms(direct.median),
+        ms(modern.median) - ms(direct.median)
     );
     println!(
         "cold ratio (mcpod / raw podman start, median): {:.2}x",

@@ -51,13 +51,13 @@ pub fn routes(
     reconciler: Arc<Reconciler>,
     config: RouterConfig,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    let mcp = endpoint::routes(reconciler.clone(), config.endpoint.clone());
-    // First of all: a request for a server another replica owns goes there.
-    let elsewhere = forward::gate(Forwarding::new(
+    // Boxed: the composed filter types get too deep for the compiler otherwise.
+    let mcp = endpoint::routes(reconciler.clone(), config.endpoint.clone()).boxed();
+    let forwarding = Forwarding::new(
         reconciler.clone(),
         config.ownership.clone(),
         config.endpoint.max_body_bytes,
-    ));
+    );
     let state = State { reconciler };
     let with_state = warp::any().map(move || state.clone());
 
@@ -122,9 +122,7 @@ pub fn routes(
         .and(with_state.clone())
         .then(stop_server);
 
-    elsewhere
-        .or(health)
-        .unify()
+    let local = health
         .or(metrics)
         .unify()
         .or(list)
@@ -139,6 +137,14 @@ pub fn routes(
         .unify()
         .or(mcp)
         .unify()
+        .boxed();
+    // With several replicas, first of all: a request for a server another
+    // replica owns goes there. A lone router skips the question.
+    let served = match config.ownership {
+        Some(_) => forward::gate(forwarding).or(local).unify().boxed(),
+        None => local,
+    };
+    served
         .recover(handle_rejection)
         .unify()
         .with(warp::trace::request())
