@@ -757,6 +757,23 @@ async fn per_request_era_rules_are_enforced() {
         12
     );
 
+    // A server that dies mid-request: the request still gets its one answer, an
+    // error with its id; the listen stream stays open for the next instance.
+    let crash = per_request(
+        13,
+        "tools/call",
+        json!({"name": "crash", "arguments": {}}),
+        None,
+    );
+    let (status, body) = post_per_request(&client, &crash).await;
+    assert_eq!(status, 502, "{body:?}");
+    assert_eq!(
+        (&body[0]["id"], &body[0]["error"]["code"]),
+        (&json!(13), &json!(-32003))
+    );
+    let (status, body) = post_per_request(&client, &echo).await;
+    assert_eq!(status, 200, "a new instance answers: {body:?}");
+
     // Isolated servers keep per-client state: they need the handshake, and say so.
     let mut lonely = RawClient::new(format!("{}/mcp/lonely", mcpod.url));
     lonely.version = "2026-07-28".into();
