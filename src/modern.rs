@@ -99,11 +99,21 @@ fn error_reply(id: Value, code: i64, message: impl Into<String>) -> HttpResponse
 
 /// -32022, naming what is supported so a client can pick again.
 pub fn unsupported_version(id: Value, requested: &str, supported: &[&str]) -> HttpResponse {
-    let mut error = jsonrpc::error(
+    unsupported_because(
         id,
-        UNSUPPORTED_PROTOCOL_VERSION,
+        requested,
+        supported,
         format!("unsupported protocol version {requested:?}"),
-    );
+    )
+}
+
+fn unsupported_because(
+    id: Value,
+    requested: &str,
+    supported: &[&str],
+    message: String,
+) -> HttpResponse {
+    let mut error = jsonrpc::error(id, UNSUPPORTED_PROTOCOL_VERSION, message);
     error["error"]["data"] = json!({"supported": supported, "requested": requested});
     json_reply(StatusCode::BAD_REQUEST, &error)
 }
@@ -187,18 +197,16 @@ pub async fn post(
     };
     if server.workload().session_mode == SessionMode::Isolated {
         // Per-client state needs a session of its own: the handshake gives one.
-        let mut reply = unsupported_version(
-            request.id.clone(),
+        return unsupported_because(
+            request.id,
             MODERN_PROTOCOL_VERSIONS[0],
             SUPPORTED_PROTOCOL_VERSIONS,
+            format!(
+                "MCP server '{}' has sessionMode Isolated (a container per client session): \
+                 connect with the initialize handshake",
+                server.name()
+            ),
         );
-        reply.headers_mut().insert(
-            "x-mcpod-reason",
-            "sessionMode Isolated needs the initialize handshake"
-                .parse()
-                .expect("static header"),
-        );
-        return reply;
     }
     debug!(method = %request.method, "per-request (2026-07-28) request");
     match request.method.as_str() {

@@ -783,6 +783,8 @@ async fn per_request_era_rules_are_enforced() {
     )
     .await;
     assert_eq!((status, &body[0]["error"]["code"]), (400, &json!(-32022)));
+    let message = body[0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("sessionMode Isolated"), "{message}");
     let supported = body[0]["error"]["data"]["supported"]
         .as_array()
         .unwrap()
