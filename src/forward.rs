@@ -27,8 +27,8 @@ use tracing::{debug, info, warn, Instrument};
 use warp::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
-use crate::endpoint::{json_reply, HttpResponse};
-use crate::jsonrpc;
+use crate::mcp::http::reply::{json_reply, HttpResponse};
+use crate::mcp::message as jsonrpc;
 use crate::reconcile::Reconciler;
 use crate::runtime::kube::lease::{Owner, Ownership, Route};
 

@@ -4,32 +4,30 @@
 //! an `MCPServer` ([`crd`]) is read from YAML ([`manifests`]), resolved into a
 //! runtime-neutral [`workload::Workload`], and kept in the wanted state by the
 //! [`reconcile`] loop, which owns one [`server::Server`] per MCPServer. A server
-//! starts its container through a [`runtime::Runtime`] (Podman or Kubernetes) and
-//! talks to it through a [`stdio::StdioBridge`]. The [`router`] turns HTTP requests
-//! into calls on a server and the bridge turns those into lines on the container's
-//! stdin, and back.
+//! (its lifecycle) starts its container through a [`runtime::Runtime`] (Podman or
+//! Kubernetes) and talks to it through an [`mcp::bridge::StdioBridge`]. The
+//! [`router`] serves the management API and mounts the MCP transports
+//! ([`mcp::http`]), which turn HTTP requests into calls on a server's protocol
+//! core ([`mcp::sessions`]) and the bridge turns those into lines on the
+//! container's stdin, and back.
 
 pub mod backup;
 pub mod crd;
 pub mod datadir;
 pub mod duration;
-pub mod endpoint;
 pub mod error;
 pub mod forward;
-pub mod jsonrpc;
 pub mod leader;
 pub mod logs;
 pub mod manifests;
+pub mod mcp;
 pub mod metrics;
-pub mod modern;
 pub mod operator;
 pub mod quantity;
 pub mod reconcile;
 pub mod router;
 pub mod runtime;
 pub mod server;
-pub mod session;
-pub mod stdio;
 pub mod workload;
 
 pub use error::{Error, Result};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tracing::{error, info};
 
-use mcpod::endpoint::EndpointConfig;
+use mcpod::mcp::http::EndpointConfig;
 use mcpod::reconcile::Reconciler;
 use mcpod::router::{self, RouterConfig};
 use mcpod::runtime::podman::{self, PodmanRuntime};

@@ -9,11 +9,11 @@ use serde_json::json;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use crate::endpoint::{self, json_reply, EndpointConfig, HttpResponse};
 use crate::forward::{self, Forwarding};
+use crate::mcp::http::reply::{json_reply, text_reply, HttpResponse};
+use crate::mcp::http::{self as endpoint, EndpointConfig};
 use crate::reconcile::Reconciler;
 use crate::runtime::kube::lease::Ownership;
-use crate::server::ServerError;
 
 /// Router-wide settings.
 #[derive(Debug, Clone, Default)]
@@ -37,13 +37,6 @@ impl State {
             .map(|s| s.status())
             .collect()
     }
-}
-
-fn text_reply(content_type: &str, text: String) -> HttpResponse {
-    warp::http::Response::builder()
-        .header("content-type", content_type)
-        .body(text.into())
-        .expect("static headers are valid")
 }
 
 /// All routes, with every rejection turned into a JSON error.
@@ -162,15 +155,15 @@ async fn start_server(name: String, state: State) -> HttpResponse {
         return unknown_server(&name);
     };
     match server.acquire().await {
-        Ok(lease) => {
-            drop(lease);
+        Ok(hold) => {
+            drop(hold);
             json_reply(
                 StatusCode::OK,
                 &json!({"success": true, "message": "Server started"}),
             )
         }
         Err(e) => json_reply(
-            status_of(&e),
+            e.status(),
             &json!({"success": false, "message": e.to_string()}),
         ),
     }
@@ -185,10 +178,6 @@ async fn stop_server(name: String, state: State) -> HttpResponse {
         StatusCode::OK,
         &json!({"success": true, "message": "Server stopped"}),
     )
-}
-
-fn status_of(error: &ServerError) -> StatusCode {
-    StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 async fn handle_rejection(rejection: Rejection) -> Result<HttpResponse, Infallible> {

@@ -2,7 +2,7 @@
 //! stopped when idle, restarted after a crash, backed off after failed starts.
 //!
 //! The `lifecycle` mutex is the one place decisions are made: a request takes a
-//! [`Lease`] under it, and the idle check and the stop happen under it too, so a
+//! [`Hold`] under it, and the idle check and the stop happen under it too, so a
 //! server with a request in flight is never stopped, and a request that arrives
 //! during a start or a stop waits and is then served by the new instance.
 
@@ -16,18 +16,15 @@ use serde_json::{json, Value};
 use tracing::{info, warn, Instrument};
 
 use crate::crd::{DesiredState, Phase};
-use crate::jsonrpc;
 use crate::logs::ServerLog;
+use crate::mcp::bridge::{BridgeError, Buffers, MessageHandler, StdioBridge};
+use crate::mcp::error::RequestError;
+use crate::mcp::message::{self as jsonrpc, Method};
+use crate::mcp::sessions::Sessions;
+use crate::mcp::version;
 use crate::runtime::Runtime;
-use crate::session::Sessions;
-use crate::stdio::{BridgeError, Buffers, MessageHandler, StdioBridge};
 use crate::workload::Workload;
 
-/// The protocol version mcpod asks servers for; they answer with theirs.
-pub const LATEST_PROTOCOL_VERSION: &str = "2025-11-25";
-/// Versions a client may negotiate with mcpod.
-pub const SUPPORTED_PROTOCOL_VERSIONS: &[&str] =
-    &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Settings shared by every server of one mcpod.
@@ -53,56 +50,6 @@ impl Default for Settings {
             idle_check_interval: Duration::from_millis(500),
             session_ttl: Duration::from_secs(3600),
             log_dir: None,
-        }
-    }
-}
-
-/// Why a request could not be served; each maps to an HTTP status and a JSON-RPC error.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ServerError {
-    #[error("MCP server '{0}' is disabled (desiredState: Disabled)")]
-    Disabled(String),
-    #[error("MCP server '{0}' was removed")]
-    Removed(String),
-    #[error("MCP server '{server}' failed to start: {reason}; next attempt in {}s", retry_in.as_secs().max(1))]
-    StartFailed {
-        server: String,
-        reason: String,
-        retry_in: Duration,
-    },
-    #[error("MCP server '{server}' did not become ready within {timeout:?}")]
-    StartupTimeout { server: String, timeout: Duration },
-    #[error("MCP server '{server}' stopped before answering: {reason}")]
-    Crashed { server: String, reason: String },
-    #[error("MCP server '{server}' did not answer within {timeout:?}")]
-    RequestTimeout { server: String, timeout: Duration },
-}
-
-impl ServerError {
-    pub fn jsonrpc_code(&self) -> i64 {
-        match self {
-            ServerError::RequestTimeout { .. } => jsonrpc::REQUEST_TIMEOUT,
-            ServerError::Crashed { .. } => jsonrpc::SERVER_CRASHED,
-            ServerError::Removed(_) => jsonrpc::SERVER_STOPPING,
-            _ => jsonrpc::SERVER_UNAVAILABLE,
-        }
-    }
-
-    /// 503 for "not available now", 504 for timeouts, 502 for a server that died.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            ServerError::Disabled(_)
-            | ServerError::Removed(_)
-            | ServerError::StartFailed { .. } => 503,
-            ServerError::StartupTimeout { .. } | ServerError::RequestTimeout { .. } => 504,
-            ServerError::Crashed { .. } => 502,
-        }
-    }
-
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            ServerError::StartFailed { retry_in, .. } => Some(*retry_in),
-            _ => None,
         }
     }
 }
@@ -177,27 +124,27 @@ pub struct Server {
 }
 
 /// Held while a request is being served: keeps the server from being stopped.
-pub struct Lease {
+pub struct Hold {
     server: Arc<Server>,
     pub instance: Arc<Instance>,
 }
 
-impl Drop for Lease {
+impl Drop for Hold {
     fn drop(&mut self) {
         self.server.touch();
         self.server.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-impl Lease {
+impl Hold {
     /// Sends a request to the server and returns its response, under the server's request timeout.
-    pub async fn request(&self, message: Value) -> Result<Value, ServerError> {
+    pub async fn request(&self, message: Value) -> Result<Value, RequestError> {
         self.request_as(self.instance.bridge.next_wire_id(), message)
             .await
     }
 
-    /// Like [`Lease::request`], under a wire id the caller took from the bridge.
-    pub async fn request_as(&self, wire_id: u64, message: Value) -> Result<Value, ServerError> {
+    /// Like [`Hold::request`], under a wire id the caller took from the bridge.
+    pub async fn request_as(&self, wire_id: u64, message: Value) -> Result<Value, RequestError> {
         let timeout = self.server.workload().timeouts.request;
         let result = self
             .instance
@@ -210,11 +157,11 @@ impl Lease {
             status.request_failures += u64::from(result.is_err());
         }
         result.map_err(|e| match e {
-            BridgeError::Timeout(timeout) => ServerError::RequestTimeout {
+            BridgeError::Timeout(timeout) => RequestError::RequestTimeout {
                 server: self.server.name.clone(),
                 timeout,
             },
-            BridgeError::Closed(reason) => ServerError::Crashed {
+            BridgeError::Closed(reason) => RequestError::Crashed {
                 server: self.server.name.clone(),
                 reason,
             },
@@ -327,12 +274,12 @@ impl Server {
         status.message = message;
     }
 
-    /// A lease on a running instance, starting one if needed. Concurrent callers
+    /// A hold on a running instance, starting one if needed. Concurrent callers
     /// share one start; callers that arrive during a stop wait for it to finish.
-    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, ServerError> {
+    pub async fn acquire(self: &Arc<Self>) -> Result<Hold, RequestError> {
         let workload = self.workload();
         if workload.desired_state == DesiredState::Disabled {
-            return Err(ServerError::Disabled(self.name.clone()));
+            return Err(RequestError::Disabled(self.name.clone()));
         }
         let wait = workload.timeouts.startup
             + workload.timeouts.request
@@ -340,14 +287,14 @@ impl Server {
             + Duration::from_secs(5);
         let mut lifecycle = tokio::time::timeout(wait, self.lifecycle.lock())
             .await
-            .map_err(|_| ServerError::StartupTimeout {
+            .map_err(|_| RequestError::StartupTimeout {
                 server: self.name.clone(),
                 timeout: wait,
             })?;
         match &*lifecycle {
-            Lifecycle::Removed => return Err(ServerError::Removed(self.name.clone())),
+            Lifecycle::Removed => return Err(RequestError::Removed(self.name.clone())),
             Lifecycle::Running(instance) if instance.bridge.closed_reason().is_none() => {
-                return Ok(self.lease(instance.clone()));
+                return Ok(self.hold(instance.clone()));
             }
             Lifecycle::Running(instance) => {
                 let reason = instance.bridge.closed_reason().unwrap_or_default();
@@ -356,7 +303,7 @@ impl Server {
             Lifecycle::Failed {
                 reason, retry_at, ..
             } if Instant::now() < *retry_at => {
-                return Err(ServerError::StartFailed {
+                return Err(RequestError::StartFailed {
                     server: self.name.clone(),
                     reason: reason.clone(),
                     retry_in: *retry_at - Instant::now(),
@@ -365,13 +312,13 @@ impl Server {
             _ => {}
         }
         let instance = self.start_locked(&mut lifecycle, &workload).await?;
-        Ok(self.lease(instance))
+        Ok(self.hold(instance))
     }
 
-    fn lease(self: &Arc<Self>, instance: Arc<Instance>) -> Lease {
+    fn hold(self: &Arc<Self>, instance: Arc<Instance>) -> Hold {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.touch();
-        Lease {
+        Hold {
             server: self.clone(),
             instance,
         }
@@ -381,7 +328,7 @@ impl Server {
         self: &Arc<Self>,
         lifecycle: &mut Lifecycle,
         workload: &Arc<Workload>,
-    ) -> Result<Arc<Instance>, ServerError> {
+    ) -> Result<Arc<Instance>, RequestError> {
         let previous_failures = match lifecycle {
             Lifecycle::Failed { failures, .. } => *failures,
             _ => 0,
@@ -391,12 +338,12 @@ impl Server {
         let timeout = workload.timeouts.startup;
         let outcome = match tokio::time::timeout(timeout, self.start_instance(workload)).await {
             Ok(Ok(instance)) => Ok(instance),
-            Ok(Err(reason)) => Err(ServerError::StartFailed {
+            Ok(Err(reason)) => Err(RequestError::StartFailed {
                 server: self.name.clone(),
                 reason,
                 retry_in: backoff(previous_failures + 1),
             }),
-            Err(_) => Err(ServerError::StartupTimeout {
+            Err(_) => Err(RequestError::StartupTimeout {
                 server: self.name.clone(),
                 timeout,
             }),
@@ -425,7 +372,7 @@ impl Server {
                 let failures = previous_failures + 1;
                 let retry_in = backoff(failures);
                 let reason = match &error {
-                    ServerError::StartFailed { reason, .. } => reason.clone(),
+                    RequestError::StartFailed { reason, .. } => reason.clone(),
                     other => other.to_string(),
                 };
                 warn!(%reason, failures, retry_in_s = retry_in.as_secs(), "start failed");
@@ -471,7 +418,7 @@ impl Server {
         let initialize = json!({
             "jsonrpc": "2.0", "id": 0, "method": "initialize",
             "params": {
-                "protocolVersion": LATEST_PROTOCOL_VERSION,
+                "protocolVersion": version::FOR_SERVERS,
                 // What mcpod can route to client sessions that declared the same.
                 "capabilities": {"roots": {"listChanged": true}, "sampling": {}, "elicitation": {}},
                 "clientInfo": {"name": "mcpod", "version": env!("CARGO_PKG_VERSION")},
@@ -490,7 +437,7 @@ impl Server {
         let Some(result) = response.get("result").cloned() else {
             return Err(format!("initialize was refused: {}", response["error"]));
         };
-        bridge.notify(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        bridge.notify(jsonrpc::notification(Method::Initialized, None));
         self.renew_subscriptions(&bridge, workload.timeouts.request);
         let instance = Arc::new(Instance {
             container_id: attached.container_id,
@@ -511,7 +458,8 @@ impl Server {
         for uri in self.sessions.subscribed_uris() {
             let bridge = bridge.clone();
             tokio::spawn(async move {
-                let subscribe = json!({"jsonrpc": "2.0", "id": 0, "method": "resources/subscribe", "params": {"uri": uri}});
+                let subscribe =
+                    jsonrpc::request(json!(0), Method::ResourcesSubscribe, json!({"uri": uri}));
                 if let Err(e) = bridge.request(subscribe, timeout).await {
                     warn!(%uri, error = %e, "renewing a resource subscription failed");
                 }
@@ -686,7 +634,7 @@ impl Server {
     pub async fn adopt_running(self: &Arc<Self>) {
         info!("adopting a running container: restarting it cleanly");
         match self.acquire().await {
-            Ok(lease) => drop(lease),
+            Ok(hold) => drop(hold),
             Err(e) => warn!(error = %e, "restart of an adopted container failed"),
         }
     }
@@ -753,7 +701,9 @@ impl Server {
             if Arc::strong_count(&self) == 1 {
                 return; // nobody holds this server any more
             }
-            for id in self.sessions.expire(self.settings.session_ttl) {
+            // A parked per-request exchange still counts against the request timeout.
+            let parked_ttl = self.workload().timeouts.request;
+            for id in self.sessions.expire(self.settings.session_ttl, parked_ttl) {
                 info!(session = %id, "client session expired");
             }
             self.reap_isolated(None).await;
@@ -829,28 +779,5 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(2));
         assert_eq!(backoff(4), Duration::from_secs(8));
         assert_eq!(backoff(30), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn errors_map_to_http_statuses() {
-        let crashed = ServerError::Crashed {
-            server: "s".into(),
-            reason: "exit 1".into(),
-        };
-        assert_eq!(crashed.http_status(), 502);
-        assert_eq!(crashed.jsonrpc_code(), jsonrpc::SERVER_CRASHED);
-        let timeout = ServerError::RequestTimeout {
-            server: "s".into(),
-            timeout: Duration::from_secs(1),
-        };
-        assert_eq!(timeout.http_status(), 504);
-        let failed = ServerError::StartFailed {
-            server: "s".into(),
-            reason: "image missing".into(),
-            retry_in: Duration::from_secs(4),
-        };
-        assert_eq!(failed.http_status(), 503);
-        assert_eq!(failed.retry_after(), Some(Duration::from_secs(4)));
-        assert!(failed.to_string().contains("image missing"));
     }
 }

@@ -117,6 +117,29 @@ async fn many_sessions_with_colliding_ids_each_get_their_own_answers() {
 }
 
 #[tokio::test]
+async fn concurrent_sampling_sessions_each_see_only_their_own_question() {
+    let mcpod = Mcpod::start(&servers(), &[]);
+    let url = format!("{}/mcp/everything", mcpod.url);
+    let out =
+        tokio::task::spawn_blocking(move || sdk_client("typescript", "concurrent-sampling", &url))
+            .await
+            .unwrap();
+    assert_eq!(out["total"], 6);
+    assert_eq!(
+        out["askedCounts"],
+        json!([1, 1, 1, 1, 1, 1]),
+        "each client is asked exactly its own one question: {out}"
+    );
+    assert_eq!(out["wrongQuestions"], json!([]), "{out}");
+    assert_eq!(out["wrongAnswers"], json!([]), "{out}");
+    assert_eq!(
+        mcpod.status("everything").await["starts"],
+        1,
+        "one shared process served every session"
+    );
+}
+
+#[tokio::test]
 async fn legacy_sse_transport_serves_old_clients() {
     let mcpod = Mcpod::start(&servers(), &[]);
     let url = format!("{}/sse/everything", mcpod.url);
@@ -283,9 +306,68 @@ async fn read_events(
             .unwrap()
             .expect("stream still open");
         buffer.push_str(&String::from_utf8_lossy(&chunk));
-        events.extend(take_events(buffer).into_iter().filter(|e| e.id.is_some()));
+        events.extend(
+            take_events(buffer)
+                .into_iter()
+                .filter(|e| e.id.is_some() && !e.is_priming()),
+        );
     }
     events
+}
+
+/// Reads the first event of a stream, which must be its priming event.
+async fn read_priming(response: &mut reqwest::Response, buffer: &mut String) -> Event {
+    loop {
+        if let Some(event) = take_events(buffer).into_iter().next() {
+            return event;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(20), response.chunk())
+            .await
+            .expect("an event within 20 s")
+            .unwrap()
+            .expect("stream still open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn every_sse_stream_starts_with_a_priming_event_to_resume_from() {
+    let mcpod = Mcpod::start(&servers(), &[]);
+    let mut client = RawClient::new(format!("{}/mcp/fake", mcpod.url));
+    client.initialize(json!({})).await;
+    let mut stream = client.request(reqwest::Method::GET).send().await.unwrap();
+    let mut buffer = String::new();
+    let priming = read_priming(&mut stream, &mut buffer).await;
+    assert!(priming.is_priming(), "{priming:?}");
+    assert!(priming.retry.is_some(), "a retry hint: {priming:?}");
+    drop(stream); // lost before its first message
+
+    // Sent while no stream is open, it is replayed from the priming event on.
+    let notify = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notify","arguments":{"count":1}}});
+    let sent = client.json_only_post(&notify).send().await.unwrap();
+    assert_eq!(sent.status(), 200);
+    let mut resumed = client
+        .request(reqwest::Method::GET)
+        .header("last-event-id", priming.id.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let mut buffer = String::new();
+    assert!(read_priming(&mut resumed, &mut buffer).await.is_priming());
+    let replayed = read_events(&mut resumed, &mut buffer, 1).await;
+    assert_eq!(replayed[0].data["params"]["data"], "note 1 of 1");
+
+    // A request answered as SSE starts with one too.
+    let mut answer = client
+        .request(reqwest::Method::POST)
+        .body(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut buffer = String::new();
+    assert!(read_priming(&mut answer, &mut buffer).await.is_priming());
+    let response = read_events(&mut answer, &mut buffer, 1).await;
+    assert_eq!(response[0].data["id"], 2);
 }
 
 #[tokio::test]
@@ -296,11 +378,7 @@ async fn get_stream_resumes_with_last_event_id_and_loses_nothing() {
     let notify = |count: u64| json!({"jsonrpc":"2.0","id":count,"method":"tools/call","params":{"name":"notify","arguments":{"count":count}}});
     let json_only = |client: &RawClient, body: Value| {
         // JSON-only request: what the server sends meanwhile goes to the GET stream.
-        client
-            .request(reqwest::Method::POST)
-            .header("accept", "application/json")
-            .body(body.to_string())
-            .send()
+        client.json_only_post(&body).send()
     };
 
     let mut stream = client.request(reqwest::Method::GET).send().await.unwrap();

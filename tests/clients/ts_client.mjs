@@ -81,6 +81,39 @@ async function concurrent() {
   return { total: results.length, mismatched: results.filter((r) => r.want !== r.got) };
 }
 
+// Several sessions of one shared server call a sampling tool at the same
+// moment: each must be asked only its own question and get its own answer.
+async function concurrentSampling() {
+  const names = ["s1", "s2", "s3", "s4", "s5", "s6"];
+  const asked = Object.fromEntries(names.map((n) => [n, []]));
+  const clients = await Promise.all(
+    names.map(async (name) => {
+      const client = new Client({ name, version: "1.0.0" }, { capabilities: { sampling: {} } });
+      client.setRequestHandler(CreateMessageRequestSchema, async (request) => {
+        asked[name].push(JSON.stringify(request.params.messages));
+        return { role: "assistant", model: "m", content: { type: "text", text: `answer for ${name}` }, stopReason: "endTurn" };
+      });
+      await client.connect(new StreamableHTTPClientTransport(new URL(url)));
+      return { name, client };
+    }),
+  );
+  const results = await Promise.all(
+    clients.map(({ name, client }) =>
+      client
+        .callTool({ name: "trigger-sampling-request", arguments: { prompt: `question of ${name}`, maxTokens: 5 } })
+        .then((r) => ({ name, text: JSON.stringify(r) })),
+    ),
+  );
+  await Promise.all(clients.map(({ client }) => client.close()));
+  const foreign = (name, text) => names.some((other) => other !== name && text.includes(`of ${other}`) || text.includes(`for ${other}"`) && other !== name);
+  return {
+    total: results.length,
+    askedCounts: names.map((n) => asked[n].length),
+    wrongQuestions: names.flatMap((n) => asked[n].filter((q) => !q.includes(`question of ${n}`)).map((q) => ({ n, q }))),
+    wrongAnswers: results.filter((r) => !r.text.includes(`answer for ${r.name}`) || foreign(r.name, r.text)),
+  };
+}
+
 async function legacy() {
   const client = newClient("ts-legacy");
   await client.connect(new SSEClientTransport(new URL(url)));
@@ -90,7 +123,7 @@ async function legacy() {
   return out;
 }
 
-const scenarios = { everything, concurrent, legacy };
+const scenarios = { everything, concurrent, legacy, "concurrent-sampling": concurrentSampling };
 scenarios[scenario]()
   .then((out) => {
     console.log(JSON.stringify(out));

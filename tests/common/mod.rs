@@ -383,6 +383,15 @@ pub struct Event {
     pub id: Option<String>,
     pub event: Option<String>,
     pub data: Value,
+    /// The reconnection delay the server suggests (`retry:`), in ms.
+    pub retry: Option<String>,
+}
+
+impl Event {
+    /// A stream's priming event: an id to resume from, and no message.
+    pub fn is_priming(&self) -> bool {
+        self.id.is_some() && self.data == Value::String(String::new())
+    }
 }
 
 /// Parses complete SSE events out of `buffer`, leaving any partial one.
@@ -390,9 +399,11 @@ pub fn take_events(buffer: &mut String) -> Vec<Event> {
     let mut events = vec![];
     while let Some(end) = buffer.find("\n\n") {
         let block: String = buffer.drain(..end + 2).collect();
-        let (mut id, mut event, mut data) = (None, None, String::new());
+        let (mut id, mut event, mut data, mut retry) = (None, None, String::new(), None);
         for line in block.lines() {
-            if let Some(v) = line.strip_prefix("id:") {
+            if let Some(v) = line.strip_prefix("retry:") {
+                retry = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("id:") {
                 id = Some(v.trim().to_string());
             } else if let Some(v) = line.strip_prefix("event:") {
                 event = Some(v.trim().to_string());
@@ -402,7 +413,12 @@ pub fn take_events(buffer: &mut String) -> Vec<Event> {
         }
         if id.is_some() || !data.is_empty() {
             let data = serde_json::from_str(&data).unwrap_or(Value::String(data));
-            events.push(Event { id, event, data });
+            events.push(Event {
+                id,
+                event,
+                data,
+                retry,
+            });
         }
     }
     events
@@ -436,6 +452,22 @@ impl RawClient {
             .header("accept", "application/json, text/event-stream")
             .header("content-type", "application/json")
             .header("mcp-protocol-version", &self.version);
+        if let Some(session) = &self.session {
+            request = request.header("mcp-session-id", session);
+        }
+        request
+    }
+
+    /// A POST from a client that accepts only JSON: what the server sends while
+    /// handling it goes to the session's GET stream.
+    pub fn json_only_post(&self, body: &Value) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .header("accept", "application/json")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", &self.version)
+            .body(body.to_string());
         if let Some(session) = &self.session {
             request = request.header("mcp-session-id", session);
         }

@@ -2,6 +2,10 @@
 //! each way. Requests get router-assigned ids on the way in (so clients' ids
 //! never collide) and their own ids back on the way out. When the server's
 //! output ends, every pending request fails at once with the reason.
+//!
+//! One reader task frames and classifies what the server writes and hands each
+//! message on in order; one writer task owns stdin. The bridge's own state
+//! (answers awaited, health probes, activity, the stderr tail) is one lock.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -9,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -17,8 +20,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::jsonrpc::{self, Kind};
 use crate::logs::ServerLog;
+use crate::mcp::framing::LineFramer;
+use crate::mcp::message::{self as jsonrpc, Kind, Method};
 use crate::runtime::Output;
 
 /// Why a request through the bridge got no answer from the server.
@@ -61,13 +65,17 @@ struct Pending {
     reply: oneshot::Sender<Value>,
 }
 
-struct Shared {
-    pending: Mutex<HashMap<u64, Pending>>,
+struct State {
+    pending: HashMap<u64, Pending>,
     /// Wire ids of health probes: they must not count as activity.
-    quiet: Mutex<std::collections::HashSet<u64>>,
+    quiet: std::collections::HashSet<u64>,
+    last_activity: Instant,
+    stderr_tail: VecDeque<String>,
+}
+
+struct Shared {
+    state: Mutex<State>,
     next_id: AtomicU64,
-    last_activity: Mutex<Instant>,
-    stderr_tail: Mutex<VecDeque<String>>,
 }
 
 /// Removes a pending request's entry when its waiter is gone.
@@ -78,13 +86,13 @@ struct ForgetOnDrop<'a> {
 
 impl Drop for ForgetOnDrop<'_> {
     fn drop(&mut self) {
-        self.shared.pending.lock().unwrap().remove(&self.wire_id);
+        self.shared.lock().pending.remove(&self.wire_id);
     }
 }
 
 impl Shared {
-    fn touch(&self) {
-        *self.last_activity.lock().unwrap() = Instant::now();
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("bridge state lock poisoned")
     }
 }
 
@@ -109,11 +117,13 @@ impl StdioBridge {
         buffers: Buffers,
     ) -> StdioBridge {
         let shared = Arc::new(Shared {
-            pending: Mutex::new(HashMap::new()),
-            quiet: Mutex::new(Default::default()),
+            state: Mutex::new(State {
+                pending: HashMap::new(),
+                quiet: Default::default(),
+                last_activity: Instant::now(),
+                stderr_tail: VecDeque::new(),
+            }),
             next_id: AtomicU64::new(1),
-            last_activity: Mutex::new(Instant::now()),
-            stderr_tail: Mutex::new(VecDeque::new()),
         });
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
         let (closed_tx, closed) = watch::channel(None);
@@ -159,13 +169,12 @@ impl StdioBridge {
         let client_id = std::mem::replace(&mut message["id"], json!(wire_id));
         let (reply, response) = oneshot::channel();
         self.shared
-            .pending
             .lock()
-            .unwrap()
+            .pending
             .insert(wire_id, Pending { client_id, reply });
         // Checked after inserting: a close that races with us drains the entry.
         if let Some(reason) = self.closed_reason() {
-            self.shared.pending.lock().unwrap().remove(&wire_id);
+            self.shared.lock().pending.remove(&wire_id);
             return Err(BridgeError::Closed(reason));
         }
         self.send_line(&message);
@@ -181,12 +190,12 @@ impl StdioBridge {
                     .unwrap_or_else(|| "bridge stopped".into()),
             )),
             Err(_) => {
-                self.shared.pending.lock().unwrap().remove(&wire_id);
+                self.shared.lock().pending.remove(&wire_id);
                 // Tell the server to stop working on it (MCP cancellation).
-                self.notify(
-                    json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
-                    "params": {"requestId": wire_id, "reason": "mcpod: request timed out"}}),
-                );
+                self.notify(jsonrpc::notification(
+                    Method::Cancelled,
+                    Some(json!({"requestId": wire_id, "reason": "mcpod: request timed out"})),
+                ));
                 Err(BridgeError::Timeout(timeout))
             }
         }
@@ -197,16 +206,19 @@ impl StdioBridge {
     /// server from being stopped.
     pub async fn probe(&self, timeout: Duration) -> Result<(), BridgeError> {
         let wire_id = self.next_wire_id();
-        self.shared.quiet.lock().unwrap().insert(wire_id);
         let (reply, response) = oneshot::channel();
-        self.shared.pending.lock().unwrap().insert(
-            wire_id,
-            Pending {
-                client_id: json!(wire_id),
-                reply,
-            },
-        );
-        let ping = json!({"jsonrpc": "2.0", "id": wire_id, "method": "ping"});
+        {
+            let mut state = self.shared.lock();
+            state.quiet.insert(wire_id);
+            state.pending.insert(
+                wire_id,
+                Pending {
+                    client_id: json!(wire_id),
+                    reply,
+                },
+            );
+        }
+        let ping = jsonrpc::request(json!(wire_id), Method::Ping, json!({}));
         let _ = self.outbound.send(Outbound::Line(ping.to_string()));
         let result = match tokio::time::timeout(timeout, response).await {
             Ok(Ok(_)) => Ok(()),
@@ -215,11 +227,11 @@ impl StdioBridge {
                     .unwrap_or_else(|| "bridge stopped".into()),
             )),
             Err(_) => {
-                self.shared.pending.lock().unwrap().remove(&wire_id);
+                self.shared.lock().pending.remove(&wire_id);
                 Err(BridgeError::Timeout(timeout))
             }
         };
-        self.shared.quiet.lock().unwrap().remove(&wire_id);
+        self.shared.lock().quiet.remove(&wire_id);
         result
     }
 
@@ -229,7 +241,7 @@ impl StdioBridge {
     }
 
     fn send_line(&self, message: &Value) {
-        self.shared.touch();
+        self.shared.lock().last_activity = Instant::now();
         // serde_json never emits raw newlines: one message is one line.
         let _ = self.outbound.send(Outbound::Line(message.to_string()));
     }
@@ -254,23 +266,17 @@ impl StdioBridge {
     }
 
     pub fn last_activity(&self) -> Instant {
-        *self.shared.last_activity.lock().unwrap()
+        self.shared.lock().last_activity
     }
 
     /// Requests sent to the server and not yet answered.
     pub fn pending(&self) -> usize {
-        self.shared.pending.lock().unwrap().len()
+        self.shared.lock().pending.len()
     }
 
     /// The last lines the server wrote to stderr, oldest first.
     pub fn stderr_tail(&self) -> Vec<String> {
-        self.shared
-            .stderr_tail
-            .lock()
-            .unwrap()
-            .iter()
-            .cloned()
-            .collect()
+        self.shared.lock().stderr_tail.iter().cloned().collect()
     }
 }
 
@@ -310,8 +316,8 @@ async fn read_loop(
     closed: watch::Sender<Option<String>>,
     buffers: Buffers,
 ) {
-    let mut stdout = LineBuffer::with_capacity(buffers.initial_bytes, buffers.max_message_bytes);
-    let mut stderr = LineBuffer::new(64 * 1024);
+    let mut stdout = LineFramer::with_capacity(buffers.initial_bytes, buffers.max_message_bytes);
+    let mut stderr = LineFramer::new(64 * 1024);
     let reason = loop {
         match output.next().await {
             Some(Ok(Output::Stdout(bytes))) => {
@@ -331,13 +337,7 @@ async fn read_loop(
     info!(reason = %reason, "server output closed");
     let pending: Vec<Pending> = {
         let _ = closed.send(Some(reason.clone()));
-        shared
-            .pending
-            .lock()
-            .unwrap()
-            .drain()
-            .map(|(_, p)| p)
-            .collect()
+        shared.lock().pending.drain().map(|(_, p)| p).collect()
     };
     // Dropping the senders wakes every waiting request with `Closed`.
     drop(pending);
@@ -358,12 +358,15 @@ fn dispatch(
         warn!(line = %truncate(text, 200), "server wrote a line that is not JSON to stdout; ignored");
         return;
     };
-    let is_probe_answer = message
-        .get("id")
-        .and_then(Value::as_u64)
-        .is_some_and(|id| shared.quiet.lock().unwrap().contains(&id));
-    if !is_probe_answer {
-        shared.touch();
+    {
+        let mut state = shared.lock();
+        let is_probe_answer = message
+            .get("id")
+            .and_then(Value::as_u64)
+            .is_some_and(|id| state.quiet.contains(&id));
+        if !is_probe_answer {
+            state.last_activity = Instant::now();
+        }
     }
     let reply = match jsonrpc::classify(&message) {
         Some(Kind::Response) => {
@@ -387,7 +390,7 @@ fn deliver_response(mut message: Value, shared: &Shared) {
         warn!(id = %message["id"], "response with an id mcpod never sent; ignored");
         return;
     };
-    let Some(pending) = shared.pending.lock().unwrap().remove(&wire_id) else {
+    let Some(pending) = shared.lock().pending.remove(&wire_id) else {
         debug!(
             wire_id,
             "response to a request that already timed out; dropped"
@@ -403,9 +406,11 @@ fn record_stderr(line: &[u8], shared: &Shared, log: &ServerLog) {
     if text.is_empty() {
         return;
     }
-    info!(target: "mcpod::server_stderr", "{text}");
+    // The server's own log only: copying it into mcpod's log would let one
+    // chatty server fill mcpod's disk.
     log.write("stderr", &text);
-    let mut tail = shared.stderr_tail.lock().unwrap();
+    let mut state = shared.lock();
+    let tail = &mut state.stderr_tail;
     if tail.len() == STDERR_TAIL_LINES {
         tail.pop_front();
     }
@@ -416,48 +421,6 @@ fn truncate(text: &str, max: usize) -> &str {
     match text.char_indices().nth(max) {
         Some((index, _)) => &text[..index],
         None => text,
-    }
-}
-
-/// Splits a byte stream into `\n`-terminated lines, discarding (with a warning)
-/// any line longer than `max` so one bad message cannot exhaust memory.
-pub struct LineBuffer {
-    buffer: BytesMut,
-    max: usize,
-    discarding: bool,
-}
-
-impl LineBuffer {
-    pub fn new(max: usize) -> Self {
-        Self::with_capacity(0, max)
-    }
-
-    pub fn with_capacity(initial: usize, max: usize) -> Self {
-        LineBuffer {
-            buffer: BytesMut::with_capacity(initial.min(max)),
-            max,
-            discarding: false,
-        }
-    }
-
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
-        self.buffer.extend_from_slice(bytes);
-        let mut lines = vec![];
-        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
-            let line = self.buffer.split_to(end + 1);
-            if std::mem::take(&mut self.discarding) {
-                continue;
-            }
-            lines.push(line[..end].to_vec());
-        }
-        if self.buffer.len() > self.max {
-            if !self.discarding {
-                warn!(max = self.max, "message longer than the limit; discarded");
-            }
-            self.discarding = true;
-            self.buffer.advance(self.buffer.len());
-        }
-        lines
     }
 }
 
@@ -657,17 +620,5 @@ mod tests {
         assert_eq!(bridge.last_activity(), before);
         let silent = bridge.probe(Duration::from_millis(50)).await;
         assert_eq!(silent, Err(BridgeError::Timeout(Duration::from_millis(50))));
-    }
-
-    #[test]
-    fn line_buffer_reassembles_and_bounds() {
-        let mut buffer = LineBuffer::new(10);
-        assert!(buffer.push(b"{\"a\"").is_empty());
-        assert_eq!(
-            buffer.push(b":1}\n{\"b\":2}\n"),
-            vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()]
-        );
-        assert!(buffer.push(b"0123456789abcdef").is_empty());
-        assert_eq!(buffer.push(b"tail\nok\n"), vec![b"ok".to_vec()]);
     }
 }

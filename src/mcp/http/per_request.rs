@@ -18,11 +18,7 @@
 //!
 //! A client that closes a response stream cancels its request.
 
-// Handlers return `Result<_, HttpResponse>` so `?` yields the error reply.
-#![allow(clippy::result_large_err)]
-
-use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use base64::Engine;
@@ -31,21 +27,18 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, Instrument};
 use warp::http::{HeaderMap, StatusCode};
-use warp::Reply;
 
+use super::reply::{self, json_reply, HttpResponse};
+use super::{header, VERSION_HEADER};
 use crate::crd::SessionMode;
-use crate::endpoint::{self, json_reply, server_error_reply, HttpResponse};
-use crate::jsonrpc::{self, Kind};
-use crate::server::{Server, ServerError, SUPPORTED_PROTOCOL_VERSIONS};
-use crate::session::{
+use crate::mcp::call;
+use crate::mcp::error::RequestError;
+use crate::mcp::message::{self as jsonrpc, Kind, Method};
+use crate::mcp::sessions::{
     log_severity, ClientCapabilities, ListenFilter, Session, SseEvent, SUBSCRIPTION_ID_META_KEY,
 };
-
-/// The per-request protocol versions mcpod serves.
-pub const MODERN_PROTOCOL_VERSIONS: &[&str] = &["2026-07-28"];
-
-pub const HEADER_MISMATCH: i64 = -32020;
-pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+use crate::mcp::version;
+use crate::server::Server;
 
 const PROTOCOL_VERSION_KEY: &str = "io.modelcontextprotocol/protocolVersion";
 const CLIENT_CAPABILITIES_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
@@ -53,17 +46,16 @@ const CLIENT_INFO_KEY: &str = "io.modelcontextprotocol/clientInfo";
 const LOG_LEVEL_KEY: &str = "io.modelcontextprotocol/logLevel";
 const SERVER_INFO_KEY: &str = "io.modelcontextprotocol/serverInfo";
 
-const VERSION_HEADER: &str = "mcp-protocol-version";
 const METHOD_HEADER: &str = "mcp-method";
 const NAME_HEADER: &str = "mcp-name";
 
 /// Methods of the handshake era that 2026-07-28 removed.
-const REMOVED_METHODS: &[&str] = &[
-    "initialize",
-    "ping",
-    "logging/setLevel",
-    "resources/subscribe",
-    "resources/unsubscribe",
+const REMOVED_METHODS: &[Method] = &[
+    Method::Initialize,
+    Method::Ping,
+    Method::LoggingSetLevel,
+    Method::ResourcesSubscribe,
+    Method::ResourcesUnsubscribe,
 ];
 
 /// A response that produced nothing else for this long commits to SSE, so
@@ -72,66 +64,29 @@ const SSE_COMMIT_AFTER: Duration = Duration::from_secs(15);
 
 /// Whether a request asks for the per-request era (by its version header).
 pub fn requested(headers: &HeaderMap) -> bool {
-    header(headers, VERSION_HEADER).is_some_and(|v| MODERN_PROTOCOL_VERSIONS.contains(&v))
+    header(headers, VERSION_HEADER).is_some_and(version::is_per_request)
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The HTTP status of a JSON-RPC error code in this era.
+/// The HTTP status of a JSON-RPC error a server answered with, in this era.
 fn status_for(code: i64) -> StatusCode {
     match code {
         jsonrpc::PARSE_ERROR
         | jsonrpc::INVALID_REQUEST
         | jsonrpc::INVALID_PARAMS
-        | HEADER_MISMATCH
-        | UNSUPPORTED_PROTOCOL_VERSION
+        | jsonrpc::HEADER_MISMATCH
+        | jsonrpc::UNSUPPORTED_PROTOCOL_VERSION
         | -32021 => StatusCode::BAD_REQUEST,
         jsonrpc::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
         _ => StatusCode::OK,
     }
 }
 
-fn error_reply(id: Value, code: i64, message: impl Into<String>) -> HttpResponse {
-    json_reply(status_for(code), &jsonrpc::error(id, code, message))
-}
-
-/// -32022, naming what is supported so a client can pick again.
-pub fn unsupported_version(id: Value, requested: &str, supported: &[&str]) -> HttpResponse {
-    unsupported_because(
-        id,
-        requested,
-        supported,
-        format!("unsupported protocol version {requested:?}"),
-    )
-}
-
-fn unsupported_because(
-    id: Value,
-    requested: &str,
-    supported: &[&str],
-    message: String,
-) -> HttpResponse {
-    let mut error = jsonrpc::error(id, UNSUPPORTED_PROTOCOL_VERSION, message);
-    error["error"]["data"] = json!({"supported": supported, "requested": requested});
-    json_reply(StatusCode::BAD_REQUEST, &error)
-}
-
-/// GET and DELETE have no meaning without sessions.
-pub fn method_not_allowed() -> HttpResponse {
-    let mut response = warp::reply().into_response();
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response
-        .headers_mut()
-        .insert("allow", "POST".parse().expect("static header"));
-    response
-}
-
 /// A checked 2026-07-28 request.
 struct Request {
     id: Value,
+    /// The method as sent, and as mcpod knows it.
     method: String,
+    kind: Method,
     message: Value,
     capabilities: ClientCapabilities,
     log_severity: Option<u8>,
@@ -148,7 +103,7 @@ impl Request {
 
     /// The name a retry must repeat: the tool, prompt or resource it is about.
     fn subject(&self) -> Option<String> {
-        let key = if self.method == "resources/read" {
+        let key = if self.kind == Method::ResourcesRead {
             "uri"
         } else {
             "name"
@@ -192,36 +147,35 @@ pub async fn post(
         Ok(Some(request)) => request,
         // A notification: nothing in this era acts on one (a client cancels by
         // closing its stream), but clients send them; accept and drop.
-        Ok(None) => return endpoint::status_only(StatusCode::ACCEPTED),
-        Err(reply) => return reply,
+        Ok(None) => return reply::status_only(StatusCode::ACCEPTED),
+        Err((id, error)) => return error.reply(id),
     };
     if server.workload().session_mode == SessionMode::Isolated {
         // Per-client state needs a session of its own: the handshake gives one.
-        return unsupported_because(
-            request.id,
-            MODERN_PROTOCOL_VERSIONS[0],
-            SUPPORTED_PROTOCOL_VERSIONS,
-            format!(
+        return RequestError::UnsupportedVersion {
+            requested: version::PER_REQUEST[0].to_string(),
+            supported: version::HANDSHAKE.to_vec(),
+            message: format!(
                 "MCP server '{}' has sessionMode Isolated (a container per client session): \
                  connect with the initialize handshake",
                 server.name()
             ),
-        );
+        }
+        .reply(request.id);
     }
     debug!(method = %request.method, "per-request (2026-07-28) request");
-    match request.method.as_str() {
-        "server/discover" => discover(&server, request.id).await,
-        "subscriptions/listen" if !sse => endpoint::transport_error(
-            StatusCode::NOT_ACCEPTABLE,
-            jsonrpc::INVALID_REQUEST,
+    match request.kind {
+        Method::ServerDiscover => discover(&server, request.id).await,
+        Method::SubscriptionsListen if !sse => RequestError::NotAcceptable(
             "subscriptions/listen answers with a stream: Accept must allow text/event-stream",
-        ),
-        "subscriptions/listen" => listen(server, request).await,
-        method if REMOVED_METHODS.contains(&method) => error_reply(
-            request.id,
-            jsonrpc::METHOD_NOT_FOUND,
-            format!("{method} is not part of protocol version 2026-07-28"),
-        ),
+        )
+        .reply(Value::Null),
+        Method::SubscriptionsListen => listen(server, request).await,
+        method if REMOVED_METHODS.contains(&method) => RequestError::MethodNotFound(format!(
+            "{} is not part of protocol version 2026-07-28",
+            request.method
+        ))
+        .reply(request.id),
         _ => exchange(server, request, sse).await,
     }
 }
@@ -229,27 +183,23 @@ pub async fn post(
 /// The envelope checks, in the specification's order: one request or
 /// notification; `_meta` with the version and capabilities; headers that agree
 /// with the body; a version mcpod speaks.
-fn check(headers: &HeaderMap, message: Value) -> Result<Option<Request>, HttpResponse> {
-    let single = "the body must be one JSON-RPC request or notification object";
+fn check(headers: &HeaderMap, message: Value) -> Result<Option<Request>, (Value, RequestError)> {
+    let single = || {
+        RequestError::Invalid("the body must be one JSON-RPC request or notification object".into())
+    };
     if !message.is_object() {
-        return Err(error_reply(Value::Null, jsonrpc::INVALID_REQUEST, single));
+        return Err((Value::Null, single()));
     }
     match jsonrpc::classify(&message) {
         Some(Kind::Notification) => return Ok(None),
         Some(Kind::Request) => {}
-        _ => {
-            return Err(error_reply(
-                jsonrpc::id(&message),
-                jsonrpc::INVALID_REQUEST,
-                single,
-            ))
-        }
+        _ => return Err((jsonrpc::id(&message), single())),
     }
     let id = jsonrpc::id(&message);
-    let mismatch = |what: &str| error_reply(id.clone(), HEADER_MISMATCH, what.to_string());
+    let mismatch = |what: String| (id.clone(), RequestError::HeaderMismatch(what));
     for name in [VERSION_HEADER, METHOD_HEADER, NAME_HEADER] {
         if headers.get_all(name).iter().count() > 1 {
-            return Err(mismatch(&format!(
+            return Err(mismatch(format!(
                 "the {name} header appears more than once"
             )));
         }
@@ -258,27 +208,29 @@ fn check(headers: &HeaderMap, message: Value) -> Result<Option<Request>, HttpRes
     let Some(meta) = meta.filter(|m| {
         m.contains_key(PROTOCOL_VERSION_KEY) && m.contains_key(CLIENT_CAPABILITIES_KEY)
     }) else {
-        return Err(error_reply(
+        return Err((
             id,
-            jsonrpc::INVALID_PARAMS,
-            format!(
+            RequestError::InvalidParams(format!(
                 "params._meta must carry {PROTOCOL_VERSION_KEY:?} and {CLIENT_CAPABILITIES_KEY:?}"
-            ),
+            )),
         ));
     };
-    let version = &meta[PROTOCOL_VERSION_KEY];
+    let requested = &meta[PROTOCOL_VERSION_KEY];
     let method = jsonrpc::method(&message).unwrap_or_default().to_string();
-    if header(headers, VERSION_HEADER) != version.as_str() {
+    let kind = Method::parse(&method);
+    if header(headers, VERSION_HEADER) != requested.as_str() {
         return Err(mismatch(
-            "MCP-Protocol-Version does not match the request's protocol version",
+            "MCP-Protocol-Version does not match the request's protocol version".into(),
         ));
     }
     if header(headers, METHOD_HEADER) != Some(method.as_str()) {
-        return Err(mismatch("Mcp-Method does not match the request's method"));
+        return Err(mismatch(
+            "Mcp-Method does not match the request's method".into(),
+        ));
     }
-    let named = match method.as_str() {
-        "tools/call" | "prompts/get" => message.pointer("/params/name"),
-        "resources/read" => message.pointer("/params/uri"),
+    let named = match kind {
+        Method::ToolsCall | Method::PromptsGet => message.pointer("/params/name"),
+        Method::ResourcesRead => message.pointer("/params/uri"),
         _ => None,
     };
     if let Some(named) = named.and_then(Value::as_str) {
@@ -287,12 +239,17 @@ fn check(headers: &HeaderMap, message: Value) -> Result<Option<Request>, HttpRes
             .as_deref()
             != Some(named)
         {
-            return Err(mismatch("Mcp-Name does not match the request's name"));
+            return Err(mismatch(
+                "Mcp-Name does not match the request's name".into(),
+            ));
         }
     }
-    let version = version.as_str().unwrap_or_default();
-    if !MODERN_PROTOCOL_VERSIONS.contains(&version) {
-        return Err(unsupported_version(id, version, MODERN_PROTOCOL_VERSIONS));
+    let requested = requested.as_str().unwrap_or_default();
+    if !version::is_per_request(requested) {
+        return Err((
+            id,
+            RequestError::unsupported_version(requested, version::PER_REQUEST.to_vec()),
+        ));
     }
     let log_severity = meta
         .get(LOG_LEVEL_KEY)
@@ -303,6 +260,7 @@ fn check(headers: &HeaderMap, message: Value) -> Result<Option<Request>, HttpRes
         capabilities: ClientCapabilities::from_declared(meta.get(CLIENT_CAPABILITIES_KEY)),
         log_severity,
         method,
+        kind,
         message,
     }))
 }
@@ -323,18 +281,18 @@ fn decode_header_value(value: &str) -> Option<String> {
 }
 
 /// Results a client may cache; this era requires the cache hints on them.
-const CACHEABLE_METHODS: &[&str] = &[
-    "server/discover",
-    "tools/list",
-    "prompts/list",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
+const CACHEABLE_METHODS: &[Method] = &[
+    Method::ServerDiscover,
+    Method::ToolsList,
+    Method::PromptsList,
+    Method::ResourcesList,
+    Method::ResourcesTemplatesList,
+    Method::ResourcesRead,
 ];
 
 /// A result as this era has it: `resultType` always, cache hints where they
 /// are required, and the server's identity.
-fn complete(method: &str, mut result: Value, server_info: &Value) -> Value {
+fn complete(method: Method, mut result: Value, server_info: &Value) -> Value {
     if !result.is_object() {
         result = json!({});
     }
@@ -366,20 +324,20 @@ fn complete(method: &str, mut result: Value, server_info: &Value) -> Value {
 
 /// `server/discover`: what the server told mcpod when it started.
 async fn discover(server: &Arc<Server>, id: Value) -> HttpResponse {
-    let lease = match server.acquire().await {
-        Ok(lease) => lease,
-        Err(e) => return server_error_reply(id, &e),
+    let hold = match server.acquire().await {
+        Ok(hold) => hold,
+        Err(error) => return error.reply(id),
     };
-    let init = &lease.instance.initialize_result;
+    let init = &hold.instance.initialize_result;
     let mut result = json!({
-        "supportedVersions": MODERN_PROTOCOL_VERSIONS,
+        "supportedVersions": version::PER_REQUEST,
         "capabilities": init.get("capabilities").cloned().unwrap_or_else(|| json!({})),
     });
     if let Some(instructions) = init.get("instructions").filter(|i| i.is_string()) {
         result["instructions"] = instructions.clone();
     }
     let result = complete(
-        "server/discover",
+        Method::ServerDiscover,
         result,
         init.get("serverInfo").unwrap_or(&Value::Null),
     );
@@ -389,14 +347,15 @@ async fn discover(server: &Arc<Server>, id: Value) -> HttpResponse {
 /// One 2026-07-28 request in flight on the server, possibly over several
 /// rounds of input from the client. Dropped unfinished (the client closed its
 /// stream, or never came back with the input), it withdraws the request and
-/// refuses what the server asked of the client.
+/// refuses what the server asked of the client. It holds its server weakly: a
+/// parked exchange lives in the server's sessions and must not keep it alive.
 pub struct Exchange {
-    server: Arc<Server>,
+    server: Weak<Server>,
     /// The request's own conversation: progress, log messages and server
     /// requests that belong to it arrive on `events`.
     session: Arc<Session>,
-    events: mpsc::UnboundedReceiver<SseEvent>,
-    outcome: oneshot::Receiver<Result<Value, ServerError>>,
+    events: mpsc::Receiver<SseEvent>,
+    outcome: oneshot::Receiver<Result<Value, RequestError>>,
     /// Waits for the server's response; aborted when the client gives up.
     waiter: tokio::task::JoinHandle<()>,
     /// The id of the client's latest round, which the final response carries.
@@ -405,44 +364,45 @@ pub struct Exchange {
     first_client_id: Value,
     /// The progress token of the client's latest round: a retry may bring a new one.
     progress_token: Option<Value>,
-    method: String,
+    method: Method,
     subject: Option<String>,
+    server_name: String,
     server_info: Value,
     finished: bool,
 }
 
 /// What an exchange produces next for the client.
-enum Step {
+enum RoundEvent {
     /// A notification about the request (progress, a log message).
     Notify(Value),
     /// The server asks the client something: the round ends with input required.
     Ask(Value),
     /// The server's response, or why there is none.
-    Done(Result<Value, ServerError>),
+    Done(Result<Value, RequestError>),
 }
 
 impl Exchange {
     fn start(server: Arc<Server>, request: &Request, server_info: Value) -> Exchange {
         let session = server.sessions().ephemeral(
-            MODERN_PROTOCOL_VERSIONS[0],
+            version::PER_REQUEST[0],
             request.capabilities,
             request.log_severity,
         );
         let key = server.sessions().new_stream_key();
-        let events = session.open_request_stream(key);
+        let (_, events) = session.open_request_stream(key);
         let (done, outcome) = oneshot::channel();
         let message = request.for_server();
         let (task_server, task_session) = (server.clone(), session.clone());
         let waiter = tokio::spawn(
             async move {
-                let response =
-                    endpoint::forward(&task_server, Some(&task_session), key, message).await;
+                let response = call::request(&task_server, Some(&task_session), key, message).await;
                 let _ = done.send(response);
             }
             .in_current_span(),
         );
         Exchange {
-            server,
+            server_name: server.name().to_string(),
+            server: Arc::downgrade(&server),
             session,
             events,
             outcome,
@@ -450,49 +410,52 @@ impl Exchange {
             client_id: request.id.clone(),
             first_client_id: request.id.clone(),
             progress_token: request.progress_token(),
-            method: request.method.clone(),
+            method: request.kind,
             subject: request.subject(),
             server_info,
             finished: false,
         }
     }
 
-    async fn next(&mut self) -> Step {
+    async fn next(&mut self) -> RoundEvent {
         tokio::select! {
             // Events first: what the server sent before its response comes before it.
             biased;
             Some(event) = self.events.recv() => match jsonrpc::classify(&event.message) {
-                Some(Kind::Request) => Step::Ask(event.message),
-                _ => Step::Notify(for_round(self.progress_token.as_ref(), event.message)),
+                Some(Kind::Request) => RoundEvent::Ask(event.message),
+                _ if event.message.is_null() => RoundEvent::Notify(Value::Null),
+                _ => RoundEvent::Notify(for_round(self.progress_token.as_ref(), event.message)),
             },
             outcome = &mut self.outcome => {
                 self.finished = true;
-                Step::Done(outcome.unwrap_or_else(|_| Err(ServerError::Removed(self.server.name().to_string()))))
+                RoundEvent::Done(outcome.unwrap_or_else(|_| Err(RequestError::Removed(self.server_name.clone()))))
             }
         }
     }
 
-    /// The next step worth a reply: notifications are skipped for a JSON-only client.
-    async fn next_for(&mut self, sse: bool) -> Step {
+    /// The next event worth a reply: notifications are skipped for a JSON-only
+    /// client, and the stream's priming event for everyone (no ids in this era).
+    async fn next_for(&mut self, sse: bool) -> RoundEvent {
         loop {
             match self.next().await {
-                Step::Notify(_) if !sse => continue,
-                step => return step,
+                RoundEvent::Notify(message) if message.is_null() => continue,
+                RoundEvent::Notify(_) if !sse => continue,
+                event => return event,
             }
         }
     }
 
     /// The server's final response for the client's latest round.
-    fn final_message(&self, outcome: Result<Value, ServerError>) -> Value {
+    fn final_message(&self, outcome: Result<Value, RequestError>) -> Value {
         match outcome {
             Ok(mut response) => {
                 response["id"] = self.client_id.clone();
                 if let Some(result) = response.get_mut("result") {
-                    *result = complete(&self.method, result.take(), &self.server_info);
+                    *result = complete(self.method, result.take(), &self.server_info);
                 }
                 response
             }
-            Err(e) => jsonrpc::error(self.client_id.clone(), e.jsonrpc_code(), e.to_string()),
+            Err(e) => e.to_jsonrpc(self.client_id.clone()),
         }
     }
 
@@ -512,20 +475,22 @@ impl Exchange {
             "requestState": state,
         });
         debug!(method = %ask["method"], "input required from the client; request parked");
-        let sessions = self.server.sessions().clone();
-        sessions.park(state, self);
+        if let Some(server) = self.server.upgrade() {
+            server.sessions().park(state, Box::new(self));
+        }
         jsonrpc::result(id, result)
     }
 
     /// The client's retry: its answers go to the server under the server's ids.
-    fn resume(&mut self, request: &Request) -> Result<(), HttpResponse> {
-        if request.method != self.method || request.subject() != self.subject {
-            return Err(error_reply(
-                request.id.clone(),
-                jsonrpc::INVALID_PARAMS,
-                "requestState belongs to a different request",
+    fn resume(&mut self, request: &Request) -> Result<(), RequestError> {
+        if request.kind != self.method || request.subject() != self.subject {
+            return Err(RequestError::InvalidParams(
+                "requestState belongs to a different request".into(),
             ));
         }
+        let Some(server) = self.server.upgrade() else {
+            return Err(RequestError::Removed(self.server_name.clone()));
+        };
         self.client_id = request.id.clone();
         self.progress_token = request.progress_token();
         let answers = request
@@ -535,7 +500,7 @@ impl Exchange {
             .unwrap_or_default();
         for (key, result) in answers {
             let response = json!({"jsonrpc": "2.0", "id": key, "result": result});
-            endpoint::one_way(&self.server, Some(&self.session), response);
+            call::one_way(&server, Some(&self.session), response);
         }
         Ok(())
     }
@@ -546,19 +511,31 @@ impl Drop for Exchange {
         if self.finished {
             return;
         }
-        debug!(method = %self.method, "request abandoned by its client; cancelling it");
-        let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
-            "params": {"requestId": self.first_client_id, "reason": "the client closed its request"}});
-        endpoint::one_way(&self.server, Some(&self.session), cancel);
+        debug!(
+            method = self.method.name(),
+            "request abandoned by its client; cancelling it"
+        );
         // The server need not answer a cancelled request: stop waiting for it.
         self.waiter.abort();
+        let Some(server) = self.server.upgrade() else {
+            return;
+        };
+        let cancel = jsonrpc::notification(
+            Method::Cancelled,
+            Some(
+                json!({"requestId": self.first_client_id, "reason": "the client closed its request"}),
+            ),
+        );
+        call::one_way(&server, Some(&self.session), cancel);
+        let Some(instance) = server.running_instance() else {
+            return;
+        };
         for server_id in self.session.unanswered_server_requests() {
-            let refusal = jsonrpc::error(
+            instance.bridge.notify(jsonrpc::error(
                 server_id,
                 jsonrpc::INTERNAL_ERROR,
                 "mcpod: the client abandoned the request this was part of",
-            );
-            endpoint::one_way(&self.server, None, refusal);
+            ));
         }
     }
 }
@@ -567,7 +544,7 @@ impl Drop for Exchange {
 /// retry after input may bring a new one.
 fn for_round(progress_token: Option<&Value>, mut notification: Value) -> Value {
     if let Some(token) = progress_token {
-        if jsonrpc::method(&notification) == Some("notifications/progress") {
+        if Method::of(&notification) == Method::Progress {
             notification["params"]["progressToken"] = token.clone();
         }
     }
@@ -584,27 +561,28 @@ fn random_state() -> String {
 async fn exchange(server: Arc<Server>, request: Request, sse: bool) -> HttpResponse {
     let state = request.param("requestState").and_then(Value::as_str);
     let exchange = match state {
-        Some(state) => match server.sessions().unpark(state) {
-            Some(mut exchange) => match exchange.resume(&request) {
-                Ok(()) => exchange,
-                Err(reply) => {
-                    server.sessions().park(state.to_string(), exchange);
-                    return reply;
-                }
-            },
-            None => {
-                return error_reply(
-                    request.id,
-                    jsonrpc::INVALID_PARAMS,
-                    "requestState is unknown or expired: send the request again without it",
+        Some(state) => {
+            let parked = server
+                .sessions()
+                .unpark(state)
+                .and_then(|parked| parked.downcast::<Exchange>().ok());
+            let Some(mut exchange) = parked else {
+                return RequestError::InvalidParams(
+                    "requestState is unknown or expired: send the request again without it".into(),
                 )
+                .reply(request.id);
+            };
+            if let Err(error) = exchange.resume(&request) {
+                server.sessions().park(state.to_string(), exchange);
+                return error.reply(request.id);
             }
-        },
+            *exchange
+        }
         None => {
             // The server's identity is stamped on results: start it (or find it) first.
             let server_info = match server.acquire().await {
-                Ok(lease) => lease.instance.initialize_result["serverInfo"].clone(),
-                Err(e) => return server_error_reply(request.id, &e),
+                Ok(hold) => hold.instance.initialize_result["serverInfo"].clone(),
+                Err(error) => return error.reply(request.id),
             };
             Exchange::start(server, &request, server_info)
         }
@@ -615,19 +593,19 @@ async fn exchange(server: Arc<Server>, request: Request, sse: bool) -> HttpRespo
 /// Answers one round: as JSON when the round ends before anything else needs
 /// saying, else as an SSE stream (when the client accepts one).
 async fn answer(mut exchange: Exchange, sse: bool) -> HttpResponse {
-    let step = if sse {
+    let event = if sse {
         match tokio::time::timeout(SSE_COMMIT_AFTER, exchange.next_for(true)).await {
-            Ok(step) => step,
+            Ok(event) => event,
             Err(_) => return stream(exchange, None),
         }
     } else {
         exchange.next_for(false).await
     };
-    match step {
-        Step::Notify(notification) => stream(exchange, Some(notification)),
-        Step::Ask(ask) => json_reply(StatusCode::OK, &exchange.park(ask)),
-        Step::Done(Err(e)) => server_error_reply(exchange.client_id.clone(), &e),
-        Step::Done(outcome) => {
+    match event {
+        RoundEvent::Notify(notification) => stream(exchange, Some(notification)),
+        RoundEvent::Ask(ask) => json_reply(StatusCode::OK, &exchange.park(ask)),
+        RoundEvent::Done(Err(error)) => error.reply(exchange.client_id.clone()),
+        RoundEvent::Done(outcome) => {
             let message = exchange.final_message(outcome);
             let status = message
                 .pointer("/error/code")
@@ -650,10 +628,10 @@ fn stream(mut exchange: Exchange, first: Option<Value>) -> HttpResponse {
         loop {
             tokio::select! {
                 _ = frames.closed() => return,
-                step = exchange.next_for(true) => match step {
-                    Step::Notify(message) => { let _ = frames.send(message); }
-                    Step::Ask(ask) => { let _ = frames.send(exchange.park(ask)); return; }
-                    Step::Done(outcome) => { let _ = frames.send(exchange.final_message(outcome)); return; }
+                event = exchange.next_for(true) => match event {
+                    RoundEvent::Notify(message) => { let _ = frames.send(message); }
+                    RoundEvent::Ask(ask) => { let _ = frames.send(exchange.park(ask)); return; }
+                    RoundEvent::Done(outcome) => { let _ = frames.send(exchange.final_message(outcome)); return; }
                 },
             }
         }
@@ -669,43 +647,40 @@ fn receive(
 }
 
 fn sse(frames: impl futures::Stream<Item = Value> + Send + Sync + 'static) -> HttpResponse {
-    let events = frames.map(|message| {
-        Ok::<_, Infallible>(
-            warp::sse::Event::default()
-                .event("message")
-                .data(message.to_string()),
-        )
-    });
-    let keep_alive = warp::sse::keep_alive().interval(Duration::from_secs(15));
-    warp::sse::reply(keep_alive.stream(events)).into_response()
+    reply::sse(frames.map(|message| reply::message_event(None, &message)))
 }
 
 /// `subscriptions/listen`: acknowledges what will be delivered (what the client
 /// asked for and the server can send), then streams it until the client leaves
 /// or mcpod ends the stream gracefully with the listen result.
 async fn listen(server: Arc<Server>, request: Request) -> HttpResponse {
-    let lease = match server.acquire().await {
-        Ok(lease) => lease,
-        Err(e) => return server_error_reply(request.id, &e),
+    let hold = match server.acquire().await {
+        Ok(hold) => hold,
+        Err(error) => return error.reply(request.id),
     };
-    let capabilities = &lease.instance.initialize_result["capabilities"];
+    let capabilities = &hold.instance.initialize_result["capabilities"];
     let asked = request.param("notifications").cloned().unwrap_or_default();
     let honored = honored_filter(&asked, capabilities);
     for uri in &honored.resource_subscriptions {
         if !server.sessions().anyone_subscribed(uri) {
-            let subscribe = json!({"jsonrpc": "2.0", "id": 0, "method": "resources/subscribe", "params": {"uri": uri}});
-            if let Err(e) = lease.request(subscribe).await {
-                return server_error_reply(request.id, &e);
+            let subscribe =
+                jsonrpc::request(json!(0), Method::ResourcesSubscribe, json!({"uri": uri}));
+            if let Err(error) = hold.request(subscribe).await {
+                return error.reply(request.id);
             }
         }
     }
-    drop(lease);
+    drop(hold);
     let subscription_id = request.id.clone();
     let (listener, frames) = server
         .sessions()
         .listen(subscription_id.clone(), honored.clone());
-    let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
-        "params": {"notifications": filter_json(&honored), "_meta": {SUBSCRIPTION_ID_META_KEY: subscription_id}}});
+    let ack = jsonrpc::notification(
+        Method::SubscriptionsAcknowledged,
+        Some(
+            json!({"notifications": filter_json(&honored), "_meta": {SUBSCRIPTION_ID_META_KEY: subscription_id}}),
+        ),
+    );
     debug!(?honored, "listen stream opened");
     let guard = ListenGuard { server, listener };
     let frames = futures::stream::iter([ack]).chain(receive(frames).map(move |frame| {
@@ -783,7 +758,8 @@ impl Drop for ListenGuard {
         let timeout = self.server.workload().timeouts.request;
         for uri in unwanted {
             let bridge = instance.bridge.clone();
-            let unsubscribe = json!({"jsonrpc": "2.0", "id": 0, "method": "resources/unsubscribe", "params": {"uri": uri}});
+            let unsubscribe =
+                jsonrpc::request(json!(0), Method::ResourcesUnsubscribe, json!({"uri": uri}));
             tokio::spawn(async move {
                 if let Err(e) = bridge.request(unsubscribe, timeout).await {
                     debug!(error = %e, "unsubscribing after a listen stream failed");
@@ -815,14 +791,9 @@ mod tests {
             "_meta": {PROTOCOL_VERSION_KEY: version, CLIENT_CAPABILITIES_KEY: {"sampling": {}}, LOG_LEVEL_KEY: "info"}}})
     }
 
-    fn code(reply: Result<Option<Request>, HttpResponse>) -> (u16, i64) {
-        let reply = reply.err().expect("rejected");
-        let status = reply.status().as_u16();
-        let body = futures::executor::block_on(http_body_util::BodyExt::collect(reply.into_body()))
-            .unwrap()
-            .to_bytes();
-        let body: Value = serde_json::from_slice(&body).unwrap();
-        (status, body["error"]["code"].as_i64().unwrap())
+    fn code(checked: Result<Option<Request>, (Value, RequestError)>) -> (u16, i64) {
+        let (_, error) = checked.err().expect("rejected");
+        (error.status().as_u16(), error.code())
     }
 
     #[test]
@@ -847,17 +818,17 @@ mod tests {
         let wrong_name = [good[0], good[1], ("mcp-name", "other")];
         assert_eq!(
             code(check(&headers(&wrong_name), call("2026-07-28"))),
-            (400, HEADER_MISMATCH)
+            (400, jsonrpc::HEADER_MISMATCH)
         );
         let twice = [good[0], good[0], good[1], good[2]];
         assert_eq!(
             code(check(&headers(&twice), call("2026-07-28"))),
-            (400, HEADER_MISMATCH)
+            (400, jsonrpc::HEADER_MISMATCH)
         );
         let future = [("mcp-protocol-version", "2099-01-01"), good[1], good[2]];
         assert_eq!(
             code(check(&headers(&future), call("2099-01-01"))),
-            (400, UNSUPPORTED_PROTOCOL_VERSION)
+            (400, jsonrpc::UNSUPPORTED_PROTOCOL_VERSION)
         );
         let notification = json!({"jsonrpc": "2.0", "method": "notifications/cancelled"});
         assert!(check(&headers(&good), notification).unwrap().is_none());
@@ -902,20 +873,20 @@ mod tests {
     #[test]
     fn results_carry_their_type_and_the_servers_identity() {
         let info = json!({"name": "s", "version": "1"});
-        let result = complete("tools/list", json!({"tools": []}), &info);
+        let result = complete(Method::ToolsList, json!({"tools": []}), &info);
         assert_eq!(result["resultType"], "complete");
         assert_eq!(result["_meta"][SERVER_INFO_KEY], info);
         assert_eq!(
             (&result["ttlMs"], &result["cacheScope"]),
             (&json!(0), &json!("private"))
         );
-        let called = complete("tools/call", json!({"content": []}), &info);
+        let called = complete(Method::ToolsCall, json!({"content": []}), &info);
         assert!(
             called.get("ttlMs").is_none(),
             "only cacheable results get hints"
         );
         let asked = complete(
-            "tools/call",
+            Method::ToolsCall,
             json!({"resultType": "input_required"}),
             &Value::Null,
         );

@@ -1,0 +1,156 @@
+//! The legacy HTTP+SSE transport (protocol 2024-11-05): the client opens a GET
+//! stream whose first event names where to POST; every answer, responses
+//! included, arrives on that stream, and the session lives as long as it does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, StatusCode};
+use warp::{Buf, Filter};
+
+use super::reply::{self, json_reply, status_only, HttpResponse};
+use super::streamable::{
+    find_session, initialize_result, invalid_request, negotiate_version, roots_changed,
+};
+use super::{body, refuse, Endpoint};
+use crate::crd::SessionMode;
+use crate::mcp::call;
+use crate::mcp::error::RequestError;
+use crate::mcp::message::{self as jsonrpc, Kind, Method};
+use crate::mcp::sessions::{ClientCapabilities, STANDALONE};
+use crate::mcp::version;
+use crate::server::Server;
+
+pub fn routes(
+    stream_key: impl Filter<Extract = (String,), Error = warp::Rejection>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    with: BoxedFilter<(Endpoint,)>,
+) -> impl Filter<Extract = (HttpResponse,), Error = warp::Rejection> + Clone {
+    let open = stream_key
+        .and(warp::get())
+        .and(with.clone())
+        .and(warp::header::headers_cloned())
+        .map(|name: String, endpoint: Endpoint, headers: HeaderMap| {
+            open_stream(&endpoint, &name, &headers)
+        });
+    let post = warp::path!("messages" / String)
+        .and(warp::post())
+        .and(with)
+        .and(warp::header::headers_cloned())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::body::stream())
+        .then(
+            |name: String, endpoint: Endpoint, headers, query, body| async move {
+                post(&endpoint, &name, &headers, query, body).await
+            },
+        );
+    open.or(post).unify()
+}
+
+/// The stream opens first and names where to POST.
+fn open_stream(endpoint: &Endpoint, name: &str, headers: &HeaderMap) -> HttpResponse {
+    let server = match endpoint.admit(name, headers) {
+        Ok(server) => server,
+        Err(error) => return refuse(error),
+    };
+    let isolated = server.workload().session_mode == SessionMode::Isolated;
+    let holder = if isolated {
+        server.spawn_isolated()
+    } else {
+        server.clone()
+    };
+    let session =
+        holder
+            .sessions()
+            .create(version::LEGACY_SSE, ClientCapabilities::default(), true);
+    if isolated {
+        server.attach_isolated(&session.id, holder);
+    }
+    let endpoint_url = format!("/messages/{name}?sessionId={}", session.id);
+    let (_, events) = session.attach(None);
+    // The session lives as long as this stream.
+    let guard = SessionGuard {
+        server: server.clone(),
+        id: session.id.clone(),
+    };
+    let first = warp::sse::Event::default()
+        .event("endpoint")
+        .data(endpoint_url);
+    let messages = futures::stream::unfold((events, guard), |(mut events, guard)| async move {
+        let event = events.recv().await?;
+        let sse = reply::message_event(Some(event.id), &event.message);
+        Some((sse, (events, guard)))
+    });
+    reply::sse(futures::stream::iter([first]).chain(messages))
+}
+
+async fn post<S, B>(
+    endpoint: &Endpoint,
+    name: &str,
+    headers: &HeaderMap,
+    query: HashMap<String, String>,
+    body: S,
+) -> HttpResponse
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let server = match endpoint.admit(name, headers) {
+        Ok(server) => server,
+        Err(error) => return refuse(error),
+    };
+    let Some((server, session)) = query
+        .get("sessionId")
+        .and_then(|id| find_session(&server, id))
+    else {
+        return refuse(RequestError::SessionNotFound);
+    };
+    session.touch();
+    let message = match body::read_json(body, endpoint.config.max_body_bytes).await {
+        Ok(message) => message,
+        Err(error) => return refuse(error),
+    };
+    match jsonrpc::classify(&message) {
+        None => return json_reply(StatusCode::BAD_REQUEST, &invalid_request(&message)),
+        Some(Kind::Request) => {
+            tokio::spawn(async move {
+                let id = jsonrpc::id(&message);
+                let answer = if Method::of(&message) == Method::Initialize {
+                    let capabilities = ClientCapabilities::from_initialize(&message);
+                    session.negotiated(negotiate_version(&message), capabilities);
+                    let result = initialize_result(&server, &message).await;
+                    if result.is_ok() && capabilities.roots {
+                        roots_changed(&server, &session);
+                    }
+                    result
+                } else {
+                    call::request(&server, Some(&session), STANDALONE, message).await
+                };
+                session.send(STANDALONE, answer.unwrap_or_else(|e| e.to_jsonrpc(id)));
+            });
+        }
+        _ => call::one_way(&server, Some(&session), message),
+    }
+    status_only(StatusCode::ACCEPTED)
+}
+
+/// Ends a legacy session when its stream is dropped.
+struct SessionGuard {
+    server: Arc<Server>,
+    id: String,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.server.sessions().end(&self.id);
+        if self.server.isolated_for(&self.id).is_some() {
+            let (server, id) = (self.server.clone(), self.id.clone());
+            tokio::spawn(async move { server.end_isolated(&id).await });
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! Streamable HTTP, the handshake era (2025-03-26 and later): `initialize`
+//! opens a session, later requests name it in `Mcp-Session-Id`, each request is
+//! answered as JSON or as an SSE stream carrying what the server sends while
+//! handling it, and GET opens the stream for what the server sends on its own.
+//! Clients that send no `Accept: text/event-stream` and no session (plain
+//! `curl`, the original system's API) are served without a session.
+
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use serde_json::{json, Value};
+use tracing::{debug, info_span, Instrument};
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, StatusCode};
+use warp::{Buf, Filter};
+
+use super::per_request;
+use super::reply::{self, json_reply, status_only, HttpResponse};
+use super::{accepts, body, header, refuse, Endpoint, SESSION_HEADER, VERSION_HEADER};
+use crate::crd::SessionMode;
+use crate::mcp::call;
+use crate::mcp::error::RequestError;
+use crate::mcp::message::{self as jsonrpc, Kind, Method};
+use crate::mcp::sessions::{ClientCapabilities, Session, SseEvent, STANDALONE};
+use crate::mcp::version;
+use crate::server::Server;
+
+/// A client session and the server that holds it (for `sessionMode: Isolated`,
+/// the session's own server).
+pub type SessionOnServer = (Arc<Server>, Arc<Session>);
+
+pub fn routes(
+    key: BoxedFilter<(String,)>,
+    with: BoxedFilter<(Endpoint,)>,
+) -> impl Filter<Extract = (HttpResponse,), Error = warp::Rejection> + Clone {
+    let post = key
+        .clone()
+        .and(warp::post())
+        .and(with.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(|name: String, endpoint: Endpoint, headers, body| {
+            let span = info_span!("mcp", server = %name);
+            async move { post(&endpoint, &name, &headers, body).await }.instrument(span)
+        });
+    let get = key
+        .clone()
+        .and(warp::get())
+        .and(with.clone())
+        .and(warp::header::headers_cloned())
+        .map(|name: String, endpoint: Endpoint, headers: HeaderMap| {
+            get(&endpoint, &name, &headers)
+        });
+    let delete = key
+        .and(warp::delete())
+        .and(with)
+        .and(warp::header::headers_cloned())
+        .then(
+            |name: String, endpoint: Endpoint, headers: HeaderMap| async move {
+                delete(&endpoint, &name, &headers).await
+            },
+        );
+    post.or(get).unify().or(delete).unify()
+}
+
+/// The session named by `Mcp-Session-Id` and the server that holds it: 404
+/// once it has ended.
+pub fn session(
+    server: &Arc<Server>,
+    headers: &HeaderMap,
+) -> Result<Option<SessionOnServer>, RequestError> {
+    let Some(id) = header(headers, SESSION_HEADER) else {
+        return Ok(None);
+    };
+    let (holder, session) = find_session(server, id).ok_or(RequestError::SessionNotFound)?;
+    session.touch();
+    Ok(Some((holder, session)))
+}
+
+fn require_session(
+    server: &Arc<Server>,
+    headers: &HeaderMap,
+) -> Result<SessionOnServer, RequestError> {
+    session(server, headers)?.ok_or(RequestError::MissingSession)
+}
+
+/// Session `id` of `server` and the server holding it: `server` itself, or for
+/// `sessionMode: Isolated` the session's own server.
+pub fn find_session(server: &Arc<Server>, id: &str) -> Option<SessionOnServer> {
+    match server.sessions().get(id) {
+        Some(session) => Some((server.clone(), session)),
+        None => server
+            .isolated_for(id)
+            .and_then(|child| child.sessions().get(id).map(|session| (child, session))),
+    }
+}
+
+async fn post<S, B>(endpoint: &Endpoint, name: &str, headers: &HeaderMap, body: S) -> HttpResponse
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let server = match endpoint.admit(name, headers) {
+        Ok(server) => server,
+        Err(error) => return refuse(error),
+    };
+    let accept = accepts(headers);
+    if !accept.json && !accept.sse {
+        return refuse(RequestError::NotAcceptable(
+            "Accept must allow application/json or text/event-stream",
+        ));
+    }
+    let message = match body::read_json(body, endpoint.config.max_body_bytes).await {
+        Ok(message) => message,
+        Err(error) => return refuse(error),
+    };
+    // 2026-07-28 and later: one self-contained request, no session.
+    if per_request::requested(headers) {
+        return per_request::post(server, headers, accept.sse, message).await;
+    }
+    if jsonrpc::classify(&message) == Some(Kind::Request)
+        && Method::of(&message) == Method::Initialize
+    {
+        return initialize(&server, message).await;
+    }
+    let (server, session) = match session(&server, headers) {
+        Ok(Some((holder, session))) => (holder, Some(session)),
+        Ok(None) => (server, None),
+        Err(error) => return refuse(error),
+    };
+    // A Streamable HTTP client (it accepts SSE) must use its session; a plain
+    // JSON client without one is served statelessly, as the original API was.
+    if session.is_none() && accept.sse {
+        return refuse(RequestError::MissingSession);
+    }
+    if let Value::Array(batch) = message {
+        return self::batch(&server, session, headers, batch).await;
+    }
+    match jsonrpc::classify(&message) {
+        None => json_reply(StatusCode::BAD_REQUEST, &invalid_request(&message)),
+        Some(Kind::Notification) | Some(Kind::Response) => {
+            call::one_way(&server, session.as_deref(), message);
+            status_only(StatusCode::ACCEPTED)
+        }
+        Some(Kind::Request) => match session {
+            Some(session) if accept.sse => sse_request(server, session, message),
+            session => {
+                let id = jsonrpc::id(&message);
+                match call::request(&server, session.as_ref(), STANDALONE, message).await {
+                    Ok(response) => json_reply(StatusCode::OK, &response),
+                    Err(error) => error.reply(id),
+                }
+            }
+        },
+    }
+}
+
+/// JSON-RPC batches exist only in protocol version 2025-03-26.
+async fn batch(
+    server: &Arc<Server>,
+    session: Option<Arc<Session>>,
+    headers: &HeaderMap,
+    batch: Vec<Value>,
+) -> HttpResponse {
+    let version = session
+        .as_ref()
+        .map(|s| s.protocol_version())
+        .or_else(|| header(headers, VERSION_HEADER).map(str::to_string))
+        .unwrap_or_else(|| version::ASSUMED_WITHOUT_HEADER.to_string());
+    if !version::allows_batches(&version) {
+        return refuse(RequestError::Invalid(format!(
+            "JSON-RPC batches are not part of protocol version {version}"
+        )));
+    }
+    if batch.is_empty() {
+        return json_reply(StatusCode::BAD_REQUEST, &invalid_request(&Value::Null));
+    }
+    let answers = batch.into_iter().map(|message| {
+        let server = server.clone();
+        let session = session.clone();
+        async move { batch_member(&server, session.as_ref(), message).await }
+    });
+    let responses: Vec<Value> = futures::future::join_all(answers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    if responses.is_empty() {
+        status_only(StatusCode::ACCEPTED)
+    } else {
+        json_reply(StatusCode::OK, &Value::Array(responses))
+    }
+}
+
+/// One message of a batch: its response, if it is a request.
+async fn batch_member(
+    server: &Arc<Server>,
+    session: Option<&Arc<Session>>,
+    message: Value,
+) -> Option<Value> {
+    let id = jsonrpc::id(&message);
+    match jsonrpc::classify(&message) {
+        None => Some(invalid_request(&message)),
+        Some(Kind::Request) if Method::of(&message) == Method::Initialize => Some(jsonrpc::error(
+            id,
+            jsonrpc::INVALID_REQUEST,
+            "initialize cannot be part of a batch",
+        )),
+        Some(Kind::Request) => Some(
+            call::request(server, session, STANDALONE, message)
+                .await
+                .unwrap_or_else(|e| e.to_jsonrpc(id)),
+        ),
+        _ => {
+            call::one_way(server, session.map(|s| &**s), message);
+            None
+        }
+    }
+}
+
+/// GET: the stream for what the server sends on its own; `Last-Event-ID` resumes.
+fn get(endpoint: &Endpoint, name: &str, headers: &HeaderMap) -> HttpResponse {
+    let server = match endpoint.admit(name, headers) {
+        Ok(server) => server,
+        Err(error) => return refuse(error),
+    };
+    if per_request::requested(headers) {
+        return reply::method_not_allowed("POST");
+    }
+    if !accepts(headers).sse {
+        return refuse(RequestError::NotAcceptable(
+            "GET needs Accept: text/event-stream",
+        ));
+    }
+    let (_, session) = match require_session(&server, headers) {
+        Ok(found) => found,
+        Err(error) => return refuse(error),
+    };
+    let last_event_id = header(headers, "last-event-id").and_then(|v| v.parse().ok());
+    debug!(session = %session.id, ?last_event_id, "GET stream opened");
+    let (priming, events) = session.attach(last_event_id);
+    sse_reply(Some(priming), events)
+}
+
+/// DELETE: the client ends its session.
+async fn delete(endpoint: &Endpoint, name: &str, headers: &HeaderMap) -> HttpResponse {
+    let server = match endpoint.admit(name, headers) {
+        Ok(server) => server,
+        Err(error) => return refuse(error),
+    };
+    if per_request::requested(headers) {
+        return reply::method_not_allowed("POST");
+    }
+    match require_session(&server, headers) {
+        Ok((holder, session)) => {
+            holder.sessions().end(&session.id);
+            // An isolated session's container goes with it.
+            server.end_isolated(&session.id).await;
+            debug!(session = %session.id, "session ended by the client");
+            status_only(StatusCode::OK)
+        }
+        Err(error) => refuse(error),
+    }
+}
+
+pub fn invalid_request(message: &Value) -> Value {
+    jsonrpc::error(
+        message.get("id").cloned().unwrap_or(Value::Null),
+        jsonrpc::INVALID_REQUEST,
+        "invalid request: expected a JSON-RPC 2.0 message with jsonrpc \"2.0\" and a method, or a result or error",
+    )
+}
+
+/// A client's `initialize`: answered from the server's own result, with a new session.
+async fn initialize(parent: &Arc<Server>, message: Value) -> HttpResponse {
+    let id = jsonrpc::id(&message);
+    // `sessionMode: Isolated`: this session gets a container of its own.
+    let isolated = parent.workload().session_mode == SessionMode::Isolated;
+    let server = &if isolated {
+        parent.spawn_isolated()
+    } else {
+        parent.clone()
+    };
+    match initialize_result(server, &message).await {
+        Ok(response) => {
+            let version = negotiate_version(&message);
+            let capabilities = ClientCapabilities::from_initialize(&message);
+            let session = server.sessions().create(version, capabilities, false);
+            if isolated {
+                parent.attach_isolated(&session.id, server.clone());
+            }
+            if capabilities.roots {
+                // A client that has roots arrived: let the server ask for them
+                // again; its question goes to this session.
+                roots_changed(server, &session);
+            }
+            let mut reply = json_reply(StatusCode::OK, &response);
+            reply.headers_mut().insert(
+                SESSION_HEADER,
+                session.id.parse().expect("hex is a valid header value"),
+            );
+            reply
+        }
+        Err(error) => {
+            if isolated {
+                server.remove().await;
+            }
+            error.reply(id)
+        }
+    }
+}
+
+/// Tells the server the roots changed because of `session`: the `roots/list`
+/// it may send next is that session's to answer.
+pub fn roots_changed(server: &Arc<Server>, session: &Session) {
+    server.sessions().expect_roots_question(session);
+    call::one_way(
+        server,
+        None,
+        jsonrpc::notification(Method::RootsListChanged, None),
+    );
+}
+
+pub async fn initialize_result(
+    server: &Arc<Server>,
+    message: &Value,
+) -> Result<Value, RequestError> {
+    let hold = server.acquire().await?;
+    let mut result = hold.instance.initialize_result.clone();
+    result["protocolVersion"] = json!(negotiate_version(message));
+    Ok(jsonrpc::result(jsonrpc::id(message), result))
+}
+
+/// The client's version when mcpod speaks it, else the newest mcpod speaks.
+pub fn negotiate_version(initialize: &Value) -> &'static str {
+    version::negotiate(
+        initialize
+            .pointer("/params/protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    )
+}
+
+/// Answers one request with an SSE stream: what the server sends while handling
+/// it, then its response.
+fn sse_request(server: Arc<Server>, session: Arc<Session>, message: Value) -> HttpResponse {
+    let key = server.sessions().new_stream_key();
+    let (priming, events) = session.open_request_stream(key);
+    let task = async move {
+        let id = jsonrpc::id(&message);
+        let response = call::request(&server, Some(&session), key, message)
+            .await
+            .unwrap_or_else(|e| e.to_jsonrpc(id));
+        session.send(key, response);
+        session.finish_stream(key);
+    };
+    tokio::spawn(task.in_current_span());
+    sse_reply(Some(priming), events)
+}
+
+/// An SSE stream of a session's events, after its priming event.
+pub fn sse_reply(
+    priming: Option<u64>,
+    events: tokio::sync::mpsc::Receiver<SseEvent>,
+) -> HttpResponse {
+    let first = priming.map(reply::priming_event);
+    let messages = futures::stream::unfold(events, |mut events| async move {
+        let event = events.recv().await?;
+        Some((reply::message_event(Some(event.id), &event.message), events))
+    });
+    reply::sse(futures::stream::iter(first).chain(messages))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_header_parsing() {
+        let mut headers = HeaderMap::new();
+        let a = accepts(&headers);
+        assert!(a.json && !a.sse);
+        headers.insert(
+            "accept",
+            "application/json, text/event-stream".parse().unwrap(),
+        );
+        let a = accepts(&headers);
+        assert!(a.json && a.sse);
+        headers.insert("accept", "text/html".parse().unwrap());
+        let a = accepts(&headers);
+        assert!(!a.json && !a.sse);
+    }
+}
