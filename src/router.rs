@@ -10,9 +10,9 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::endpoint::{self, json_reply, EndpointConfig, HttpResponse};
-use crate::forward::{self, Forwarding};
 use crate::reconcile::Reconciler;
-use crate::runtime::kube::lease::Ownership;
+use crate::kube::ownership::Ownership;
+use crate::kube::replicas::{self, Forwarding};
 use crate::server::ServerError;
 
 /// Router-wide settings.
@@ -141,7 +141,7 @@ pub fn routes(
     // With several replicas, first of all: a request for a server another
     // replica owns goes there. A lone router skips the question.
     let served = match config.ownership {
-        Some(_) => forward::gate(forwarding).or(local).unify().boxed(),
+        Some(_) => replicas::gate(forwarding).or(local).unify().boxed(),
         None => local,
     };
     served

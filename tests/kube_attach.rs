@@ -22,8 +22,8 @@ use mcpod::crd::MCPServer;
 use mcpod::manifests::{Loaded, Manifests};
 use mcpod::reconcile::Reconciler;
 use mcpod::router::{self, RouterConfig};
-use mcpod::runtime::kube::lease::{LeaseSettings, Ownership};
-use mcpod::runtime::kube::KubeRuntime;
+use mcpod::kube::ownership::{LeaseSettings, Ownership};
+use mcpod::kube::runtime::KubeRuntime;
 use mcpod::server::Settings;
 use mcpod::workload::Defaults;
 
@@ -780,7 +780,7 @@ async fn replica_with(
         .with_ownership(ownership.clone());
     let reconciler =
         Reconciler::for_kubernetes(Arc::new(runtime), Defaults::default(), settings, "ns");
-    mcpod::forward::track_usage(&ownership, &reconciler);
+    mcpod::kube::replicas::track_usage(&ownership, &reconciler);
     reconciler
         .apply(Manifests {
             servers: vec![Loaded {
@@ -983,7 +983,7 @@ async fn kube_forwarded_request_is_served_where_it_arrives() {
     assert_eq!(status, 200);
     let response = reqwest::Client::new()
         .post(a.url())
-        .header(mcpod::forward::FORWARDED_BY, "router-b")
+        .header(mcpod::kube::replicas::FORWARDED_BY, "router-b")
         .json(&json!({"jsonrpc": "2.0", "id": 5, "method": "ping"}))
         .send()
         .await

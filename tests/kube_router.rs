@@ -13,7 +13,7 @@ use mcpod::crd::MCPServer;
 use mcpod::manifests::{Loaded, Manifests};
 use mcpod::reconcile::Reconciler;
 use mcpod::router::{self, RouterConfig};
-use mcpod::runtime::kube::KubeRuntime;
+use mcpod::kube::runtime::KubeRuntime;
 use mcpod::server::Settings;
 use mcpod::workload::Defaults;
 

@@ -16,7 +16,7 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-use crate::runtime::kube::lease::LeaseSettings;
+use super::ownership::LeaseSettings;
 use crate::{Error, Result};
 
 /// The Lease the operator replicas compete for.

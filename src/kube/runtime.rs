@@ -10,10 +10,7 @@
 //! `sessionMode: Isolated`: a client session's pod is asked for with an annotation
 //! of its own on the server, `sessions.mcpod.dev/<session>`, holding the session's
 //! last activity; the router removes it when the session ends, and the operator
-//! keeps one pod per fresh session annotation (see [`crate::operator`]).
-
-pub mod lease;
-pub mod pod;
+//! keeps one pod per fresh session annotation (see the operator).
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -34,13 +31,14 @@ use tokio::io::AsyncWrite;
 use tokio_util::io::ReaderStream;
 use tracing::{debug, info, warn, Instrument};
 
-use super::{Attached, Managed, Output, Runtime};
+use super::ownership::{self, Ownership};
+use super::pod::{self, pod_name, session_pod_name, CONTAINER_NAME};
+use crate::runtime::{Attached, Managed, Output, Runtime};
 use crate::crd::MCPServer;
 use crate::manifests::{Loaded, Manifests};
 use crate::reconcile::Reconciler;
 use crate::workload::{Workload, LABEL_MANAGED_BY, LABEL_SERVER, LABEL_SPEC_HASH, MANAGED_BY};
 use crate::{Error, Result};
-use pod::{pod_name, session_pod_name, CONTAINER_NAME};
 
 /// Set by a router to ask the operator for a server's pod (RFC 3339).
 pub const ANNOTATION_WAKE: &str = "mcpod.dev/wake-requested-at";
@@ -371,7 +369,7 @@ pub struct KubeRuntime {
     started_at: chrono::DateTime<chrono::Utc>,
     /// With several router replicas: the Leases that say which one attaches to
     /// a server's pod (`None`: this router is the only one).
-    ownership: Option<Arc<lease::Ownership>>,
+    ownership: Option<Arc<Ownership>>,
 }
 
 impl KubeRuntime {
@@ -387,7 +385,7 @@ impl KubeRuntime {
     }
 
     /// Attaches only to the pods of servers whose Lease this replica holds.
-    pub fn with_ownership(mut self, ownership: Arc<lease::Ownership>) -> Self {
+    pub fn with_ownership(mut self, ownership: Arc<Ownership>) -> Self {
         self.ownership = Some(ownership);
         self
     }
@@ -733,7 +731,7 @@ impl Runtime for KubeRuntime {
         let target = PodKey::parse(key, &self.namespace);
         matches!(
             ownership.route(target.namespace, target.server).await,
-            Ok(lease::Route::Local)
+            Ok(ownership::Route::Local)
         )
     }
 

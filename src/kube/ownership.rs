@@ -9,7 +9,7 @@
 //! renews it while it still serves the server (a stdio bridge, a start, requests
 //! or client sessions), and releases it when the server stops. Other replicas
 //! forward requests to the address the owner wrote on the Lease (see
-//! [`crate::forward`]). The expiry check compares the holder's renew time with
+//! `kube::replicas`). The expiry check compares the holder's renew time with
 //! this replica's clock: cluster nodes are assumed to keep NTP time.
 
 use std::collections::HashMap;

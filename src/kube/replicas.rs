@@ -1,7 +1,7 @@
 //! Several router replicas behind one Service: every request for a server goes
 //! through [`Forwarding::decide`], the one place that says "served here, or by
 //! the replica that owns the server". The owner is the holder of the server's
-//! Lease ([`crate::runtime::kube::lease`]); a request for a server another
+//! Lease ([`super::ownership`]); a request for a server another
 //! replica owns is sent to that replica unchanged (method, path, query, headers,
 //! body) and its answer is streamed back as it comes (SSE included).
 //!
@@ -30,7 +30,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::endpoint::{json_reply, HttpResponse};
 use crate::jsonrpc;
 use crate::reconcile::Reconciler;
-use crate::runtime::kube::lease::{Owner, Ownership, Route};
+use super::ownership::{Owner, Ownership, Route};
 
 /// Marks a request one replica forwarded to another (the value: who forwarded it).
 pub const FORWARDED_BY: &str = "x-mcpod-forwarded-by";

@@ -32,13 +32,13 @@ use serde_json::json;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::crd::{Condition, DesiredState, MCPServer, MCPServerStatus, Phase, SessionMode};
-use crate::leader::Election;
-use crate::runtime::kube::lease;
-use crate::runtime::kube::pod::{
+use super::election::Election;
+use super::ownership;
+use super::pod::{
     is_valid_session_key, network_policy_for, pod_for, pod_name, session_pod_for, session_pod_name,
     LABEL_SESSION,
 };
-use crate::runtime::kube::{
+use super::runtime::{
     delete_pod, is_scheduled, observe, shortest_idle, FailureKind, PodState, ANNOTATION_ACTIVITY,
     ANNOTATION_WAKE, FIELD_MANAGER, SESSION_ANNOTATION_PREFIX,
 };
@@ -1089,7 +1089,7 @@ async fn cleanup(server: &MCPServer, ctx: &Context) -> Result<Action> {
     }
     // The router replicas' Lease on the server has no owner reference: remove it here.
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &namespace);
-    let lease = lease::lease_name(&server.name_any());
+    let lease = ownership::lease_name(&server.name_any());
     match leases.delete(&lease, &DeleteParams::default()).await {
         Ok(_) => {}
         Err(e) if Error::is_kube_not_found(&e) => {}
