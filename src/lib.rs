@@ -9,6 +9,7 @@
 //! into calls on a server and the bridge turns those into lines on the container's
 //! stdin, and back.
 
+pub mod backoff;
 pub mod backup;
 pub mod crd;
 pub mod datadir;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod modern;
 pub mod quantity;
 pub mod reconcile;
+pub mod route;
 pub mod router;
 pub mod runtime;
 pub mod server;

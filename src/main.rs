@@ -498,8 +498,9 @@ mod kube_cli {
     use kube::{Api, Client};
     use mcpod::crd::MCPServer;
     use mcpod::kube::election::{self, Election};
+    use mcpod::kube::lease::LeaseSettings;
     use mcpod::kube::operator::{self, Scope};
-    use mcpod::kube::ownership::{LeaseSettings, Ownership};
+    use mcpod::kube::ownership::Ownership;
     use mcpod::kube::pod;
     use mcpod::kube::runtime::{sync_servers, KubeRuntime};
     use mcpod::workload::{Target, Workload};

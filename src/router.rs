@@ -10,10 +10,29 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::endpoint::{self, json_reply, EndpointConfig, HttpResponse};
-use crate::reconcile::Reconciler;
 use crate::kube::ownership::Ownership;
-use crate::kube::replicas::{self, Forwarding};
+use crate::kube::replicas::{self, ReplicaGate};
+use crate::reconcile::Reconciler;
+use crate::route::{self, Route};
 use crate::server::ServerError;
+
+/// Every path the router serves, each declared once with what it concerns.
+/// A path not declared here is answered 404 whatever filter would serve it,
+/// and with several router replicas a `Route::server` path is served by the
+/// replica that owns the server: a new route is one line here.
+pub const ROUTES: &[Route] = &[
+    Route::router("/health"),
+    Route::router("/metrics"),
+    Route::router("/servers"),
+    Route::server("/servers/{name}"),
+    Route::server("/servers/{name}/logs"),
+    Route::server("/servers/{name}/start"),
+    Route::server("/servers/{name}/stop"),
+    Route::server("/mcp/{name}"),
+    Route::server("/mcp/{namespace}/{name}"),
+    Route::server("/sse/{name}"),
+    Route::server("/messages/{name}"),
+];
 
 /// Router-wide settings.
 #[derive(Debug, Clone, Default)]
@@ -53,9 +72,10 @@ pub fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     // Boxed: the composed filter types get too deep for the compiler otherwise.
     let mcp = endpoint::routes(reconciler.clone(), config.endpoint.clone()).boxed();
-    let forwarding = Forwarding::new(
+    let gate = ReplicaGate::new(
         reconciler.clone(),
         config.ownership.clone(),
+        ROUTES,
         config.endpoint.max_body_bytes,
     );
     let state = State { reconciler };
@@ -141,9 +161,11 @@ pub fn routes(
     // With several replicas, first of all: a request for a server another
     // replica owns goes there. A lone router skips the question.
     let served = match config.ownership {
-        Some(_) => replicas::gate(forwarding).or(local).unify().boxed(),
+        Some(_) => replicas::gate(gate).or(local).unify().boxed(),
         None => local,
     };
+    // Only declared paths are served, so none can bypass the gate above.
+    let served = route::declared(ROUTES).and(served).boxed();
     served
         .recover(handle_rejection)
         .unify()

@@ -19,11 +19,12 @@ use warp::ws::{Message, WebSocket};
 use warp::Filter;
 
 use mcpod::crd::MCPServer;
+use mcpod::kube::lease::LeaseSettings;
+use mcpod::kube::ownership::Ownership;
+use mcpod::kube::runtime::KubeRuntime;
 use mcpod::manifests::{Loaded, Manifests};
 use mcpod::reconcile::Reconciler;
 use mcpod::router::{self, RouterConfig};
-use mcpod::kube::ownership::{LeaseSettings, Ownership};
-use mcpod::kube::runtime::KubeRuntime;
 use mcpod::server::Settings;
 use mcpod::workload::Defaults;
 

@@ -11,7 +11,7 @@ use kube::Client;
 use serde_json::{json, Value};
 
 use mcpod::kube::election::Election;
-use mcpod::kube::ownership::LeaseSettings;
+use mcpod::kube::lease::LeaseSettings;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 

@@ -650,7 +650,7 @@ async fn kube_errors_back_off_per_server() {
         .map(|s| Action::requeue(Duration::from_secs(s)))
         .to_vec();
     assert_eq!(delays, expected);
-    assert_eq!(operator::error_backoff(40), Duration::from_secs(300));
+    assert_eq!(mcpod::backoff::backoff(40), Duration::from_secs(300));
 }
 
 #[tokio::test]
@@ -1288,7 +1288,7 @@ async fn kube_runtime_session_pod_is_removed_with_its_annotation_first() {
         .serve(handle);
     runtime.remove(&key).await.unwrap();
     let servers: kube::Api<MCPServer> = kube::Api::namespaced(client, "ns");
-    let refreshed = mcpod::kube::runtime::refresh_annotation(
+    let refreshed = mcpod::kube::annotations::refresh_annotation(
         &servers,
         "time",
         &format!("sessions.mcpod.dev/{SESSION}"),
