@@ -229,3 +229,49 @@ async fn handle_rejection(rejection: Rejection) -> Result<HttpResponse, Infallib
         &json!({"success": false, "error": status.canonical_reason(), "message": message}),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Concern;
+
+    /// The forwarding gate finds a route's server through `route::find` over
+    /// this table: every route whose path names a server must be declared a
+    /// server's and name it there; no other route may (it would be forwarded).
+    #[test]
+    fn every_server_route_names_its_server_for_the_forwarding_gate() {
+        for declared in ROUTES {
+            assert_eq!(
+                declared.concern == Concern::Server,
+                declared.pattern.contains("{name}"),
+                "{}: a path that names a server is that server's route",
+                declared.pattern
+            );
+            let path = declared.path_for("ns", "fix");
+            let matched = route::find(ROUTES, &path)
+                .unwrap_or_else(|| panic!("{} does not match itself", declared.pattern));
+            assert_eq!(
+                matched.route, declared,
+                "{path} is taken by an earlier route"
+            );
+            let server = matched.server();
+            match declared.concern {
+                Concern::Server => {
+                    let server = server.unwrap_or_else(|| {
+                        panic!("{} concerns a server but names none", declared.pattern)
+                    });
+                    assert_eq!(server.name, "fix", "{}", declared.pattern);
+                    let namespaced = declared.pattern.contains("{namespace}");
+                    assert_eq!(server.namespace, namespaced.then_some("ns"));
+                }
+                Concern::Router => assert_eq!(server, None, "{}", declared.pattern),
+            }
+            let unknown = declared
+                .pattern
+                .split('/')
+                .filter(|s| s.starts_with('{'))
+                .find(|s| !matches!(*s, "{name}" | "{namespace}"));
+            assert_eq!(unknown, None, "{}: unknown placeholder", declared.pattern);
+        }
+    }
+}

@@ -737,11 +737,17 @@ struct Replica {
     reconciler: Arc<Reconciler>,
     ownership: Arc<Ownership>,
     serving: tokio::task::JoinHandle<()>,
+    /// Requests that reached this replica forwarded by another.
+    forwarded: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Replica {
     fn url(&self) -> String {
         format!("http://{}/mcp/fix", self.address)
+    }
+
+    fn forwarded_here(&self) -> usize {
+        self.forwarded.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Requests the fixture server answered for this replica.
@@ -798,12 +804,28 @@ async fn replica_with(
             ..RouterConfig::default()
         },
     );
-    let serving = tokio::spawn(warp::serve(routes).incoming(listener).run());
+    let forwarded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count_forwarded = {
+        let forwarded = forwarded.clone();
+        warp::header::optional::<String>(mcpod::kube::replicas::FORWARDED_BY)
+            .map(move |by: Option<String>| {
+                if by.is_some() {
+                    forwarded.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+            .untuple_one()
+    };
+    let serving = tokio::spawn(
+        warp::serve(count_forwarded.and(routes))
+            .incoming(listener)
+            .run(),
+    );
     Replica {
         address,
         reconciler,
         ownership,
         serving,
+        forwarded,
     }
 }
 
@@ -951,6 +973,47 @@ async fn kube_replicas_forward_to_the_owner_and_take_over_when_it_stops() {
     assert_eq!(seen.attached_pods, ["mcpod-fix", "mcpod-fix"]);
     assert_eq!(seen.initializes, 2, "the new pod's own initialize");
     assert_eq!(b.requests_served(), 1);
+}
+
+#[tokio::test]
+async fn kube_every_server_route_is_forwarded_to_the_owner_and_no_other() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let api_server = fake_api_server(seen.clone()).await;
+    let a = replica(&api_server, "router-a").await;
+    let b = replica(&api_server, "router-b").await;
+    let (status, _, _) = http_call(&a.url(), &call("a owns it")).await;
+    assert_eq!(status, 200);
+    let client = reqwest::Client::new();
+    for declared in router::ROUTES {
+        let before = a.forwarded_here();
+        // A method no route takes: answered 405 wherever it is served, and
+        // nothing runs (a start or a stop would).
+        let response = client
+            .patch(format!(
+                "http://{}{}",
+                b.address,
+                declared.path_for("ns", "fix")
+            ))
+            .send()
+            .await
+            .unwrap();
+        let reached_owner = a.forwarded_here() > before;
+        // A path that names the server concerns it, declared so or not.
+        assert_eq!(
+            reached_owner,
+            declared.pattern.contains("{name}"),
+            "{} through B (forwarded to A: {reached_owner})",
+            declared.pattern
+        );
+        assert_eq!(
+            response.status(),
+            405,
+            "{} is a route someone serves",
+            declared.pattern
+        );
+    }
+    assert_eq!(b.forwarded_here(), 0, "A never sends anything back");
+    assert_eq!(a.requests_served(), 1, "no request reached the server");
 }
 
 #[tokio::test]
