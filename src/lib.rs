@@ -7,7 +7,8 @@
 //! starts its container through a [`runtime::Runtime`] (Podman or Kubernetes) and
 //! talks to it through a [`stdio::StdioBridge`]. The [`router`] turns HTTP requests
 //! into calls on a server and the bridge turns those into lines on the container's
-//! stdin, and back.
+//! stdin, and back. Everything Kubernetes (the operator, the pod runtime, Leases,
+//! replica forwarding) is in [`kube`].
 
 pub mod backoff;
 pub mod backup;

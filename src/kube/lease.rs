@@ -101,6 +101,8 @@ pub fn judge_published(
 }
 
 /// The answer of the API server to a write of the Lease.
+// One per renew interval at most: boxing the Lease would save nothing that matters.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
     /// Written; the Lease as stored, whose `resourceVersion` the next write must match.
@@ -110,6 +112,7 @@ pub enum Write {
 }
 
 /// What one attempt to take the Lease found.
+#[allow(clippy::large_enum_variant)] // as for `Write`
 #[derive(Debug, Clone, PartialEq)]
 pub enum Attempt {
     /// This candidate holds it now; `previous` held it before (if anyone).
