@@ -9,22 +9,23 @@
 //! [`router`] serves the management API and mounts the MCP transports
 //! ([`mcp::http`]), which turn HTTP requests into calls on a server's protocol
 //! core ([`mcp::sessions`]) and the bridge turns those into lines on the
-//! container's stdin, and back.
+//! container's stdin, and back. Everything Kubernetes (the operator, the pod
+//! runtime, Leases, replica forwarding) is in [`kube`].
 
+pub mod backoff;
 pub mod backup;
 pub mod crd;
 pub mod datadir;
 pub mod duration;
 pub mod error;
-pub mod forward;
-pub mod leader;
+pub mod kube;
 pub mod logs;
 pub mod manifests;
 pub mod mcp;
 pub mod metrics;
-pub mod operator;
 pub mod quantity;
 pub mod reconcile;
+pub mod route;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -497,10 +497,12 @@ mod kube_cli {
     use super::*;
     use kube::{Api, Client};
     use mcpod::crd::MCPServer;
-    use mcpod::leader::{self, Election};
-    use mcpod::operator::{self, Scope};
-    use mcpod::runtime::kube::lease::{LeaseSettings, Ownership};
-    use mcpod::runtime::kube::{pod, sync_servers, KubeRuntime};
+    use mcpod::kube::election::{self, Election};
+    use mcpod::kube::lease::LeaseSettings;
+    use mcpod::kube::operator::{self, Scope};
+    use mcpod::kube::ownership::Ownership;
+    use mcpod::kube::pod;
+    use mcpod::kube::runtime::{sync_servers, KubeRuntime};
     use mcpod::workload::{Target, Workload};
     use mcpod::Error;
     use warp::Filter;
@@ -539,7 +541,7 @@ mod kube_cli {
         tokio::spawn(warp::serve(health).incoming(listener).run());
         let election = if args.leader_elect {
             let (identity, settings) = args.lease.resolve("--leader-elect")?;
-            info!(%identity, lease = leader::LEASE_NAME, "one of several operator replicas");
+            info!(%identity, lease = election::LEASE_NAME, "one of several operator replicas");
             Some(Election::new(
                 client.clone(),
                 &namespace,
@@ -609,7 +611,7 @@ mod kube_cli {
         let reconciler =
             Reconciler::for_kubernetes(runtime, args.defaults.defaults(), settings, &namespace);
         if let Some(ownership) = &ownership {
-            mcpod::forward::track_usage(ownership, &reconciler);
+            mcpod::kube::replicas::track_usage(ownership, &reconciler);
         }
         let servers: Api<MCPServer> = if args.scope.all_namespaces {
             Api::all(client)

@@ -9,11 +9,32 @@ use serde_json::json;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use crate::forward::{self, Forwarding};
+use crate::kube::ownership::Ownership;
+use crate::kube::replicas::{self, ReplicaGate};
 use crate::mcp::http::reply::{json_reply, text_reply, HttpResponse};
 use crate::mcp::http::{self as endpoint, EndpointConfig};
 use crate::reconcile::Reconciler;
-use crate::runtime::kube::lease::Ownership;
+use crate::route::{self, Route};
+
+/// Every path the router serves, each declared once with what it concerns.
+/// A path not declared here is answered 404 whatever filter would serve it,
+/// and with several router replicas a `Route::server` path is served by the
+/// replica that owns the server: a new route is one line here.
+pub const ROUTES: &[Route] = &[
+    Route::router("/health"),
+    Route::router("/metrics"),
+    Route::router("/servers"),
+    Route::server("/servers/{name}"),
+    Route::server("/servers/{name}/logs"),
+    Route::server("/servers/{name}/start"),
+    Route::server("/servers/{name}/stop"),
+    Route::server("/mcp/{name}"),
+    Route::server("/mcp/{namespace}/{name}"),
+    Route::server("/servers/{name}/mcp"),
+    Route::server("/sse/{name}"),
+    Route::server("/servers/{name}/sse"),
+    Route::server("/messages/{name}"),
+];
 
 /// Router-wide settings.
 #[derive(Debug, Clone, Default)]
@@ -46,9 +67,10 @@ pub fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     // Boxed: the composed filter types get too deep for the compiler otherwise.
     let mcp = endpoint::routes(reconciler.clone(), config.endpoint.clone()).boxed();
-    let forwarding = Forwarding::new(
+    let gate = ReplicaGate::new(
         reconciler.clone(),
         config.ownership.clone(),
+        ROUTES,
         config.endpoint.max_body_bytes,
     );
     let state = State { reconciler };
@@ -134,9 +156,11 @@ pub fn routes(
     // With several replicas, first of all: a request for a server another
     // replica owns goes there. A lone router skips the question.
     let served = match config.ownership {
-        Some(_) => forward::gate(forwarding).or(local).unify().boxed(),
+        Some(_) => replicas::gate(gate).or(local).unify().boxed(),
         None => local,
     };
+    // Only declared paths are served, so none can bypass the gate above.
+    let served = route::declared(ROUTES).and(served).boxed();
     served
         .recover(handle_rejection)
         .unify()
@@ -195,4 +219,50 @@ async fn handle_rejection(rejection: Rejection) -> Result<HttpResponse, Infallib
         status,
         &json!({"success": false, "error": status.canonical_reason(), "message": message}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Concern;
+
+    /// The forwarding gate finds a route's server through `route::find` over
+    /// this table: every route whose path names a server must be declared a
+    /// server's and name it there; no other route may (it would be forwarded).
+    #[test]
+    fn every_server_route_names_its_server_for_the_forwarding_gate() {
+        for declared in ROUTES {
+            assert_eq!(
+                declared.concern == Concern::Server,
+                declared.pattern.contains("{name}"),
+                "{}: a path that names a server is that server's route",
+                declared.pattern
+            );
+            let path = declared.path_for("ns", "fix");
+            let matched = route::find(ROUTES, &path)
+                .unwrap_or_else(|| panic!("{} does not match itself", declared.pattern));
+            assert_eq!(
+                matched.route, declared,
+                "{path} is taken by an earlier route"
+            );
+            let server = matched.server();
+            match declared.concern {
+                Concern::Server => {
+                    let server = server.unwrap_or_else(|| {
+                        panic!("{} concerns a server but names none", declared.pattern)
+                    });
+                    assert_eq!(server.name, "fix", "{}", declared.pattern);
+                    let namespaced = declared.pattern.contains("{namespace}");
+                    assert_eq!(server.namespace, namespaced.then_some("ns"));
+                }
+                Concern::Router => assert_eq!(server, None, "{}", declared.pattern),
+            }
+            let unknown = declared
+                .pattern
+                .split('/')
+                .filter(|s| s.starts_with('{'))
+                .find(|s| !matches!(*s, "{name}" | "{namespace}"));
+            assert_eq!(unknown, None, "{}: unknown placeholder", declared.pattern);
+        }
+    }
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::{info, warn, Instrument};
 
+use crate::backoff::backoff;
 use crate::crd::{DesiredState, Phase};
 use crate::logs::ServerLog;
 use crate::mcp::bridge::{BridgeError, Buffers, MessageHandler, StdioBridge};
@@ -25,7 +26,6 @@ use crate::mcp::version;
 use crate::runtime::Runtime;
 use crate::workload::Workload;
 
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Settings shared by every server of one mcpod.
 #[derive(Debug, Clone)]
@@ -760,24 +760,5 @@ impl Server {
             crate::duration::format(Duration::from_secs(idle.as_secs()))
         );
         self.stop_locked(&mut lifecycle, &reason).await;
-    }
-}
-
-/// Exponential backoff after failed starts: 1 s, 2 s, 4 s … capped at 5 minutes.
-fn backoff(failures: u32) -> Duration {
-    let seconds = 1u64 << failures.saturating_sub(1).min(16);
-    Duration::from_secs(seconds).min(MAX_BACKOFF)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(4), Duration::from_secs(8));
-        assert_eq!(backoff(30), MAX_BACKOFF);
     }
 }

@@ -19,11 +19,12 @@ use warp::ws::{Message, WebSocket};
 use warp::Filter;
 
 use mcpod::crd::MCPServer;
+use mcpod::kube::lease::LeaseSettings;
+use mcpod::kube::ownership::Ownership;
+use mcpod::kube::runtime::KubeRuntime;
 use mcpod::manifests::{Loaded, Manifests};
 use mcpod::reconcile::Reconciler;
 use mcpod::router::{self, RouterConfig};
-use mcpod::runtime::kube::lease::{LeaseSettings, Ownership};
-use mcpod::runtime::kube::KubeRuntime;
 use mcpod::server::Settings;
 use mcpod::workload::Defaults;
 
@@ -736,11 +737,17 @@ struct Replica {
     reconciler: Arc<Reconciler>,
     ownership: Arc<Ownership>,
     serving: tokio::task::JoinHandle<()>,
+    /// Requests that reached this replica forwarded by another.
+    forwarded: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Replica {
     fn url(&self) -> String {
         format!("http://{}/mcp/fix", self.address)
+    }
+
+    fn forwarded_here(&self) -> usize {
+        self.forwarded.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Requests the fixture server answered for this replica.
@@ -780,7 +787,7 @@ async fn replica_with(
         .with_ownership(ownership.clone());
     let reconciler =
         Reconciler::for_kubernetes(Arc::new(runtime), Defaults::default(), settings, "ns");
-    mcpod::forward::track_usage(&ownership, &reconciler);
+    mcpod::kube::replicas::track_usage(&ownership, &reconciler);
     reconciler
         .apply(Manifests {
             servers: vec![Loaded {
@@ -797,12 +804,28 @@ async fn replica_with(
             ..RouterConfig::default()
         },
     );
-    let serving = tokio::spawn(warp::serve(routes).incoming(listener).run());
+    let forwarded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count_forwarded = {
+        let forwarded = forwarded.clone();
+        warp::header::optional::<String>(mcpod::kube::replicas::FORWARDED_BY)
+            .map(move |by: Option<String>| {
+                if by.is_some() {
+                    forwarded.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+            .untuple_one()
+    };
+    let serving = tokio::spawn(
+        warp::serve(count_forwarded.and(routes))
+            .incoming(listener)
+            .run(),
+    );
     Replica {
         address,
         reconciler,
         ownership,
         serving,
+        forwarded,
     }
 }
 
@@ -953,6 +976,47 @@ async fn kube_replicas_forward_to_the_owner_and_take_over_when_it_stops() {
 }
 
 #[tokio::test]
+async fn kube_every_server_route_is_forwarded_to_the_owner_and_no_other() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let api_server = fake_api_server(seen.clone()).await;
+    let a = replica(&api_server, "router-a").await;
+    let b = replica(&api_server, "router-b").await;
+    let (status, _, _) = http_call(&a.url(), &call("a owns it")).await;
+    assert_eq!(status, 200);
+    let client = reqwest::Client::new();
+    for declared in router::ROUTES {
+        let before = a.forwarded_here();
+        // A method no route takes: answered 405 wherever it is served, and
+        // nothing runs (a start or a stop would).
+        let response = client
+            .patch(format!(
+                "http://{}{}",
+                b.address,
+                declared.path_for("ns", "fix")
+            ))
+            .send()
+            .await
+            .unwrap();
+        let reached_owner = a.forwarded_here() > before;
+        // A path that names the server concerns it, declared so or not.
+        assert_eq!(
+            reached_owner,
+            declared.pattern.contains("{name}"),
+            "{} through B (forwarded to A: {reached_owner})",
+            declared.pattern
+        );
+        assert_eq!(
+            response.status(),
+            405,
+            "{} is a route someone serves",
+            declared.pattern
+        );
+    }
+    assert_eq!(b.forwarded_here(), 0, "A never sends anything back");
+    assert_eq!(a.requests_served(), 1, "no request reached the server");
+}
+
+#[tokio::test]
 async fn kube_replica_that_shuts_down_hands_its_servers_over_at_once() {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let api_server = fake_api_server(seen.clone()).await;
@@ -983,7 +1047,7 @@ async fn kube_forwarded_request_is_served_where_it_arrives() {
     assert_eq!(status, 200);
     let response = reqwest::Client::new()
         .post(a.url())
-        .header(mcpod::forward::FORWARDED_BY, "router-b")
+        .header(mcpod::kube::replicas::FORWARDED_BY, "router-b")
         .json(&json!({"jsonrpc": "2.0", "id": 5, "method": "ping"}))
         .send()
         .await

@@ -10,8 +10,8 @@ use kube::client::Body;
 use kube::Client;
 use serde_json::{json, Value};
 
-use mcpod::leader::Election;
-use mcpod::runtime::kube::lease::LeaseSettings;
+use mcpod::kube::election::Election;
+use mcpod::kube::lease::LeaseSettings;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 

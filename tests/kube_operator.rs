@@ -16,9 +16,9 @@ use kube::Client;
 use serde_json::{json, Value};
 
 use mcpod::crd::MCPServer;
-use mcpod::operator::{self, Context};
-use mcpod::runtime::kube::pod::pod_for;
-use mcpod::runtime::kube::KubeRuntime;
+use mcpod::kube::operator::{self, Context};
+use mcpod::kube::pod::pod_for;
+use mcpod::kube::runtime::KubeRuntime;
 use mcpod::runtime::Runtime;
 use mcpod::workload::{Defaults, Target, Workload};
 
@@ -650,7 +650,7 @@ async fn kube_errors_back_off_per_server() {
         .map(|s| Action::requeue(Duration::from_secs(s)))
         .to_vec();
     assert_eq!(delays, expected);
-    assert_eq!(operator::error_backoff(40), Duration::from_secs(300));
+    assert_eq!(mcpod::backoff::backoff(40), Duration::from_secs(300));
 }
 
 #[tokio::test]
@@ -980,7 +980,7 @@ fn session_annotation(seconds_ago: i64) -> Value {
 
 /// The pod the operator makes for session [`SESSION`], as the API server returns it.
 fn session_pod(status: Value) -> Value {
-    let mut pod = serde_json::to_value(mcpod::runtime::kube::pod::session_pod_for(
+    let mut pod = serde_json::to_value(mcpod::kube::pod::session_pod_for(
         &workload(),
         SESSION,
         Some("ns"),
@@ -1288,7 +1288,7 @@ async fn kube_runtime_session_pod_is_removed_with_its_annotation_first() {
         .serve(handle);
     runtime.remove(&key).await.unwrap();
     let servers: kube::Api<MCPServer> = kube::Api::namespaced(client, "ns");
-    let refreshed = mcpod::runtime::kube::refresh_annotation(
+    let refreshed = mcpod::kube::annotations::refresh_annotation(
         &servers,
         "time",
         &format!("sessions.mcpod.dev/{SESSION}"),

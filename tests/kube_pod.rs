@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use mcpod::crd::MCPServerSpec;
-use mcpod::runtime::kube::pod::{export_yaml, network_policy_for, pod_for};
+use mcpod::kube::pod::{export_yaml, network_policy_for, pod_for};
 use mcpod::workload::{Defaults, Target, Workload};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;

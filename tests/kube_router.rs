@@ -10,10 +10,10 @@ use kube::Client;
 use serde_json::{json, Value};
 
 use mcpod::crd::MCPServer;
+use mcpod::kube::runtime::KubeRuntime;
 use mcpod::manifests::{Loaded, Manifests};
 use mcpod::reconcile::Reconciler;
 use mcpod::router::{self, RouterConfig};
-use mcpod::runtime::kube::KubeRuntime;
 use mcpod::server::Settings;
 use mcpod::workload::Defaults;
 

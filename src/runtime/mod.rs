@@ -1,8 +1,8 @@
-//! Container runtimes behind one trait: [`podman`] for a Podman host,
-//! [`kube`] for Kubernetes pods. A runtime starts a workload's container and
+//! Container runtimes behind one trait: [`podman`] for a Podman host, and
+//! Kubernetes pods (`KubeRuntime`, in `src/kube/runtime.rs`, which depends on
+//! this module and not the other way round). A runtime starts a workload's container and
 //! hands back its stdio; it knows nothing of MCP.
 
-pub mod kube;
 pub mod podman;
 
 use std::pin::Pin;

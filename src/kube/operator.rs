@@ -1,7 +1,7 @@
 //! `mcpod operator`: a kube-runtime Controller over MCPServer resources that
 //! owns one pod per running server and none while it is scaled to zero.
 //!
-//! Each reconcile reads the MCPServer and its pod, [`decide`]s one step (create,
+//! Each reconcile reads the MCPServer and its pod, [`decide`]s one change to its pod (create,
 //! adopt, delete or keep), takes it, and writes the status it observed with
 //! server-side apply. Routers ask for a pod through the `wake-requested-at`
 //! annotation and report use through `last-activity`; a server whose last
@@ -31,17 +31,20 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::crd::{Condition, DesiredState, MCPServer, MCPServerStatus, Phase, SessionMode};
-use crate::leader::Election;
-use crate::runtime::kube::lease;
-use crate::runtime::kube::pod::{
+use super::annotations::{
+    annotation_pointer, session_annotation, shortest_idle, ANNOTATION_ACTIVITY, ANNOTATION_WAKE,
+    SESSION_ANNOTATION_PREFIX,
+};
+use super::election::Election;
+use super::ownership;
+use super::pod::{
     is_valid_session_key, network_policy_for, pod_for, pod_name, session_pod_for, session_pod_name,
     LABEL_SESSION,
 };
-use crate::runtime::kube::{
-    delete_pod, is_scheduled, observe, shortest_idle, FailureKind, PodState, ANNOTATION_ACTIVITY,
-    ANNOTATION_WAKE, FIELD_MANAGER, SESSION_ANNOTATION_PREFIX,
-};
+use super::pod_state::{is_scheduled, observe, FailureKind, PodState};
+use super::{delete_pod, FIELD_MANAGER};
+use crate::backoff::backoff;
+use crate::crd::{Condition, DesiredState, MCPServer, MCPServerStatus, Phase, SessionMode};
 use crate::workload::{
     Defaults, Target, Workload, LABEL_MANAGED_BY, LABEL_SERVER, LABEL_SPEC_HASH, MANAGED_BY,
 };
@@ -51,8 +54,6 @@ use crate::{Error, Result};
 pub const FINALIZER: &str = "mcpod.dev/cleanup";
 /// Longest wait between two looks at a server, whatever happens.
 const RESYNC: Duration = Duration::from_secs(300);
-/// Longest wait after a failed reconcile.
-const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(300);
 
 /// What the operator watches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,14 +205,9 @@ pub fn error_policy(server: Arc<MCPServer>, error: &Error, ctx: Arc<Context>) ->
         *count += 1;
         *count
     };
-    let delay = error_backoff(failures);
+    let delay = backoff(failures);
     warn!(server = %key, error = %error, failures, retry_in_s = delay.as_secs(), "reconcile failed");
     Action::requeue(delay)
-}
-
-pub fn error_backoff(failures: u32) -> Duration {
-    let seconds = 1u64 << failures.saturating_sub(1).min(16);
-    Duration::from_secs(seconds).min(MAX_ERROR_BACKOFF)
 }
 
 /// Why the operator deletes a pod.
@@ -231,7 +227,7 @@ pub enum StopReason {
 
 /// The one change a reconcile makes.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Step {
+pub enum PodChange {
     Keep,
     /// Create the pod and its NetworkPolicy.
     Create,
@@ -241,26 +237,26 @@ pub enum Step {
     Delete(StopReason),
 }
 
-/// Decides the step for a server, from its spec, annotations and pod only.
+/// Decides the change for a server, from its spec, annotations and pod only.
 pub fn decide(
     server: &MCPServer,
     workload: Option<&Workload>,
     pod: Option<&Pod>,
     now: DateTime<Utc>,
-) -> Result<Step> {
+) -> Result<PodChange> {
     decide_pod(server, workload, pod, |workload| {
         wanted(server, workload, pod, now)
     })
 }
 
-/// The step for one pod of a server (its shared pod or a session's), given
+/// The change for one pod of a server (its shared pod or a session's), given
 /// `wanted`: whether the server should have that pod now, and if not, why not.
 fn decide_pod(
     server: &MCPServer,
     workload: Option<&Workload>,
     pod: Option<&Pod>,
     wanted: impl FnOnce(&Workload) -> Result<(), StopReason>,
-) -> Result<Step> {
+) -> Result<PodChange> {
     if let Some(pod) = pod {
         if !is_managed(pod, &server.name_any()) {
             return Err(Error::Cluster(format!(
@@ -270,31 +266,31 @@ fn decide_pod(
             )));
         }
         if observe(pod) == PodState::Terminating {
-            return Ok(Step::Keep);
+            return Ok(PodChange::Keep);
         }
         if !is_owned_by(pod, server) {
-            return Ok(Step::Adopt);
+            return Ok(PodChange::Adopt);
         }
     }
     // An invalid spec leaves a running pod as it was, like a broken manifest file does.
     let Some(workload) = workload else {
-        return Ok(Step::Keep);
+        return Ok(PodChange::Keep);
     };
     Ok(match (pod, wanted(workload)) {
-        (None, Ok(())) => Step::Create,
-        (None, Err(_)) => Step::Keep,
-        (Some(_), Err(reason)) => Step::Delete(reason),
+        (None, Ok(())) => PodChange::Create,
+        (None, Err(_)) => PodChange::Keep,
+        (Some(_), Err(reason)) => PodChange::Delete(reason),
         (Some(pod), Ok(())) => {
             let wanted = pod_for(workload, None, None);
             if pod.labels().get(LABEL_SPEC_HASH) != wanted.labels().get(LABEL_SPEC_HASH) {
-                Step::Delete(StopReason::SpecChanged)
+                PodChange::Delete(StopReason::SpecChanged)
             } else if matches!(
                 pod.status.as_ref().and_then(|s| s.phase.as_deref()),
                 Some("Failed" | "Succeeded")
             ) {
-                Step::Delete(StopReason::PodFailed)
+                PodChange::Delete(StopReason::PodFailed)
             } else {
-                Step::Keep
+                PodChange::Keep
             }
         }
     })
@@ -382,13 +378,13 @@ fn session_wanted(
 /// What to do about a server's client sessions.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SessionPlan {
-    /// One step per session (with an annotation, a pod, or both), by session key.
-    pub steps: BTreeMap<String, Step>,
+    /// One change per session (with an annotation, a pod, or both), by session key.
+    pub changes: BTreeMap<String, PodChange>,
     /// Session annotations to remove (key → the value seen): stale or unusable.
     pub forget: BTreeMap<String, String>,
 }
 
-/// Decides the step for every session of a server from its session annotations
+/// Decides the change for every session of a server from its session annotations
 /// and the session pods found (each labelled with its session).
 pub fn plan_sessions(
     server: &MCPServer,
@@ -412,7 +408,7 @@ pub fn plan_sessions(
         let last = annotation.and_then(|(_, at)| *at);
         let pod = pods.get(session).copied();
         let mut verdict = None;
-        let step = decide_pod(server, workload, pod, |workload| {
+        let change = decide_pod(server, workload, pod, |workload| {
             let wanted = session_wanted(workload, session, last, now);
             verdict = Some(wanted.clone());
             wanted
@@ -424,7 +420,7 @@ pub fn plan_sessions(
         if let (true, Some((value, _))) = (stale, annotation) {
             plan.forget.insert(session.to_string(), value.clone());
         }
-        plan.steps.insert(session.to_string(), step);
+        plan.changes.insert(session.to_string(), change);
     }
     Ok(plan)
 }
@@ -496,16 +492,16 @@ async fn apply(server: &MCPServer, ctx: &Context) -> Result<Action> {
             "get pod {namespace}/{}",
             pod_name(&name)
         )))?;
-    let step = decide(server, workload.as_ref().ok(), pod.as_ref(), now)?;
-    if step != Step::Keep {
-        info!(?step, "acting");
+    let change = decide(server, workload.as_ref().ok(), pod.as_ref(), now)?;
+    if change != PodChange::Keep {
+        info!(?change, "acting");
     }
-    let pod_after = match (&step, &workload) {
-        (Step::Create, Ok(workload)) => {
+    let pod_after = match (&change, &workload) {
+        (PodChange::Create, Ok(workload)) => {
             Some(create_pod(ctx, server, workload, &namespace, None).await?)
         }
-        (Step::Adopt, _) => Some(adopt_pod(&pods, server, pod.as_ref()).await?),
-        (Step::Delete(_), _) => {
+        (PodChange::Adopt, _) => Some(adopt_pod(&pods, server, pod.as_ref()).await?),
+        (PodChange::Delete(_), _) => {
             delete_pod(&pods, &pod_name(&name)).await?;
             None
         }
@@ -520,9 +516,9 @@ async fn apply(server: &MCPServer, ctx: &Context) -> Result<Action> {
             .collect();
         reconcile_sessions(ctx, server, &namespace, &workload, session_pods, now).await?;
     }
-    let outcome = observed_status(server, &workload, pod_after.as_ref(), &step, now);
+    let outcome = observed_status(server, &workload, pod_after.as_ref(), &change, now);
     write_status(ctx, server, &namespace, &outcome.status).await?;
-    for event in events_for(server, &step, &outcome) {
+    for event in events_for(server, &change, &outcome) {
         publish(ctx, server, event).await;
     }
     Ok(next_look(
@@ -557,11 +553,11 @@ async fn apply_isolated(
     let outcome = isolated_status(server, workload, &sessions.pods, now);
     write_status(ctx, server, namespace, &outcome.status).await?;
     // "Scaled to zero" when the last session pod went for idleness.
-    let step = match sessions.idle_deleted {
-        Some(idle) if sessions.pods.is_empty() => Step::Delete(StopReason::Idle(idle)),
-        _ => Step::Keep,
+    let change = match sessions.idle_deleted {
+        Some(idle) if sessions.pods.is_empty() => PodChange::Delete(StopReason::Idle(idle)),
+        _ => PodChange::Keep,
     };
-    for event in events_for(server, &step, &outcome) {
+    for event in events_for(server, &change, &outcome) {
         publish(ctx, server, event).await;
     }
     let due = workload
@@ -591,7 +587,7 @@ struct SessionsOutcome {
     idle_deleted: Option<Duration>,
 }
 
-/// Takes the steps [`plan_sessions`] decides, then removes stale annotations.
+/// Takes the changes [`plan_sessions`] decides, then removes stale annotations.
 async fn reconcile_sessions(
     ctx: &Context,
     server: &MCPServer,
@@ -607,20 +603,20 @@ async fn reconcile_sessions(
         .filter_map(|pod| Some((pod.labels().get(LABEL_SESSION)?.clone(), pod)))
         .collect();
     let mut idle_deleted = None;
-    for (session, step) in &plan.steps {
-        if *step != Step::Keep {
-            info!(session, ?step, "acting on a session pod");
+    for (session, change) in &plan.changes {
+        if *change != PodChange::Keep {
+            info!(session, ?change, "acting on a session pod");
         }
-        match (step, workload) {
-            (Step::Create, Ok(workload)) => {
+        match (change, workload) {
+            (PodChange::Create, Ok(workload)) => {
                 let pod = create_pod(ctx, server, workload, namespace, Some(session)).await?;
                 pods.insert(session.clone(), pod);
             }
-            (Step::Adopt, _) => {
+            (PodChange::Adopt, _) => {
                 let pod = adopt_pod(&api, server, pods.get(session)).await?;
                 pods.insert(session.clone(), pod);
             }
-            (Step::Delete(reason), _) => {
+            (PodChange::Delete(reason), _) => {
                 delete_pod(&api, &session_pod_name(&server.name_any(), session)).await?;
                 pods.remove(session);
                 if let StopReason::Idle(idle) = reason {
@@ -649,10 +645,7 @@ async fn forget_session(
     seen: &str,
 ) -> Result<()> {
     let name = server.name_any();
-    let path = format!(
-        "/metadata/annotations/{}{session}",
-        SESSION_ANNOTATION_PREFIX.replace('/', "~1")
-    );
+    let path = annotation_pointer(&session_annotation(session));
     let patch: json_patch::Patch = serde_json::from_value(json!([
         {"op": "test", "path": path, "value": seen},
         {"op": "remove", "path": path},
@@ -751,16 +744,16 @@ pub struct Outcome {
     pub failure: Option<FailureKind>,
 }
 
-/// The status from what was observed (and the step just taken), with the
+/// The status from what was observed (and the change just made), with the
 /// transition times of unchanged conditions kept.
 pub fn observed_status(
     server: &MCPServer,
     workload: &Result<Workload>,
     pod: Option<&Pod>,
-    step: &Step,
+    change: &PodChange,
     now: DateTime<Utc>,
 ) -> Outcome {
-    status_of(server, workload, pod, step, now, shared_without_pod)
+    status_of(server, workload, pod, change, now, shared_without_pod)
 }
 
 /// The phase of a Shared server that has no pod.
@@ -792,20 +785,21 @@ pub fn isolated_status(
     };
     let telling = (0..session_pods.len()).min_by_key(|&i| rank(&states[i]));
     let pod = telling.map(|i| &session_pods[i]);
-    let mut outcome = status_of(
-        server,
-        workload,
-        pod,
-        &Step::Keep,
-        now,
-        |workload| match workload.desired_state {
-            DesiredState::Disabled => (Phase::Stopped, Some("disabled".into())),
-            _ => (
-                Phase::Stopped,
-                Some("no client sessions: each session gets a pod of its own".into()),
-            ),
-        },
-    );
+    let mut outcome =
+        status_of(
+            server,
+            workload,
+            pod,
+            &PodChange::Keep,
+            now,
+            |workload| match workload.desired_state {
+                DesiredState::Disabled => (Phase::Stopped, Some("disabled".into())),
+                _ => (
+                    Phase::Stopped,
+                    Some("no client sessions: each session gets a pod of its own".into()),
+                ),
+            },
+        );
     let status = &mut outcome.status;
     let running = states
         .iter()
@@ -836,7 +830,7 @@ fn status_of(
     server: &MCPServer,
     workload: &Result<Workload>,
     pod: Option<&Pod>,
-    step: &Step,
+    change: &PodChange,
     now: DateTime<Utc>,
     without_pod: impl FnOnce(&Workload) -> (Phase, Option<String>),
 ) -> Outcome {
@@ -853,7 +847,7 @@ fn status_of(
             failure = Some(FailureKind::Config);
             (Phase::Failed, Some(e.to_string()))
         }
-        (Ok(_), _) if matches!(step, Step::Delete(StopReason::SpecChanged)) => (
+        (Ok(_), _) if matches!(change, PodChange::Delete(StopReason::SpecChanged)) => (
             Phase::Stopping,
             Some("spec changed: replacing the pod".into()),
         ),
@@ -985,7 +979,7 @@ async fn write_status(
 }
 
 /// Events for real changes only: started, scaled to zero, failed, image pull error.
-fn events_for(server: &MCPServer, step: &Step, outcome: &Outcome) -> Vec<Event> {
+fn events_for(server: &MCPServer, change: &PodChange, outcome: &Outcome) -> Vec<Event> {
     let old = server.status.as_ref();
     let old_phase = old.and_then(|s| s.phase);
     let new_phase = outcome.status.phase;
@@ -997,7 +991,7 @@ fn events_for(server: &MCPServer, step: &Step, outcome: &Outcome) -> Vec<Event> 
         action: action.into(),
         secondary: None,
     };
-    if let Step::Delete(StopReason::Idle(idle)) = step {
+    if let PodChange::Delete(StopReason::Idle(idle)) = change {
         events.push(event(
             EventType::Normal,
             "ScaledToZero",
@@ -1089,7 +1083,7 @@ async fn cleanup(server: &MCPServer, ctx: &Context) -> Result<Action> {
     }
     // The router replicas' Lease on the server has no owner reference: remove it here.
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &namespace);
-    let lease = lease::lease_name(&server.name_any());
+    let lease = ownership::lease_name(&server.name_any());
     match leases.delete(&lease, &DeleteParams::default()).await {
         Ok(_) => {}
         Err(e) if Error::is_kube_not_found(&e) => {}

@@ -4,25 +4,23 @@
 //! Only one replica may hold a server's MCP session on the pod's stdin (each
 //! `initialize`d session would mix its messages with the others'), and the
 //! client sessions live in that replica's memory. So one replica owns each
-//! server: it takes the Lease (create, or update with the `resourceVersion`
-//! it read, so of two replicas racing one wins and the other sees a 409),
-//! renews it while it still serves the server (a stdio bridge, a start, requests
-//! or client sessions), and releases it when the server stops. Other replicas
-//! forward requests to the address the owner wrote on the Lease (see
-//! [`crate::forward`]). The expiry check compares the holder's renew time with
-//! this replica's clock: cluster nodes are assumed to keep NTP time.
+//! server: it takes the Lease, renews it while it still serves the server (a
+//! stdio bridge, a start, requests or client sessions), and releases it when
+//! the server stops. Other replicas forward requests to the address the owner
+//! publishes on the Lease (`replicas.rs`). Taking, renewing, releasing and
+//! judging expiry are the Lease lock's (`lease.rs`); this module keeps the
+//! Leases of many servers and decides when each is renewed or released.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::PostParams;
-use kube::{Api, Client, ResourceExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Client, ResourceExt};
 use tracing::{debug, info, warn, Instrument};
 
+use super::lease::{Attempt, Holder, LeaseLock, LeaseSettings, Write};
 use super::pod::selector_labels;
 use crate::{Error, Result};
 
@@ -30,24 +28,6 @@ use crate::{Error, Result};
 pub const ANNOTATION_ADDRESS: &str = "mcpod.dev/router-address";
 /// Attempts to take a Lease that keeps changing under us (409 Conflict).
 const CLAIM_ATTEMPTS: usize = 3;
-
-/// The Lease's timing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseSettings {
-    /// How long a Lease stays valid after its last renewal.
-    pub duration: Duration,
-    /// How often a holder renews (or releases) its Leases; well under `duration`.
-    pub renew_interval: Duration,
-}
-
-impl Default for LeaseSettings {
-    fn default() -> Self {
-        LeaseSettings {
-            duration: Duration::from_secs(15),
-            renew_interval: Duration::from_secs(5),
-        }
-    }
-}
 
 /// Another replica that holds a server's Lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,65 +39,29 @@ pub struct Owner {
     pub expires_at: DateTime<Utc>,
 }
 
+impl Owner {
+    /// The owner a held Lease names: its holder, at the address it published
+    /// (the Lease lock honours no holder that published none).
+    fn of(holder: Holder, lease: &Lease) -> Owner {
+        Owner {
+            identity: holder.identity,
+            address: lease
+                .annotations()
+                .get(ANNOTATION_ADDRESS)
+                .cloned()
+                .unwrap_or_default(),
+            expires_at: holder.expires_at,
+        }
+    }
+}
+
 /// Where a server's requests are served.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub enum Placement {
     /// By this replica, which holds the Lease.
     Local,
     /// By the replica that holds the Lease.
     Remote(Owner),
-}
-
-/// What a Lease read from the API server says, for this replica.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// This replica's identity holds it.
-    Mine,
-    /// Nobody holds it, or its holder let it run out: it may be taken.
-    Free,
-    HeldBy(Owner),
-}
-
-/// Judges a Lease at `now` for the replica `me`.
-pub fn judge(lease: &Lease, me: &str, now: DateTime<Utc>) -> Verdict {
-    let spec = lease.spec.clone().unwrap_or_default();
-    let Some(holder) = spec.holder_identity.filter(|h| !h.is_empty()) else {
-        return Verdict::Free;
-    };
-    if holder == me {
-        return Verdict::Mine;
-    }
-    let renewed = spec
-        .renew_time
-        .or(spec.acquire_time)
-        .and_then(|t| from_micro_time(&t));
-    let duration = chrono::Duration::seconds(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
-    let Some(expires_at) = renewed.and_then(|at| at.checked_add_signed(duration)) else {
-        return Verdict::Free; // a holder that never said when: nothing to honour
-    };
-    let address = lease
-        .annotations()
-        .get(ANNOTATION_ADDRESS)
-        .cloned()
-        .unwrap_or_default();
-    if expires_at <= now || address.is_empty() {
-        return Verdict::Free;
-    }
-    Verdict::HeldBy(Owner {
-        identity: holder,
-        address,
-        expires_at,
-    })
-}
-
-fn micro_time(at: DateTime<Utc>) -> Option<MicroTime> {
-    k8s_openapi::jiff::Timestamp::from_microsecond(at.timestamp_micros())
-        .ok()
-        .map(MicroTime)
-}
-
-fn from_micro_time(time: &MicroTime) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp_micros(time.0.as_microsecond())
 }
 
 /// The Lease of a server: `mcpod-<server>`, like its pod.
@@ -129,8 +73,8 @@ pub fn lease_name(server: &str) -> String {
 /// the server's Lease; else it releases it.
 pub type InUse = Box<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
-/// A Lease this replica holds.
-struct Held {
+/// A server's Lease this replica holds.
+struct HeldLease {
     namespace: String,
     server: String,
     /// The Lease as last written, whose `resourceVersion` the next write must match.
@@ -157,7 +101,7 @@ pub struct Ownership {
     identity: String,
     address: String,
     settings: LeaseSettings,
-    held: Mutex<HashMap<String, Held>>,
+    held: Mutex<HashMap<String, HeldLease>>,
     observed: Mutex<HashMap<String, Observed>>,
     in_use: OnceLock<InUse>,
     /// Set by [`Ownership::shutdown`]: nothing is taken or renewed any more.
@@ -176,10 +120,6 @@ impl std::fmt::Debug for Ownership {
 
 fn key_of(namespace: &str, server: &str) -> String {
     format!("{namespace}/{server}")
-}
-
-fn is_conflict(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 409)
 }
 
 impl Ownership {
@@ -217,7 +157,7 @@ impl Ownership {
         let _ = self.in_use.set(in_use);
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, HeldLease>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -225,25 +165,35 @@ impl Ownership {
         self.observed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn leases(&self, namespace: &str) -> Api<Lease> {
-        Api::namespaced(self.client.clone(), namespace)
+    /// The server's Lease as this replica takes it: labelled like the server's
+    /// pod, carrying this replica's address while held.
+    fn lock(&self, namespace: &str, server: &str) -> LeaseLock {
+        LeaseLock::new(
+            self.client.clone(),
+            namespace,
+            &lease_name(server),
+            &self.identity,
+            self.settings,
+        )
+        .with_labels(selector_labels(server))
+        .with_annotation(ANNOTATION_ADDRESS, &self.address)
     }
 
     /// Who serves `namespace/server` now. Takes the Lease when nobody holds it
     /// (or its holder let it run out); a Lease this replica holds, or another
     /// replica's seen shortly before, is answered without an API call.
-    pub async fn route(&self, namespace: &str, server: &str) -> Result<Route> {
+    pub async fn placement(&self, namespace: &str, server: &str) -> Result<Placement> {
         let key = key_of(namespace, server);
         let now = Utc::now();
         if let Some(held) = self.held().get_mut(&key) {
             if held.valid_until > now {
                 held.last_claimed = Instant::now();
-                return Ok(Route::Local);
+                return Ok(Placement::Local);
             }
         }
         if let Some(seen) = self.observed().get(&key) {
             if seen.look_again_at > now {
-                return Ok(Route::Remote(seen.owner.clone()));
+                return Ok(Placement::Remote(seen.owner.clone()));
             }
         }
         self.claim(namespace, server).await
@@ -251,7 +201,7 @@ impl Ownership {
 
     /// The owner did not answer: looks at the Lease again, and takes it if its
     /// holder released it or let it run out.
-    pub async fn failover(&self, namespace: &str, server: &str) -> Result<Route> {
+    pub async fn failover(&self, namespace: &str, server: &str) -> Result<Placement> {
         self.observed().remove(&key_of(namespace, server));
         self.claim(namespace, server).await
     }
@@ -260,12 +210,12 @@ impl Ownership {
     /// Lease, and says whether it has just taken the server over (then a pod
     /// found running may hold the previous owner's MCP session).
     pub async fn ensure_held(&self, namespace: &str, server: &str) -> Result<bool> {
-        match self.route(namespace, server).await? {
-            Route::Local => Ok(self
+        match self.placement(namespace, server).await? {
+            Placement::Local => Ok(self
                 .held()
                 .get_mut(&key_of(namespace, server))
                 .is_some_and(|held| std::mem::take(&mut held.taken_over))),
-            Route::Remote(owner) => Err(Error::Cluster(format!(
+            Placement::Remote(owner) => Err(Error::Cluster(format!(
                 "MCP server {namespace}/{server} is served by router replica {} ({}) until {}; \
                  this replica does not attach to it",
                 owner.identity, owner.address, owner.expires_at
@@ -273,44 +223,24 @@ impl Ownership {
         }
     }
 
-    /// Reads the Lease and takes it if it may be taken (create, or update with
-    /// the `resourceVersion` read); on a conflict, another replica was faster: look again.
-    async fn claim(&self, namespace: &str, server: &str) -> Result<Route> {
+    /// Takes the server's Lease if it may be taken; on a conflict, another
+    /// replica was faster: look again.
+    async fn claim(&self, namespace: &str, server: &str) -> Result<Placement> {
         if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::Cluster(
                 "this router replica is shutting down".into(),
             ));
         }
-        let api = self.leases(namespace);
-        let name = lease_name(server);
+        let lock = self.lock(namespace, server);
         for _ in 0..CLAIM_ATTEMPTS {
             let now = Utc::now();
-            let found = api
-                .get_opt(&name)
-                .await
-                .map_err(Error::kube(format!("get lease {namespace}/{name}")))?;
-            let written = match &found {
-                None => {
-                    let lease = self.taken(None, namespace, server, now);
-                    api.create(&PostParams::default(), &lease).await
+            match lock.try_acquire(now).await? {
+                Attempt::HeldBy { holder, lease } => {
+                    let owner = Owner::of(holder, &lease);
+                    self.remember(namespace, server, &owner, now);
+                    return Ok(Placement::Remote(owner));
                 }
-                Some(lease) => match judge(lease, &self.identity, now) {
-                    Verdict::HeldBy(owner) => {
-                        self.remember(namespace, server, &owner, now);
-                        return Ok(Route::Remote(owner));
-                    }
-                    // Mine but not in memory: this process restarted under the same name.
-                    Verdict::Mine | Verdict::Free => {
-                        let lease = self.taken(Some(lease), namespace, server, now);
-                        api.replace(&name, &PostParams::default(), &lease).await
-                    }
-                },
-            };
-            match written {
-                Ok(lease) => {
-                    let previous = found
-                        .and_then(|l| l.spec?.holder_identity)
-                        .filter(|h| !h.is_empty());
+                Attempt::Taken { lease, previous } => {
                     info!(
                         namespace,
                         server,
@@ -319,57 +249,20 @@ impl Ownership {
                     );
                     self.observed().remove(&key_of(namespace, server));
                     self.hold(namespace, server, lease, now, true);
-                    return Ok(Route::Local);
+                    return Ok(Placement::Local);
                 }
-                Err(e) if is_conflict(&e) => {
+                Attempt::Conflict => {
                     debug!(
                         namespace,
                         server, "lease changed while taking it: looking again"
                     );
                 }
-                Err(e) => {
-                    return Err(Error::kube(format!("take lease {namespace}/{name}"))(e));
-                }
             }
         }
         Err(Error::Cluster(format!(
-            "lease {namespace}/{name} kept changing while this replica tried to take it"
+            "lease {namespace}/{} kept changing while this replica tried to take it",
+            lease_name(server)
         )))
-    }
-
-    /// The Lease as this replica takes it: holder, address, fresh times.
-    fn taken(
-        &self,
-        found: Option<&Lease>,
-        namespace: &str,
-        server: &str,
-        now: DateTime<Utc>,
-    ) -> Lease {
-        let mut lease = found.cloned().unwrap_or_else(|| Lease {
-            metadata: ObjectMeta {
-                name: Some(lease_name(server)),
-                namespace: Some(namespace.to_string()),
-                labels: Some(selector_labels(server)),
-                ..ObjectMeta::default()
-            },
-            spec: None,
-        });
-        let previous = lease.spec.take().unwrap_or_default();
-        let changed_hands = previous.holder_identity.as_deref() != Some(self.identity.as_str());
-        let transitions =
-            previous.lease_transitions.unwrap_or(0) + i32::from(changed_hands && found.is_some());
-        lease.spec = Some(LeaseSpec {
-            holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(self.settings.duration.as_secs().max(1) as i32),
-            acquire_time: micro_time(now),
-            renew_time: micro_time(now),
-            lease_transitions: Some(transitions),
-            ..LeaseSpec::default()
-        });
-        lease
-            .annotations_mut()
-            .insert(ANNOTATION_ADDRESS.to_string(), self.address.clone());
-        lease
     }
 
     fn hold(&self, namespace: &str, server: &str, lease: Lease, now: DateTime<Utc>, taken: bool) {
@@ -381,7 +274,7 @@ impl Ownership {
         let taken_over = taken || held.get(&key).is_some_and(|h| h.taken_over);
         held.insert(
             key,
-            Held {
+            HeldLease {
                 namespace: namespace.to_string(),
                 server: server.to_string(),
                 lease,
@@ -406,7 +299,7 @@ impl Ownership {
         );
     }
 
-    fn is_in_use(&self, held: &Held) -> bool {
+    fn is_in_use(&self, held: &HeldLease) -> bool {
         let recently_claimed = held.last_claimed.elapsed() < self.settings.renew_interval;
         recently_claimed
             || self
@@ -441,19 +334,11 @@ impl Ownership {
         }
     }
 
-    async fn renew(&self, namespace: &str, server: &str, mut lease: Lease) {
+    async fn renew(&self, namespace: &str, server: &str, lease: Lease) {
         let now = Utc::now();
-        if let Some(spec) = lease.spec.as_mut() {
-            spec.renew_time = micro_time(now);
-        }
-        let name = lease_name(server);
-        match self
-            .leases(namespace)
-            .replace(&name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(lease) => self.hold(namespace, server, lease, now, false),
-            Err(e) if is_conflict(&e) => {
+        match self.lock(namespace, server).renew(&lease, now).await {
+            Ok(Write::Stored(lease)) => self.hold(namespace, server, lease, now, false),
+            Ok(Write::Conflict) => {
                 // Someone else wrote it: another replica took it (ours had run out).
                 warn!(
                     namespace,
@@ -461,33 +346,21 @@ impl Ownership {
                 );
                 self.held().remove(&key_of(namespace, server));
             }
-            Err(e) => warn!(
-                error = %Error::kube(format!("renew lease {namespace}/{name}"))(e),
-                "renewing failed; retrying at the next interval"
-            ),
+            Err(error) => warn!(%error, "renewing failed; retrying at the next interval"),
         }
     }
 
     /// Gives a Lease up so that another replica may take it at once.
-    async fn release(&self, namespace: &str, server: &str, mut lease: Lease) {
+    async fn release(&self, namespace: &str, server: &str, lease: Lease) {
         self.held().remove(&key_of(namespace, server));
-        if let Some(spec) = lease.spec.as_mut() {
-            spec.holder_identity = None;
-            spec.renew_time = micro_time(Utc::now());
-        }
-        lease.annotations_mut().remove(ANNOTATION_ADDRESS);
-        let name = lease_name(server);
         match self
-            .leases(namespace)
-            .replace(&name, &PostParams::default(), &lease)
+            .lock(namespace, server)
+            .release(&lease, Utc::now())
             .await
         {
-            Ok(_) => debug!(namespace, server, "released the server's lease"),
-            Err(e) if is_conflict(&e) => {} // already someone else's
-            Err(e) => warn!(
-                error = %Error::kube(format!("release lease {namespace}/{name}"))(e),
-                "releasing failed; the lease runs out by itself"
-            ),
+            Ok(Write::Stored(_)) => debug!(namespace, server, "released the server's lease"),
+            Ok(Write::Conflict) => {} // already someone else's
+            Err(error) => warn!(%error, "releasing failed; the lease runs out by itself"),
         }
     }
 
@@ -531,59 +404,28 @@ async fn keep(ownership: Weak<Ownership>, interval: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lease(holder: Option<&str>, renewed_ago_s: i64, duration_s: i32, address: &str) -> Lease {
-        let now = Utc::now();
-        let mut lease = Lease {
-            metadata: ObjectMeta::default(),
-            spec: Some(LeaseSpec {
-                holder_identity: holder.map(str::to_string),
-                lease_duration_seconds: Some(duration_s),
-                renew_time: micro_time(now - chrono::Duration::seconds(renewed_ago_s)),
-                ..LeaseSpec::default()
-            }),
-        };
-        if !address.is_empty() {
-            lease
-                .annotations_mut()
-                .insert(ANNOTATION_ADDRESS.into(), address.into());
-        }
-        lease
-    }
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
 
     #[test]
-    fn kube_lease_verdicts() {
-        let now = Utc::now();
-        assert_eq!(judge(&lease(None, 1, 15, ""), "a", now), Verdict::Free);
-        assert_eq!(judge(&lease(Some(""), 1, 15, ""), "a", now), Verdict::Free);
-        assert_eq!(
-            judge(&lease(Some("a"), 100, 15, "10.0.0.1:8080"), "a", now),
-            Verdict::Mine
-        );
-        let Verdict::HeldBy(owner) = judge(&lease(Some("b"), 1, 15, "10.0.0.2:8080"), "a", now)
-        else {
-            panic!("a valid lease of another replica is honoured")
+    fn kube_ownership_owner_is_the_holder_at_its_published_address() {
+        let expires_at = Utc::now() + chrono::Duration::seconds(14);
+        let mut lease = Lease {
+            spec: Some(LeaseSpec::default()),
+            ..Lease::default()
         };
+        lease
+            .annotations_mut()
+            .insert(ANNOTATION_ADDRESS.into(), "10.0.0.2:8080".into());
+        let holder = Holder {
+            identity: "b".into(),
+            expires_at,
+        };
+        let owner = Owner::of(holder, &lease);
         assert_eq!(
             (owner.identity.as_str(), owner.address.as_str()),
             ("b", "10.0.0.2:8080")
         );
-        assert!(owner.expires_at > now + chrono::Duration::seconds(13));
-        // Run out: renewed 20 s ago for 15 s.
-        assert_eq!(
-            judge(&lease(Some("b"), 20, 15, "10.0.0.2:8080"), "a", now),
-            Verdict::Free
-        );
-        // A holder nobody can reach cannot serve anything.
-        assert_eq!(judge(&lease(Some("b"), 1, 15, ""), "a", now), Verdict::Free);
-    }
-
-    #[test]
-    fn kube_lease_times_round_trip() {
-        let at = DateTime::parse_from_rfc3339("2026-11-25T12:00:00.123456Z")
-            .unwrap()
-            .to_utc();
-        assert_eq!(from_micro_time(&micro_time(at).unwrap()), Some(at));
+        assert_eq!(owner.expires_at, expires_at);
         assert_eq!(lease_name("time"), "mcpod-time");
     }
 }

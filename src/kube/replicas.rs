@@ -1,9 +1,12 @@
 //! Several router replicas behind one Service: every request for a server goes
-//! through [`Forwarding::decide`], the one place that says "served here, or by
-//! the replica that owns the server". The owner is the holder of the server's
-//! Lease ([`crate::runtime::kube::lease`]); a request for a server another
-//! replica owns is sent to that replica unchanged (method, path, query, headers,
-//! body) and its answer is streamed back as it comes (SSE included).
+//! through [`ReplicaGate::decide`], the one place that says "served here, or by
+//! the replica that owns the server". Which requests are a server's comes from
+//! the router's route table ([`crate::route`]): a route declared as concerning
+//! one server is forwarded, so a new route cannot skip this gate. The owner is
+//! the holder of the server's Lease ([`super::ownership`]); a request for a
+//! server another replica owns is sent to that replica unchanged (method, path,
+//! query, headers, body) and its answer is streamed back as it comes (SSE
+//! included).
 //!
 //! A forwarded request carries [`FORWARDED_BY`] and is always served where it
 //! arrives, so a misconfiguration costs one hop, never a loop. An owner that does
@@ -27,10 +30,11 @@ use tracing::{debug, info, warn, Instrument};
 use warp::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
+use super::ownership::{Owner, Ownership, Placement};
 use crate::mcp::http::reply::{json_reply, HttpResponse};
 use crate::mcp::message as jsonrpc;
 use crate::reconcile::Reconciler;
-use crate::runtime::kube::lease::{Owner, Ownership, Route};
+use crate::route::{self, Route};
 
 /// Marks a request one replica forwarded to another (the value: who forwarded it).
 pub const FORWARDED_BY: &str = "x-mcpod-forwarded-by";
@@ -58,10 +62,12 @@ type ForwardBody =
 
 /// What the router needs to decide where a request is served.
 #[derive(Clone)]
-pub struct Forwarding {
+pub struct ReplicaGate {
     reconciler: Arc<Reconciler>,
     /// `None`: the only replica; everything is served here.
     ownership: Option<Arc<Ownership>>,
+    /// The router's route table: which paths name one server.
+    routes: &'static [Route],
     /// Bytes of a body kept to name the request in an error answer.
     max_body_bytes: usize,
 }
@@ -88,16 +94,16 @@ fn serve_here() -> Rejection {
 /// Answers requests that another replica serves; rejects (so that the routes
 /// after it serve them) those served here. Put it before every route.
 pub fn gate(
-    forwarding: Forwarding,
+    gate: ReplicaGate,
 ) -> impl Filter<Extract = (HttpResponse,), Error = Rejection> + Clone {
-    let with = warp::any().map(move || forwarding.clone());
+    let with = warp::any().map(move || gate.clone());
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     warp::path::full()
         .and(warp::header::headers_cloned())
         .and(with.clone())
         .and_then(
-            |path: warp::path::FullPath, headers: HeaderMap, forwarding: Forwarding| async move {
-                forwarding.decide(path.as_str(), &headers).await
+            |path: warp::path::FullPath, headers: HeaderMap, gate: ReplicaGate| async move {
+                gate.decide(path.as_str(), &headers).await
             },
         )
         .and(warp::method())
@@ -113,27 +119,28 @@ pub fn gate(
              query: String,
              headers: HeaderMap,
              body,
-             forwarding: Forwarding| async move {
+             gate: ReplicaGate| async move {
                 let uri = match query.is_empty() {
                     true => path.as_str().to_string(),
                     false => format!("{}?{query}", path.as_str()),
                 };
-                forwarding
-                    .answer(elsewhere, method, uri, headers, body)
-                    .await
+                gate.answer(elsewhere, method, uri, headers, body).await
             },
         )
 }
 
-impl Forwarding {
+impl ReplicaGate {
+    /// `routes`: the router's route table, read for which paths name a server.
     pub fn new(
         reconciler: Arc<Reconciler>,
         ownership: Option<Arc<Ownership>>,
+        routes: &'static [Route],
         max_body_bytes: usize,
     ) -> Self {
-        Forwarding {
+        ReplicaGate {
             reconciler,
             ownership,
+            routes,
             max_body_bytes,
         }
     }
@@ -153,9 +160,9 @@ impl Forwarding {
             return Err(serve_here());
         };
         let (namespace, server) = key.split_once('/').unwrap_or(("", key.as_str()));
-        match ownership.route(namespace, server).await {
-            Ok(Route::Local) => Err(serve_here()),
-            Ok(Route::Remote(owner)) => self.reach(ownership, namespace, server, owner).await,
+        match ownership.placement(namespace, server).await {
+            Ok(Placement::Local) => Err(serve_here()),
+            Ok(Placement::Remote(owner)) => self.reach(ownership, namespace, server, owner).await,
             Err(e) => Ok(Elsewhere::Unavailable {
                 message: format!(
                     "cannot tell which router replica serves MCP server '{server}': {e}"
@@ -165,14 +172,14 @@ impl Forwarding {
         }
     }
 
-    /// The runtime key (`namespace/name`) of the server a path is for.
+    /// The runtime key (`namespace/name`) of the server a path is for: `None`
+    /// for the router's own routes and for servers it does not know (answered
+    /// 404 here).
     fn server_key(&self, path: &str) -> Option<String> {
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let lookup = match segments.as_slice() {
-            ["mcp" | "sse" | "messages", name] => name.to_string(),
-            ["mcp", namespace, name] => self.reconciler.key_for(namespace, name),
-            ["servers", name, ..] => name.to_string(),
-            _ => return None,
+        let server = route::find(self.routes, path)?.server()?;
+        let lookup = match server.namespace {
+            Some(namespace) => self.reconciler.key_for(namespace, server.name),
+            None => server.name.to_string(),
         };
         self.reconciler
             .server(&lookup)
@@ -193,11 +200,11 @@ impl Forwarding {
         };
         warn!(server, owner = %owner.identity, address = %owner.address, %error, "the owning replica does not answer: failing over");
         match ownership.failover(namespace, server).await {
-            Ok(Route::Local) => {
+            Ok(Placement::Local) => {
                 info!(server, previous = %owner.identity, "took the server over");
                 Err(serve_here())
             }
-            Ok(Route::Remote(current)) => {
+            Ok(Placement::Remote(current)) => {
                 let left = (current.expires_at - chrono::Utc::now())
                     .to_std()
                     .unwrap_or_default();
@@ -242,7 +249,7 @@ impl Forwarding {
             } => unavailable(id, message, retry_after),
             Elsewhere::Forward { owner, connection } => {
                 let span = tracing::info_span!("forward", owner = %owner.identity, %uri);
-                self.forward(connection, &owner, method, uri, headers, start, rest, id)
+                self.send_to_owner(connection, &owner, method, uri, headers, start, rest, id)
                     .instrument(span)
                     .await
             }
@@ -250,7 +257,7 @@ impl Forwarding {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn forward(
+    async fn send_to_owner(
         &self,
         mut connection: SendRequest<ForwardBody>,
         owner: &Owner,

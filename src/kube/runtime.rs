@@ -10,10 +10,7 @@
 //! `sessionMode: Isolated`: a client session's pod is asked for with an annotation
 //! of its own on the server, `sessions.mcpod.dev/<session>`, holding the session's
 //! last activity; the router removes it when the session ends, and the operator
-//! keeps one pod per fresh session annotation (see [`crate::operator`]).
-
-pub mod lease;
-pub mod pod;
+//! keeps one pod per fresh session annotation (see [`super::operator`]).
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -25,233 +22,40 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use kube::api::{AttachParams, DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{AttachParams, ListParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
-use serde_json::json;
 use tokio::io::AsyncWrite;
 use tokio_util::io::ReaderStream;
 use tracing::{debug, info, warn, Instrument};
 
-use super::{Attached, Managed, Output, Runtime};
+use super::annotations::{
+    annotate, refresh_annotation, remove_annotation, session_annotation, shortest_idle,
+    ANNOTATION_ACTIVITY, ANNOTATION_WAKE,
+};
+use super::delete_pod;
+use super::ownership::{Ownership, Placement};
+use super::pod::{pod_name, session_pod_name, CONTAINER_NAME, LABEL_SESSION};
+use super::pod_state::{observe, PodState};
 use crate::crd::MCPServer;
 use crate::manifests::{Loaded, Manifests};
 use crate::reconcile::Reconciler;
+use crate::runtime::{Attached, Managed, Output, Runtime};
 use crate::workload::{Workload, LABEL_MANAGED_BY, LABEL_SERVER, LABEL_SPEC_HASH, MANAGED_BY};
 use crate::{Error, Result};
-use pod::{pod_name, session_pod_name, CONTAINER_NAME};
 
-/// Set by a router to ask the operator for a server's pod (RFC 3339).
-pub const ANNOTATION_WAKE: &str = "mcpod.dev/wake-requested-at";
-/// Set by routers, throttled, while a server's stdio carries traffic (RFC 3339).
-pub const ANNOTATION_ACTIVITY: &str = "mcpod.dev/last-activity";
-/// Prefix of the per-session annotations (`sessions.mcpod.dev/<session>`, RFC 3339
-/// of the session's last activity): one key per session, so routers that write
-/// them with merge patches never overwrite each other's.
-pub const SESSION_ANNOTATION_PREFIX: &str = "sessions.mcpod.dev/";
 /// Separates the server from the session in a runtime key: `namespace/name#session`
 /// (never part of a server name, which is a DNS label).
 const SESSION_SEPARATOR: char = '#';
-/// Field manager of every server-side apply and patch mcpod makes.
-pub const FIELD_MANAGER: &str = "mcpod";
 /// The longest gap between two activity reports of one busy server.
 const MAX_ACTIVITY_INTERVAL: Duration = Duration::from_secs(10);
-/// Added to the request timeout for the shortest idle time (see [`shortest_idle`]).
-const REQUEST_SLACK: Duration = Duration::from_secs(5);
 /// Bytes buffered per attach stream before the API connection waits for the reader.
 const ATTACH_BUFFER: usize = 64 * 1024;
-
-/// What a pod is doing, as far as running an MCP server goes. Both the router
-/// (waiting for a pod) and the operator (writing status) read pods through this.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PodState {
-    /// The server container runs.
-    Running {
-        container_id: Option<String>,
-        started_at: Option<String>,
-        restarts: i32,
-    },
-    /// Not running yet: being scheduled, pulling, creating.
-    Pending { scheduled: bool, reason: String },
-    /// Will not run without a change: the message says why.
-    Failed {
-        kind: FailureKind,
-        message: String,
-        restarts: i32,
-    },
-    /// Being deleted.
-    Terminating,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    ImagePull,
-    /// The container exits (CrashLoopBackOff, or a pod phase of Failed/Succeeded).
-    Crash,
-    /// The kubelet cannot create the container (missing Secret or ConfigMap key, …).
-    Config,
-}
-
-const IMAGE_PULL_REASONS: &[&str] = &[
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "ErrImageNeverPull",
-];
-const CONFIG_REASONS: &[&str] = &[
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "RunContainerError",
-];
-
-/// Reads a pod's state from its status.
-pub fn observe(pod: &Pod) -> PodState {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return PodState::Terminating;
-    }
-    let status = pod.status.clone().unwrap_or_default();
-    let container = status
-        .container_statuses
-        .as_ref()
-        .and_then(|all| all.iter().find(|c| c.name == CONTAINER_NAME))
-        .cloned();
-    let restarts = container.as_ref().map_or(0, |c| c.restart_count);
-    let phase = status.phase.as_deref().unwrap_or("Pending");
-    if matches!(phase, "Failed" | "Succeeded") {
-        let message = container
-            .as_ref()
-            .and_then(termination)
-            .or(status.message.clone())
-            .unwrap_or_else(|| format!("pod is {phase}"));
-        return PodState::Failed {
-            kind: FailureKind::Crash,
-            message,
-            restarts,
-        };
-    }
-    if let Some(container) = &container {
-        if let Some(failed) = waiting_failure(container, restarts) {
-            return failed;
-        }
-        if let Some(running) = container.state.as_ref().and_then(|s| s.running.as_ref()) {
-            return PodState::Running {
-                container_id: container.container_id.clone(),
-                started_at: running.started_at.as_ref().map(|t| t.0.to_string()),
-                restarts,
-            };
-        }
-    }
-    let scheduled = is_scheduled(pod);
-    let reason = container
-        .as_ref()
-        .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
-        .unwrap_or_else(|| {
-            if scheduled {
-                "ContainerCreating".into()
-            } else {
-                not_scheduled_reason(pod)
-            }
-        });
-    PodState::Pending { scheduled, reason }
-}
-
-/// Whether the scheduler has placed the pod on a node.
-pub fn is_scheduled(pod: &Pod) -> bool {
-    scheduled_condition(pod).is_some_and(|c| c.status == "True")
-}
-
-fn scheduled_condition(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::PodCondition> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "PodScheduled")
-}
-
-/// "Unschedulable: 0/3 nodes are available: …", or "Scheduling" before the scheduler said anything.
-fn not_scheduled_reason(pod: &Pod) -> String {
-    match scheduled_condition(pod) {
-        Some(c) if c.status == "False" => {
-            let reason = c.reason.as_deref().unwrap_or("Unschedulable");
-            match c.message.as_deref().filter(|m| !m.is_empty()) {
-                Some(message) => format!("{reason}: {message}"),
-                None => reason.to_string(),
-            }
-        }
-        _ => "Scheduling".into(),
-    }
-}
-
-/// A waiting container that will not start by itself: a pull error, a config
-/// error, or a crash loop (with why it last exited).
-fn waiting_failure(container: &ContainerStatus, restarts: i32) -> Option<PodState> {
-    let waiting = container.state.as_ref()?.waiting.as_ref()?;
-    let reason = waiting.reason.as_deref().unwrap_or("");
-    let detail = waiting.message.as_deref().unwrap_or("").trim();
-    let with_detail = |text: String| {
-        if detail.is_empty() {
-            text
-        } else {
-            format!("{text}: {detail}")
-        }
-    };
-    let (kind, message) = if IMAGE_PULL_REASONS.contains(&reason) {
-        (
-            FailureKind::ImagePull,
-            with_detail(format!(
-                "image {} cannot be pulled ({reason})",
-                container.image
-            )),
-        )
-    } else if CONFIG_REASONS.contains(&reason) {
-        (
-            FailureKind::Config,
-            with_detail(format!("container cannot be created ({reason})")),
-        )
-    } else if reason == "CrashLoopBackOff" {
-        let last = termination(container).unwrap_or_else(|| "exited".into());
-        (
-            FailureKind::Crash,
-            format!("container {last}; restarted {restarts} times, backing off (CrashLoopBackOff)"),
-        )
-    } else {
-        return None;
-    };
-    Some(PodState::Failed {
-        kind,
-        message,
-        restarts,
-    })
-}
-
-/// "exited with code 1 (Error)" from the current or last terminated state.
-fn termination(container: &ContainerStatus) -> Option<String> {
-    let terminated = container
-        .state
-        .as_ref()
-        .and_then(|s| s.terminated.as_ref())
-        .or_else(|| container.last_state.as_ref()?.terminated.as_ref())?;
-    let mut text = match terminated.reason.as_deref() {
-        Some("OOMKilled") => "was killed: out of memory".to_string(),
-        Some(reason) => format!("exited with code {} ({reason})", terminated.exit_code),
-        None => format!("exited with code {}", terminated.exit_code),
-    };
-    if let Some(message) = terminated.message.as_deref().filter(|m| !m.is_empty()) {
-        text.push_str(&format!(": {}", message.trim()));
-    }
-    Some(text)
-}
 
 /// Parses a runtime key: `namespace/name`, or `name` in the runtime's namespace.
 fn split_key<'a>(key: &'a str, default_namespace: &'a str) -> (&'a str, &'a str) {
     key.split_once('/').unwrap_or((default_namespace, key))
-}
-
-/// The annotation that asks for (and keeps alive) the pod of one client session.
-pub fn session_annotation(session: &str) -> String {
-    format!("{SESSION_ANNOTATION_PREFIX}{session}")
 }
 
 /// What a runtime key names: a server's shared pod (`namespace/name`), or the pod
@@ -293,72 +97,6 @@ impl<'a> PodKey<'a> {
     }
 }
 
-/// Escapes an annotation key for a JSON pointer (RFC 6901): `~` and `/`.
-fn annotation_pointer(annotation: &str) -> String {
-    format!(
-        "/metadata/annotations/{}",
-        annotation.replace('~', "~0").replace('/', "~1")
-    )
-}
-
-/// Updates an annotation only if it is still there (a JSON patch `replace`
-/// fails on a missing key): an activity report must not bring back the
-/// annotation of a session that ended meanwhile. `Ok(false)`: it was gone.
-pub async fn refresh_annotation(
-    api: &Api<MCPServer>,
-    name: &str,
-    annotation: &str,
-    at: DateTime<Utc>,
-) -> Result<bool> {
-    let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "replace", "path": annotation_pointer(annotation), "value": at.to_rfc3339()}
-    ]))?;
-    match api
-        .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
-        .await
-    {
-        Ok(_) => Ok(true),
-        // The API server answers 422 when a patch operation cannot apply.
-        Err(kube::Error::Api(status)) if status.code == 422 => Ok(false),
-        Err(e) => Err(Error::kube(format!(
-            "refresh {annotation} on MCPServer {name}"
-        ))(e)),
-    }
-}
-
-/// Removes an annotation with a merge patch (null deletes a key; a missing key is fine).
-pub async fn remove_annotation(api: &Api<MCPServer>, name: &str, annotation: &str) -> Result<()> {
-    let patch = json!({"metadata": {"annotations": {annotation: null}}});
-    match api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        // The server itself is gone: so is the annotation.
-        Err(e) if Error::is_kube_not_found(&e) => Ok(()),
-        Err(e) => Err(Error::kube(format!(
-            "remove {annotation} from MCPServer {name}"
-        ))(e)),
-    }
-}
-
-/// Writes an RFC 3339 annotation on an MCPServer with a merge patch, which
-/// touches nothing else (the spec stays the user's, the status the operator's).
-pub async fn annotate(
-    api: &Api<MCPServer>,
-    name: &str,
-    annotation: &str,
-    at: DateTime<Utc>,
-) -> Result<()> {
-    let patch = json!({"metadata": {"annotations": {annotation: at.to_rfc3339()}}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(Error::kube(format!(
-            "annotate MCPServer {name} with {annotation}"
-        )))?;
-    Ok(())
-}
-
 pub struct KubeRuntime {
     client: Client,
     /// Namespace of keys that name none, and of `list` when not cluster-wide.
@@ -371,7 +109,7 @@ pub struct KubeRuntime {
     started_at: chrono::DateTime<chrono::Utc>,
     /// With several router replicas: the Leases that say which one attaches to
     /// a server's pod (`None`: this router is the only one).
-    ownership: Option<Arc<lease::Ownership>>,
+    ownership: Option<Arc<Ownership>>,
 }
 
 impl KubeRuntime {
@@ -387,7 +125,7 @@ impl KubeRuntime {
     }
 
     /// Attaches only to the pods of servers whose Lease this replica holds.
-    pub fn with_ownership(mut self, ownership: Arc<lease::Ownership>) -> Self {
+    pub fn with_ownership(mut self, ownership: Arc<Ownership>) -> Self {
         self.ownership = Some(ownership);
         self
     }
@@ -593,13 +331,6 @@ impl KubeRuntime {
     }
 }
 
-/// The operator never scales a server to zero sooner than this after its
-/// last activity, whatever its idle timeout: the answer to a request written
-/// then may take the request timeout to come.
-pub fn shortest_idle(workload: &Workload) -> Duration {
-    workload.timeouts.request + REQUEST_SLACK
-}
-
 /// How often a busy server's activity is reported: a quarter of the shortest
 /// idle time the operator may apply (the router's own workload has no idle
 /// timeout: idle stops are the operator's), between 1 s and 10 s.
@@ -732,8 +463,8 @@ impl Runtime for KubeRuntime {
         };
         let target = PodKey::parse(key, &self.namespace);
         matches!(
-            ownership.route(target.namespace, target.server).await,
-            Ok(lease::Route::Local)
+            ownership.placement(target.namespace, target.server).await,
+            Ok(Placement::Local)
         )
     }
 
@@ -808,7 +539,7 @@ impl Runtime for KubeRuntime {
                 let labels = pod.metadata.labels.as_ref()?;
                 let server = labels.get(LABEL_SERVER)?.clone();
                 let namespace = pod.namespace()?;
-                let key = match labels.get(pod::LABEL_SESSION) {
+                let key = match labels.get(LABEL_SESSION) {
                     Some(session) => format!("{namespace}/{server}{SESSION_SEPARATOR}{session}"),
                     None => format!("{namespace}/{server}"),
                 };
@@ -887,135 +618,6 @@ pub async fn sync_servers(api: Api<MCPServer>, reconciler: Arc<Reconciler>) {
     }
 }
 
-/// Deletes a pod; one already gone is success.
-pub async fn delete_pod(api: &Api<Pod>, name: &str) -> Result<()> {
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(e) if Error::is_kube_not_found(&e) => Ok(()),
-        Err(e) => Err(Error::kube(format!("delete pod {name}"))(e)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pod(status: serde_json::Value) -> Pod {
-        serde_json::from_value(json!({
-            "metadata": {"name": "mcpod-time"},
-            "status": status,
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn kube_observe_running_pending_and_failures() {
-        let running = pod(json!({"phase": "Running", "containerStatuses": [{
-            "name": "server", "image": "x", "imageID": "", "ready": true, "restartCount": 2,
-            "containerID": "containerd://abc",
-            "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}));
-        assert!(matches!(
-            observe(&running),
-            PodState::Running { restarts: 2, container_id: Some(ref id), .. } if id == "containerd://abc"
-        ));
-        let unscheduled = pod(json!({"phase": "Pending"}));
-        assert_eq!(
-            observe(&unscheduled),
-            PodState::Pending {
-                scheduled: false,
-                reason: "Scheduling".into()
-            }
-        );
-        let full = pod(
-            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
-            "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available"}]}),
-        );
-        assert_eq!(
-            observe(&full),
-            PodState::Pending {
-                scheduled: false,
-                reason: "Unschedulable: 0/3 nodes are available".into()
-            }
-        );
-        let pull = pod(json!({"phase": "Pending", "containerStatuses": [{
-            "name": "server", "image": "nope:1", "imageID": "", "ready": false, "restartCount": 0,
-            "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}));
-        let PodState::Failed { kind, message, .. } = observe(&pull) else {
-            panic!("image pull errors are failures")
-        };
-        assert_eq!(kind, FailureKind::ImagePull);
-        assert!(
-            message.contains("image nope:1 cannot be pulled"),
-            "{message}"
-        );
-        let crash = pod(json!({"phase": "Running", "containerStatuses": [{
-            "name": "server", "image": "x", "imageID": "", "ready": false, "restartCount": 3,
-            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-            "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}));
-        let PodState::Failed { kind, message, .. } = observe(&crash) else {
-            panic!("crash loops are failures")
-        };
-        assert_eq!(kind, FailureKind::Crash);
-        assert!(message.contains("exited with code 1 (Error)"), "{message}");
-    }
-
-    #[test]
-    fn kube_keys_and_activity_interval() {
-        assert_eq!(split_key("ns/time", "home"), ("ns", "time"));
-        assert_eq!(split_key("time", "home"), ("home", "time"));
-        let shared = PodKey::parse("ns/time", "home");
-        assert_eq!((shared.server, shared.session), ("time", None));
-        assert_eq!(shared.pod_name(), "mcpod-time");
-        assert_eq!(shared.activity_annotation(), ANNOTATION_ACTIVITY);
-        let session = PodKey::parse("ns/time#s0a1b2c3d", "home");
-        assert_eq!(
-            (session.namespace, session.server, session.session),
-            ("ns", "time", Some("s0a1b2c3d"))
-        );
-        assert_eq!(session.pod_name(), "mcpod-time-s0a1b2c3d");
-        assert_eq!(
-            session.activity_annotation(),
-            "sessions.mcpod.dev/s0a1b2c3d"
-        );
-        assert_eq!(
-            annotation_pointer("sessions.mcpod.dev/s1"),
-            "/metadata/annotations/sessions.mcpod.dev~1s1"
-        );
-        let interval = |yaml: &str, router: bool| {
-            let spec = serde_yaml::from_str(yaml).unwrap();
-            let mut w = Workload::resolve(
-                "t",
-                &spec,
-                &Default::default(),
-                crate::workload::Target::Kubernetes,
-            )
-            .unwrap();
-            if router {
-                w.timeouts.idle = None; // as Reconciler::for_kubernetes has it
-            }
-            activity_interval(&w)
-        };
-        // A quarter of max(idle, request + 5 s), between 1 s and 10 s.
-        assert_eq!(
-            interval("image: x\nidleTimeout: 8s\nrequestTimeout: 3s", false),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            interval("image: x\nrequestTimeout: 3s", true),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            interval("image: x\nidleTimeout: 8s", false),
-            Duration::from_millis(8750)
-        );
-        assert_eq!(interval("image: x", false), MAX_ACTIVITY_INTERVAL);
-        assert_eq!(
-            interval("image: x\nrequestTimeout: 1s\nidleTimeout: 1s", true),
-            Duration::from_millis(1500)
-        );
-    }
-}
-
 /// Whether `pod` was created before `since` (a pod with no creation time is taken
 /// as new). Creation times have whole seconds, so the second `since` falls in counts as new.
 fn predates(pod: &Pod, since: chrono::DateTime<chrono::Utc>) -> bool {
@@ -1052,6 +654,63 @@ mod predates_tests {
         assert!(
             !predates(&pod_created(Some("2026-11-25T12:00:00Z")), mid_second),
             "same second: new"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_keys_and_activity_interval() {
+        assert_eq!(split_key("ns/time", "home"), ("ns", "time"));
+        assert_eq!(split_key("time", "home"), ("home", "time"));
+        let shared = PodKey::parse("ns/time", "home");
+        assert_eq!((shared.server, shared.session), ("time", None));
+        assert_eq!(shared.pod_name(), "mcpod-time");
+        assert_eq!(shared.activity_annotation(), ANNOTATION_ACTIVITY);
+        let session = PodKey::parse("ns/time#s0a1b2c3d", "home");
+        assert_eq!(
+            (session.namespace, session.server, session.session),
+            ("ns", "time", Some("s0a1b2c3d"))
+        );
+        assert_eq!(session.pod_name(), "mcpod-time-s0a1b2c3d");
+        assert_eq!(
+            session.activity_annotation(),
+            "sessions.mcpod.dev/s0a1b2c3d"
+        );
+        let interval = |yaml: &str, router: bool| {
+            let spec = serde_yaml::from_str(yaml).unwrap();
+            let mut w = Workload::resolve(
+                "t",
+                &spec,
+                &Default::default(),
+                crate::workload::Target::Kubernetes,
+            )
+            .unwrap();
+            if router {
+                w.timeouts.idle = None; // as Reconciler::for_kubernetes has it
+            }
+            activity_interval(&w)
+        };
+        // A quarter of max(idle, request + 5 s), between 1 s and 10 s.
+        assert_eq!(
+            interval("image: x\nidleTimeout: 8s\nrequestTimeout: 3s", false),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            interval("image: x\nrequestTimeout: 3s", true),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            interval("image: x\nidleTimeout: 8s", false),
+            Duration::from_millis(8750)
+        );
+        assert_eq!(interval("image: x", false), MAX_ACTIVITY_INTERVAL);
+        assert_eq!(
+            interval("image: x\nrequestTimeout: 1s\nidleTimeout: 1s", true),
+            Duration::from_millis(1500)
         );
     }
 }

@@ -1,0 +1,43 @@
+//! Everything Kubernetes. Two programs run against a cluster, and the modules
+//! follow them; dependencies run from the top of this list to the bottom:
+//!
+//! - [`operator`]: `mcpod operator`, the controller that keeps one pod per
+//!   running MCPServer (or per client session of an Isolated one) and scales
+//!   them to zero; with several replicas, only the [`election`] winner reconciles.
+//! - [`runtime`]: `mcpod router`'s [`crate::runtime::Runtime`] for pods: asks the
+//!   operator for a pod, waits for it, attaches to its stdio, reports activity.
+//! - [`replicas`]: several router replicas behind one Service; a request for a
+//!   server goes to the replica that owns it ([`ownership`]).
+//! - [`election`] and [`ownership`]: the two uses of Kubernetes Leases, thin
+//!   callers of the one [`lease`] lock.
+//! - [`annotations`]: what routers and the operator tell each other on an MCPServer.
+//! - [`pod`] (building a server's Pod and NetworkPolicy) and [`pod_state`]
+//!   (reading a pod's status back): pure data, no API calls.
+
+pub mod annotations;
+pub mod election;
+pub mod lease;
+pub mod operator;
+pub mod ownership;
+pub mod pod;
+pub mod pod_state;
+pub mod replicas;
+pub mod runtime;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::DeleteParams;
+use kube::Api;
+
+use crate::{Error, Result};
+
+/// Field manager of every server-side apply and patch mcpod makes.
+pub const FIELD_MANAGER: &str = "mcpod";
+
+/// Deletes a pod; one already gone is success.
+pub async fn delete_pod(api: &Api<Pod>, name: &str) -> Result<()> {
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) if Error::is_kube_not_found(&e) => Ok(()),
+        Err(e) => Err(Error::kube(format!("delete pod {name}"))(e)),
+    }
+}
