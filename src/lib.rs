@@ -23,6 +23,7 @@ pub mod manifests;
 pub mod metrics;
 pub mod modern;
 pub mod operator;
+pub mod policy;
 pub mod quantity;
 pub mod reconcile;
 pub mod router;
