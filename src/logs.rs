@@ -316,7 +316,9 @@ impl ServerLog {
         }
         if file.is_none() {
             // First line, after a rotation, or the directory may be writable again.
-            *file = open_append(path).map_err(|e| warn_unwritable(path, &e)).ok();
+            *file = open_append(path)
+                .map_err(|e| warn_unwritable(path, &e))
+                .ok();
         }
         let Some(handle) = file.as_mut() else { return };
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
@@ -509,7 +511,9 @@ mod tests {
             assert!(meta.len() <= 100);
             assert_eq!(meta.permissions().mode() & 0o777, 0o640);
         }
-        assert!(std::fs::read_to_string(&path).unwrap().contains("line 0049"));
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("line 0049"));
     }
 
     #[test]

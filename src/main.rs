@@ -124,6 +124,7 @@ impl DefaultsArgs {
             health_check_interval: self.health_check_interval,
             stdio_buffer_size: self.stdio_buffer_size,
             policy: self.policy.policy(),
+            host_users: true,
         }
     }
 }
@@ -148,6 +149,10 @@ struct OperatorArgs {
     /// Address of the operator's `/health` endpoint (for probes).
     #[arg(long, env = "MCPOD_HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
     health_listen: SocketAddr,
+    /// Give each server's pod a user namespace of its own (`hostUsers: false`;
+    /// Kubernetes 1.30+ with a runtime that supports it).
+    #[arg(long, env = "MCPOD_POD_USER_NAMESPACE")]
+    pod_user_namespace: bool,
     /// Run as one of several replicas: only the holder of the Lease
     /// `mcpod-operator` (in the operator's namespace) reconciles.
     #[arg(long, env = "MCPOD_LEADER_ELECT")]
@@ -262,16 +267,30 @@ struct ServeArgs {
 #[derive(Args)]
 struct PolicyArgs {
     /// Host folders `hostPath` volumes may mount (at or below; `/`, `/etc`, engine sockets never).
-    #[arg(long = "allow-host-path", env = "MCPOD_ALLOWED_HOST_PATHS", value_delimiter = ',', default_value = "/srv/mcpod")]
+    #[arg(
+        long = "allow-host-path",
+        env = "MCPOD_ALLOWED_HOST_PATHS",
+        value_delimiter = ',',
+        default_value = "/srv/mcpod"
+    )]
     allowed_host_paths: Vec<PathBuf>,
     /// Folders `valueFromFile` may read from.
-    #[arg(long = "secrets-dir", env = "MCPOD_SECRETS_DIRS", value_delimiter = ',', default_value = "/etc/mcpod/secrets")]
+    #[arg(
+        long = "secrets-dir",
+        env = "MCPOD_SECRETS_DIRS",
+        value_delimiter = ',',
+        default_value = "/etc/mcpod/secrets"
+    )]
     secrets_dirs: Vec<PathBuf>,
     /// Allow `runAsUser: 0`.
     #[arg(long, env = "MCPOD_ALLOW_ROOT")]
     allow_root: bool,
     /// Capabilities `addCapabilities` may name (none by default).
-    #[arg(long = "allow-capability", env = "MCPOD_ALLOWED_CAPABILITIES", value_delimiter = ',')]
+    #[arg(
+        long = "allow-capability",
+        env = "MCPOD_ALLOWED_CAPABILITIES",
+        value_delimiter = ','
+    )]
     allowed_capabilities: Vec<String>,
 }
 
@@ -647,7 +666,11 @@ mod kube_cli {
         } else {
             None
         };
-        operator::run(client, scope, args.defaults.defaults(), election).await
+        let defaults = mcpod::workload::Defaults {
+            host_users: !args.pod_user_namespace,
+            ..args.defaults.defaults()
+        };
+        operator::run(client, scope, defaults, election).await
     }
 
     impl LeaseArgs {

@@ -120,11 +120,13 @@ pub fn load_file(file: &Path) -> Result<Vec<MCPServer>> {
         path: file.to_path_buf(),
         source,
     };
-    let too_big = |size: u64| Error::Manifest {
+    let too_big = |size: u64| {
+        Error::Manifest {
         file: file.to_path_buf(),
         message: format!(
             "the file is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit for a manifest file; refused"
         ),
+    }
     };
     let handle = std::fs::File::open(file).map_err(io)?;
     let size = handle.metadata().map_err(io)?.len();
@@ -265,12 +267,16 @@ mod safety_tests {
         let first = load_dir(dir.path()).unwrap();
         assert_eq!(first.servers[0].file, a);
         // …but the file already serving `time` keeps it.
-        let owned = load_dir_preferring(dir.path(), |name| (name == "time").then(|| b.clone())).unwrap();
+        let owned =
+            load_dir_preferring(dir.path(), |name| (name == "time").then(|| b.clone())).unwrap();
         assert_eq!(owned.servers.len(), 1);
         assert_eq!(owned.servers[0].file, b);
         assert_eq!(owned.servers[0].server.spec.image, "localhost/mcpod/time");
         let conflict = &owned.broken_files[&a];
-        assert!(conflict.contains("conflict") && conflict.contains("b.yaml"), "{conflict}");
+        assert!(
+            conflict.contains("conflict") && conflict.contains("b.yaml"),
+            "{conflict}"
+        );
     }
 
     #[test]

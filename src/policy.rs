@@ -111,13 +111,15 @@ impl Policy {
     /// A `valueFromFile` path: allowed below a secrets directory. Returns the
     /// path to read (resolved, so a symlink cannot lead elsewhere later).
     pub fn check_secret_file(&self, path: &str) -> Result<PathBuf, Refusal> {
-        let refuse = |shown: &Path| Refusal {
+        let refuse = |shown: &Path| {
+            Refusal {
             rule: RULE_SECRETS,
             message: format!(
                 "valueFromFile '{}' is outside the secrets directories ({}); the operator allows more with --secrets-dir",
                 shown.display(),
                 list(&self.secrets_dirs)
             ),
+        }
         };
         let lexical = normalize(path).ok_or_else(|| refuse(Path::new(path)))?;
         if !within_any(&lexical, &self.secrets_dirs) || self.secrets_dirs.contains(&lexical) {
@@ -134,15 +136,26 @@ impl Policy {
         if uid == 0 && !self.allow_root {
             return Err(Refusal {
                 rule: RULE_ROOT,
-                message: "runAsUser: 0 runs the server as root; the operator allows it with --allow-root".into(),
+                message:
+                    "runAsUser: 0 runs the server as root; the operator allows it with --allow-root"
+                        .into(),
             });
         }
         Ok(())
     }
 
     pub fn check_capabilities(&self, added: &[String]) -> Result<(), Refusal> {
-        let normalize = |cap: &str| cap.trim().to_ascii_uppercase().trim_start_matches("CAP_").to_string();
-        let allowed: Vec<String> = self.allowed_capabilities.iter().map(|c| normalize(c)).collect();
+        let normalize = |cap: &str| {
+            cap.trim()
+                .to_ascii_uppercase()
+                .trim_start_matches("CAP_")
+                .to_string()
+        };
+        let allowed: Vec<String> = self
+            .allowed_capabilities
+            .iter()
+            .map(|c| normalize(c))
+            .collect();
         let refused: Vec<&String> = added
             .iter()
             .filter(|cap| !allowed.contains(&normalize(cap)))
@@ -184,18 +197,25 @@ fn within_any(path: &Path, roots: &[PathBuf]) -> bool {
 
 /// The forbidden path `path` is or lies within. `/` only forbids itself.
 fn forbidden(path: &Path) -> Option<&'static str> {
-    FORBIDDEN_HOST_PATHS.iter().copied().find(|forbidden| {
-        if *forbidden == "/" {
-            path == Path::new("/")
-        } else {
-            path.starts_with(forbidden)
-        }
-    }).or_else(|| {
-        // Any engine socket, wherever it is (rootless: /run/user/UID/podman/podman.sock).
-        let name = path.file_name()?.to_str()?;
-        matches!(name, "podman.sock" | "docker.sock" | "containerd.sock" | "crio.sock")
+    FORBIDDEN_HOST_PATHS
+        .iter()
+        .copied()
+        .find(|forbidden| {
+            if *forbidden == "/" {
+                path == Path::new("/")
+            } else {
+                path.starts_with(forbidden)
+            }
+        })
+        .or_else(|| {
+            // Any engine socket, wherever it is (rootless: /run/user/UID/podman/podman.sock).
+            let name = path.file_name()?.to_str()?;
+            matches!(
+                name,
+                "podman.sock" | "docker.sock" | "containerd.sock" | "crio.sock"
+            )
             .then_some("a container engine socket")
-    })
+        })
 }
 
 fn list(paths: &[PathBuf]) -> String {
@@ -254,7 +274,9 @@ mod tests {
             allowed_host_paths: vec![dir.path().to_path_buf()],
             ..Policy::default()
         };
-        assert!(policy.check_host_path(&dir.path().display().to_string()).is_ok());
+        assert!(policy
+            .check_host_path(&dir.path().display().to_string())
+            .is_ok());
         let refusal = policy
             .check_host_path(&link.display().to_string())
             .unwrap_err();
@@ -279,7 +301,9 @@ mod tests {
         }
         let link = dir.path().join("link");
         std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
-        assert!(policy.check_secret_file(&link.display().to_string()).is_err());
+        assert!(policy
+            .check_secret_file(&link.display().to_string())
+            .is_err());
         assert!(Policy::default()
             .check_secret_file("/etc/mcpod/secrets/api-token")
             .is_ok());

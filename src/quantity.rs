@@ -36,7 +36,12 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
 
 /// Bytes as the shortest exact binary quantity: `536870912` → `512Mi`, `1536` → `1536`
 pub fn format_memory(bytes: u64) -> String {
-    for (suffix, unit) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+    for (suffix, unit) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
         if bytes >= unit && bytes % unit == 0 {
             return format!("{}{suffix}", bytes / unit);
         }

@@ -182,8 +182,7 @@ impl Reconciler {
                 .filter(|(name, entry)| !declared.contains(*name) && !broken.contains(&entry.file))
                 .map(|(name, entry)| (name.clone(), entry.file.clone()))
                 .collect();
-            let names =
-                self.due_removals(undeclared, &declared, &declaring_files, &mut problems);
+            let names = self.due_removals(undeclared, &declared, &declaring_files, &mut problems);
             names
                 .into_iter()
                 .filter_map(|name| servers.remove(&name).map(|e| (name, e.server)))

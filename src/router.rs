@@ -254,10 +254,7 @@ mod tests {
         assert_eq!(parse_tail(Some("5")), Ok(5));
         assert_eq!(parse_tail(Some("0")), Ok(0));
         assert_eq!(parse_tail(Some("1000000000000")), Ok(logs::MAX_TAIL_LINES));
-        assert_eq!(
-            parse_tail(Some(&"9".repeat(400))),
-            Ok(logs::MAX_TAIL_LINES)
-        );
+        assert_eq!(parse_tail(Some(&"9".repeat(400))), Ok(logs::MAX_TAIL_LINES));
         for garbage in ["", "-1", "ten", "1e9", "5 ", "0x10", "+3"] {
             let error = parse_tail(Some(garbage)).unwrap_err();
             assert!(error.contains("whole number"), "{garbage}: {error}");

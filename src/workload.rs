@@ -31,6 +31,9 @@ pub struct Defaults {
     pub stdio_buffer_size: usize,
     /// What manifests may ask of the host (`--allow-host-path`, …).
     pub policy: Policy,
+    /// Kubernetes: run pods in the host's user namespace (`false`: `hostUsers:
+    /// false`, a user namespace per pod, where the cluster supports it).
+    pub host_users: bool,
 }
 
 impl Default for Defaults {
@@ -44,6 +47,7 @@ impl Default for Defaults {
             health_check_interval: Duration::from_secs(30),
             stdio_buffer_size: 8192,
             policy: Policy::default(),
+            host_users: true,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct Workload {
     pub session_mode: SessionMode,
     /// Initial size of the buffer for the server's stdout.
     pub stdio_buffer_size: usize,
+    /// Kubernetes: whether the pod shares the host's user namespace.
+    pub host_users: bool,
     /// Hash of everything above that shapes the container: a change means a new container.
     pub spec_hash: String,
 }
@@ -221,6 +227,7 @@ impl Workload {
             stdio_buffer_size: spec
                 .stdio_buffer_size
                 .map_or(defaults.stdio_buffer_size, |size| size as usize),
+            host_users: defaults.host_users,
             spec_hash: String::new(),
         };
         workload.spec_hash = workload.container_hash();
@@ -489,7 +496,8 @@ mod tests {
         );
         let w = Workload::resolve("time", &spec(&text), &defaults, Target::Podman).unwrap();
         assert_eq!(w.env[0].value, EnvValue::Literal("s3cret".into()));
-        let missing = resolve("image: x\nenv: [{name: T, valueFromFile: /etc/mcpod/secrets/nonexistent}]");
+        let missing =
+            resolve("image: x\nenv: [{name: T, valueFromFile: /etc/mcpod/secrets/nonexistent}]");
         assert!(missing
             .unwrap_err()
             .to_string()
@@ -504,19 +512,45 @@ mod tests {
     #[test]
     fn the_policy_refuses_what_the_operator_did_not_allow() {
         for (yaml, field, rule) in [
-            ("volumes: [{hostPath: /etc, mountPath: /e}]", "spec.volumes[0]", "forbidden-host-path"),
-            ("volumes: [{hostPath: /home, mountPath: /h}]", "spec.volumes[0]", "allowed-host-paths"),
-            ("security: {runAsUser: 0}", "spec.security.runAsUser", "no-root"),
-            ("security: {addCapabilities: [SYS_ADMIN]}", "spec.security.addCapabilities", "no-added-capabilities"),
+            (
+                "volumes: [{hostPath: /etc, mountPath: /e}]",
+                "spec.volumes[0]",
+                "forbidden-host-path",
+            ),
+            (
+                "volumes: [{hostPath: /home, mountPath: /h}]",
+                "spec.volumes[0]",
+                "allowed-host-paths",
+            ),
+            (
+                "security: {runAsUser: 0}",
+                "spec.security.runAsUser",
+                "no-root",
+            ),
+            (
+                "security: {addCapabilities: [SYS_ADMIN]}",
+                "spec.security.addCapabilities",
+                "no-added-capabilities",
+            ),
         ] {
             for target in [Target::Podman, Target::Kubernetes] {
-                let error = Workload::resolve("x", &spec(&format!("image: x\n{yaml}")), &Defaults::default(), target)
-                    .unwrap_err()
-                    .to_string();
-                assert!(error.contains(field) && error.contains(&format!("refused by rule {rule}")), "{error}");
+                let error = Workload::resolve(
+                    "x",
+                    &spec(&format!("image: x\n{yaml}")),
+                    &Defaults::default(),
+                    target,
+                )
+                .unwrap_err()
+                .to_string();
+                assert!(
+                    error.contains(field) && error.contains(&format!("refused by rule {rule}")),
+                    "{error}"
+                );
             }
         }
-        assert!(resolve("image: x\nvolumes: [{hostPath: /srv/mcpod/files, mountPath: /d}]").is_ok());
+        assert!(
+            resolve("image: x\nvolumes: [{hostPath: /srv/mcpod/files, mountPath: /d}]").is_ok()
+        );
     }
 
     #[test]

@@ -962,7 +962,13 @@ mod tests {
     fn each_server_gets_a_user_namespace_and_bounded_pids_and_log() {
         let w = workload("image: x");
         let base = UserNamespace::DEFAULT_BASE;
-        let spec = create_spec("n", "time", "default", &w, UserNamespace::PerServer { base });
+        let spec = create_spec(
+            "n",
+            "time",
+            "default",
+            &w,
+            UserNamespace::PerServer { base },
+        );
         assert_eq!(spec["userns"]["nsmode"], "private");
         let host_id = spec["idmappings"]["UIDMap"][0]["host_id"].as_u64().unwrap();
         assert_eq!(host_id, UserNamespace::host_base(base, "default", "time"));
@@ -996,20 +1002,27 @@ mod tests {
         let record = format!("3,1234,288472296,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=libpod-{id},mems_allowed=0,oom_memcg=/libpod_parent/libpod-{id},task_memcg=/libpod_parent/libpod-{id},task=python3,pid=32325,uid=65534\n");
         assert!(oom::matches_oom_kill(&record, id, None));
         assert!(oom::matches_oom_kill(&record, id, Some(288_000_000)));
-        assert!(!oom::matches_oom_kill(&record, id, Some(289_000_000)), "before the container started");
+        assert!(
+            !oom::matches_oom_kill(&record, id, Some(289_000_000)),
+            "before the container started"
+        );
         assert!(!oom::matches_oom_kill(&record, "other", None));
-        assert!(!oom::matches_oom_kill(&format!("6,1,2,-;started libpod-{id}"), id, None));
+        assert!(!oom::matches_oom_kill(
+            &format!("6,1,2,-;started libpod-{id}"),
+            id,
+            None
+        ));
     }
 
     #[test]
     fn volumes_and_network() {
         let w = workload(
-            "image: x\nnetwork: bridge\nvolumes:\n- {hostPath: /srv/data, mountPath: /data, readOnly: true}\n- {volume: mem, mountPath: /mem}",
+            "image: x\nnetwork: bridge\nvolumes:\n- {hostPath: /srv/mcpod/data, mountPath: /data, readOnly: true}\n- {volume: mem, mountPath: /mem}",
         );
         let spec = create_spec("n", "k", "default", &w, UserNamespace::Host);
         assert_eq!(spec["netns"]["nsmode"], "bridge");
         let bind = &spec["mounts"][1];
-        assert_eq!(bind["source"], "/srv/data");
+        assert_eq!(bind["source"], "/srv/mcpod/data");
         assert_eq!(bind["options"], json!(["rbind", "ro"]));
         assert_eq!(
             spec["volumes"][0],
