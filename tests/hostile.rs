@@ -44,7 +44,12 @@ fn problems(health: &Value) -> Vec<String> {
 
 async fn echo(mcpod: &Mcpod, server: &str, id: u64) -> (u16, Value) {
     mcpod
-        .call_tool(server, json!(id), "echo", json!({"text": format!("ping {id}")}))
+        .call_tool(
+            server,
+            json!(id),
+            "echo",
+            json!({"text": format!("ping {id}")}),
+        )
         .await
 }
 
@@ -126,12 +131,23 @@ async fn a_stderr_flood_stays_within_the_log_caps() {
         logs.join("containers/flood.log.1"),
         own_log.clone(),
     ] {
-        assert!(size(&file) <= cap, "{}: {} bytes", file.display(), size(&file));
+        assert!(
+            size(&file) <= cap,
+            "{}: {} bytes",
+            file.display(),
+            size(&file)
+        );
         let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640, "{}", file.display());
     }
-    assert!(!logs.join("containers/flood.log.2").exists(), "one rotated file kept");
-    assert!(!logs.join("router/mcpod.log.3").exists(), "two rotated files kept");
+    assert!(
+        !logs.join("containers/flood.log.2").exists(),
+        "one rotated file kept"
+    );
+    assert!(
+        !logs.join("router/mcpod.log.3").exists(),
+        "two rotated files kept"
+    );
     // Podman's own copy (ctr.log) is bounded too.
     assert!(
         size(Path::new(&ctr_log)) <= mcpod::runtime::podman::CONTAINER_LOG_MAX_BYTES,
@@ -157,13 +173,17 @@ async fn a_fork_bomb_does_not_take_down_its_neighbour() {
     assert_eq!(status, 200, "{started}");
     // The bomb is going off: its container holds hundreds of processes.
     let bomb_container = mcpod.container("bomb");
-    wait_until(Duration::from_secs(60), "the fork bomb to fill its container", || {
-        let output = Command::new("podman")
-            .args(["top", &bomb_container, "pid"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).lines().count() > 500
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the fork bomb to fill its container",
+        || {
+            let output = Command::new("podman")
+                .args(["top", &bomb_container, "pid"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&output.stdout).lines().count() > 500
+        },
+    );
     // During it, the neighbour answers, starts threads for its tool calls, and
     // even starts a new container of itself (a cold start forks an init and a
     // Python process, which a shared per-uid process limit would refuse).
@@ -178,7 +198,10 @@ async fn a_fork_bomb_does_not_take_down_its_neighbour() {
     let (status, stopped) = mcpod.post("/servers/calm/stop").await;
     assert_eq!(status, 200, "{stopped}");
     let (status, reply) = echo(&mcpod, "calm", 1000).await;
-    assert_eq!(status, 200, "calm could not restart during the fork bomb: {reply}");
+    assert_eq!(
+        status, 200,
+        "calm could not restart during the fork bomb: {reply}"
+    );
     // Each ran in a user namespace of its own: different host uids.
     let host_uid = |server: &str| {
         inspect(&mcpod.container(server)).unwrap()["HostConfig"]["IDMappings"]["UidMap"][0]
@@ -193,38 +216,51 @@ async fn a_fork_bomb_does_not_take_down_its_neighbour() {
 #[tokio::test]
 async fn a_manifest_rewritten_in_place_or_claimed_twice_keeps_its_server() {
     let keep = fixture("keep", "");
-    let mcpod = Mcpod::start(&files(&[keep.clone()]), &[]);
+    let mcpod = Mcpod::start(&files(std::slice::from_ref(&keep)), &[]);
     assert_eq!(echo(&mcpod, "keep", 1).await.0, 200);
     let container_id = mcpod.status("keep").await["containerId"].clone();
     let file = mcpod.manifests.path().join("keep.yaml");
 
     // Truncated (as an editor or `>` does before writing): the server stays.
     std::fs::write(&file, "").unwrap();
-    wait_for(Duration::from_secs(10), "the empty file to be noticed", async || {
-        problems(&healthy(&mcpod).await)
-            .iter()
-            .any(|p| p.contains("keep.yaml") && p.contains("declares nothing now"))
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the empty file to be noticed",
+        async || {
+            problems(&healthy(&mcpod).await)
+                .iter()
+                .any(|p| p.contains("keep.yaml") && p.contains("declares nothing now"))
+        },
+    )
     .await;
     assert_eq!(mcpod.status("keep").await["status"], "running");
     assert_eq!(echo(&mcpod, "keep", 2).await.0, 200);
     std::fs::write(&file, &keep.1).unwrap();
-    wait_for(Duration::from_secs(10), "the rewritten file to be read", async || {
-        problems(&healthy(&mcpod).await).is_empty()
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the rewritten file to be read",
+        async || problems(&healthy(&mcpod).await).is_empty(),
+    )
     .await;
     let status = mcpod.status("keep").await;
     assert_eq!(status["status"], "running", "{status}");
-    assert_eq!(status["containerId"], container_id, "the server was not restarted");
+    assert_eq!(
+        status["containerId"], container_id,
+        "the server was not restarted"
+    );
 
     // A second file claiming the name (sorting first): a conflict, not a takeover.
     let intruder = mcpod.manifests.path().join("a-intruder.yaml");
     std::fs::write(&intruder, manifest("keep", TIME_IMAGE, "")).unwrap();
-    wait_for(Duration::from_secs(10), "the conflict to be reported", async || {
-        problems(&healthy(&mcpod).await)
-            .iter()
-            .any(|p| p.contains("a-intruder.yaml") && p.contains("conflict"))
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the conflict to be reported",
+        async || {
+            problems(&healthy(&mcpod).await)
+                .iter()
+                .any(|p| p.contains("a-intruder.yaml") && p.contains("conflict"))
+        },
+    )
     .await;
     let status = mcpod.status("keep").await;
     assert_eq!(status["image"], FIXTURE_IMAGE, "{status}");
@@ -235,9 +271,11 @@ async fn a_manifest_rewritten_in_place_or_claimed_twice_keeps_its_server() {
     // A file that stays gone removes its server, after the debounce.
     std::fs::remove_file(&file).unwrap();
     let gone_at = Instant::now();
-    wait_for(Duration::from_secs(30), "the server to be removed", async || {
-        mcpod.get("/servers/keep").await.0 == 404
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "the server to be removed",
+        async || mcpod.get("/servers/keep").await.0 == 404,
+    )
     .await;
     assert!(
         gone_at.elapsed() >= mcpod::reconcile::REMOVAL_DEBOUNCE,
@@ -304,7 +342,9 @@ async fn manifests_asking_for_the_host_are_refused_by_rule() {
         ("big.yaml", "-byte limit for a manifest file"),
     ] {
         assert!(
-            problems.iter().any(|p| p.contains(file) && p.contains(rule)),
+            problems
+                .iter()
+                .any(|p| p.contains(file) && p.contains(rule)),
             "{file}: {rule} not in {problems:#?}"
         );
     }
@@ -343,13 +383,23 @@ async fn a_server_killed_for_its_memory_limit_is_reported_as_out_of_memory() {
     assert_eq!(status, 502, "{reply}");
     let wanted = "killed: out of memory (limit 64Mi)";
     let mut last = Value::Null;
-    wait_for(Duration::from_secs(20), "the OOM kill in the status", async || {
-        last = mcpod.status("hog").await;
-        last["message"].as_str().unwrap_or_default().contains(wanted)
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "the OOM kill in the status",
+        async || {
+            last = mcpod.status("hog").await;
+            last["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(wanted)
+        },
+    )
     .await;
     assert_eq!(last["status"], "failed", "{last}");
-    assert!(!last["message"].as_str().unwrap().contains("output ended"), "{last}");
+    assert!(
+        !last["message"].as_str().unwrap().contains("output ended"),
+        "{last}"
+    );
     let log = mcpod
         .http
         .get(format!("{}/servers/hog/logs?tail=20", mcpod.url))
