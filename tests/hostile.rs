@@ -438,3 +438,25 @@ async fn a_server_killed_for_its_memory_limit_is_reported_as_out_of_memory() {
     );
     healthy(&mcpod).await;
 }
+
+#[tokio::test]
+async fn a_data_directory_that_cannot_be_written_is_a_problem_not_an_outage() {
+    let manifests = tempfile::tempdir().unwrap();
+    std::fs::write(manifests.path().join("plain.yaml"), fixture("plain", "").1).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    // A file where the logs folder belongs: nothing can be created under it
+    // (as root, permission bits would not stop mcpod; this does).
+    std::fs::write(data.path().join("logs"), "in the way").unwrap();
+    let mcpod = Mcpod::start_in(manifests, data, &unique_instance(), &[]);
+    assert_eq!(echo(&mcpod, "plain", 1).await.0, 200);
+    let problems = problems(&healthy(&mcpod).await);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("logs/containers") && p.contains("cannot be written")),
+        "{problems:#?}"
+    );
+    let stderr = mcpod.logs();
+    assert!(stderr.contains("keeps serving"), "{stderr}");
+    assert_eq!(echo(&mcpod, "plain", 2).await.0, 200);
+}
