@@ -40,4 +40,16 @@ CONF
   echo "install-deps: wrote $conf"
 fi
 
+# Subordinate ids, so no two servers share a host uid (a fork bomb or a per-uid limit
+# then stays inside one container):
+# - mcpod:      the span mcpod's default `--user-namespace per-server` picks each
+#               server's 65536 ids from (2^30 .. 2^31), reserved so nothing else uses it;
+# - containers: the span Podman's `userns=auto` picks from (`--user-namespace auto`).
+for file in /etc/subuid /etc/subgid; do
+  touch "$file"
+  for range in mcpod:1073741824:1073741824 containers:2147483648:2147483648; do
+    grep -q "^${range%%:*}:" "$file" || { echo "$range" >> "$file"; echo "install-deps: added $range to $file"; }
+  done
+done
+
 podman info --format 'install-deps: podman {{.Version.Version}}, runtime {{.Host.OCIRuntime.Name}}, cgroups {{.Host.CgroupsVersion}}' 2>/dev/null

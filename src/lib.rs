@@ -23,6 +23,7 @@ pub mod logs;
 pub mod manifests;
 pub mod mcp;
 pub mod metrics;
+pub mod policy;
 pub mod quantity;
 pub mod reconcile;
 pub mod route;

@@ -109,6 +109,8 @@ struct DefaultsArgs {
     /// Initial bytes buffered for a server's stdout, when its spec does not say.
     #[arg(long, env = "STDIO_BUFFER_SIZE", default_value_t = 8192)]
     stdio_buffer_size: usize,
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 impl DefaultsArgs {
@@ -121,6 +123,8 @@ impl DefaultsArgs {
             request_timeout: self.request_timeout,
             health_check_interval: self.health_check_interval,
             stdio_buffer_size: self.stdio_buffer_size,
+            policy: self.policy.policy(),
+            host_users: true,
         }
     }
 }
@@ -145,6 +149,10 @@ struct OperatorArgs {
     /// Address of the operator's `/health` endpoint (for probes).
     #[arg(long, env = "MCPOD_HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
     health_listen: SocketAddr,
+    /// Give each server's pod a user namespace of its own (`hostUsers: false`;
+    /// Kubernetes 1.30+ with a runtime that supports it).
+    #[arg(long, env = "MCPOD_POD_USER_NAMESPACE")]
+    pod_user_namespace: bool,
     /// Run as one of several replicas: only the holder of the Lease
     /// `mcpod-operator` (in the operator's namespace) reconciles.
     #[arg(long, env = "MCPOD_LEADER_ELECT")]
@@ -246,6 +254,89 @@ struct ServeArgs {
     /// How long a server may take to exit after its stdin closes, before SIGTERM.
     #[arg(long, env = "MCPOD_STOP_GRACE", default_value = "1s", value_parser = parse_duration)]
     stop_grace: Duration,
+    #[command(flatten)]
+    disk: DiskArgs,
+    /// How servers are kept apart on the host: `per-server` (a user namespace and
+    /// host uid range of its own, from a hash of its name; `per-server:BASE` moves
+    /// the 2^30-id span), `auto` (Podman's userns=auto, needs /etc/subuid) or `host`.
+    #[arg(long, env = "MCPOD_USER_NAMESPACE", default_value = "per-server")]
+    user_namespace: podman::UserNamespace,
+}
+
+/// Guardrails on what an MCPServer may ask of the host (see `mcpod::policy`).
+#[derive(Args)]
+struct PolicyArgs {
+    /// Host folders `hostPath` volumes may mount (at or below; `/`, `/etc`, engine sockets never).
+    #[arg(
+        long = "allow-host-path",
+        env = "MCPOD_ALLOWED_HOST_PATHS",
+        value_delimiter = ',',
+        default_value = "/srv/mcpod"
+    )]
+    allowed_host_paths: Vec<PathBuf>,
+    /// Folders `valueFromFile` may read from.
+    #[arg(
+        long = "secrets-dir",
+        env = "MCPOD_SECRETS_DIRS",
+        value_delimiter = ',',
+        default_value = "/etc/mcpod/secrets"
+    )]
+    secrets_dirs: Vec<PathBuf>,
+    /// Allow `runAsUser: 0`.
+    #[arg(long, env = "MCPOD_ALLOW_ROOT")]
+    allow_root: bool,
+    /// Capabilities `addCapabilities` may name (none by default).
+    #[arg(
+        long = "allow-capability",
+        env = "MCPOD_ALLOWED_CAPABILITIES",
+        value_delimiter = ','
+    )]
+    allowed_capabilities: Vec<String>,
+}
+
+impl PolicyArgs {
+    fn policy(&self) -> mcpod::policy::Policy {
+        mcpod::policy::Policy {
+            allowed_host_paths: self.allowed_host_paths.clone(),
+            secrets_dirs: self.secrets_dirs.clone(),
+            allow_root: self.allow_root,
+            allowed_capabilities: self.allowed_capabilities.clone(),
+        }
+    }
+}
+
+/// What mcpod may write to disk: its own log and each server's.
+#[derive(Args)]
+struct DiskArgs {
+    /// Size at which mcpod's own log (`<data-dir>/logs/router/mcpod.log`) is rotated.
+    #[arg(long, env = "MCPOD_LOG_MAX_BYTES", default_value_t = 20 * 1024 * 1024)]
+    log_max_bytes: u64,
+    /// Rotated files of mcpod's own log kept (`mcpod.log.1` … `.N`).
+    #[arg(long, env = "MCPOD_LOG_KEEP", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    log_keep: u64,
+    /// Size at which a server's log (`<data-dir>/logs/containers/<name>.log`) is rotated.
+    #[arg(long, env = "MCPOD_SERVER_LOG_MAX_BYTES", default_value_t = 10 * 1024 * 1024)]
+    server_log_max_bytes: u64,
+    /// Rotated files of each server's log kept.
+    #[arg(long, env = "MCPOD_SERVER_LOG_KEEP", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    server_log_keep: u64,
+    /// Stderr lines per second a server may write to its log; the rest are dropped and counted (0 = no limit).
+    #[arg(long, env = "MCPOD_STDERR_LINES_PER_SECOND", default_value_t = 100)]
+    stderr_lines_per_second: u32,
+    /// Stderr lines a server may write at once above that rate.
+    #[arg(long, env = "MCPOD_STDERR_BURST", default_value_t = 1000)]
+    stderr_burst: u32,
+}
+
+impl DiskArgs {
+    fn server_log_limits(&self) -> mcpod::logs::LogLimits {
+        mcpod::logs::LogLimits {
+            max_bytes: self.server_log_max_bytes,
+            keep: self.server_log_keep as usize,
+            stderr_lines_per_second: self.stderr_lines_per_second,
+            stderr_burst: self.stderr_burst,
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -268,30 +359,34 @@ fn data_dir_of(args: &ServeArgs) -> PathBuf {
     args.data_dir.clone().unwrap_or_else(default_data_dir)
 }
 
-/// Logs to stderr (and, for `serve`, to a file too), filtered by `RUST_LOG`.
-fn init_logging(file: Option<&std::path::Path>) {
+/// `RUST_LOG` when unset. warp logs every connection a client drops
+/// mid-response (a closed SSE stream, an impatient curl) as an ERROR, which is
+/// the client's doing and not actionable: silenced (`warp::server=error` shows
+/// it). Its two lines per request (`warp::filters::trace`) were the bulk of
+/// the log under load: requests are counted in `/metrics` instead.
+const DEFAULT_LOG_FILTER: &str = "info,warp::server=off,warp::filters::trace=warn";
+
+/// mcpod's own log file, rotated by size.
+struct LogFile<'a> {
+    path: &'a std::path::Path,
+    max_bytes: u64,
+    keep: usize,
+}
+
+/// Logs to stderr (and, for `serve`, to a rotated file too), filtered by `RUST_LOG`.
+fn init_logging(file: Option<LogFile>) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    // warp logs every connection a client drops mid-response (a closed SSE stream,
-    // an impatient curl) as an ERROR, which is the client's doing and not
-    // actionable: silenced unless RUST_LOG asks for it (`warp::server=error`).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,warp::server=off".into());
+        .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let file = file.and_then(|path| {
-        std::fs::create_dir_all(path.parent()?).ok()?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .ok()?;
-        Some(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::sync::Mutex::new(file))
-                .with_ansi(false),
-        )
+    let file = file.map(|file| {
+        let rotating = mcpod::logs::RotatingFile::open(file.path, file.max_bytes, file.keep);
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::sync::Mutex::new(rotating))
+            .with_ansi(false)
     });
     tracing_subscriber::registry()
         .with(filter)
@@ -321,11 +416,22 @@ fn show_logs(args: &LogsArgs) -> mcpod::Result<()> {
 async fn main() {
     let cli = Cli::parse();
     // `serve` also keeps its own log under the data dir (logs/router/mcpod.log).
-    let log_file = match &cli.command {
+    let log_path = match &cli.command {
         Command::Serve(args) => Some(data_dir_of(args).join("logs/router/mcpod.log")),
         _ => None,
     };
-    init_logging(log_file.as_deref());
+    let log_file = match (&cli.command, &log_path) {
+        (Command::Serve(args), Some(path)) => {
+            mcpod::logs::configure(args.disk.server_log_limits());
+            Some(LogFile {
+                path,
+                max_bytes: args.disk.log_max_bytes,
+                keep: args.disk.log_keep as usize,
+            })
+        }
+        _ => None,
+    };
+    init_logging(log_file);
     let result = match cli.command {
         Command::Crd => {
             print!("{}", crd::crd_yaml());
@@ -373,10 +479,21 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         log_dir: Some(data_dir.join("logs/containers")),
         ..Settings::default()
     };
-    mcpod::datadir::create_layout(&data_dir)?;
+    // A read-only or full data directory loses logs and state, but mcpod can
+    // still serve: one loud warning, and /health lists it.
+    if let Err(e) = mcpod::datadir::create_layout(&data_dir) {
+        error!("{e}; mcpod keeps serving without it");
+    }
+    for dir in ["logs/router", "logs/containers"] {
+        if let Err(problem) = mcpod::logs::check_writable(&data_dir.join(dir)) {
+            error!("{problem}");
+        }
+    }
     // Kept alive for the whole run: dropping it stops a Podman service mcpod started.
     let (socket, _owned_service) = podman::connect(&data_dir.join("run")).await?;
-    let runtime = Arc::new(PodmanRuntime::new(&socket, &args.instance));
+    let runtime = Arc::new(
+        PodmanRuntime::new(&socket, &args.instance).with_user_namespace(args.user_namespace),
+    );
     let reconciler = Reconciler::new(runtime, defaults, settings);
     if !args.manifests.is_dir() {
         return Err(mcpod::Error::Io {
@@ -551,7 +668,11 @@ mod kube_cli {
         } else {
             None
         };
-        operator::run(client, scope, args.defaults.defaults(), election).await
+        let defaults = mcpod::workload::Defaults {
+            host_users: !args.pod_user_namespace,
+            ..args.defaults.defaults()
+        };
+        operator::run(client, scope, defaults, election).await
     }
 
     impl LeaseArgs {

@@ -28,10 +28,25 @@ pub struct Manifests {
     pub broken_files: BTreeMap<PathBuf, String>,
 }
 
+/// Largest manifest file read; larger ones are refused (a manifest is a few
+/// hundred bytes, and each file is read whole on every change).
+pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
 /// Loads every `*.yaml`/`*.yml` file in `dir` (not recursive), each possibly
 /// holding several documents. A bad document names its file and index and is
-/// reported; the rest still load.
+/// reported; the rest still load. A name declared in two files is kept from
+/// the first (in file name order) and reported as a conflict.
 pub fn load_dir(dir: &Path) -> Result<Manifests> {
+    load_dir_preferring(dir, |_| None)
+}
+
+/// Like [`load_dir`], but a name declared in several files is kept from the
+/// file `owner` names for it (the one already serving it), so adding a file
+/// cannot take a running server over.
+pub fn load_dir_preferring(
+    dir: &Path,
+    owner: impl Fn(&str) -> Option<PathBuf>,
+) -> Result<Manifests> {
     let mut manifests = Manifests::default();
     for file in yaml_files(dir)? {
         match load_file(&file) {
@@ -46,28 +61,37 @@ pub fn load_dir(dir: &Path) -> Result<Manifests> {
             }
         }
     }
-    let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
-    manifests.servers.retain(|loaded| {
-        let name = loaded.server.metadata.name.clone().unwrap_or_default();
-        match seen.get(&name) {
-            Some(first) => {
-                manifests.broken_files.insert(
-                    loaded.file.clone(),
-                    format!(
-                        "{}: MCPServer '{name}' is already declared in {}",
-                        loaded.file.display(),
-                        first.display()
-                    ),
-                );
-                false
-            }
-            None => {
-                seen.insert(name, loaded.file.clone());
-                true
-            }
+    // Which file each name is kept from: its owner's if that file declares
+    // it, else the first in file name order.
+    let mut keep_from: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for loaded in &manifests.servers {
+        let name = name_of(loaded);
+        let owned = owner(&name).is_some_and(|file| file == loaded.file);
+        if owned || !keep_from.contains_key(&name) {
+            keep_from.insert(name, loaded.file.clone());
         }
+    }
+    manifests.servers.retain(|loaded| {
+        let name = name_of(loaded);
+        let kept = &keep_from[&name];
+        if *kept == loaded.file {
+            return true;
+        }
+        manifests.broken_files.insert(
+            loaded.file.clone(),
+            format!(
+                "{}: conflict: MCPServer '{name}' is already declared in {}; this declaration is ignored",
+                loaded.file.display(),
+                kept.display()
+            ),
+        );
+        false
     });
     Ok(manifests)
+}
+
+fn name_of(loaded: &Loaded) -> String {
+    loaded.server.metadata.name.clone().unwrap_or_default()
 }
 
 fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -91,10 +115,33 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Parses one file of MCPServer documents.
 pub fn load_file(file: &Path) -> Result<Vec<MCPServer>> {
-    let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
+    use std::io::Read;
+    let io = |source| Error::Io {
         path: file.to_path_buf(),
         source,
-    })?;
+    };
+    let too_big = |size: u64| {
+        Error::Manifest {
+        file: file.to_path_buf(),
+        message: format!(
+            "the file is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit for a manifest file; refused"
+        ),
+    }
+    };
+    let handle = std::fs::File::open(file).map_err(io)?;
+    let size = handle.metadata().map_err(io)?.len();
+    if size > MAX_MANIFEST_BYTES {
+        return Err(too_big(size));
+    }
+    // Read no more than the limit, even if the file grows meanwhile.
+    let mut text = String::new();
+    handle
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(too_big(text.len() as u64));
+    }
     parse(&text).map_err(|message| Error::Manifest {
         file: file.to_path_buf(),
         message,
@@ -196,8 +243,54 @@ mod tests {
         assert_eq!(manifests.servers.len(), 1);
         assert_eq!(manifests.broken_files.len(), 2);
         let duplicate = &manifests.broken_files[&dir.path().join("c.yml")];
-        assert!(duplicate.contains("already declared in"), "{duplicate}");
+        assert!(
+            duplicate.contains("conflict") && duplicate.contains("already declared in"),
+            "{duplicate}"
+        );
         assert!(manifests.broken_files[&dir.path().join("b.yaml")].contains("b.yaml"));
+    }
+}
+
+#[cfg(test)]
+mod safety_tests {
+    use super::*;
+
+    const TIME: &str = "apiVersion: mcpod.dev/v1alpha1\nkind: MCPServer\nmetadata: {name: time}\nspec: {image: localhost/mcpod/time}\n";
+
+    #[test]
+    fn a_duplicate_name_is_kept_from_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        std::fs::write(&b, TIME).unwrap();
+        std::fs::write(&a, TIME.replace("localhost/mcpod/time", "evil")).unwrap();
+        // Without an owner, the first file wins…
+        let first = load_dir(dir.path()).unwrap();
+        assert_eq!(first.servers[0].file, a);
+        // …but the file already serving `time` keeps it.
+        let owned =
+            load_dir_preferring(dir.path(), |name| (name == "time").then(|| b.clone())).unwrap();
+        assert_eq!(owned.servers.len(), 1);
+        assert_eq!(owned.servers[0].file, b);
+        assert_eq!(owned.servers[0].server.spec.image, "localhost/mcpod/time");
+        let conflict = &owned.broken_files[&a];
+        assert!(
+            conflict.contains("conflict") && conflict.contains("b.yaml"),
+            "{conflict}"
+        );
+    }
+
+    #[test]
+    fn files_over_the_size_limit_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.yaml");
+        let mut text = TIME.to_string();
+        text.push_str(&format!("# {}\n", "x".repeat(MAX_MANIFEST_BYTES as usize)));
+        std::fs::write(&big, text).unwrap();
+        let error = load_file(&big).unwrap_err().to_string();
+        assert!(
+            error.contains("big.yaml") && error.contains(&MAX_MANIFEST_BYTES.to_string()),
+            "{error}"
+        );
     }
 }
 

@@ -52,6 +52,12 @@ const FAMILIES: &[Family] = &[
         value: |s| f64::from(s.restart_count),
     },
     Family {
+        name: "mcpod_server_oom_kills_total",
+        kind: "counter",
+        help: "Times the server's container was killed for exceeding its memory limit.",
+        value: |s| s.oom_kills as f64,
+    },
+    Family {
         name: "mcpod_server_health_check_failures_total",
         kind: "counter",
         help: "Health-check pings that went unanswered.",
@@ -174,6 +180,7 @@ mod tests {
             cold_start_ms_total: 700,
             requests: 10,
             request_failures: 1,
+            oom_kills: 0,
         }
     }
 }

@@ -34,6 +34,21 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// Bytes as the shortest exact binary quantity: `536870912` → `512Mi`, `1536` → `1536`
+pub fn format_memory(bytes: u64) -> String {
+    for (suffix, unit) in [
+        ("Ti", 1u64 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
+}
+
 /// CPU quantity in millicores: `1` → 1000, `0.5` → 500, `250m` → 250.
 pub fn parse_cpu_millis(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -50,6 +65,14 @@ pub fn parse_cpu_millis(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn memory_formats_as_the_shortest_exact_quantity() {
+        assert_eq!(super::format_memory(512 * 1024 * 1024), "512Mi");
+        assert_eq!(super::format_memory(2 << 30), "2Gi");
+        assert_eq!(super::format_memory(1536), "1536");
+        assert_eq!(super::format_memory(1_000_000), "1000000");
+    }
+
     use super::*;
 
     #[test]

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
@@ -27,7 +27,15 @@ pub struct Reconciler {
     /// On Kubernetes: servers in this namespace are known by bare name, others
     /// as `namespace/name`.
     home_namespace: Option<String>,
+    /// Servers whose file vanished or became empty, and since when: removed
+    /// only once it stays so for [`REMOVAL_DEBOUNCE`] (a file rewritten in
+    /// place is empty for a moment).
+    vanishing: RwLock<BTreeMap<String, Instant>>,
 }
+
+/// How long a server's manifest file must stay gone (or empty) before the
+/// server is removed.
+pub const REMOVAL_DEBOUNCE: Duration = Duration::from_secs(5);
 
 struct Entry {
     server: Arc<Server>,
@@ -44,6 +52,7 @@ impl Reconciler {
             problems: RwLock::new(vec![]),
             target: Target::Podman,
             home_namespace: None,
+            vanishing: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -64,6 +73,7 @@ impl Reconciler {
             problems: RwLock::new(vec![]),
             target: Target::Kubernetes,
             home_namespace: Some(home_namespace.to_string()),
+            vanishing: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -112,6 +122,8 @@ impl Reconciler {
     pub async fn apply(&self, manifests: Manifests) {
         let mut problems: Vec<String> = manifests.broken_files.values().cloned().collect();
         let mut declared = BTreeSet::new();
+        let declaring_files: BTreeSet<PathBuf> =
+            manifests.servers.iter().map(|l| l.file.clone()).collect();
         for loaded in manifests.servers {
             let name = loaded.server.metadata.name.clone().unwrap_or_default();
             let (key, runtime_key) = self.keys_of(&loaded.server, &name);
@@ -132,6 +144,12 @@ impl Reconciler {
                     }
                 };
             let existing = self.server(&key);
+            if existing.is_some() {
+                // A declaration moved to another file: that file owns it now.
+                if let Some(entry) = self.servers.write().unwrap().get_mut(&key) {
+                    entry.file = loaded.file.clone();
+                }
+            }
             match existing {
                 Some(server) if *server.workload() == workload => {}
                 Some(server) => {
@@ -156,27 +174,70 @@ impl Reconciler {
                 }
             }
         }
-        for problem in &problems {
-            warn!("{problem}");
-        }
         let broken: BTreeSet<&PathBuf> = manifests.broken_files.keys().collect();
         let gone: Vec<(String, Arc<Server>)> = {
             let mut servers = self.servers.write().unwrap();
-            let names: Vec<String> = servers
+            let undeclared: Vec<(String, PathBuf)> = servers
                 .iter()
                 .filter(|(name, entry)| !declared.contains(*name) && !broken.contains(&entry.file))
-                .map(|(name, _)| name.clone())
+                .map(|(name, entry)| (name.clone(), entry.file.clone()))
                 .collect();
+            let names = self.due_removals(undeclared, &declared, &declaring_files, &mut problems);
             names
                 .into_iter()
                 .filter_map(|name| servers.remove(&name).map(|e| (name, e.server)))
                 .collect()
         };
+        for problem in &problems {
+            warn!("{problem}");
+        }
         for (name, server) in gone {
             info!(server = %name, "no longer declared: removing");
             server.remove().await;
         }
         *self.problems.write().unwrap() = problems;
+    }
+
+    /// Of the servers no longer declared, those to remove now. A server whose
+    /// file still declares other servers was edited out: removed at once. One
+    /// whose file declares nothing (gone, empty, or mid-rewrite) is removed
+    /// once that has lasted [`REMOVAL_DEBOUNCE`] (on Kubernetes, at once: the
+    /// API server's deletions are deliberate).
+    fn due_removals(
+        &self,
+        undeclared: Vec<(String, PathBuf)>,
+        declared: &BTreeSet<String>,
+        declaring_files: &BTreeSet<PathBuf>,
+        problems: &mut Vec<String>,
+    ) -> Vec<String> {
+        let mut vanishing = self.vanishing.write().unwrap();
+        vanishing.retain(|name, _| !declared.contains(name));
+        let now = Instant::now();
+        let mut due = vec![];
+        for (name, file) in undeclared {
+            if self.target == Target::Kubernetes || declaring_files.contains(&file) {
+                due.push(name);
+                continue;
+            }
+            let since = *vanishing.entry(name.clone()).or_insert(now);
+            let waited = now.duration_since(since);
+            if waited >= REMOVAL_DEBOUNCE {
+                vanishing.remove(&name);
+                due.push(name);
+            } else {
+                problems.push(format!(
+                    "{}: declares nothing now (removed, empty or being rewritten); MCPServer '{name}' keeps running and is removed if it stays so for {}s",
+                    file.display(),
+                    (REMOVAL_DEBOUNCE - waited).as_secs_f64().ceil()
+                ));
+            }
+        }
+        due
+    }
+
+    /// Whether a server waits for its vanished file's debounce to end.
+    fn removal_pending(&self) -> bool {
+        !self.vanishing.read().unwrap().is_empty()
     }
 
     /// Adopts what a previous mcpod left: containers of undeclared servers are
@@ -212,22 +273,37 @@ impl Reconciler {
         }
     }
 
-    /// Reloads `dir` whenever a YAML file in it is added, changed or removed.
+    /// Reloads `dir` whenever a YAML file in it is added, changed or removed,
+    /// once the change has held still for one `interval` (so a file being
+    /// written is not read half-way), and while a removal waits its debounce.
     pub async fn watch(self: Arc<Self>, dir: PathBuf, interval: Duration) {
-        let mut last = manifests::fingerprint(&dir);
+        let mut applied = manifests::fingerprint(&dir);
+        let mut seen = applied.clone();
         loop {
             tokio::time::sleep(interval).await;
             let now = manifests::fingerprint(&dir);
-            if now != last {
-                last = now;
+            let settled = now == seen;
+            seen = now;
+            if settled && seen != applied {
+                applied = seen.clone();
                 info!(dir = %dir.display(), "manifests changed: reconciling");
+                self.reload(&dir).await;
+            } else if settled && self.removal_pending() {
                 self.reload(&dir).await;
             }
         }
     }
 
     pub async fn reload(&self, dir: &Path) {
-        match manifests::load_dir(dir) {
+        // A name declared twice stays with the file already serving it.
+        let owners: BTreeMap<String, PathBuf> = self
+            .servers
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(name, entry)| (name.clone(), entry.file.clone()))
+            .collect();
+        match manifests::load_dir_preferring(dir, |name| owners.get(name).cloned()) {
             Ok(manifests) => self.apply(manifests).await,
             Err(e) => error!("{e}"),
         }

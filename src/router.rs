@@ -11,6 +11,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::kube::ownership::Ownership;
 use crate::kube::replicas::{self, ReplicaGate};
+use crate::logs;
 use crate::mcp::http::reply::{json_reply, text_reply, HttpResponse};
 use crate::mcp::http::{self as endpoint, EndpointConfig};
 use crate::reconcile::Reconciler;
@@ -86,7 +87,7 @@ pub fn routes(
                     "status": "healthy",
                     "timestamp": chrono::Utc::now(),
                     "servers": state.reconciler.servers().len(),
-                    "problems": state.reconciler.problems(),
+                    "problems": problems(&state),
                 }),
             )
         });
@@ -119,10 +120,15 @@ pub fn routes(
                 let Some(server) = state.reconciler.server(&name) else {
                     return unknown_server(&name);
                 };
-                let tail = query
-                    .get("tail")
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(100);
+                let tail = match parse_tail(query.get("tail").map(String::as_str)) {
+                    Ok(tail) => tail,
+                    Err(message) => {
+                        return json_reply(
+                            StatusCode::BAD_REQUEST,
+                            &json!({"success": false, "error": "bad request", "message": message}),
+                        )
+                    }
+                };
                 let mut text = server.log().tail(tail).join("\n");
                 text.push('\n');
                 text_reply("text/plain; charset=utf-8", text)
@@ -165,6 +171,36 @@ pub fn routes(
         .recover(handle_rejection)
         .unify()
         .with(warp::trace::request())
+}
+
+/// Lines `GET /servers/{name}/logs` returns without `?tail=`.
+const DEFAULT_TAIL_LINES: usize = 100;
+
+/// `?tail=N`: a whole number of lines, capped at [`logs::MAX_TAIL_LINES`]
+/// (a larger N gets the cap: nothing is ever sized by the client's number).
+fn parse_tail(tail: Option<&str>) -> Result<usize, String> {
+    let Some(text) = tail else {
+        return Ok(DEFAULT_TAIL_LINES);
+    };
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "tail must be a whole number of lines (at most {}), not '{}'",
+            logs::MAX_TAIL_LINES,
+            text.chars().take(32).collect::<String>()
+        ));
+    }
+    // All digits: a parse failure can only be an overflow, i.e. over the cap.
+    Ok(text
+        .parse::<usize>()
+        .map_or(logs::MAX_TAIL_LINES, |n| n.min(logs::MAX_TAIL_LINES)))
+}
+
+/// What `/health` lists: refused or conflicting manifests, and logs that
+/// cannot be written.
+fn problems(state: &State) -> Vec<String> {
+    let mut problems = state.reconciler.problems();
+    problems.extend(logs::write_problems());
+    problems
 }
 
 fn unknown_server(name: &str) -> HttpResponse {
@@ -263,6 +299,19 @@ mod tests {
                 .filter(|s| s.starts_with('{'))
                 .find(|s| !matches!(*s, "{name}" | "{namespace}"));
             assert_eq!(unknown, None, "{}: unknown placeholder", declared.pattern);
+        }
+    }
+
+    #[test]
+    fn tail_is_validated_and_capped() {
+        assert_eq!(parse_tail(None), Ok(DEFAULT_TAIL_LINES));
+        assert_eq!(parse_tail(Some("5")), Ok(5));
+        assert_eq!(parse_tail(Some("0")), Ok(0));
+        assert_eq!(parse_tail(Some("1000000000000")), Ok(logs::MAX_TAIL_LINES));
+        assert_eq!(parse_tail(Some(&"9".repeat(400))), Ok(logs::MAX_TAIL_LINES));
+        for garbage in ["", "-1", "ten", "1e9", "5 ", "0x10", "+3"] {
+            let error = parse_tail(Some(garbage)).unwrap_err();
+            assert!(error.contains("whole number"), "{garbage}: {error}");
         }
     }
 }

@@ -104,6 +104,8 @@ pub struct Status {
     /// Requests sent to the server, and those that got no answer from it (timeout, crash).
     pub requests: u64,
     pub request_failures: u64,
+    /// Times the container was killed for exceeding its memory limit.
+    pub oom_kills: u64,
 }
 
 pub struct Server {
@@ -199,6 +201,7 @@ impl Server {
             cold_start_ms_total: 0,
             requests: 0,
             request_failures: 0,
+            oom_kills: 0,
         };
         let log = Arc::new(ServerLog::open(settings.log_dir.as_deref(), key));
         let server = Arc::new(Server {
@@ -255,6 +258,13 @@ impl Server {
 
     fn set_phase(&self, phase: Phase, message: Option<String>) {
         let mut status = self.status.lock().unwrap();
+        if phase == Phase::Failed
+            && message
+                .as_deref()
+                .is_some_and(|m| m.contains(crate::runtime::OOM_REASON))
+        {
+            status.oom_kills += 1;
+        }
         if status.phase != phase {
             info!(
                 from = status.status,
@@ -470,6 +480,12 @@ impl Server {
     /// Marks the server when its container dies on its own (not stopped by mcpod).
     async fn watch_for_crash(self: Arc<Self>, instance: Arc<Instance>) {
         let reason = instance.bridge.closed().await;
+        // The runtime knows why it ended (an exit code, an OOM kill) better than
+        // the output stream that stopped.
+        let reason = match self.runtime.exit_reason(&self.key).await {
+            Some(why) => format!("container {why}"),
+            None => reason,
+        };
         let mut lifecycle = self.lifecycle.lock().await;
         if matches!(&*lifecycle, Lifecycle::Running(current) if Arc::ptr_eq(current, &instance)) {
             self.record_crash(&mut lifecycle, &reason);

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::crd::{
     DesiredState, ImagePullPolicy, KeyRef, MCPServerSpec, NetworkMode, Security, SessionMode,
 };
+use crate::policy::Policy;
 use crate::{duration, quantity, Error, Result};
 
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -28,6 +29,11 @@ pub struct Defaults {
     pub request_timeout: Duration,
     pub health_check_interval: Duration,
     pub stdio_buffer_size: usize,
+    /// What manifests may ask of the host (`--allow-host-path`, …).
+    pub policy: Policy,
+    /// Kubernetes: run pods in the host's user namespace (`false`: `hostUsers:
+    /// false`, a user namespace per pod, where the cluster supports it).
+    pub host_users: bool,
 }
 
 impl Default for Defaults {
@@ -40,6 +46,8 @@ impl Default for Defaults {
             request_timeout: Duration::from_secs(30),
             health_check_interval: Duration::from_secs(30),
             stdio_buffer_size: 8192,
+            policy: Policy::default(),
+            host_users: true,
         }
     }
 }
@@ -72,6 +80,8 @@ pub struct Workload {
     pub session_mode: SessionMode,
     /// Initial size of the buffer for the server's stdout.
     pub stdio_buffer_size: usize,
+    /// Kubernetes: whether the pod shares the host's user namespace.
+    pub host_users: bool,
     /// Hash of everything above that shapes the container: a change means a new container.
     pub spec_hash: String,
 }
@@ -182,15 +192,15 @@ impl Workload {
             .env
             .iter()
             .enumerate()
-            .map(|(i, var)| resolve_env(name, i, var, target))
+            .map(|(i, var)| resolve_env(name, i, var, target, &defaults.policy))
             .collect::<Result<Vec<_>>>()?;
         let mounts = spec
             .volumes
             .iter()
             .enumerate()
-            .map(|(i, volume)| resolve_mount(name, i, volume, target))
+            .map(|(i, volume)| resolve_mount(name, i, volume, target, &defaults.policy))
             .collect::<Result<Vec<_>>>()?;
-        validate_security(name, &spec.security)?;
+        validate_security(name, &spec.security, &defaults.policy)?;
 
         let mut workload = Workload {
             name: name.to_string(),
@@ -217,6 +227,7 @@ impl Workload {
             stdio_buffer_size: spec
                 .stdio_buffer_size
                 .map_or(defaults.stdio_buffer_size, |size| size as usize),
+            host_users: defaults.host_users,
             spec_hash: String::new(),
         };
         workload.spec_hash = workload.container_hash();
@@ -265,6 +276,7 @@ fn resolve_env(
     index: usize,
     var: &crate::crd::EnvVar,
     target: Target,
+    policy: &Policy,
 ) -> Result<Env> {
     let field = format!("spec.env[{index}]");
     let invalid = |message: String| Error::invalid(server, &field, message);
@@ -294,7 +306,10 @@ fn resolve_env(
                 var.name
             )));
         }
-        let content = std::fs::read_to_string(path).map_err(|e| {
+        let file = policy
+            .check_secret_file(path)
+            .map_err(|refusal| invalid(format!("{}: {refusal}", var.name)))?;
+        let content = std::fs::read_to_string(file).map_err(|e| {
             invalid(format!(
                 "{}: cannot read valueFromFile {path}: {e}",
                 var.name
@@ -331,6 +346,7 @@ fn resolve_mount(
     index: usize,
     volume: &crate::crd::Volume,
     target: Target,
+    policy: &Policy,
 ) -> Result<Mount> {
     let field = format!("spec.volumes[{index}]");
     let invalid = |message: String| Error::invalid(server, &field, message);
@@ -347,6 +363,9 @@ fn resolve_mount(
                 "hostPath '{path}' must be an absolute path"
             )));
         }
+        policy
+            .check_host_path(path)
+            .map_err(|refusal| invalid(refusal.to_string()))?;
         sources.push(MountSource::HostPath(path.clone()));
     }
     if let Some(name) = &volume.volume {
@@ -381,7 +400,13 @@ fn resolve_mount(
     })
 }
 
-fn validate_security(server: &str, security: &Security) -> Result<()> {
+fn validate_security(server: &str, security: &Security, policy: &Policy) -> Result<()> {
+    policy
+        .check_user(security.run_as_user)
+        .map_err(|r| Error::invalid(server, "spec.security.runAsUser", r.to_string()))?;
+    policy
+        .check_capabilities(&security.add_capabilities)
+        .map_err(|r| Error::invalid(server, "spec.security.addCapabilities", r.to_string()))?;
     if security.run_as_user < 0 {
         return Err(Error::invalid(
             server,
@@ -458,17 +483,74 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");
         std::fs::write(&file, "s3cret\n").unwrap();
-        let w = resolve(&format!(
+        let defaults = Defaults {
+            policy: Policy {
+                secrets_dirs: vec![dir.path().to_path_buf()],
+                ..Policy::default()
+            },
+            ..Defaults::default()
+        };
+        let text = format!(
             "image: x\nenv: [{{name: TOKEN, valueFromFile: {}}}]",
             file.display()
-        ))
-        .unwrap();
+        );
+        let w = Workload::resolve("time", &spec(&text), &defaults, Target::Podman).unwrap();
         assert_eq!(w.env[0].value, EnvValue::Literal("s3cret".into()));
-        let missing = resolve("image: x\nenv: [{name: T, valueFromFile: /nonexistent/f}]");
+        let missing =
+            resolve("image: x\nenv: [{name: T, valueFromFile: /etc/mcpod/secrets/nonexistent}]");
         assert!(missing
             .unwrap_err()
             .to_string()
             .contains("cannot read valueFromFile"));
+        let outside = resolve(&text).unwrap_err().to_string();
+        assert!(
+            outside.contains("spec.env[0]") && outside.contains("refused by rule secrets-dir"),
+            "{outside}"
+        );
+    }
+
+    #[test]
+    fn the_policy_refuses_what_the_operator_did_not_allow() {
+        for (yaml, field, rule) in [
+            (
+                "volumes: [{hostPath: /etc, mountPath: /e}]",
+                "spec.volumes[0]",
+                "forbidden-host-path",
+            ),
+            (
+                "volumes: [{hostPath: /home, mountPath: /h}]",
+                "spec.volumes[0]",
+                "allowed-host-paths",
+            ),
+            (
+                "security: {runAsUser: 0}",
+                "spec.security.runAsUser",
+                "no-root",
+            ),
+            (
+                "security: {addCapabilities: [SYS_ADMIN]}",
+                "spec.security.addCapabilities",
+                "no-added-capabilities",
+            ),
+        ] {
+            for target in [Target::Podman, Target::Kubernetes] {
+                let error = Workload::resolve(
+                    "x",
+                    &spec(&format!("image: x\n{yaml}")),
+                    &Defaults::default(),
+                    target,
+                )
+                .unwrap_err()
+                .to_string();
+                assert!(
+                    error.contains(field) && error.contains(&format!("refused by rule {rule}")),
+                    "{error}"
+                );
+            }
+        }
+        assert!(
+            resolve("image: x\nvolumes: [{hostPath: /srv/mcpod/files, mountPath: /d}]").is_ok()
+        );
     }
 
     #[test]

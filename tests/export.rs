@@ -39,10 +39,16 @@ impl Drop for Played {
     }
 }
 
-fn export(dir: &Path, name: &str) -> String {
+/// Exports `name`; `allowed` is where the manifest's host path and secret
+/// lie, which the default policy refuses (the operator allows them by flag).
+fn export(dir: &Path, name: &str, allowed: &Path) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_mcpod"))
         .args(["export", name, "--manifests"])
         .arg(dir)
+        .arg("--allow-host-path")
+        .arg(allowed)
+        .arg("--secrets-dir")
+        .arg(allowed)
         .output()
         .unwrap();
     assert!(
@@ -79,7 +85,7 @@ fn exported_pod_runs_under_podman_kube_play_with_its_limits_and_hardening() {
     std::fs::create_dir(&manifests).unwrap();
     std::fs::write(manifests.join("server.yaml"), manifest).unwrap();
 
-    let yaml = export(&manifests, &name);
+    let yaml = export(&manifests, &name, dir.path());
     assert!(yaml.contains("stdin: true"), "{yaml}");
     let yaml_file = dir.path().join("pod.yaml");
     std::fs::write(&yaml_file, &yaml).unwrap();

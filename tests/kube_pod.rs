@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use mcpod::crd::MCPServerSpec;
 use mcpod::kube::pod::{export_yaml, network_policy_for, pod_for};
+use mcpod::policy::Policy;
 use mcpod::workload::{Defaults, Target, Workload};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -55,8 +56,47 @@ fn check_golden(name: &str, actual: &str) {
 }
 
 fn workload(name: &str, spec: &str) -> Workload {
+    workload_with(name, spec, &operator_allows_full_spec())
+}
+
+fn workload_with(name: &str, spec: &str, defaults: &Defaults) -> Workload {
     let spec: MCPServerSpec = serde_yaml::from_str(spec).unwrap();
-    Workload::resolve(name, &spec, &Defaults::default(), Target::Kubernetes).unwrap()
+    Workload::resolve(name, &spec, defaults, Target::Kubernetes).unwrap()
+}
+
+/// FULL_SPEC asks for a host path and a capability the default policy
+/// refuses: an operator allows them explicitly (`--allow-host-path
+/// /srv/shared --allow-capability NET_BIND_SERVICE`).
+fn operator_allows_full_spec() -> Defaults {
+    Defaults {
+        policy: Policy {
+            allowed_host_paths: vec!["/srv/shared".into()],
+            allowed_capabilities: vec!["NET_BIND_SERVICE".into()],
+            ..Policy::default()
+        },
+        ..Defaults::default()
+    }
+}
+
+#[test]
+fn kube_full_spec_is_refused_by_the_default_policy() {
+    let spec: MCPServerSpec = serde_yaml::from_str(FULL_SPEC).unwrap();
+    let error = Workload::resolve("files", &spec, &Defaults::default(), Target::Kubernetes)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("refused by rule"), "{error}");
+}
+
+#[test]
+fn kube_pod_user_namespace_is_opt_in() {
+    let shared = pod_for(&workload("time", "image: x"), None, None);
+    assert_eq!(shared.spec.unwrap().host_users, None);
+    let own = Defaults {
+        host_users: false,
+        ..Defaults::default()
+    };
+    let pod = pod_for(&workload_with("time", "image: x", &own), None, None);
+    assert_eq!(pod.spec.unwrap().host_users, Some(false));
 }
 
 fn owner() -> OwnerReference {

@@ -235,7 +235,10 @@ async fn all_seven_servers_answer_through_the_router_and_memory_persists() {
         .iter()
         .map(|(name, text)| (name.as_str(), text.clone()))
         .collect();
-    let mcpod = Mcpod::start(&manifests, &[]);
+    // This run's host folders are outside the default allowed host paths
+    // (/srv/mcpod): allowed explicitly, as an operator would.
+    let allowed = format!("{},{}", files.path().display(), repos.path().display());
+    let mcpod = Mcpod::start(&manifests, &["--allow-host-path", &allowed]);
     let (_, servers) = mcpod.get("/servers").await;
     assert_eq!(
         servers.as_array().map(Vec::len),

@@ -96,6 +96,10 @@ pub fn pod_for(
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(TERM_GRACE_SECS),
+        // A user namespace per pod (`--pod-user-namespace`), so per-uid limits
+        // and a misbehaving server stay inside one pod; clusters without
+        // support for it run pods with `hostUsers: false` refused, so opt-in.
+        host_users: (!workload.host_users).then_some(false),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(workload.security.run_as_user != 0),
             seccomp_profile: Some(runtime_default_seccomp()),

@@ -408,7 +408,7 @@ fn record_stderr(line: &[u8], shared: &Shared, log: &ServerLog) {
     }
     // The server's own log only: copying it into mcpod's log would let one
     // chatty server fill mcpod's disk.
-    log.write("stderr", &text);
+    log.write_stderr(&text);
     let mut state = shared.lock();
     let tail = &mut state.stderr_tail;
     if tail.len() == STDERR_TAIL_LINES {

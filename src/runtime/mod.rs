@@ -16,6 +16,10 @@ use tokio::io::AsyncWrite;
 use crate::workload::Workload;
 use crate::Result;
 
+/// How [`Runtime::exit_reason`] says a container was killed for exceeding its
+/// memory limit (followed by ` (limit 512Mi)`); the lifecycle counts these.
+pub const OOM_REASON: &str = "killed: out of memory";
+
 /// One chunk of what the container wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {

@@ -24,7 +24,7 @@ use tokio::process::{Child, Command};
 use tokio_util::compat::FuturesAsyncWriteCompatExt;
 use tracing::{debug, info, warn};
 
-use super::{Attached, Managed, Output, Runtime};
+use super::{Attached, Managed, Output, Runtime, OOM_REASON};
 use crate::crd::{ImagePullPolicy, NetworkMode};
 use crate::workload::{
     EnvValue, MountSource, Workload, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_SERVER,
@@ -39,12 +39,78 @@ const NOFILE_LIMIT: u64 = 4096;
 const NPROC_LIMIT: u64 = 1024;
 /// Seconds between SIGTERM and SIGKILL when stopping.
 const TERM_GRACE_SECS: usize = 2;
+/// Processes one container may hold (its cgroup's `pids.max`): a fork bomb
+/// stays inside its own container.
+const PIDS_LIMIT: u64 = 1024;
+/// Bytes conmon keeps of a container's output in `ctr.log` (it starts the
+/// file over beyond that): a server writing stderr fast cannot fill the disk.
+/// mcpod keeps the server's stderr in its own, rotated, rate-limited log; this
+/// file only serves the last lines of [`Runtime::exit_reason`].
+pub const CONTAINER_LOG_MAX_BYTES: u64 = 1024 * 1024;
+/// Host uids (and gids) each server's user namespace maps: container ids 0–65535.
+const USERNS_SIZE: u64 = 65536;
+/// Ranges of [`USERNS_SIZE`] ids in `--userns-base`'s span (2^30 ids).
+const USERNS_SLOTS: u64 = 16384;
+
+/// How each server's processes are kept apart from other servers' on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserNamespace {
+    /// A user namespace per server, mapping container ids 0–65535 onto 65536
+    /// host ids of its own, picked from `base .. base + 2^30` by a hash of the
+    /// instance and server name: the same on every start, so the server's
+    /// named volumes stay its own; distinct from other servers', so per-uid
+    /// limits (`nproc`) and file ownership are not shared. Needs rootful Podman.
+    PerServer { base: u64 },
+    /// Podman's `userns=auto`: Podman picks a free range from the `containers`
+    /// entry of /etc/subuid and /etc/subgid (scripts/install-deps.sh writes it);
+    /// a server may get another range after its container is replaced.
+    Auto,
+    /// The host's user namespace: every server's uid is the same host uid.
+    Host,
+}
+
+impl UserNamespace {
+    /// The default base of [`UserNamespace::PerServer`]: 2^30, above any
+    /// ordinary host user and below the `containers` range install-deps writes.
+    pub const DEFAULT_BASE: u64 = 1 << 30;
+
+    /// The first host id of `server`'s range under [`UserNamespace::PerServer`].
+    pub fn host_base(base: u64, instance: &str, server: &str) -> u64 {
+        let digest = Sha256::digest(format!("{instance}/{server}").as_bytes());
+        let slot = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % USERNS_SLOTS;
+        base + slot * USERNS_SIZE
+    }
+}
+
+impl std::str::FromStr for UserNamespace {
+    type Err = String;
+
+    /// `per-server`, `auto` or `host` (`per-server` with the default base;
+    /// `per-server:BASE` for another).
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text.split_once(':') {
+            None if text == "per-server" => Ok(UserNamespace::PerServer {
+                base: Self::DEFAULT_BASE,
+            }),
+            None if text == "auto" => Ok(UserNamespace::Auto),
+            None if text == "host" => Ok(UserNamespace::Host),
+            Some(("per-server", base)) => base
+                .parse()
+                .map(|base| UserNamespace::PerServer { base })
+                .map_err(|_| format!("'{base}' is not a host uid")),
+            _ => Err(format!(
+                "'{text}': use per-server, per-server:BASE, auto or host"
+            )),
+        }
+    }
+}
 
 pub struct PodmanRuntime {
     podman: Podman,
     libpod: Libpod,
     /// Scopes labels and container names, so several mcpods share one host.
     instance: String,
+    userns: UserNamespace,
 }
 
 impl PodmanRuntime {
@@ -55,7 +121,16 @@ impl PodmanRuntime {
                 socket: socket.to_path_buf(),
             },
             instance: instance.to_string(),
+            userns: UserNamespace::PerServer {
+                base: UserNamespace::DEFAULT_BASE,
+            },
         }
+    }
+
+    /// Runs servers under `userns` (default: [`UserNamespace::PerServer`]).
+    pub fn with_user_namespace(mut self, userns: UserNamespace) -> Self {
+        self.userns = userns;
+        self
     }
 
     /// The container name for an instance key: `mcpod-<key>` (or `mcpod-<instance>-<key>`).
@@ -143,7 +218,7 @@ impl PodmanRuntime {
     /// the existing one when its spec hash matches, else a new one.
     async fn container_for(&self, key: &str, workload: &Workload) -> Result<String> {
         let name = self.container_name(key);
-        let spec = create_spec(&name, key, &self.instance, workload);
+        let spec = create_spec(&name, key, &self.instance, workload, self.userns);
         let wanted_hash = spec["labels"][LABEL_SPEC_HASH].as_str().unwrap_or_default();
         if let Some(existing) = self.inspect(&name).await? {
             let hash = existing
@@ -336,17 +411,12 @@ impl Runtime for PodmanRuntime {
             tokio::time::sleep(Duration::from_millis(50)).await;
             state = self.inspect(&name).await.ok()??;
         }
-        let state = state.get("State")?;
+        let inspected = state;
+        let state = inspected.get("State")?;
         if state.get("Running") == Some(&Value::Bool(true)) {
             return None;
         }
-        let mut reason = match state.get("ExitCode").and_then(Value::as_i64) {
-            _ if state.get("OOMKilled") == Some(&Value::Bool(true)) => {
-                "was killed: out of memory".to_string()
-            }
-            Some(code) => format!("exited with code {code}"),
-            None => "is not running".to_string(),
-        };
+        let mut reason = self.exit_cause(&name, &inspected).await;
         if let Some(error) = state
             .get("Error")
             .and_then(Value::as_str)
@@ -363,6 +433,60 @@ impl Runtime for PodmanRuntime {
 }
 
 impl PodmanRuntime {
+    /// How the container of `inspected` ended: killed for its memory limit
+    /// (with the limit), else its exit code.
+    async fn exit_cause(&self, name: &str, inspected: &Value) -> String {
+        let state = &inspected["State"];
+        let limit = inspected
+            .pointer("/HostConfig/Memory")
+            .and_then(Value::as_u64)
+            .filter(|bytes| *bytes > 0)
+            .map(|bytes| format!(" (limit {})", crate::quantity::format_memory(bytes)));
+        let oom = state.get("OOMKilled") == Some(&Value::Bool(true))
+            || (state.get("ExitCode").and_then(Value::as_i64) == Some(SIGKILL_EXIT_CODE)
+                && self.killed_by_oom(name, inspected).await);
+        if oom {
+            return format!("was {OOM_REASON}{}", limit.unwrap_or_default());
+        }
+        match state.get("ExitCode").and_then(Value::as_i64) {
+            Some(SIGKILL_EXIT_CODE) => format!(
+                "was killed (SIGKILL, exit code {SIGKILL_EXIT_CODE}){}",
+                limit
+                    .map(|l| format!("; not found to be out of memory{l}"))
+                    .unwrap_or_default()
+            ),
+            Some(code) => format!("exited with code {code}"),
+            None => "is not running".to_string(),
+        }
+    }
+
+    /// Whether the kernel's OOM killer ended the container. Podman 4.3 with
+    /// runc on cgroups v1 leaves `State.OOMKilled` false, so: the container
+    /// cgroup's own count (`memory.oom_control`'s `oom_kill`, v1, or
+    /// `memory.events`, v2) while the cgroup still exists, else the kernel
+    /// log's `oom-kill:` record naming the container's cgroup, written since
+    /// it started (reading it needs root or CAP_SYSLOG).
+    async fn killed_by_oom(&self, name: &str, inspected: &Value) -> bool {
+        let Some(id) = inspected.get("Id").and_then(Value::as_str) else {
+            return false;
+        };
+        if oom::cgroup_oom_kills(id) > 0 {
+            return true;
+        }
+        let started = inspected
+            .pointer("/State/StartedAt")
+            .and_then(Value::as_str)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        let id = id.to_string();
+        let found = tokio::task::spawn_blocking(move || {
+            oom::kernel_log_names_oom_kill(&id, started.map(|t| t.to_utc()))
+        })
+        .await
+        .unwrap_or(false);
+        debug!(container = %name, found, "looked for an OOM kill in the kernel log");
+        found
+    }
+
     /// Waits (briefly) until a container that exited has finished stopping:
     /// libpod refuses to attach to one still in the "stopping" state.
     async fn wait_until_settled(&self, name: &str) {
@@ -408,7 +532,13 @@ impl PodmanRuntime {
 }
 
 /// The libpod create spec for `workload`: limits, hardening and labels included.
-pub fn create_spec(name: &str, key: &str, instance: &str, workload: &Workload) -> Value {
+pub fn create_spec(
+    name: &str,
+    key: &str,
+    instance: &str,
+    workload: &Workload,
+    userns: UserNamespace,
+) -> Value {
     let security = &workload.security;
     let env: HashMap<&str, &str> = workload
         .env
@@ -471,7 +601,9 @@ pub fn create_spec(name: &str, key: &str, instance: &str, workload: &Workload) -
         "resource_limits": {
             "memory": {"limit": workload.memory_bytes, "swap": workload.memory_bytes},
             "cpu": {"quota": workload.cpu_millis * 100, "period": 100_000},
+            "pids": {"limit": PIDS_LIMIT},
         },
+        "log_configuration": {"driver": "k8s-file", "size": CONTAINER_LOG_MAX_BYTES},
         "r_limits": [
             {"type": "nofile", "soft": NOFILE_LIMIT, "hard": NOFILE_LIMIT},
             {"type": "nproc", "soft": NPROC_LIMIT, "hard": NPROC_LIMIT},
@@ -488,12 +620,123 @@ pub fn create_spec(name: &str, key: &str, instance: &str, workload: &Workload) -
     if let Some(dir) = &workload.working_dir {
         spec["work_dir"] = json!(dir);
     }
+    match userns {
+        UserNamespace::PerServer { base } => {
+            // Keyed by the server, not the container: an isolated session's
+            // container shares its server's range (and volumes).
+            let host_id = UserNamespace::host_base(base, instance, &workload.name);
+            let map = json!([{"container_id": 0, "host_id": host_id, "size": USERNS_SIZE}]);
+            spec["userns"] = json!({"nsmode": "private"});
+            spec["idmappings"] = json!({"UIDMap": map, "GIDMap": map});
+        }
+        UserNamespace::Auto => spec["userns"] = json!({"nsmode": "auto"}),
+        UserNamespace::Host => {}
+    }
     // The hash covers the whole create spec, so a change in what mcpod itself
     // asks of Podman (not only in the MCPServer) also replaces old containers.
     let digest = Sha256::digest(spec.to_string().as_bytes());
     let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     spec["labels"][LABEL_SPEC_HASH] = json!(hash);
     spec
+}
+
+/// A container's exit code when its init was killed by SIGKILL (128 + 9).
+const SIGKILL_EXIT_CODE: i64 = 137;
+
+/// Finding the kernel's OOM kills of one container, for cgroups v1 where
+/// Podman 4.3 does not record them.
+mod oom {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    /// Where the container's memory cgroup is, for cgroupfs and systemd
+    /// managers, v1 and v2; its `oom_kill` count, 0 when it is gone.
+    pub fn cgroup_oom_kills(id: &str) -> u64 {
+        let leaves = [
+            format!("libpod_parent/libpod-{id}"),
+            format!("machine.slice/libpod-{id}.scope"),
+        ];
+        leaves
+            .iter()
+            .flat_map(|leaf| {
+                [
+                    format!("/sys/fs/cgroup/memory/{leaf}/memory.oom_control"),
+                    format!("/sys/fs/cgroup/{leaf}/memory.events"),
+                ]
+            })
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .filter_map(|text| oom_kill_count(&text))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The `oom_kill N` line of `memory.oom_control` (v1) or `memory.events` (v2).
+    pub fn oom_kill_count(text: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+    }
+
+    /// Whether `/dev/kmsg` holds an `oom-kill:` record naming container `id`
+    /// written after `since` (all of them without it). Reads at most the
+    /// kernel's ring buffer, record by record, without blocking.
+    pub fn kernel_log_names_oom_kill(
+        id: &str,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> bool {
+        const O_NONBLOCK: i32 = 0o4000;
+        let Ok(mut kmsg) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(O_NONBLOCK)
+            .open("/dev/kmsg")
+        else {
+            return false;
+        };
+        // Records carry microseconds since boot; the container's start in the
+        // same clock, with a second of slack.
+        let since_boot_us = since.and_then(|since| {
+            let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            let ago = (chrono::Utc::now() - since).num_microseconds()?;
+            Some((uptime * 1e6) as i64 - ago - 1_000_000)
+        });
+        let mut record = vec![0u8; 8192];
+        // The ring buffer is bounded; the cap only guards against a kernel
+        // that keeps writing faster than this reads.
+        for _ in 0..100_000 {
+            let n = match kmsg.read(&mut record) {
+                Ok(0) => return false,
+                Ok(n) => n,
+                // EPIPE: a record was overwritten while reading; go on.
+                Err(e) if e.raw_os_error() == Some(32) => continue,
+                Err(_) => return false, // EAGAIN: the end
+            };
+            let text = String::from_utf8_lossy(&record[..n]);
+            if matches_oom_kill(&text, id, since_boot_us) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// `PRI,SEQ,TIME_US,FLAGS;oom-kill:…oom_memcg=…<id>…` at or after `since_us`.
+    pub fn matches_oom_kill(record: &str, id: &str, since_us: Option<i64>) -> bool {
+        let Some((header, message)) = record.split_once(';') else {
+            return false;
+        };
+        if !message.starts_with("oom-kill:") || !message.contains(id) {
+            return false;
+        }
+        let time_us: Option<i64> = header.split(',').nth(2).and_then(|t| t.parse().ok());
+        match (since_us, time_us) {
+            (Some(since), Some(time)) => time >= since,
+            _ => true,
+        }
+    }
 }
 
 /// A minimal libpod client for the calls podman-api gets wrong or types too strictly.
@@ -675,7 +918,7 @@ mod tests {
         let w = workload(
             "image: localhost/mcpod/time:latest\nresources: {limits: {memory: 256Mi, cpu: 500m}}",
         );
-        let spec = create_spec("mcpod-time", "time", "default", &w);
+        let spec = create_spec("mcpod-time", "time", "default", &w, UserNamespace::Host);
         assert_eq!(spec["image"], "localhost/mcpod/time:latest");
         assert_eq!(
             spec["resource_limits"]["memory"]["limit"],
@@ -694,7 +937,7 @@ mod tests {
         assert_eq!(spec["labels"][LABEL_SPEC_HASH].as_str().unwrap().len(), 16);
         let other =
             workload("image: localhost/mcpod/time:latest\nresources: {limits: {memory: 128Mi}}");
-        let other_spec = create_spec("mcpod-time", "time", "default", &other);
+        let other_spec = create_spec("mcpod-time", "time", "default", &other, UserNamespace::Host);
         assert_ne!(
             spec["labels"][LABEL_SPEC_HASH],
             other_spec["labels"][LABEL_SPEC_HASH]
@@ -706,24 +949,80 @@ mod tests {
     #[test]
     fn command_and_args_follow_kubernetes_semantics() {
         let w = workload("image: x\ncommand: [python3, -m, srv]\nargs: [--flag]");
-        let spec = create_spec("n", "k", "default", &w);
+        let spec = create_spec("n", "k", "default", &w, UserNamespace::Host);
         assert_eq!(spec["entrypoint"], json!(["python3", "-m", "srv"]));
         assert_eq!(spec["command"], json!(["--flag"]));
         let w = workload("image: x\nargs: [--local-timezone, UTC]");
-        let spec = create_spec("n", "k", "default", &w);
+        let spec = create_spec("n", "k", "default", &w, UserNamespace::Host);
         assert!(spec.get("entrypoint").is_none());
         assert_eq!(spec["command"], json!(["--local-timezone", "UTC"]));
     }
 
     #[test]
+    fn each_server_gets_a_user_namespace_and_bounded_pids_and_log() {
+        let w = workload("image: x");
+        let base = UserNamespace::DEFAULT_BASE;
+        let spec = create_spec(
+            "n",
+            "time",
+            "default",
+            &w,
+            UserNamespace::PerServer { base },
+        );
+        assert_eq!(spec["userns"]["nsmode"], "private");
+        let host_id = spec["idmappings"]["UIDMap"][0]["host_id"].as_u64().unwrap();
+        assert_eq!(host_id, UserNamespace::host_base(base, "default", "time"));
+        assert!(host_id >= base && host_id + USERNS_SIZE <= base + (1 << 30));
+        assert_eq!(spec["idmappings"]["UIDMap"], spec["idmappings"]["GIDMap"]);
+        assert_eq!(spec["idmappings"]["UIDMap"][0]["size"], 65536);
+        // Another server, another range; the same server, the same range.
+        assert_ne!(host_id, UserNamespace::host_base(base, "default", "fetch"));
+        assert_ne!(host_id, UserNamespace::host_base(base, "other", "time"));
+        assert_eq!(spec["resource_limits"]["pids"]["limit"], PIDS_LIMIT);
+        assert_eq!(spec["log_configuration"]["size"], CONTAINER_LOG_MAX_BYTES);
+        let auto = create_spec("n", "time", "default", &w, UserNamespace::Auto);
+        assert_eq!(auto["userns"]["nsmode"], "auto");
+        let host = create_spec("n", "time", "default", &w, UserNamespace::Host);
+        assert!(host.get("userns").is_none() && host.get("idmappings").is_none());
+        assert_eq!("auto".parse(), Ok(UserNamespace::Auto));
+        assert_eq!(
+            "per-server:100000".parse(),
+            Ok(UserNamespace::PerServer { base: 100_000 })
+        );
+        assert!("shared".parse::<UserNamespace>().is_err());
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_cgroup_files_and_kernel_records() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(oom::oom_kill_count(v1), Some(2));
+        let v2 = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom::oom_kill_count(v2), Some(1));
+        let id = "e2b206448b6d";
+        let record = format!("3,1234,288472296,-;oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=libpod-{id},mems_allowed=0,oom_memcg=/libpod_parent/libpod-{id},task_memcg=/libpod_parent/libpod-{id},task=python3,pid=32325,uid=65534\n");
+        assert!(oom::matches_oom_kill(&record, id, None));
+        assert!(oom::matches_oom_kill(&record, id, Some(288_000_000)));
+        assert!(
+            !oom::matches_oom_kill(&record, id, Some(289_000_000)),
+            "before the container started"
+        );
+        assert!(!oom::matches_oom_kill(&record, "other", None));
+        assert!(!oom::matches_oom_kill(
+            &format!("6,1,2,-;started libpod-{id}"),
+            id,
+            None
+        ));
+    }
+
+    #[test]
     fn volumes_and_network() {
         let w = workload(
-            "image: x\nnetwork: bridge\nvolumes:\n- {hostPath: /srv/data, mountPath: /data, readOnly: true}\n- {volume: mem, mountPath: /mem}",
+            "image: x\nnetwork: bridge\nvolumes:\n- {hostPath: /srv/mcpod/data, mountPath: /data, readOnly: true}\n- {volume: mem, mountPath: /mem}",
         );
-        let spec = create_spec("n", "k", "default", &w);
+        let spec = create_spec("n", "k", "default", &w, UserNamespace::Host);
         assert_eq!(spec["netns"]["nsmode"], "bridge");
         let bind = &spec["mounts"][1];
-        assert_eq!(bind["source"], "/srv/data");
+        assert_eq!(bind["source"], "/srv/mcpod/data");
         assert_eq!(bind["options"], json!(["rbind", "ro"]));
         assert_eq!(
             spec["volumes"][0],
