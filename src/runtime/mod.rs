@@ -1,8 +1,10 @@
 //! Container runtimes behind one trait: [`podman`] for a Podman host,
-//! [`kube`] for Kubernetes pods. A runtime starts a workload's container and
+//! [`kube`] for Kubernetes pods, [`memory`] for tests (in-process servers over
+//! in-memory pipes). A runtime starts a workload's container and
 //! hands back its stdio; it knows nothing of MCP.
 
 pub mod kube;
+pub mod memory;
 pub mod podman;
 
 use std::pin::Pin;
