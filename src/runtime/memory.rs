@@ -215,11 +215,17 @@ impl MemoryRuntime {
     }
 
     fn record(state: &mut State, action: Action, key: &str) {
-        let server = state
-            .containers
-            .get(key)
-            .map(|c| c.server.clone())
-            .unwrap_or_default();
+        // A key whose start failed has no container, but its start was recorded.
+        let server = match state.containers.get(key) {
+            Some(container) => container.server.clone(),
+            None => state
+                .records
+                .iter()
+                .rev()
+                .find(|r| r.key == key)
+                .map(|r| r.server.clone())
+                .unwrap_or_default(),
+        };
         state.records.push(Record {
             action,
             key: key.to_string(),

@@ -211,6 +211,11 @@ async fn a_failed_start_names_its_cause_with_retry_after_and_backs_off() {
     assert_eq!(status, 503);
     assert!(retry_after.is_some());
     assert_eq!(mcpod.runtime.starts("missing"), 1, "no hammering");
+    assert_eq!(
+        mcpod.runtime.stops("missing"),
+        1,
+        "the failed start was cleaned up"
+    );
 
     // A changed spec retries at once; the next failure backs off longer.
     mcpod
@@ -339,4 +344,32 @@ async fn a_disabled_server_refuses_with_a_reason_and_is_stopped() {
         mcpod.runtime.running() == 0
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_pings_is_marked_failed_and_restarted() {
+    let runtime = MemoryRuntime::new();
+    // Answers `initialize`, then nothing: hung.
+    runtime.set_behaviour("hung", Behaviour::Deaf);
+    let spec = "healthCheckInterval: 50ms\nrequestTimeout: 100ms";
+    let mcpod = Mcpod::with(runtime, fast_settings(), &[server("hung", spec)]).await;
+    assert_eq!(mcpod.admin("/servers/hung/start").await, 200);
+    wait_for(
+        PATIENCE,
+        "a restart after a failed health check",
+        async || mcpod.runtime.starts("hung") >= 2,
+    )
+    .await;
+    let status = mcpod.status("hung").await;
+    assert!(
+        status["healthCheckFailures"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    let first = &mcpod.runtime.instances("hung")[0];
+    assert!(
+        first.received.iter().any(|m| m["method"] == "ping"),
+        "it was probed with a ping: {:?}",
+        first.received
+    );
+    assert!(first.exit_code.is_some(), "the hung instance was stopped");
 }

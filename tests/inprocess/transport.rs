@@ -404,3 +404,88 @@ async fn a_cancellation_reaches_the_server_under_the_wire_id() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_sse_clients_get_an_endpoint_and_every_answer_on_their_stream() {
+    let mcpod = Mcpod::start(&[server("memory", "")]).await;
+    let mut stream = mcpod
+        .http
+        .get(format!("{}/sse/memory", mcpod.url))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut buffer = String::new();
+    let mut events = vec![];
+    let mut next_event = async || loop {
+        if !events.is_empty() {
+            return events.remove(0);
+        }
+        let chunk = tokio::time::timeout(crate::harness::PATIENCE, stream.chunk())
+            .await
+            .expect("an event")
+            .unwrap()
+            .expect("the stream stays open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        events.extend(crate::common::take_events(&mut buffer));
+    };
+    let endpoint = next_event().await;
+    assert_eq!(endpoint.event.as_deref(), Some("endpoint"));
+    let path = endpoint.data.as_str().unwrap().to_string();
+    assert!(path.starts_with("/messages/memory?sessionId="), "{path}");
+
+    let post = |body: Value| {
+        mcpod
+            .http
+            .post(format!("{}{path}", mcpod.url))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let initialize = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":"old","version":"1"}}});
+    assert_eq!(post(initialize).await.unwrap().status(), 202);
+    let answer = next_event().await.data;
+    assert_eq!(answer["id"], 0);
+    assert_eq!(answer["result"]["protocolVersion"], "2024-11-05");
+    let echo = call(json!("e"), "echo", json!({"text": "old but served"}));
+    assert_eq!(post(echo).await.unwrap().status(), 202);
+    let answer = next_event().await.data;
+    assert_eq!(answer["id"], "e");
+    assert_eq!(text_of(&answer), "old but served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_sessions_get_instances_of_their_own_that_end_with_them() {
+    let mcpod = Mcpod::start(&[server("solo", "sessionMode: Isolated")]).await;
+    let mut a = mcpod.client("solo");
+    let mut b = mcpod.client("solo");
+    a.initialize(json!({})).await;
+    b.initialize(json!({})).await;
+    let whoami = call(json!(1), "whoami", json!({}));
+    let (pa, pb) = (a.post(&whoami).await.1, b.post(&whoami).await.1);
+    let (pa, pb) = (
+        crate::harness::pid_of(&pa[0]),
+        crate::harness::pid_of(&pb[0]),
+    );
+    assert_ne!(pa, pb, "one instance per session");
+    assert_eq!(mcpod.runtime.running(), 2);
+    let keys: HashSet<String> = mcpod
+        .runtime
+        .instances("solo")
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
+    assert_eq!(keys.len(), 2, "under keys of their own: {keys:?}");
+
+    let delete = a.request(reqwest::Method::DELETE).send().await.unwrap();
+    assert_eq!(delete.status(), 200);
+    assert_eq!(
+        mcpod.runtime.removes("solo"),
+        1,
+        "a's container went with a"
+    );
+    assert_eq!(mcpod.runtime.running(), 1);
+    assert_eq!(b.post(&whoami).await.0, 200, "b is untouched");
+}
