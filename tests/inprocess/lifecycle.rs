@@ -373,3 +373,38 @@ async fn a_server_that_stops_answering_pings_is_marked_failed_and_restarted() {
     );
     assert!(first.exit_code.is_some(), "the hung instance was stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_quiet_stream_does_not_keep_a_server_up_and_its_session_outlives_the_stop() {
+    let mcpod = Mcpod::start(&[server("quiet", "idleTimeout: 100ms")]).await;
+    let mut client = mcpod.client("quiet");
+    client.initialize(json!({})).await;
+    let echo = crate::harness::call(json!(1), "echo", json!({"text": "again"}));
+    assert_eq!(client.post(&echo).await.0, 200);
+    let stream = client.request(reqwest::Method::GET).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    mcpod.wait_status("quiet", "stopped").await;
+    let (status, messages) = client.post(&echo).await;
+    assert_eq!(status, 200, "the same session, served by a new instance");
+    assert_eq!(text_of(&messages[0]), "again");
+    assert_eq!(mcpod.runtime.starts("quiet"), 2);
+    drop(stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_pings_do_not_count_as_activity() {
+    let spec = "idleTimeout: 150ms\nhealthCheckInterval: 20ms";
+    let mcpod = Mcpod::start(&[server("probed", spec)]).await;
+    assert_eq!(mcpod.admin("/servers/probed/start").await, 200);
+    let stopped = mcpod.wait_status("probed", "stopped").await;
+    assert!(
+        stopped["message"].as_str().unwrap().contains("idle"),
+        "{stopped}"
+    );
+    let pings = mcpod.runtime.instances("probed")[0]
+        .received
+        .iter()
+        .filter(|m| m["method"] == "ping")
+        .count();
+    assert!(pings >= 1, "it was probed meanwhile");
+}
