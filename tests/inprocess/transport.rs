@@ -368,20 +368,24 @@ async fn concurrent_elicitations_each_reach_only_their_own_session() {
             json!({"action": "accept", "content": {"answer": format!("from session {i}")}});
         ask_and_answer(client, "elicit", args, answer).await
     });
-    // A session that receives no question never gets its result here only if
-    // the router drops it; collect everything, then judge.
-    for (i, (questions, result)) in join_all(calls).await.into_iter().enumerate() {
-        let asked: Vec<&Value> = questions.iter().map(|q| &q["params"]["message"]).collect();
+    let seen: Vec<(Vec<Value>, Value)> = join_all(calls)
+        .await
+        .into_iter()
+        .map(|(questions, result)| {
+            let asked = questions.iter().map(|q| q["params"]["message"].clone());
+            (
+                asked.collect(),
+                result["result"]["content"]["answer"].clone(),
+            )
+        })
+        .collect();
+    for (i, (asked, answer)) in seen.iter().enumerate() {
         assert_eq!(
             asked,
-            [&json!(format!("for session {i}"))],
-            "session {i} saw {asked:?}"
+            &[json!(format!("for session {i}"))],
+            "questions seen and answers got, per session: {seen:?}"
         );
-        assert_eq!(
-            result["result"]["content"]["answer"],
-            format!("from session {i}"),
-            "session {i}'s call got {result}"
-        );
+        assert_eq!(answer, &json!(format!("from session {i}")), "{seen:?}");
     }
 }
 
