@@ -1,5 +1,5 @@
 //! Guardrails on what an MCPServer may ask of the host, set by the operator
-//! (flags), applied by [`crate::workload::Workload::resolve`] on Podman and
+//! (flags), applied by `Workload::resolve` (src/workload.rs) on Podman and
 //! Kubernetes alike. A manifest that asks for more is refused, naming the rule,
 //! so whoever may write manifests cannot take the host over through mcpod.
 

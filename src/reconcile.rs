@@ -34,7 +34,7 @@ pub struct Reconciler {
 }
 
 /// How long a server's manifest file must stay gone (or empty) before the
-/// server is removed.
+/// server is removed, unless `Settings::removal_debounce` says otherwise.
 pub const REMOVAL_DEBOUNCE: Duration = Duration::from_secs(5);
 
 struct Entry {
@@ -221,14 +221,15 @@ impl Reconciler {
             }
             let since = *vanishing.entry(name.clone()).or_insert(now);
             let waited = now.duration_since(since);
-            if waited >= REMOVAL_DEBOUNCE {
+            let debounce = self.settings.removal_debounce;
+            if waited >= debounce {
                 vanishing.remove(&name);
                 due.push(name);
             } else {
                 problems.push(format!(
                     "{}: declares nothing now (removed, empty or being rewritten); MCPServer '{name}' keeps running and is removed if it stays so for {}s",
                     file.display(),
-                    (REMOVAL_DEBOUNCE - waited).as_secs_f64().ceil()
+                    (debounce - waited).as_secs_f64().ceil()
                 ));
             }
         }

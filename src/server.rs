@@ -26,7 +26,6 @@ use crate::mcp::version;
 use crate::runtime::Runtime;
 use crate::workload::Workload;
 
-
 /// Settings shared by every server of one mcpod.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -40,6 +39,9 @@ pub struct Settings {
     pub session_ttl: Duration,
     /// Where each server's log goes (`<name>.log`); `None` keeps none.
     pub log_dir: Option<std::path::PathBuf>,
+    /// How long a server's manifest file must stay gone (or empty) before the
+    /// server is removed (a file rewritten in place is not a removal).
+    pub removal_debounce: Duration,
 }
 
 impl Default for Settings {
@@ -50,6 +52,7 @@ impl Default for Settings {
             idle_check_interval: Duration::from_millis(500),
             session_ttl: Duration::from_secs(3600),
             log_dir: None,
+            removal_debounce: crate::reconcile::REMOVAL_DEBOUNCE,
         }
     }
 }
@@ -434,7 +437,11 @@ impl Server {
                 "clientInfo": {"name": "mcpod", "version": env!("CARGO_PKG_VERSION")},
             }
         });
-        let response = match bridge.request(initialize, workload.timeouts.startup).await {
+        // The start as a whole is bounded by `startupTimeout` (in `start_locked`):
+        // one deadline, so a silent server is always a startup timeout, never a
+        // failed start that races it on the same timer tick.
+        let patience = workload.timeouts.startup + Duration::from_secs(1);
+        let response = match bridge.request(initialize, patience).await {
             Ok(response) => response,
             Err(BridgeError::Closed(reason)) => {
                 let why = self.runtime.exit_reason(&self.key).await.unwrap_or(reason);

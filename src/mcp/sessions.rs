@@ -909,12 +909,12 @@ impl Sessions {
         let mut state = self.lock();
         let (session, stream) = match who_answers(&mut state, method, &request) {
             Ok(target) => target,
-            Err(reason) => {
+            Err((code, reason)) => {
                 let name = jsonrpc::method(&request).unwrap_or_default();
                 debug!(method = name, %reason, "server request refused");
                 return Some(jsonrpc::error(
                     server_id,
-                    jsonrpc::UNROUTABLE,
+                    code,
                     format!("mcpod cannot route {name} to a client: {reason}"),
                 ));
             }
@@ -937,12 +937,15 @@ fn send_to(state: &mut State, id: &str, stream: StreamKey, message: Value) {
 }
 
 /// The routing rule for a server→client request: the session (and stream) that
-/// must answer it, or why no session may.
+/// must answer it, or the error code and the reason why no session may: -32601
+/// when the client it belongs to (or every client) cannot answer it, -32005
+/// when mcpod cannot tell which client it belongs to.
 fn who_answers(
     state: &mut State,
     method: Method,
     request: &Value,
-) -> Result<(String, StreamKey), String> {
+) -> Result<(String, StreamKey), (i64, String)> {
+    let cannot = |reason: &str| (jsonrpc::METHOD_NOT_FOUND, reason.to_string());
     let candidates: Vec<&Active> = state.active.iter().filter(|a| a.may_ask).collect();
     let can_answer = |state: &State, id: &str| {
         state
@@ -952,12 +955,15 @@ fn who_answers(
     };
     match state.attribute(request, &candidates) {
         Attribution::To(session, stream) if can_answer(state, &session) => Ok((session, stream)),
-        Attribution::To(..) | Attribution::Stateless => {
-            Err("the client whose request caused it did not declare that capability".into())
-        }
-        Attribution::Ambiguous(n) => Err(format!(
-            "{n} client requests in flight could have caused it; for per-client questions \
-             use sessionMode: Isolated"
+        Attribution::To(..) | Attribution::Stateless => Err(cannot(
+            "the client whose request caused it did not declare that capability",
+        )),
+        Attribution::Ambiguous(n) => Err((
+            jsonrpc::UNROUTABLE,
+            format!(
+                "{n} client requests in flight could have caused it; for per-client questions \
+                 use sessionMode: Isolated"
+            ),
         )),
         Attribution::Nobody => {
             // Roots are asked for after mcpod announced one session's roots.
@@ -967,7 +973,9 @@ fn who_answers(
             };
             match asker {
                 Some(session) if can_answer(state, &session) => Ok((session, STANDALONE)),
-                _ => Err("no client request is in flight that could have caused it".into()),
+                _ => Err(cannot(
+                    "no client request is in flight that could have caused it",
+                )),
             }
         }
     }
@@ -1092,7 +1100,7 @@ mod tests {
                 json!({"jsonrpc":"2.0","id":"s","method":"sampling/createMessage"}),
             ))
             .unwrap();
-        assert_eq!(refused["error"]["code"], jsonrpc::UNROUTABLE);
+        assert_eq!(refused["error"]["code"], jsonrpc::METHOD_NOT_FOUND);
         let pong = sessions
             .route(ServerMessage::Request(
                 json!({"jsonrpc":"2.0","id":3,"method":"ping"}),

@@ -1,8 +1,10 @@
-//! Container runtimes behind one trait: [`podman`] for a Podman host, and
+//! Container runtimes behind one trait: [`podman`] for a Podman host,
+//! [`memory`] for tests (in-process servers over in-memory pipes), and
 //! Kubernetes pods (`KubeRuntime`, in `src/kube/runtime.rs`, which depends on
-//! this module and not the other way round). A runtime starts a workload's container and
-//! hands back its stdio; it knows nothing of MCP.
+//! this module and not the other way round). A runtime starts a workload's
+//! container and hands back its stdio; it knows nothing of MCP.
 
+pub mod memory;
 pub mod podman;
 
 use std::pin::Pin;

@@ -525,7 +525,11 @@ impl RawClient {
         if is_sse {
             (
                 status,
-                take_events(&mut text).into_iter().map(|e| e.data).collect(),
+                take_events(&mut text)
+                    .into_iter()
+                    .filter(|e| !e.is_priming())
+                    .map(|e| e.data)
+                    .collect(),
             )
         } else if text.is_empty() {
             (status, vec![])
