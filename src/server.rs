@@ -157,6 +157,9 @@ pub struct Status {
     /// Requests sent to the server, and those that got no answer from it (timeout, crash).
     pub requests: u64,
     pub request_failures: u64,
+    /// The idle time after which the server is stopped (`None`: never, or the
+    /// operator decides); with `lastActivity`, what `mcpod get` counts down.
+    pub idle_timeout_seconds: Option<u64>,
 }
 
 pub struct Server {
@@ -252,6 +255,7 @@ impl Server {
             cold_start_ms_total: 0,
             requests: 0,
             request_failures: 0,
+            idle_timeout_seconds: None,
         };
         let log = Arc::new(ServerLog::open(settings.log_dir.as_deref(), key));
         let server = Arc::new(Server {
@@ -294,6 +298,7 @@ impl Server {
     pub fn status(&self) -> Status {
         let mut status = self.status.lock().unwrap().clone();
         status.in_flight = self.in_flight.load(Ordering::SeqCst);
+        status.idle_timeout_seconds = self.workload().timeouts.idle.map(|d| d.as_secs());
         let isolated = self.isolated.lock().unwrap();
         status.isolated_instances = isolated.len();
         status.sessions =
