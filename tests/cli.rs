@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{manifest, unique_instance, Mcpod, FIXTURE_IMAGE};
 use serde_json::{json, Value};
 
-fn mcpod(args: &[&str]) -> Output {
+fn run_mcpod(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mcpod"))
         .args(args)
         .output()
@@ -198,7 +198,7 @@ async fn get_shows_the_servers_of_a_running_mcpod_as_table_json_and_yaml() {
     .await
     .unwrap();
 
-    let missing = tokio::task::spawn_blocking(move || mcpod(&["get", "nope", "--url", &url]))
+    let missing = tokio::task::spawn_blocking(move || run_mcpod(&["get", "nope", "--url", &url]))
         .await
         .unwrap();
     assert_eq!(missing.status.code(), Some(1));
@@ -206,7 +206,7 @@ async fn get_shows_the_servers_of_a_running_mcpod_as_table_json_and_yaml() {
 }
 
 fn mcpod_ok(args: &[&str]) -> String {
-    let output = mcpod(args);
+    let output = run_mcpod(args);
     assert!(output.status.success(), "mcpod {args:?}: {}", stderr(&output));
     stdout(&output)
 }
@@ -214,7 +214,7 @@ fn mcpod_ok(args: &[&str]) -> String {
 #[test]
 fn get_without_a_running_mcpod_says_where_it_looked() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let output = mcpod(&["get", "--url", &format!("http://127.0.0.1:{port}")]);
+    let output = run_mcpod(&["get", "--url", &format!("http://127.0.0.1:{port}")]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("no mcpod answers at"), "{}", stderr(&output));
 }
@@ -274,7 +274,7 @@ async fn validate_gives_the_errors_serve_gives_and_an_exit_status() {
 }
 
 fn mcpod_output(args: &[&str]) -> Output {
-    mcpod(args)
+    run_mcpod(args)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -289,7 +289,7 @@ async fn connect_prints_client_configuration_for_the_servers_mcpod_serves() {
     let url = mcpod.url.clone();
     let (vscode, code, one) = tokio::task::spawn_blocking(move || {
         (
-            mcpod(&["connect", "vscode", "--url", &url]),
+            run_mcpod(&["connect", "vscode", "--url", &url]),
             mcpod_ok(&["connect", "claude-code", "--url", &url]),
             mcpod_ok(&["connect", "cursor", "beta", "--url", &url]),
         )
@@ -313,7 +313,7 @@ fn completions_are_printed_for_each_shell() {
     assert!(bash.contains("complete -F _mcpod") && bash.contains("validate"), "{bash}");
     assert!(mcpod_ok(&["completions", "zsh"]).starts_with("#compdef mcpod"));
     assert!(mcpod_ok(&["completions", "fish"]).contains("complete -c mcpod"));
-    assert_eq!(mcpod(&["completions", "tcsh"]).status.code(), Some(2));
+    assert_eq!(run_mcpod(&["completions", "tcsh"]).status.code(), Some(2));
 }
 
 /// `logs -f` prints the tail, then appended lines, and carries on after a rotation.
