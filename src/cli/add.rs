@@ -56,7 +56,8 @@ pub struct AddArgs {
     /// Give the server network access (egress); without it the server has none.
     #[arg(long)]
     pub network: bool,
-    /// A PEM CA bundle trusted while resolving and building (TLS-intercepting proxies).
+    /// A PEM CA bundle trusted while resolving and building (TLS-intercepting
+    /// proxies); default: the host's /etc/ssl/certs/ca-certificates.crt, if any.
     #[arg(long, env = "MCPOD_CA_BUNDLE", value_parser = super::paths::absolute_path)]
     pub ca_bundle: Option<PathBuf>,
     /// Where a running mcpod answers: `add` waits for it to pick the server up and starts it.
@@ -163,7 +164,7 @@ pub async fn run(args: AddArgs, data_dir: &Path) -> CliResult {
             let builder = Builder {
                 name: args.name.clone(),
                 dir,
-                ca_bundle: args.ca_bundle.clone(),
+                ca_bundle: args.ca_bundle.clone().or_else(host_ca_bundle),
                 force: args.force,
             };
             let (image, resolved) = builder.build(package)?;
@@ -240,6 +241,14 @@ async fn start_when_served(api: &Api, name: &str) -> CliResult {
     }
     progress.finish(&format!("{name} is running: {}", api.mcp_url(name)));
     Ok(())
+}
+
+/// The host's CA bundle, trusted by default as the Makefile does for `make
+/// images`: what the host trusts (a TLS-intercepting proxy's CA included), the
+/// builds trust too.
+fn host_ca_bundle() -> Option<PathBuf> {
+    let bundle = PathBuf::from("/etc/ssl/certs/ca-certificates.crt");
+    bundle.is_file().then_some(bundle)
 }
 
 /// The MCPServer `add` writes: the strict defaults spelled out, with comments
