@@ -24,10 +24,13 @@ fn tool_names(answer: &Value) -> Vec<String> {
 
 async fn added_server_lists_its_tools(name: &str, source: &[&str], expected_tool: &str, image: &str) {
     let mcpod = Mcpod::start(&[], &[]);
-    let data = tempfile::tempdir().unwrap();
+    // Kept between runs (under target/): a second `cargo test` reuses the
+    // recorded resolution and the built image instead of the registries.
+    let data = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("mcpod-add");
+    std::fs::create_dir_all(&data).unwrap();
     let args: Vec<&str> = [&[name][..], source].concat();
     let output = tokio::task::spawn_blocking({
-        let (mcpod_url, manifests, data) = (mcpod.url.clone(), mcpod.manifests.path().to_path_buf(), data.path().to_path_buf());
+        let (mcpod_url, manifests, data) = (mcpod.url.clone(), mcpod.manifests.path().to_path_buf(), data.clone());
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         move || {
             Command::new(env!("CARGO_BIN_EXE_mcpod"))
@@ -64,7 +67,7 @@ async fn added_server_lists_its_tools(name: &str, source: &[&str], expected_tool
 
     // Again, with --force on the YAML only: the recorded versions and the image are reused.
     let again = tokio::task::spawn_blocking({
-        let (url, manifests, data) = (mcpod.url.clone(), mcpod.manifests.path().to_path_buf(), data.path().to_path_buf());
+        let (url, manifests, data) = (mcpod.url.clone(), mcpod.manifests.path().to_path_buf(), data.clone());
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         move || {
             let mut yaml_only = args.clone();
