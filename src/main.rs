@@ -389,7 +389,12 @@ async fn main() {
         }
         Command::Completions(args) => {
             use clap::CommandFactory;
-            clap_complete::generate(args.shell, &mut Cli::command(), "mcpod", &mut std::io::stdout());
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "mcpod",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
     };

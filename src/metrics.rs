@@ -174,6 +174,7 @@ mod tests {
             cold_start_ms_total: 700,
             requests: 10,
             request_failures: 1,
+            idle_timeout_seconds: Some(300),
         }
     }
 }

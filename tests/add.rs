@@ -22,7 +22,12 @@ fn tool_names(answer: &Value) -> Vec<String> {
         .collect()
 }
 
-async fn added_server_lists_its_tools(name: &str, source: &[&str], expected_tool: &str, image: &str) {
+async fn added_server_lists_its_tools(
+    name: &str,
+    source: &[&str],
+    expected_tool: &str,
+    image: &str,
+) {
     let mcpod = Mcpod::start(&[], &[]);
     // Kept between runs (under target/): a second `cargo test` reuses the
     // recorded resolution and the built image instead of the registries.
@@ -30,7 +35,11 @@ async fn added_server_lists_its_tools(name: &str, source: &[&str], expected_tool
     std::fs::create_dir_all(&data).unwrap();
     let args: Vec<&str> = [&[name][..], source].concat();
     let output = tokio::task::spawn_blocking({
-        let (mcpod_url, manifests, data) = (mcpod.url.clone(), mcpod.manifests.path().to_path_buf(), data.clone());
+        let (mcpod_url, manifests, data) = (
+            mcpod.url.clone(),
+            mcpod.manifests.path().to_path_buf(),
+            data.clone(),
+        );
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         move || {
             Command::new(env!("CARGO_BIN_EXE_mcpod"))
@@ -48,26 +57,46 @@ async fn added_server_lists_its_tools(name: &str, source: &[&str], expected_tool
     .await
     .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "mcpod add {args:?} failed:\n{stderr}");
-    assert!(stderr.contains(&format!("{name} is running: {}/servers/{name}/mcp", mcpod.url)), "{stderr}");
+    assert!(
+        output.status.success(),
+        "mcpod add {args:?} failed:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{name} is running: {}/servers/{name}/mcp",
+            mcpod.url
+        )),
+        "{stderr}"
+    );
 
     // The manifest names the pinned image and keeps the strict defaults.
-    let yaml = std::fs::read_to_string(mcpod.manifests.path().join(format!("{name}.yaml"))).unwrap();
+    let yaml =
+        std::fs::read_to_string(mcpod.manifests.path().join(format!("{name}.yaml"))).unwrap();
     assert!(yaml.contains(&format!("image: {image}")), "{yaml}");
     assert!(yaml.contains("network: none"), "{yaml}");
     // Served and started by the running mcpod: a real tools/list.
     let (status, answer) = mcpod
-        .mcp(name, json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string())
+        .mcp(
+            name,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string(),
+        )
         .await;
     assert_eq!(status, 200, "{answer}");
-    assert!(tool_names(&answer).iter().any(|t| t == expected_tool), "{answer}");
+    assert!(
+        tool_names(&answer).iter().any(|t| t == expected_tool),
+        "{answer}"
+    );
     // Non-root, as built.
     let inspect = common::inspect(&mcpod.container(name)).expect("the server's container");
     assert_eq!(inspect["Config"]["User"], "65534");
 
     // Again, with --force on the YAML only: the recorded versions and the image are reused.
     let again = tokio::task::spawn_blocking({
-        let (url, manifests, data) = (mcpod.url.clone(), mcpod.manifests.path().to_path_buf(), data.clone());
+        let (url, manifests, data) = (
+            mcpod.url.clone(),
+            mcpod.manifests.path().to_path_buf(),
+            data.clone(),
+        );
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         move || {
             let mut yaml_only = args.clone();
@@ -90,7 +119,10 @@ async fn added_server_lists_its_tools(name: &str, source: &[&str], expected_tool
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{stderr}");
     assert!(stderr.contains("as recorded in"), "{stderr}");
-    assert!(stderr.contains("cached (its build inputs are unchanged)"), "{stderr}");
+    assert!(
+        stderr.contains("cached (its build inputs are unchanged)"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,15 +163,32 @@ fn add_refuses_to_replace_a_manifest_and_bad_package_specs() {
     let output = run(&["x", "--image", "localhost/x"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("pass --force"));
-    assert_eq!(std::fs::read_to_string(dir.path().join("x.yaml")).unwrap(), "kept");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("x.yaml")).unwrap(),
+        "kept"
+    );
     let output = run(&["y", "--npm", "a;b", "--no-start"]);
-    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let output = run(&["Bad_Name", "--image", "x", "--no-start"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a valid name"));
     // --image writes a manifest without building anything.
-    let output = run(&["img", "--image", "localhost/mcpod/time:latest", "--no-start"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = run(&[
+        "img",
+        "--image",
+        "localhost/mcpod/time:latest",
+        "--no-start",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let yaml = std::fs::read_to_string(dir.path().join("img.yaml")).unwrap();
     assert!(yaml.contains("imagePullPolicy: IfNotPresent"), "{yaml}");
 }

@@ -83,11 +83,23 @@ impl Drop for Killed {
 fn relative_data_dir_and_manifests_work_with_the_podman_service_mcpod_starts() {
     let cwd = tempfile::tempdir().unwrap();
     std::fs::create_dir(cwd.path().join("m")).unwrap();
-    std::fs::write(cwd.path().join("m/fixture.yaml"), manifest("fixture", FIXTURE_IMAGE, "")).unwrap();
+    std::fs::write(
+        cwd.path().join("m/fixture.yaml"),
+        manifest("fixture", FIXTURE_IMAGE, ""),
+    )
+    .unwrap();
     let instance = unique_instance();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mcpod"))
         .current_dir(cwd.path())
-        .args(["serve", "--manifests", "m", "--data-dir", "state", "--listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--manifests",
+            "m",
+            "--data-dir",
+            "state",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .args(["--instance", &instance])
         // No service to find: mcpod must start its own, under the relative data dir.
         .env_remove("CONTAINER_HOST")
@@ -99,17 +111,25 @@ fn relative_data_dir_and_manifests_work_with_the_podman_service_mcpod_starts() {
     let lines = Lines::of(&mut child);
     let child = Killed(child);
     let _cleanup = scopeguard(instance.clone());
-    let line = lines.wait_for("the listening URL", |l| l.starts_with("mcpod listening on "));
+    let line = lines.wait_for("the listening URL", |l| {
+        l.starts_with("mcpod listening on ")
+    });
     let url = line.trim_start_matches("mcpod listening on ").to_string();
     assert!(cwd.path().join("state/run/podman.sock").exists());
     let log = std::fs::read_to_string(cwd.path().join("mcpod.log")).unwrap();
-    assert!(log.contains("starting one"), "mcpod started its own service: {log}");
+    assert!(
+        log.contains("starting one"),
+        "mcpod started its own service: {log}"
+    );
     // A server really runs through that service.
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string();
     let answer = curl_post(&format!("{url}/mcp/fixture"), &body);
     assert_eq!(answer["result"]["tools"][0]["name"], "echo", "{answer}");
     // The data dir is where it was asked to be, relative to where mcpod ran.
-    assert!(cwd.path().join("state/logs/containers/fixture.log").exists());
+    assert!(cwd
+        .path()
+        .join("state/logs/containers/fixture.log")
+        .exists());
     drop(child);
 }
 
@@ -142,7 +162,10 @@ fn curl_post(url: &str, body: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn get_shows_the_servers_of_a_running_mcpod_as_table_json_and_yaml() {
     let mcpod = Mcpod::start(
-        &[("a.yaml", manifest("fixture", FIXTURE_IMAGE, "idleTimeout: 300s"))],
+        &[(
+            "a.yaml",
+            manifest("fixture", FIXTURE_IMAGE, "idleTimeout: 300s"),
+        )],
         &[],
     );
     let url = mcpod.url.clone();
@@ -154,7 +177,16 @@ async fn get_shows_the_servers_of_a_running_mcpod_as_table_json_and_yaml() {
     .unwrap();
     let mut lines = table.lines();
     let header = lines.next().unwrap();
-    for column in ["NAME", "STATUS", "IMAGE", "SESSIONS", "LAST ACTIVITY", "IDLE STOP IN", "RESTARTS", "MESSAGE"] {
+    for column in [
+        "NAME",
+        "STATUS",
+        "IMAGE",
+        "SESSIONS",
+        "LAST ACTIVITY",
+        "IDLE STOP IN",
+        "RESTARTS",
+        "MESSAGE",
+    ] {
         assert!(header.contains(column), "{header}");
     }
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
@@ -179,7 +211,10 @@ async fn get_shows_the_servers_of_a_running_mcpod_as_table_json_and_yaml() {
     assert_eq!(all[0]["name"], "fixture");
     // Running, idle for 300 s: the countdown shows minutes left.
     let row = alias.lines().nth(1).unwrap();
-    assert!(row.contains("running") && (row.contains("4m5") || row.contains("5m0s")), "{alias}");
+    assert!(
+        row.contains("running") && (row.contains("4m5") || row.contains("5m0s")),
+        "{alias}"
+    );
 
     // Watching: a stop through the API is printed as a new row.
     let mut watch = Command::new(env!("CARGO_BIN_EXE_mcpod"))
@@ -189,11 +224,15 @@ async fn get_shows_the_servers_of_a_running_mcpod_as_table_json_and_yaml() {
         .unwrap();
     let lines = Lines::of(&mut watch);
     let _watch = Killed(watch);
-    lines.wait_for("the running row", |l| l.starts_with("fixture") && l.contains("running"));
+    lines.wait_for("the running row", |l| {
+        l.starts_with("fixture") && l.contains("running")
+    });
     let (status, _) = mcpod.post("/servers/fixture/stop").await;
     assert_eq!(status, 200);
     tokio::task::spawn_blocking(move || {
-        lines.wait_for("the stopped row", |l| l.starts_with("fixture") && l.contains("stopped"))
+        lines.wait_for("the stopped row", |l| {
+            l.starts_with("fixture") && l.contains("stopped")
+        })
     })
     .await
     .unwrap();
@@ -202,21 +241,37 @@ async fn get_shows_the_servers_of_a_running_mcpod_as_table_json_and_yaml() {
         .await
         .unwrap();
     assert_eq!(missing.status.code(), Some(1));
-    assert!(stderr(&missing).contains("no MCP server named 'nope'"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("no MCP server named 'nope'"),
+        "{}",
+        stderr(&missing)
+    );
 }
 
 fn mcpod_ok(args: &[&str]) -> String {
     let output = run_mcpod(args);
-    assert!(output.status.success(), "mcpod {args:?}: {}", stderr(&output));
+    assert!(
+        output.status.success(),
+        "mcpod {args:?}: {}",
+        stderr(&output)
+    );
     stdout(&output)
 }
 
 #[test]
 fn get_without_a_running_mcpod_says_where_it_looked() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let output = run_mcpod(&["get", "--url", &format!("http://127.0.0.1:{port}")]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("no mcpod answers at"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no mcpod answers at"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 /// `validate` reports, word for word, the problems `serve` shows in /health.
@@ -224,8 +279,18 @@ fn get_without_a_running_mcpod_says_where_it_looked() {
 async fn validate_gives_the_errors_serve_gives_and_an_exit_status() {
     let files = [
         ("good.yaml", manifest("good", FIXTURE_IMAGE, "")),
-        ("memory.yaml", manifest("memory", FIXTURE_IMAGE, "resources: {limits: {memory: lots}}")),
-        ("typo.yaml", manifest("typo", FIXTURE_IMAGE, "idleTimout: 5s")),
+        (
+            "memory.yaml",
+            manifest(
+                "memory",
+                FIXTURE_IMAGE,
+                "resources: {limits: {memory: lots}}",
+            ),
+        ),
+        (
+            "typo.yaml",
+            manifest("typo", FIXTURE_IMAGE, "idleTimout: 5s"),
+        ),
         ("dup.yaml", manifest("good", FIXTURE_IMAGE, "")),
     ];
     let mcpod = Mcpod::start(&files, &[]);
@@ -245,7 +310,10 @@ async fn validate_gives_the_errors_serve_gives_and_an_exit_status() {
     assert_eq!(output.status.code(), Some(1));
     let reported = stderr(&output);
     for problem in &problems {
-        assert!(reported.contains(&format!("invalid: {problem}")), "{problem}\nnot in\n{reported}");
+        assert!(
+            reported.contains(&format!("invalid: {problem}")),
+            "{problem}\nnot in\n{reported}"
+        );
     }
     assert!(reported.contains("3 problems found"), "{reported}");
 
@@ -253,22 +321,45 @@ async fn validate_gives_the_errors_serve_gives_and_an_exit_status() {
     let good = mcpod.manifests.path().join("good.yaml");
     let output = mcpod_output(&["validate", good.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout(&output).contains("1 valid MCPServer (good)"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("1 valid MCPServer (good)"),
+        "{}",
+        stdout(&output)
+    );
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let output = mcpod_output(&["validate", examples.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout(&output).contains("7 valid MCPServers"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("7 valid MCPServers"),
+        "{}",
+        stdout(&output)
+    );
     // For the cluster, valueFromFile is a problem the operator would report.
     let file = tempfile::tempdir().unwrap();
     std::fs::write(
         file.path().join("s.yaml"),
-        manifest("s", FIXTURE_IMAGE, "env: [{name: T, valueFromFile: /etc/hostname}]"),
+        manifest(
+            "s",
+            FIXTURE_IMAGE,
+            "env: [{name: T, valueFromFile: /etc/hostname}]",
+        ),
     )
     .unwrap();
-    assert!(mcpod_output(&["validate", file.path().to_str().unwrap()]).status.success());
-    let output = mcpod_output(&["validate", "--target", "kubernetes", file.path().to_str().unwrap()]);
+    assert!(mcpod_output(&["validate", file.path().to_str().unwrap()])
+        .status
+        .success());
+    let output = mcpod_output(&[
+        "validate",
+        "--target",
+        "kubernetes",
+        file.path().to_str().unwrap(),
+    ]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("valueFromFile reads a file on a Podman host"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("valueFromFile reads a file on a Podman host"),
+        "{}",
+        stderr(&output)
+    );
     let output = mcpod_output(&["validate", "/nonexistent/dir"]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
 }
@@ -297,12 +388,24 @@ async fn connect_prints_client_configuration_for_the_servers_mcpod_serves() {
     .await
     .unwrap();
     assert!(vscode.status.success());
-    assert!(stderr(&vscode).contains(".vscode/mcp.json"), "where it goes: {}", stderr(&vscode));
+    assert!(
+        stderr(&vscode).contains(".vscode/mcp.json"),
+        "where it goes: {}",
+        stderr(&vscode)
+    );
     let config: Value = serde_json::from_str(&stdout(&vscode)).unwrap();
     let url = &mcpod.url;
-    assert_eq!(config["servers"]["alpha"]["url"], format!("{url}/servers/alpha/mcp"));
+    assert_eq!(
+        config["servers"]["alpha"]["url"],
+        format!("{url}/servers/alpha/mcp")
+    );
     assert_eq!(config["servers"]["beta"]["type"], "http");
-    assert!(code.contains(&format!("claude mcp add --transport http beta {url}/servers/beta/mcp")), "{code}");
+    assert!(
+        code.contains(&format!(
+            "claude mcp add --transport http beta {url}/servers/beta/mcp"
+        )),
+        "{code}"
+    );
     let cursor: Value = serde_json::from_str(&one).unwrap();
     assert_eq!(cursor["mcpServers"].as_object().unwrap().len(), 1);
 }
@@ -310,7 +413,10 @@ async fn connect_prints_client_configuration_for_the_servers_mcpod_serves() {
 #[test]
 fn completions_are_printed_for_each_shell() {
     let bash = mcpod_ok(&["completions", "bash"]);
-    assert!(bash.contains("complete -F _mcpod") && bash.contains("validate"), "{bash}");
+    assert!(
+        bash.contains("complete -F _mcpod") && bash.contains("validate"),
+        "{bash}"
+    );
     assert!(mcpod_ok(&["completions", "zsh"]).starts_with("#compdef mcpod"));
     assert!(mcpod_ok(&["completions", "fish"]).contains("complete -c mcpod"));
     assert_eq!(run_mcpod(&["completions", "tcsh"]).status.code(), Some(2));
@@ -335,12 +441,19 @@ fn logs_follow_prints_new_lines_across_a_rotation() {
     assert_eq!(lines.wait_for("the tail", |_| true), "old 2");
     let append = |path: &Path, text: &str| {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
         f.write_all(text.as_bytes()).unwrap();
     };
     append(&log, "new 1\n");
     assert_eq!(lines.wait_for("an appended line", |_| true), "new 1");
     std::fs::rename(&log, dir.join("srv.log.1")).unwrap();
     append(&log, "after rotation\n");
-    assert_eq!(lines.wait_for("a line of the new file", |_| true), "after rotation");
+    assert_eq!(
+        lines.wait_for("a line of the new file", |_| true),
+        "after rotation"
+    );
 }

@@ -217,13 +217,27 @@ async fn exported_pod_plays_next_to_a_running_mcpod_serving_the_same_server() {
         yaml: yaml_file.clone(),
         volume: format!("{name}-unused"),
     };
-    let (ok, out) = podman(&["kube", "play", "--network", "none", &yaml_file.display().to_string()]);
+    let (ok, out) = podman(&[
+        "kube",
+        "play",
+        "--network",
+        "none",
+        &yaml_file.display().to_string(),
+    ]);
     assert!(ok, "podman kube play next to mcpod failed: {out}");
     let (ok, pods) = podman(&["pod", "ps", "--format", "{{.Name}}"]);
-    assert!(ok && pods.lines().any(|p| p == format!("export-{name}")), "{pods}");
+    assert!(
+        ok && pods.lines().any(|p| p == format!("export-{name}")),
+        "{pods}"
+    );
     // mcpod's container is untouched and still serves.
     let (status, answer) = mcpod
-        .call_tool(&name, serde_json::json!(1), "echo", serde_json::json!({"text": "still here"}))
+        .call_tool(
+            &name,
+            serde_json::json!(1),
+            "echo",
+            serde_json::json!({"text": "still here"}),
+        )
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(common::text_of(&answer), "still here");

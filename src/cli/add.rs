@@ -71,8 +71,14 @@ pub struct AddArgs {
 /// What is built: a package of one ecosystem at a version (`None`: the newest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Package {
-    Npm { name: String, version: Option<String> },
-    Pypi { name: String, version: Option<String> },
+    Npm {
+        name: String,
+        version: Option<String>,
+    },
+    Pypi {
+        name: String,
+        version: Option<String>,
+    },
 }
 
 impl Package {
@@ -88,7 +94,9 @@ impl Package {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "@/._-".contains(c));
         if !valid || version == Some("") {
-            return Err(CliError::Usage(format!("--npm {spec}: expected PKG or PKG@VERSION")));
+            return Err(CliError::Usage(format!(
+                "--npm {spec}: expected PKG or PKG@VERSION"
+            )));
         }
         Ok(Package::Npm {
             name: name.to_string(),
@@ -106,7 +114,9 @@ impl Package {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._-[]".contains(c));
         if !valid || version == Some("") {
-            return Err(CliError::Usage(format!("--pypi {spec}: expected PKG or PKG==VERSION")));
+            return Err(CliError::Usage(format!(
+                "--pypi {spec}: expected PKG or PKG==VERSION"
+            )));
         }
         Ok(Package::Pypi {
             name: name.to_string(),
@@ -124,8 +134,12 @@ impl Package {
     /// The request as typed, which decides whether a recorded resolution still holds.
     fn request(&self) -> String {
         match self {
-            Package::Npm { name, version } => format!("npm {name}@{}", version.as_deref().unwrap_or("latest")),
-            Package::Pypi { name, version } => format!("pypi {name}=={}", version.as_deref().unwrap_or("latest")),
+            Package::Npm { name, version } => {
+                format!("npm {name}@{}", version.as_deref().unwrap_or("latest"))
+            }
+            Package::Pypi { name, version } => {
+                format!("pypi {name}=={}", version.as_deref().unwrap_or("latest"))
+            }
         }
     }
 }
@@ -181,9 +195,19 @@ pub async fn run(args: AddArgs, data_dir: &Path) -> CliResult {
             );
             (image, note)
         }
-        None => (args.image.clone().expect("clap requires a source"), String::new()),
+        None => (
+            args.image.clone().expect("clap requires a source"),
+            String::new(),
+        ),
     };
-    let yaml = manifest_yaml(&args.name, &image, &note, &args.args, args.network, package.is_some());
+    let yaml = manifest_yaml(
+        &args.name,
+        &image,
+        &note,
+        &args.args,
+        args.network,
+        package.is_some(),
+    );
     // Written whole, then renamed: the watching mcpod never reads half a file.
     let temporary = args.manifests.join(format!(".{}.yaml.tmp", args.name));
     std::fs::write(&temporary, &yaml).map_err(|source| mcpod::Error::Io {
@@ -353,11 +377,18 @@ impl Builder {
             None => {
                 let progress = Progress::start(&format!("resolving {}", package.request()));
                 let resolved = self.resolve(package)?;
-                progress.finish(&format!("resolved {} {}", package.label(), resolved.version));
+                progress.finish(&format!(
+                    "resolved {} {}",
+                    package.label(),
+                    resolved.version
+                ));
                 resolved
             }
         };
-        self.write_file("Containerfile", &containerfile(&self.name, package, &resolved))?;
+        self.write_file(
+            "Containerfile",
+            &containerfile(&self.name, package, &resolved),
+        )?;
         let hash = self.context_hash(&base_ids)?;
         let image = format!("{PREFIX}/{}:{}", self.name, tag_of(&resolved.version));
         if image_label(&image, "mcpod.dev/build-hash").as_deref() == Some(hash.as_str()) {
@@ -402,7 +433,12 @@ impl Builder {
     /// Runs the ecosystem's installer once in the builder image (network needed)
     /// to pin every dependency, and finds the program the package installs.
     fn resolve(&self, package: &Package) -> CliResult<Resolved> {
-        for stale in ["package.json", "package-lock.json", "constraints.txt", "entrypoints.json"] {
+        for stale in [
+            "package.json",
+            "package-lock.json",
+            "constraints.txt",
+            "entrypoints.json",
+        ] {
             let _ = std::fs::remove_file(self.dir.join(stale));
         }
         let resolved = match package {
@@ -482,7 +518,12 @@ impl Builder {
     fn context_hash(&self, base_ids: &[String]) -> CliResult<String> {
         let mut hasher = Sha256::new();
         hasher.update(b"mcpod-add v1\n");
-        for file in ["Containerfile", "package.json", "package-lock.json", "constraints.txt"] {
+        for file in [
+            "Containerfile",
+            "package.json",
+            "package-lock.json",
+            "constraints.txt",
+        ] {
             if let Ok(bytes) = std::fs::read(self.dir.join(file)) {
                 hasher.update(file.as_bytes());
                 hasher.update(Sha256::digest(&bytes));
@@ -491,7 +532,10 @@ impl Builder {
         for id in base_ids {
             hasher.update(id.as_bytes());
         }
-        Ok(hasher.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect())
+        Ok(hasher.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
     }
 }
 
@@ -514,7 +558,10 @@ fn npm_resolution(dir: &Path, name: &str) -> CliResult<Resolved> {
             "{name} {version} declares no program (`bin` in its package.json): it is a library, not a server"
         ))
     })?;
-    let script = format!("/opt/mcpod/app/node_modules/{name}/{}", bin.trim_start_matches("./"));
+    let script = format!(
+        "/opt/mcpod/app/node_modules/{name}/{}",
+        bin.trim_start_matches("./")
+    );
     Ok(Resolved {
         version: version.to_string(),
         entrypoint: vec!["node".into(), script],
@@ -610,7 +657,13 @@ fn containerfile(name: &str, package: &Package, resolved: &Resolved) -> String {
 fn tag_of(version: &str) -> String {
     version
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -650,14 +703,21 @@ fn run_logged(mut command: Command, log: &Path, what: &str) -> CliResult {
         })?)
         .stderr(file)
         .status()
-        .map_err(|e| CliError::Build(format!("{what}: cannot run podman: {e} (is podman installed?)")))?;
+        .map_err(|e| {
+            CliError::Build(format!(
+                "{what}: cannot run podman: {e} (is podman installed?)"
+            ))
+        })?;
     if status.success() {
         return Ok(());
     }
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let tail: Vec<&str> = text.lines().rev().take(30).collect();
     let tail: Vec<&str> = tail.into_iter().rev().collect();
-    let hint = if text.contains("CERTIFICATE_VERIFY_FAILED") || text.contains("SELF_SIGNED_CERT") || text.contains("self-signed certificate") {
+    let hint = if text.contains("CERTIFICATE_VERIFY_FAILED")
+        || text.contains("SELF_SIGNED_CERT")
+        || text.contains("self-signed certificate")
+    {
         "\nhint: TLS verification failed; behind a TLS-intercepting proxy set MCPOD_CA_BUNDLE (or --ca-bundle)"
     } else {
         ""
@@ -678,30 +738,55 @@ mod tests {
     fn package_specs_split_name_and_version() {
         assert_eq!(
             Package::npm("@modelcontextprotocol/server-github@2025.4.8").unwrap(),
-            Package::Npm { name: "@modelcontextprotocol/server-github".into(), version: Some("2025.4.8".into()) }
+            Package::Npm {
+                name: "@modelcontextprotocol/server-github".into(),
+                version: Some("2025.4.8".into())
+            }
         );
         assert_eq!(
             Package::npm("@scope/pkg").unwrap(),
-            Package::Npm { name: "@scope/pkg".into(), version: None }
+            Package::Npm {
+                name: "@scope/pkg".into(),
+                version: None
+            }
         );
         assert_eq!(
             Package::npm("pkg@1").unwrap(),
-            Package::Npm { name: "pkg".into(), version: Some("1".into()) }
+            Package::Npm {
+                name: "pkg".into(),
+                version: Some("1".into())
+            }
         );
         assert!(Package::npm("pkg@").is_err());
         assert!(Package::npm("pkg; rm -rf /").is_err());
         assert_eq!(
             Package::pypi("mcp-server-calculator==0.2.1").unwrap(),
-            Package::Pypi { name: "mcp-server-calculator".into(), version: Some("0.2.1".into()) }
+            Package::Pypi {
+                name: "mcp-server-calculator".into(),
+                version: Some("0.2.1".into())
+            }
         );
         assert!(Package::pypi("x'y").is_err());
     }
 
     #[test]
     fn the_written_manifest_is_valid_and_strict() {
-        let yaml = manifest_yaml("calc", "localhost/mcpod/calc:0.2.1", "# note\n", &["--x".into()], false, true);
+        let yaml = manifest_yaml(
+            "calc",
+            "localhost/mcpod/calc:0.2.1",
+            "# note\n",
+            &["--x".into()],
+            false,
+            true,
+        );
         let servers = mcpod::manifests::parse(&yaml).unwrap();
-        let workload = Workload::resolve("calc", &servers[0].spec, &Defaults::default(), Target::Podman).unwrap();
+        let workload = Workload::resolve(
+            "calc",
+            &servers[0].spec,
+            &Defaults::default(),
+            Target::Podman,
+        )
+        .unwrap();
         assert_eq!(workload.image, "localhost/mcpod/calc:0.2.1");
         assert_eq!(workload.args, ["--x"]);
         assert_eq!(workload.network, mcpod::crd::NetworkMode::None);
@@ -714,10 +799,16 @@ mod tests {
     #[test]
     fn the_program_is_the_only_bin_or_the_one_named_like_the_package() {
         let one = serde_json::json!({"mcp-server-github": "dist/index.js"});
-        assert_eq!(pick_bin("@modelcontextprotocol/server-github", &one).as_deref(), Some("dist/index.js"));
+        assert_eq!(
+            pick_bin("@modelcontextprotocol/server-github", &one).as_deref(),
+            Some("dist/index.js")
+        );
         let two = serde_json::json!({"helper": "a.js", "server-x": "b.js"});
         assert_eq!(pick_bin("@s/server-x", &two).as_deref(), Some("b.js"));
-        assert_eq!(pick_bin("x", &serde_json::json!("cli.js")).as_deref(), Some("cli.js"));
+        assert_eq!(
+            pick_bin("x", &serde_json::json!("cli.js")).as_deref(),
+            Some("cli.js")
+        );
         assert_eq!(pick_bin("x", &Value::Null), None);
         assert_eq!(tag_of("1.0.0+build.5"), "1.0.0-build.5");
     }

@@ -38,7 +38,10 @@ pub async fn run(args: ConnectArgs) -> CliResult {
         None => server_names(&api).await?,
     };
     if names.is_empty() {
-        return Err(CliError::Api(format!("{} serves no MCP server", api.base())));
+        return Err(CliError::Api(format!(
+            "{} serves no MCP server",
+            api.base()
+        )));
     }
     let snippet = snippet(args.client, &api, &names);
     eprintln!("{}", snippet.place);
@@ -129,13 +132,18 @@ mod tests {
     #[test]
     fn json_snippets_point_every_server_at_its_mcp_url() {
         let api = Api::new("http://127.0.0.1:8080").unwrap();
-        let vscode: Value = serde_json::from_str(&snippet(Client::VsCode, &api, &names()).text).unwrap();
+        let vscode: Value =
+            serde_json::from_str(&snippet(Client::VsCode, &api, &names()).text).unwrap();
         assert_eq!(
             vscode["servers"]["memory"],
             json!({"type": "http", "url": "http://127.0.0.1:8080/servers/memory/mcp"})
         );
-        let cursor: Value = serde_json::from_str(&snippet(Client::Cursor, &api, &names()).text).unwrap();
-        assert_eq!(cursor["mcpServers"]["time"]["url"], "http://127.0.0.1:8080/servers/time/mcp");
+        let cursor: Value =
+            serde_json::from_str(&snippet(Client::Cursor, &api, &names()).text).unwrap();
+        assert_eq!(
+            cursor["mcpServers"]["time"]["url"],
+            "http://127.0.0.1:8080/servers/time/mcp"
+        );
         let desktop: Value =
             serde_json::from_str(&snippet(Client::ClaudeDesktop, &api, &names()).text).unwrap();
         assert_eq!(
@@ -154,6 +162,7 @@ mod tests {
              claude mcp add --transport http memory http://10.0.0.5:8080/servers/memory/mcp\n"
         );
         let inspector = snippet(Client::Inspector, &api, &names()[..1]).text;
-        assert!(inspector.ends_with("--cli http://10.0.0.5:8080/servers/time/mcp --method tools/list\n"));
+        assert!(inspector
+            .ends_with("--cli http://10.0.0.5:8080/servers/time/mcp --method tools/list\n"));
     }
 }

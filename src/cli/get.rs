@@ -285,7 +285,16 @@ mod tests {
         let row = row(&server, at("2026-01-01T10:01:30Z"), false);
         assert_eq!(
             row,
-            ["time", "running", "localhost/mcpod/time:latest", "2", "1m30s ago", "3m30s", "1", ""]
+            [
+                "time",
+                "running",
+                "localhost/mcpod/time:latest",
+                "2",
+                "1m30s ago",
+                "3m30s",
+                "1",
+                ""
+            ]
         );
         let busy = json!({"status": "running", "idleTimeoutSeconds": 300, "inFlight": 1,
             "lastActivity": "2026-01-01T10:00:00Z"});

@@ -72,15 +72,19 @@ fn load(path: &Path) -> CliResult<Manifests> {
     }
     let mut result = Manifests::default();
     match manifests::load_file(path) {
-        Ok(servers) => result.servers = servers
-            .into_iter()
-            .map(|server| Loaded {
-                file: path.to_path_buf(),
-                server,
-            })
-            .collect(),
+        Ok(servers) => {
+            result.servers = servers
+                .into_iter()
+                .map(|server| Loaded {
+                    file: path.to_path_buf(),
+                    server,
+                })
+                .collect()
+        }
         Err(e) => {
-            result.broken_files.insert(path.to_path_buf(), e.to_string());
+            result
+                .broken_files
+                .insert(path.to_path_buf(), e.to_string());
         }
     }
     Ok(result)
