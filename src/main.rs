@@ -464,6 +464,17 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
     })?;
     info!(%address, servers = reconciler.servers().len(), "router listening");
     println!("mcpod listening on http://{address}");
+    // The URLs MCP clients recognise as Streamable HTTP (`mcpod connect` prints them as
+    // config). Errors ignored: whoever started mcpod may have read only the line above and
+    // closed the pipe, which must not stop mcpod.
+    for server in reconciler.servers() {
+        use std::io::Write;
+        let name = server.status().name;
+        let _ = writeln!(
+            std::io::stdout(),
+            "  {name}: http://{address}/servers/{name}/mcp"
+        );
+    }
     let routes = router::routes(
         reconciler.clone(),
         RouterConfig {
