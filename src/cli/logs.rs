@@ -4,7 +4,7 @@
 //! for: a server declared a moment ago has written nothing.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
@@ -28,10 +28,20 @@ pub fn follow(path: &Path, tail: usize) -> CliResult {
         let inode = file.metadata().map(|m| m.ino()).unwrap_or(0);
         let mut reader = BufReader::new(file);
         if !printed_tail {
-            for line in mcpod::logs::tail_file(path, tail) {
-                let _ = writeln!(stdout.lock(), "{line}");
+            // The tail is taken from what this read sees, and following goes on
+            // from exactly there: a line written meanwhile is neither lost nor doubled.
+            let mut text = String::new();
+            let _ = reader.read_to_string(&mut text);
+            let complete = text.rfind('\n').map_or(0, |i| i + 1);
+            let lines: Vec<&str> = text[..complete].lines().collect();
+            let mut out = stdout.lock();
+            for line in &lines[lines.len().saturating_sub(tail)..] {
+                let _ = writeln!(out, "{line}");
             }
-            let _ = reader.seek(SeekFrom::End(0));
+            let _ = out.flush();
+            drop(out);
+            // A partial last line is printed once it is complete.
+            let _ = reader.seek(SeekFrom::Start(complete as u64));
             printed_tail = true;
         }
         copy_appended(&mut reader, path, inode, &stdout);
