@@ -177,6 +177,16 @@ fn add_refuses_to_replace_a_manifest_and_bad_package_specs() {
     let output = run(&["Bad_Name", "--image", "x", "--no-start"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a valid name"));
+    // A name another file declares would be a duplicate.
+    std::fs::write(
+        dir.path().join("more.yaml"),
+        "apiVersion: mcpod.dev/v1alpha1\nkind: MCPServer\nmetadata: {name: taken}\nspec: {image: x}\n",
+    )
+    .unwrap();
+    let output = run(&["taken", "--image", "x", "--no-start"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("already declares an MCPServer named taken"));
     // --image writes a manifest without building anything.
     let output = run(&[
         "img",

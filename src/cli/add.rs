@@ -167,6 +167,17 @@ pub async fn run(args: AddArgs, data_dir: &Path) -> CliResult {
             args.manifests.display()
         )));
     }
+    // Another file declaring NAME would make the new one a duplicate that `serve` refuses.
+    let declared = mcpod::manifests::load_dir(&args.manifests)?;
+    if let Some(other) = declared.servers.iter().find(|l| {
+        l.server.metadata.name.as_deref() == Some(args.name.as_str()) && l.file != yaml_file
+    }) {
+        return Err(CliError::Usage(format!(
+            "{} already declares an MCPServer named {}: pick another name",
+            other.file.display(),
+            args.name
+        )));
+    }
     let package = match (&args.npm, &args.pypi) {
         (Some(spec), _) => Some(Package::npm(spec)?),
         (_, Some(spec)) => Some(Package::pypi(spec)?),
