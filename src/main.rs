@@ -16,6 +16,8 @@ use mcpod::server::Settings;
 use mcpod::workload::Defaults;
 use mcpod::{crd, duration, shutdown_signal};
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "mcpod",
@@ -45,18 +47,48 @@ enum Command {
     Backup(Box<BackupArgs>),
     /// Restore what `mcpod backup` saved (refuses to replace anything unless --force).
     Restore(Box<RestoreArgs>),
+    /// Show the servers of a running mcpod, like `kubectl get` (`-o json|yaml`, `-w` to watch).
+    #[command(visible_alias = "status")]
+    Get(Box<cli::get::GetArgs>),
+    /// Check MCPServer manifests offline, with the errors `serve` gives; exit status 1 if invalid.
+    Validate(Box<ValidateArgs>),
+    /// Print the configuration snippet that points an MCP client at mcpod's servers.
+    Connect(Box<cli::connect::ConnectArgs>),
+    /// Add an npm or PyPI MCP server (or an image): build it, write its YAML, start it.
+    Add(Box<cli::add::AddArgs>),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    /// Manifest directories (as `serve --manifests` reads them) or YAML files.
+    #[arg(required = true, value_parser = cli::paths::absolute_path)]
+    paths: Vec<PathBuf>,
+    /// Check for Podman hosts (`serve`) or for Kubernetes (the operator).
+    #[arg(long, value_enum, default_value = "podman")]
+    target: cli::validate::ValidateTarget,
+    #[command(flatten)]
+    defaults: DefaultsArgs,
+}
+
+#[derive(Args)]
+struct CompletionsArgs {
+    /// The shell, e.g. `mcpod completions bash > /etc/bash_completion.d/mcpod`.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
 }
 
 #[derive(Args)]
 struct BackupArgs {
     /// The data directory to save (`serve --data-dir`).
-    #[arg(long, env = "MCPOD_DATA_DIR")]
+    #[arg(long, env = "MCPOD_DATA_DIR", value_parser = cli::paths::absolute_path)]
     data_dir: PathBuf,
     /// The MCPServer manifests directory to save (`serve --manifests`).
-    #[arg(long, env = "MCPOD_MANIFESTS")]
+    #[arg(long, env = "MCPOD_MANIFESTS", value_parser = cli::paths::absolute_path)]
     manifests: PathBuf,
     /// The archive to write (.tar.gz).
-    #[arg(long)]
+    #[arg(long, value_parser = cli::paths::absolute_path)]
     output: PathBuf,
     /// Replace the archive if it exists.
     #[arg(long)]
@@ -69,13 +101,13 @@ struct BackupArgs {
 #[derive(Args)]
 struct RestoreArgs {
     /// The archive `mcpod backup` wrote.
-    #[arg(long)]
+    #[arg(long, value_parser = cli::paths::absolute_path)]
     input: PathBuf,
     /// Where to restore the data directory.
-    #[arg(long, env = "MCPOD_DATA_DIR")]
+    #[arg(long, env = "MCPOD_DATA_DIR", value_parser = cli::paths::absolute_path)]
     data_dir: PathBuf,
     /// Where to restore the manifests.
-    #[arg(long, env = "MCPOD_MANIFESTS")]
+    #[arg(long, env = "MCPOD_MANIFESTS", value_parser = cli::paths::absolute_path)]
     manifests: PathBuf,
     /// Replace existing files and import into existing volumes.
     #[arg(long)]
@@ -213,7 +245,7 @@ struct ExportArgs {
     /// The MCPServer to export.
     name: String,
     /// Directory of MCPServer YAML files.
-    #[arg(long, env = "MCPOD_MANIFESTS", default_value = "examples")]
+    #[arg(long, env = "MCPOD_MANIFESTS", default_value = "examples", value_parser = cli::paths::absolute_path)]
     manifests: PathBuf,
     #[command(flatten)]
     defaults: DefaultsArgs,
@@ -224,7 +256,7 @@ struct ServeArgs {
     #[command(flatten)]
     defaults: DefaultsArgs,
     /// Directory of MCPServer YAML files; watched for changes.
-    #[arg(long, env = "MCPOD_MANIFESTS", default_value = "examples")]
+    #[arg(long, env = "MCPOD_MANIFESTS", default_value = "examples", value_parser = cli::paths::absolute_path)]
     manifests: PathBuf,
     /// Address the HTTP router listens on.
     #[arg(long, env = "MCPOD_LISTEN", default_value = "127.0.0.1:8080")]
@@ -233,7 +265,7 @@ struct ServeArgs {
     #[arg(long, env = "MCPOD_INSTANCE", default_value = "default")]
     instance: String,
     /// Where mcpod keeps its state (and the Podman socket it starts, if any).
-    #[arg(long, env = "MCPOD_DATA_DIR")]
+    #[arg(long, env = "MCPOD_DATA_DIR", value_parser = cli::paths::absolute_path)]
     data_dir: Option<PathBuf>,
     /// Largest HTTP request body accepted.
     #[arg(long, env = "MCPOD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
@@ -348,11 +380,14 @@ struct LogsArgs {
     /// The MCPServer's name.
     name: String,
     /// The data dir `mcpod serve` uses.
-    #[arg(long, env = "MCPOD_DATA_DIR")]
+    #[arg(long, env = "MCPOD_DATA_DIR", value_parser = cli::paths::absolute_path)]
     data_dir: Option<PathBuf>,
     /// How many of the last lines to print.
     #[arg(long, default_value_t = 100)]
     tail: usize,
+    /// Keep printing lines as they are written (across rotations), until interrupted.
+    #[arg(short = 'f', long)]
+    follow: bool,
 }
 
 fn data_dir_of(args: &ServeArgs) -> PathBuf {
@@ -400,6 +435,9 @@ fn show_logs(args: &LogsArgs) -> mcpod::Result<()> {
     let path = dir
         .join("logs/containers")
         .join(format!("{}.log", args.name));
+    if args.follow {
+        return cli::finish(cli::logs::follow(&path, args.tail));
+    }
     if !path.exists() {
         return Err(mcpod::Error::Io {
             path,
@@ -444,6 +482,27 @@ async fn main() {
         Command::Export(args) => kube_cli::export(&args),
         Command::Backup(args) => backup_cli::backup(&args),
         Command::Restore(args) => backup_cli::restore(&args),
+        Command::Get(args) => cli::finish(cli::get::run(*args).await),
+        Command::Validate(args) => cli::finish(cli::validate::run(
+            &args.paths,
+            &args.defaults.defaults(),
+            args.target,
+        )),
+        Command::Connect(args) => cli::finish(cli::connect::run(*args).await),
+        Command::Add(args) => {
+            let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+            cli::finish(cli::add::run(*args, &data_dir).await)
+        }
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "mcpod",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     };
     if let Err(e) = result {
         error!("{e}");
@@ -460,7 +519,8 @@ fn default_data_dir() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."));
-    base.join("mcpod")
+    // Absolute like every path option (see cli::paths), whatever XDG_DATA_HOME holds.
+    std::path::absolute(base.join("mcpod")).unwrap_or_else(|_| base.join("mcpod"))
 }
 
 fn nix_is_root() -> bool {
@@ -521,6 +581,17 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
     })?;
     info!(%address, servers = reconciler.servers().len(), "router listening");
     println!("mcpod listening on http://{address}");
+    // The URLs MCP clients recognise as Streamable HTTP (`mcpod connect` prints them as
+    // config). Errors ignored: whoever started mcpod may have read only the line above and
+    // closed the pipe, which must not stop mcpod.
+    for server in reconciler.servers() {
+        use std::io::Write;
+        let name = server.status().name;
+        let _ = writeln!(
+            std::io::stdout(),
+            "  {name}: http://{address}/servers/{name}/mcp"
+        );
+    }
     let routes = router::routes(
         reconciler.clone(),
         RouterConfig {

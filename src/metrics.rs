@@ -181,6 +181,7 @@ mod tests {
             requests: 10,
             request_failures: 1,
             oom_kills: 0,
+            idle_timeout_seconds: Some(300),
         }
     }
 }

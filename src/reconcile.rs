@@ -33,13 +33,36 @@ pub struct Reconciler {
     vanishing: RwLock<BTreeMap<String, Instant>>,
 }
 
-/// How long a server's manifest file must stay gone (or empty) before the
-/// server is removed, unless `Settings::removal_debounce` says otherwise.
-pub const REMOVAL_DEBOUNCE: Duration = Duration::from_secs(5);
+pub use crate::server::REMOVAL_DEBOUNCE;
 
 struct Entry {
     server: Arc<Server>,
     file: PathBuf,
+}
+
+/// A declared server's workload, or the problem `apply` reports for it (the
+/// file and what is wrong).
+pub fn resolve_declared(
+    loaded: &manifests::Loaded,
+    defaults: &Defaults,
+    target: Target,
+) -> Result<Workload, String> {
+    let name = loaded.server.metadata.name.clone().unwrap_or_default();
+    Workload::resolve(&name, &loaded.server.spec, defaults, target)
+        .map_err(|e| format!("{}: {e}", loaded.file.display()))
+}
+
+/// Every problem `apply` would report for `manifests`, in the same words,
+/// without running anything: what `mcpod validate` checks.
+pub fn problems_in(manifests: &Manifests, defaults: &Defaults, target: Target) -> Vec<String> {
+    let mut problems: Vec<String> = manifests.broken_files.values().cloned().collect();
+    problems.extend(
+        manifests
+            .servers
+            .iter()
+            .filter_map(|loaded| resolve_declared(loaded, defaults, target).err()),
+    );
+    problems
 }
 
 impl Reconciler {
@@ -128,21 +151,19 @@ impl Reconciler {
             let name = loaded.server.metadata.name.clone().unwrap_or_default();
             let (key, runtime_key) = self.keys_of(&loaded.server, &name);
             declared.insert(key.clone());
-            let workload =
-                match Workload::resolve(&name, &loaded.server.spec, &self.defaults, self.target) {
-                    Ok(mut workload) => {
-                        if self.target == Target::Kubernetes {
-                            workload.timeouts.idle = None; // the operator's decision
-                        }
-                        workload
+            let workload = match resolve_declared(&loaded, &self.defaults, self.target) {
+                Ok(mut workload) => {
+                    if self.target == Target::Kubernetes {
+                        workload.timeouts.idle = None; // the operator's decision
                     }
-                    Err(e) => {
-                        let problem = format!("{}: {e}", loaded.file.display());
-                        error!("{problem}");
-                        problems.push(problem);
-                        continue;
-                    }
-                };
+                    workload
+                }
+                Err(problem) => {
+                    error!("{problem}");
+                    problems.push(problem);
+                    continue;
+                }
+            };
             let existing = self.server(&key);
             if existing.is_some() {
                 // A declaration moved to another file: that file owns it now.

@@ -26,6 +26,10 @@ use crate::mcp::version;
 use crate::runtime::Runtime;
 use crate::workload::Workload;
 
+/// How long a server's manifest file must stay gone (or empty) before the
+/// server is removed, by default.
+pub const REMOVAL_DEBOUNCE: Duration = Duration::from_secs(5);
+
 /// Settings shared by every server of one mcpod.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -52,7 +56,7 @@ impl Default for Settings {
             idle_check_interval: Duration::from_millis(500),
             session_ttl: Duration::from_secs(3600),
             log_dir: None,
-            removal_debounce: crate::reconcile::REMOVAL_DEBOUNCE,
+            removal_debounce: REMOVAL_DEBOUNCE,
         }
     }
 }
@@ -109,6 +113,9 @@ pub struct Status {
     pub request_failures: u64,
     /// Times the container was killed for exceeding its memory limit.
     pub oom_kills: u64,
+    /// The idle time after which the server is stopped (`None`: never, or the
+    /// operator decides); with `lastActivity`, what `mcpod get` counts down.
+    pub idle_timeout_seconds: Option<u64>,
 }
 
 pub struct Server {
@@ -205,6 +212,7 @@ impl Server {
             requests: 0,
             request_failures: 0,
             oom_kills: 0,
+            idle_timeout_seconds: None,
         };
         let log = Arc::new(ServerLog::open(settings.log_dir.as_deref(), key));
         let server = Arc::new(Server {
@@ -247,6 +255,7 @@ impl Server {
     pub fn status(&self) -> Status {
         let mut status = self.status.lock().unwrap().clone();
         status.in_flight = self.in_flight.load(Ordering::SeqCst);
+        status.idle_timeout_seconds = self.workload().timeouts.idle.map(|d| d.as_secs());
         let isolated = self.isolated.lock().unwrap();
         status.isolated_instances = isolated.len();
         status.sessions =

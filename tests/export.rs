@@ -4,6 +4,8 @@
 //! volumes the MCPServer asked for. Needs Podman and the fixture image
 //! (`make test-images`); cleans up after itself, even when an assertion fails.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -102,7 +104,7 @@ fn exported_pod_runs_under_podman_kube_play_with_its_limits_and_hardening() {
     ]);
     assert!(ok, "podman kube play failed: {out}");
 
-    let container = format!("mcpod-{name}-server");
+    let container = format!("export-{name}-server");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, logs) = podman(&["logs", &container]);
@@ -182,4 +184,76 @@ fn export_names_the_servers_it_knows_when_asked_for_another() {
         stderr.contains("no MCPServer named 'unknown' (found: known)"),
         "{stderr}"
     );
+}
+
+/// The case: `mcpod export time > time.yaml && podman kube play time.yaml`
+/// on a host where mcpod has run `time` failed with "name mcpod-time is in use".
+/// Here a running mcpod serves the server (its container started), a stopped
+/// container holds the name the default instance gives it (`mcpod-<name>`),
+/// and the exported pod still plays, next to both.
+#[tokio::test(flavor = "multi_thread")]
+async fn exported_pod_plays_next_to_a_running_mcpod_serving_the_same_server() {
+    let name = format!("side-{}", std::process::id());
+    let spec = "env: [{name: FAKE_MODE, value: stubborn}]\nimagePullPolicy: Never";
+    let mcpod = common::Mcpod::start(
+        &[("s.yaml", common::manifest(&name, FIXTURE_IMAGE, spec))],
+        &[],
+    );
+    let (status, _) = mcpod.post(&format!("/servers/{name}/start")).await;
+    assert_eq!(status, 200, "mcpod started its container");
+    let served = mcpod.container(&name);
+    assert!(common::inspect(&served).is_some());
+    // What `mcpod serve` with the default instance names the same server's container.
+    let default_name = format!("mcpod-{name}");
+    let _default = Container(default_name.clone());
+    let (ok, out) = podman(&["create", "--name", &default_name, FIXTURE_IMAGE]);
+    assert!(ok, "{out}");
+
+    let yaml = tokio::task::spawn_blocking({
+        let dir = mcpod.manifests.path().to_path_buf();
+        let name = name.clone();
+        move || export(&dir, &name, &dir)
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml_file = dir.path().join("pod.yaml");
+    std::fs::write(&yaml_file, &yaml).unwrap();
+    let _played = Played {
+        yaml: yaml_file.clone(),
+        volume: format!("{name}-unused"),
+    };
+    let (ok, out) = podman(&[
+        "kube",
+        "play",
+        "--network",
+        "none",
+        &yaml_file.display().to_string(),
+    ]);
+    assert!(ok, "podman kube play next to mcpod failed: {out}");
+    let (ok, pods) = podman(&["pod", "ps", "--format", "{{.Name}}"]);
+    assert!(
+        ok && pods.lines().any(|p| p == format!("export-{name}")),
+        "{pods}"
+    );
+    // mcpod's container is untouched and still serves.
+    let (status, answer) = mcpod
+        .call_tool(
+            &name,
+            serde_json::json!(1),
+            "echo",
+            serde_json::json!({"text": "still here"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(common::text_of(&answer), "still here");
+}
+
+/// Removes a container the test made, however the test ends.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = podman(&["rm", "-f", "-t", "0", &self.0]);
+    }
 }

@@ -147,8 +147,11 @@ fn kube_export_is_the_same_pod_without_cluster_fields() {
     let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(&text).unwrap();
     assert_eq!(pod.metadata.namespace, None);
     assert_eq!(pod.metadata.owner_references, None);
+    // Named apart from mcpod's own containers (`mcpod-…`), so it plays next to them.
+    assert_eq!(pod.metadata.name.as_deref(), Some("export-time"));
     let mut in_cluster = pod_for(&w, None, None);
     in_cluster.metadata.namespace = None;
+    in_cluster.metadata.name = Some("export-time".into());
     assert_eq!(pod, in_cluster);
 }
 

@@ -332,10 +332,20 @@ pub fn network_policy_for(
     }
 }
 
+/// The name of an exported pod: `export-<name>`. Every name mcpod gives a
+/// Podman container starts with `mcpod-` (`mcpod-<name>`, `mcpod-<instance>-<name>`,
+/// session containers), so an exported pod and `podman kube play`'s container
+/// in it (`export-<name>-server`) can be played next to a running mcpod: Podman
+/// pods and containers share one set of names.
+pub fn export_pod_name(server: &str) -> String {
+    format!("export-{server}")
+}
+
 /// The pod as YAML for `podman kube play`, with a header saying what differs
 /// from a Kubernetes run.
 pub fn export_yaml(workload: &Workload) -> crate::Result<String> {
-    let pod = pod_for(workload, None, None);
+    let mut pod = pod_for(workload, None, None);
+    pod.metadata.name = Some(export_pod_name(&workload.name));
     let yaml = serde_yaml::to_string(&pod)
         .map_err(|e| crate::Error::Runtime(format!("cannot render pod YAML: {e}")))?;
     let network = match workload.network {

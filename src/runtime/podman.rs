@@ -871,6 +871,12 @@ async fn answers(socket: &Path) -> bool {
 }
 
 async fn start_service(run_dir: &Path) -> Result<OwnedService> {
+    // The socket becomes a `unix://PATH` URL, where a relative path would read
+    // as a host name: the service would never answer.
+    let run_dir = &std::path::absolute(run_dir).map_err(|source| Error::Io {
+        path: run_dir.to_path_buf(),
+        source,
+    })?;
     std::fs::create_dir_all(run_dir).map_err(|source| Error::Io {
         path: run_dir.to_path_buf(),
         source,
