@@ -18,6 +18,7 @@ pub mod error;
 pub mod forward;
 pub mod jsonrpc;
 pub mod leader;
+pub mod listener;
 pub mod logs;
 pub mod manifests;
 pub mod metrics;
