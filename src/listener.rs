@@ -486,8 +486,8 @@ impl Activity {
             },
             _ => Phase::Busy { requests: 1 },
         };
-        drop(phase);
-        self.changed.notify_one();
+        // No wake-up: a watcher that sleeps until an old deadline finds no
+        // deadline when it wakes, and sleeps on.
         Answering(self.clone())
     }
 
@@ -749,5 +749,73 @@ impl Body for TimedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    fn limits() -> Limits {
+        Limits {
+            header_timeout: Some(Duration::from_secs(1)),
+            keep_alive_timeout: Some(Duration::from_secs(5)),
+            body_timeout: None,
+            max_connections: 1,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_runs_out_of_header_or_keep_alive_time_but_never_while_answering() {
+        let limits = limits();
+        let activity = Arc::new(Activity::new());
+        advance(Duration::from_millis(999)).await;
+        assert!(activity.expired(&limits).is_none());
+        // More bytes of the same headers do not buy time.
+        activity.bytes_read();
+        advance(Duration::from_millis(1)).await;
+        assert!(matches!(activity.expired(&limits), Some(Expired::Header)));
+
+        let answering = activity.request_started();
+        assert_eq!(activity.deadline(&limits), None);
+        advance(Duration::from_secs(3600)).await;
+        assert!(activity.expired(&limits).is_none(), "a long SSE answer");
+
+        drop(answering);
+        advance(Duration::from_secs(4)).await;
+        assert!(activity.expired(&limits).is_none());
+        // The next request's first byte: its headers have the header timeout.
+        activity.bytes_read();
+        advance(Duration::from_millis(999)).await;
+        assert!(activity.expired(&limits).is_none());
+        advance(Duration::from_millis(1)).await;
+        assert!(matches!(activity.expired(&limits), Some(Expired::Header)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_runs_out_of_keep_alive_time() {
+        let limits = limits();
+        let activity = Arc::new(Activity::new());
+        drop(activity.request_started());
+        advance(Duration::from_millis(4999)).await;
+        assert!(activity.expired(&limits).is_none());
+        advance(Duration::from_millis(1)).await;
+        assert!(matches!(activity.expired(&limits), Some(Expired::Idle)));
+        let off = Limits {
+            keep_alive_timeout: None,
+            ..limits
+        };
+        assert!(activity.expired(&off).is_none(), "0 disables it");
+    }
+
+    #[test]
+    fn a_burst_is_reported_at_its_start_and_counted_at_its_end() {
+        let mut burst = Burst::default();
+        assert_eq!(burst.end(), None);
+        assert!(burst.begin());
+        assert!(!burst.begin());
+        assert_eq!(burst.end(), Some(2));
+        assert!(burst.begin());
     }
 }
