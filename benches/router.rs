@@ -291,7 +291,10 @@ async fn session_path(mcpod: &Mcpod) -> Vec<Duration> {
             .unwrap()
             .starts_with("text/event-stream");
         let text = response.text().await.unwrap();
-        assert!(sse, "a session request accepting SSE is answered as SSE: {text}");
+        assert!(
+            sse,
+            "a session request accepting SSE is answered as SSE: {text}"
+        );
         let reply = sse_message(&text);
         assert_eq!(reply["id"], id, "{reply}");
         if id > 20 {

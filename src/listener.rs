@@ -120,7 +120,7 @@ fn raise_descriptor_limit() -> Option<u64> {
             limit.rlim_cur = limit.rlim_max;
         }
     }
-    Some(limit.rlim_cur as u64)
+    Some(limit.rlim_cur)
 }
 
 /// Counters for `/metrics`, process-wide.
@@ -181,7 +181,10 @@ pub fn render_metrics(out: &mut String) {
         ),
     ];
     for (name, kind, help, value) in simple {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     }
     let name = "mcpod_http_timeouts_total";
     let _ = writeln!(
@@ -462,7 +465,9 @@ impl Activity {
     }
 
     fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
-        self.phase.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.phase
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Bytes arrived: on an idle connection, a request has begun.

@@ -58,7 +58,11 @@ fn read_answer(stream: &mut TcpStream) -> String {
         if let Some(end) = text.find("\r\n\r\n") {
             let length = text[..end]
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
                 .unwrap_or(0);
             if received.len() >= end + 4 + length {
                 return text;
@@ -133,7 +137,10 @@ fn slow_headers_and_idle_keep_alive_connections_are_closed() {
     let answer = read_answer(&mut idle);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let rest = read_until_closed(&mut idle);
-    assert!(rest.is_empty(), "nothing more on an idle connection: {rest}");
+    assert!(
+        rest.is_empty(),
+        "nothing more on an idle connection: {rest}"
+    );
 
     assert_eq!(
         metric(address, "mcpod_http_timeouts_total{kind=\"header\"}"),
@@ -169,9 +176,11 @@ fn a_body_shorter_than_its_length_is_answered_408_and_its_connection_closed() {
     assert!(answer.contains("--body-timeout"), "says why: {answer}");
 
     // The connection is gone on mcpod's side too: only the one asking remains.
-    wait_until(Duration::from_secs(10), "the connection to be freed", || {
-        metric(address, "mcpod_http_connections_open") == 1.0
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the connection to be freed",
+        || metric(address, "mcpod_http_connections_open") == 1.0,
+    );
     assert_eq!(
         metric(address, "mcpod_http_timeouts_total{kind=\"body\"}"),
         1.0
@@ -204,9 +213,11 @@ fn past_the_connection_cap_new_connections_get_503_until_others_close() {
 
     // Once they close, a fresh connection is served again.
     drop(holders);
-    wait_until(Duration::from_secs(10), "/health on a fresh connection", || {
-        fetch(address, "/health").starts_with("HTTP/1.1 200")
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "/health on a fresh connection",
+        || fetch(address, "/health").starts_with("HTTP/1.1 200"),
+    );
     assert!(metric(address, "mcpod_http_connections_refused_total") >= 2.0);
     // One line for the burst of refusals, however many there were.
     let logs = mcpod.logs();

@@ -797,7 +797,13 @@ async fn replica_with(
             ..RouterConfig::default()
         },
     );
-    let serving = tokio::spawn(warp::serve(routes).incoming(listener).run());
+    // Served as `mcpod router` serves: through mcpod's own listener.
+    let serving = tokio::spawn(mcpod::listener::serve(
+        routes,
+        listener,
+        mcpod::listener::Limits::default(),
+        std::future::pending(),
+    ));
     Replica {
         address,
         reconciler,
