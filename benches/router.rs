@@ -2,7 +2,12 @@
 //! the same real MCP server (`mcp-server-time` in its container):
 //! - warm requests: HTTP through mcpod vs. a direct stdio pipe (`podman run -i`),
 //!   in the handshake era and in the per-request era of protocol 2026-07-28;
+//! - the session path real clients (the SDKs, the Inspector) use: a session and
+//!   `Accept: application/json, text/event-stream`, answered as SSE, against the
+//!   plain-JSON path in the same run;
 //! - cold start: first reply through mcpod vs. raw `podman start -ai` plus the first reply.
+//!
+//! mcpod runs with `RUST_LOG=info`, the level the shipped unit and manifests use.
 //!
 //! Results are ratios, printed; nothing here asserts a time.
 
@@ -169,7 +174,7 @@ fn start_mcpod() -> Mcpod {
         .args(["--listen", "127.0.0.1:0", "--instance", &instance])
         .arg("--data-dir")
         .arg(data.path())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -237,6 +242,68 @@ async fn per_request_era(mcpod: &Mcpod) -> Vec<Duration> {
     warm
 }
 
+/// The body of an SSE answer: the JSON-RPC message in its `data:` lines.
+fn sse_message(text: &str) -> Value {
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(str::trim_start)
+        .collect();
+    serde_json::from_str(&data.join("\n")).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Warm requests the way SDK clients send them: `initialize` opens a session,
+/// then every request carries it and accepts SSE, and is answered as SSE.
+async fn session_path(mcpod: &Mcpod) -> Vec<Duration> {
+    let client = reqwest::Client::new();
+    let endpoint = format!("{}/mcp/time", mcpod.url);
+    let request = |session: Option<&str>| {
+        let request = client
+            .post(&endpoint)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18");
+        match session {
+            Some(session) => request.header("mcp-session-id", session),
+            None => request,
+        }
+    };
+    let response = request(None).body(initialize(0)).send().await.unwrap();
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    response.bytes().await.unwrap();
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    let status = request(Some(&session))
+        .body(initialized.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+    let mut warm = vec![];
+    for id in 1..=(WARM_ROUNDS as u64 + 20) {
+        let began = Instant::now();
+        let response = request(Some(&session)).body(call(id)).send().await.unwrap();
+        let sse = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream");
+        let text = response.text().await.unwrap();
+        assert!(
+            sse,
+            "a session request accepting SSE is answered as SSE: {text}"
+        );
+        let reply = sse_message(&text);
+        assert_eq!(reply["id"], id, "{reply}");
+        if id > 20 {
+            warm.push(began.elapsed());
+        }
+    }
+    warm
+}
+
 async fn through_router(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
     let client = reqwest::Client::new();
     let endpoint = format!("{}/mcp/time", mcpod.url);
@@ -275,6 +342,7 @@ fn main() {
     let mcpod = start_mcpod();
     let (warm, cold) = runtime.block_on(through_router(&mcpod));
     let modern = stats(runtime.block_on(per_request_era(&mcpod)));
+    let session = stats(runtime.block_on(session_path(&mcpod)));
     drop(mcpod);
     let (warm, cold) = (stats(warm), stats(cold));
 
@@ -298,6 +366,12 @@ fn main() {
         ms(modern.p90)
     );
     println!(
+        "{:<44} {:>10.3} {:>10.3}",
+        "warm: HTTP through mcpod, session (SSE)",
+        ms(session.median),
+        ms(session.p90)
+    );
+    println!(
         "{:<44} {:>10.1} {:>10.1}",
         "cold: podman start -ai + first reply (baseline)",
         ms(raw_cold.median),
@@ -319,6 +393,11 @@ fn main() {
         "warm ratio, 2026-07-28 (mcpod / direct pipe, median): {:.2}x  (+{:.3} ms)",
         ms(modern.median) / ms(direct.median),
         ms(modern.median) - ms(direct.median)
+    );
+    println!(
+        "session ratio (session SSE / plain JSON through mcpod, median): {:.2}x  (+{:.3} ms)",
+        ms(session.median) / ms(warm.median),
+        ms(session.median) - ms(warm.median)
     );
     println!(
         "cold ratio (mcpod / raw podman start, median): {:.2}x",

@@ -19,6 +19,7 @@ pub mod datadir;
 pub mod duration;
 pub mod error;
 pub mod kube;
+pub mod listener;
 pub mod logs;
 pub mod manifests;
 pub mod mcp;

@@ -209,6 +209,39 @@ struct LeaseArgs {
     lease_renew_interval: Duration,
 }
 
+/// Bounds on the HTTP connections clients hold (a timeout of 0 disables it).
+#[derive(Args)]
+struct ConnectionArgs {
+    /// Longest time from a connection's opening (or a request's first byte)
+    /// to the end of the request's headers; slower clients are disconnected.
+    #[arg(long, env = "MCPOD_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    #[arg(long, env = "MCPOD_KEEP_ALIVE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    keep_alive_timeout: Duration,
+    /// Longest pause in the middle of a request body; the request is answered 408.
+    #[arg(long, env = "MCPOD_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// Open HTTP connections at most; past it, new ones get 503 at once. Needs
+    /// this many file descriptors plus about 1024 (LimitNOFILE); mcpod lowers
+    /// it, with a warning, if its descriptor limit is smaller.
+    #[arg(long, env = "MCPOD_MAX_CONNECTIONS", default_value_t = 8192)]
+    max_connections: usize,
+}
+
+impl ConnectionArgs {
+    fn limits(&self) -> mcpod::listener::Limits {
+        let enabled = |timeout: Duration| (!timeout.is_zero()).then_some(timeout);
+        mcpod::listener::Limits {
+            header_timeout: enabled(self.header_timeout),
+            keep_alive_timeout: enabled(self.keep_alive_timeout),
+            body_timeout: enabled(self.body_timeout),
+            max_connections: self.max_connections,
+        }
+        .fit_to_descriptors()
+    }
+}
+
 #[derive(Args)]
 struct RouterArgs {
     #[command(flatten)]
@@ -224,6 +257,8 @@ struct RouterArgs {
     /// Largest JSON-RPC message accepted from a server.
     #[arg(long, env = "MCPOD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_message_bytes: usize,
+    #[command(flatten)]
+    connections: ConnectionArgs,
     #[command(flatten)]
     replicas: ReplicaArgs,
 }
@@ -293,6 +328,8 @@ struct ServeArgs {
     /// the 2^30-id span), `auto` (Podman's userns=auto, needs /etc/subuid) or `host`.
     #[arg(long, env = "MCPOD_USER_NAMESPACE", default_value = "per-server")]
     user_namespace: podman::UserNamespace,
+    #[command(flatten)]
+    connections: ConnectionArgs,
 }
 
 /// Guardrails on what an MCPServer may ask of the host (see `mcpod::policy`).
@@ -602,7 +639,8 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
             ownership: None,
         },
     );
-    serve_until_signal(routes, listener, reconciler.clone()).await;
+    let limits = args.connections.limits();
+    serve_until_signal(routes, listener, limits, reconciler.clone()).await;
     info!("shutting down: stopping servers");
     reconciler.shutdown().await;
     Ok(())
@@ -614,20 +652,18 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
 async fn serve_until_signal<F>(
     routes: F,
     listener: tokio::net::TcpListener,
+    limits: mcpod::listener::Limits,
     reconciler: Arc<Reconciler>,
 ) where
     F: warp::Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
 {
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
-    let server = warp::serve(routes)
-        .incoming(listener)
-        .graceful(async move {
-            shutdown_signal().await;
-            reconciler.end_sessions();
-            let _ = stopping_tx.send(());
-        })
-        .run();
+    let server = mcpod::listener::serve(routes, listener, limits, async move {
+        shutdown_signal().await;
+        reconciler.end_sessions();
+        let _ = stopping_tx.send(());
+    });
     tokio::pin!(server);
     tokio::select! {
         _ = &mut server => {}
@@ -726,7 +762,12 @@ mod kube_cli {
         // The probes' endpoint; the controller's own failures end the process.
         let health = warp::path!("health")
             .map(|| warp::reply::json(&serde_json::json!({"status": "healthy"})));
-        tokio::spawn(warp::serve(health).incoming(listener).run());
+        tokio::spawn(mcpod::listener::serve(
+            health,
+            listener,
+            mcpod::listener::Limits::default().fit_to_descriptors(),
+            std::future::pending(),
+        ));
         let election = if args.leader_elect {
             let (identity, settings) = args.lease.resolve("--leader-elect")?;
             info!(%identity, lease = election::LEASE_NAME, "one of several operator replicas");
@@ -825,7 +866,8 @@ mod kube_cli {
         );
         // Pods are left running on exit: the operator scales them to zero, and
         // another replica that takes a server over replaces its pod.
-        serve_until_signal(routes, listener, reconciler).await;
+        let limits = args.connections.limits();
+        serve_until_signal(routes, listener, limits, reconciler).await;
         if let Some(ownership) = ownership {
             // Released, not left to run out: the other replicas take over at once.
             ownership.shutdown(true).await;

@@ -127,6 +127,7 @@ pub fn render(statuses: &[Status]) -> String {
             );
         }
     }
+    crate::listener::render_metrics(&mut out);
     out
 }
 

@@ -815,11 +815,13 @@ async fn replica_with(
             })
             .untuple_one()
     };
-    let serving = tokio::spawn(
-        warp::serve(count_forwarded.and(routes))
-            .incoming(listener)
-            .run(),
-    );
+    // Served as `mcpod router` serves: through mcpod's own listener.
+    let serving = tokio::spawn(mcpod::listener::serve(
+        count_forwarded.and(routes),
+        listener,
+        mcpod::listener::Limits::default(),
+        std::future::pending(),
+    ));
     Replica {
         address,
         reconciler,

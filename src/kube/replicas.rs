@@ -339,6 +339,7 @@ async fn connect(address: &str) -> Result<SendRequest<ForwardBody>, String> {
         .await
         .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true); // a body must not wait behind its headers for an ACK
     let (sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
