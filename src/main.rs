@@ -321,6 +321,12 @@ struct ServeArgs {
     /// How long a server may take to exit after its stdin closes, before SIGTERM.
     #[arg(long, env = "MCPOD_STOP_GRACE", default_value = "1s", value_parser = parse_duration)]
     stop_grace: Duration,
+    /// Client sessions one server holds at most; past it `initialize` gets 503 and Retry-After.
+    #[arg(long, env = "MCPOD_MAX_SESSIONS", default_value_t = 10_000)]
+    max_sessions: usize,
+    /// `sessionMode: Isolated`: containers one server runs at most (one per session).
+    #[arg(long, env = "MCPOD_MAX_ISOLATED", default_value_t = 32)]
+    max_isolated: usize,
     #[command(flatten)]
     disk: DiskArgs,
     /// How servers are kept apart on the host: `per-server` (a user namespace and
@@ -573,6 +579,8 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         max_message_bytes: args.max_message_bytes,
         stop_grace: args.stop_grace,
         session_ttl: args.session_ttl,
+        max_sessions: args.max_sessions,
+        max_isolated: args.max_isolated,
         log_dir: Some(data_dir.join("logs/containers")),
         ..Settings::default()
     };

@@ -46,6 +46,10 @@ pub struct Settings {
     /// How long a server's manifest file must stay gone (or empty) before the
     /// server is removed (a file rewritten in place is not a removal).
     pub removal_debounce: Duration,
+    /// Client sessions one server holds at most; a client past it is refused.
+    pub max_sessions: usize,
+    /// `sessionMode: Isolated`: containers of one server at most.
+    pub max_isolated: usize,
 }
 
 impl Default for Settings {
@@ -57,6 +61,8 @@ impl Default for Settings {
             session_ttl: Duration::from_secs(3600),
             log_dir: None,
             removal_debounce: REMOVAL_DEBOUNCE,
+            max_sessions: 10_000,
+            max_isolated: 32,
         }
     }
 }
@@ -133,6 +139,8 @@ pub struct Server {
     log: Arc<ServerLog>,
     /// `sessionMode: Isolated`: the container of each client session, by session id.
     isolated: Mutex<std::collections::HashMap<String, Arc<Server>>>,
+    /// Isolated servers spawned and not yet attached to their session.
+    isolated_starting: AtomicUsize,
 }
 
 /// Held while a request is being served: keeps the server from being stopped.
@@ -214,6 +222,7 @@ impl Server {
             oom_kills: 0,
             idle_timeout_seconds: None,
         };
+        let max_sessions = settings.max_sessions;
         let log = Arc::new(ServerLog::open(settings.log_dir.as_deref(), key));
         let server = Arc::new(Server {
             name: workload.name.clone(),
@@ -225,9 +234,10 @@ impl Server {
             status: Mutex::new(status),
             in_flight: AtomicUsize::new(0),
             last_activity: Mutex::new(Instant::now()),
-            sessions: Arc::new(Sessions::default()),
+            sessions: Arc::new(Sessions::with_limit(max_sessions)),
             log,
             isolated: Mutex::new(Default::default()),
+            isolated_starting: AtomicUsize::new(0),
         });
         let span = tracing::info_span!("server", server = %server.name);
         tokio::spawn(server.clone().supervise().instrument(span));
@@ -563,17 +573,30 @@ impl Server {
     }
 
     /// `sessionMode: Isolated`: a server of the same spec under a key of its own,
-    /// for one client session. Register its session with [`Server::attach_isolated`].
-    pub fn spawn_isolated(&self) -> Arc<Server> {
+    /// for one client session, within `max_isolated` (counting those still
+    /// starting). Register its session with [`Server::attach_isolated`], or give
+    /// the place back with [`Server::abandon_isolated`].
+    pub fn spawn_isolated(&self) -> Result<Arc<Server>, RequestError> {
+        {
+            let isolated = self.isolated.lock().unwrap();
+            let reserved = self.isolated_starting.load(Ordering::SeqCst);
+            if isolated.len() + reserved >= self.settings.max_isolated {
+                return Err(RequestError::TooMany {
+                    what: "isolated containers of this server",
+                    limit: self.settings.max_isolated,
+                });
+            }
+            self.isolated_starting.fetch_add(1, Ordering::SeqCst);
+        }
         let suffix: [u8; 4] = rand::random();
         let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
         let key = self.runtime.session_key(&self.key, &format!("s{suffix}"));
-        Server::new(
+        Ok(Server::new(
             &key,
             (*self.workload()).clone(),
             self.runtime.clone(),
             self.settings.clone(),
-        )
+        ))
     }
 
     pub fn attach_isolated(&self, session_id: &str, child: Arc<Server>) {
@@ -581,6 +604,12 @@ impl Server {
             .lock()
             .unwrap()
             .insert(session_id.to_string(), child);
+        self.isolated_starting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// An isolated server that never got its session gives its place back.
+    pub fn abandon_isolated(&self) {
+        self.isolated_starting.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// The isolated server holding session `session_id`, if any.

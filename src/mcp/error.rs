@@ -10,6 +10,9 @@ use warp::http::StatusCode;
 use crate::mcp::http::reply::{json_reply, HttpResponse};
 use crate::mcp::message as jsonrpc;
 
+/// When a client refused for a full table may try again.
+const TOO_MANY_RETRY: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RequestError {
     // The server could not answer.
@@ -31,6 +34,8 @@ pub enum RequestError {
     RequestTimeout { server: String, timeout: Duration },
     #[error("the request waited {timeout:?} for its turn: {reason}")]
     Busy { timeout: Duration, reason: String },
+    #[error("too many {what} (the limit is {limit}); try again later")]
+    TooMany { what: &'static str, limit: usize },
 
     // The request broke a transport rule.
     #[error("parse error: {0}")]
@@ -79,9 +84,11 @@ impl RequestError {
             RequestTimeout { .. } => jsonrpc::REQUEST_TIMEOUT,
             Crashed { .. } => jsonrpc::SERVER_CRASHED,
             Removed(_) => jsonrpc::SERVER_STOPPING,
-            Disabled(_) | StartFailed { .. } | StartupTimeout { .. } | Busy { .. } => {
-                jsonrpc::SERVER_UNAVAILABLE
-            }
+            Disabled(_)
+            | StartFailed { .. }
+            | StartupTimeout { .. }
+            | Busy { .. }
+            | TooMany { .. } => jsonrpc::SERVER_UNAVAILABLE,
             Parse(_) => jsonrpc::PARSE_ERROR,
             InvalidParams(_) => jsonrpc::INVALID_PARAMS,
             UnsupportedVersion { .. } => jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
@@ -97,7 +104,7 @@ impl RequestError {
     pub fn status(&self) -> StatusCode {
         use RequestError::*;
         match self {
-            Disabled(_) | Removed(_) | StartFailed { .. } | Busy { .. } => {
+            Disabled(_) | Removed(_) | StartFailed { .. } | Busy { .. } | TooMany { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             StartupTimeout { .. } | RequestTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -118,6 +125,8 @@ impl RequestError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             RequestError::StartFailed { retry_in, .. } => Some(*retry_in),
+            // Sessions end and containers go as clients leave: worth a retry soon.
+            RequestError::TooMany { .. } => Some(TOO_MANY_RETRY),
             _ => None,
         }
     }

@@ -327,6 +327,8 @@ impl Shared {
 /// Every session of one MCP server, and the routes of what is in flight.
 pub struct Sessions {
     shared: Arc<Shared>,
+    /// Listed sessions held at most.
+    limit: usize,
     /// The server's turn: exclusive for requests of clients that answer
     /// personal questions (sampling, elicitation), shared for the others.
     turn: Arc<RwLock<()>>,
@@ -334,10 +336,18 @@ pub struct Sessions {
 
 impl Default for Sessions {
     fn default() -> Self {
+        Sessions::with_limit(usize::MAX)
+    }
+}
+
+impl Sessions {
+    /// Sessions of one server, at most `limit` of them at a time.
+    pub fn with_limit(limit: usize) -> Self {
         Sessions {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
             }),
+            limit,
             turn: Arc::new(RwLock::new(())),
         }
     }
@@ -552,15 +562,22 @@ impl Sessions {
         })
     }
 
+    /// A new session, unless the server holds its limit of them already.
     pub fn create(
         &self,
         protocol_version: &str,
         capabilities: ClientCapabilities,
         legacy: bool,
-    ) -> Arc<Session> {
+    ) -> Result<Arc<Session>, RequestError> {
+        if self.len() >= self.limit {
+            return Err(RequestError::TooMany {
+                what: "client sessions of this server",
+                limit: self.limit,
+            });
+        }
         let session = self.insert(protocol_version, capabilities, legacy, None, true);
         debug!(session = %session.id, protocol_version, legacy, "session created");
-        session
+        Ok(session)
     }
 
     /// The conversation of one 2026-07-28 request: routed like a session's
@@ -1056,8 +1073,8 @@ mod tests {
     #[test]
     fn progress_goes_back_to_its_request_with_the_clients_token() {
         let sessions = Sessions::default();
-        let a = sessions.create("2025-06-18", caps(false), false);
-        let b = sessions.create("2025-06-18", caps(false), false);
+        let a = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let b = sessions.create("2025-06-18", caps(false), false).unwrap();
         let (_, mut stream_a) = a.open_request_stream(11);
         let (_, mut stream_b) = b.open_request_stream(12);
         let mut req_a = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":7}}});
@@ -1076,8 +1093,8 @@ mod tests {
     #[test]
     fn a_server_request_goes_to_the_one_request_in_flight_and_answers_map_back() {
         let sessions = Sessions::default();
-        let plain = sessions.create("2025-06-18", caps(false), false);
-        let asking = sessions.create("2025-06-18", sampling(), false);
+        let plain = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let asking = sessions.create("2025-06-18", sampling(), false).unwrap();
         let (_, mut asking_stream) = asking.open_request_stream(5);
         let (_, mut plain_stream) = plain.attach(None);
         let guard = sessions.begin(Some(&asking), 9, 5, &mut call(1));
@@ -1112,8 +1129,8 @@ mod tests {
     #[test]
     fn with_two_requests_in_flight_a_server_request_is_never_guessed() {
         let sessions = Sessions::default();
-        let a = sessions.create("2025-06-18", caps(true), false);
-        let b = sessions.create("2025-06-18", caps(true), false);
+        let a = sessions.create("2025-06-18", caps(true), false).unwrap();
+        let b = sessions.create("2025-06-18", caps(true), false).unwrap();
         let (_, mut sa) = a.open_request_stream(1);
         let (_, mut sb) = b.open_request_stream(2);
         let _ga = sessions.begin(Some(&a), 1, 1, &mut call(1));
@@ -1139,7 +1156,7 @@ mod tests {
     #[test]
     fn an_unsolicited_roots_question_goes_to_the_session_that_announced_roots() {
         let sessions = Sessions::default();
-        let rooted = sessions.create("2025-06-18", caps(true), false);
+        let rooted = sessions.create("2025-06-18", caps(true), false).unwrap();
         let (_, mut stream) = rooted.attach(None);
         sessions.expect_roots_question(&rooted);
         let ask = json!({"jsonrpc":"2.0","id":7,"method":"roots/list"});
@@ -1153,8 +1170,8 @@ mod tests {
     #[tokio::test]
     async fn clients_that_answer_personal_questions_take_the_turn_alone() {
         let sessions = Sessions::default();
-        let asking = sessions.create("2025-06-18", sampling(), false);
-        let plain = sessions.create("2025-06-18", caps(false), false);
+        let asking = sessions.create("2025-06-18", sampling(), false).unwrap();
+        let plain = sessions.create("2025-06-18", caps(false), false).unwrap();
         let wait = Duration::from_millis(50);
         let first = sessions.take_turn(&plain, wait).await.unwrap();
         let second = sessions.take_turn(&plain, wait).await.unwrap();
@@ -1172,7 +1189,7 @@ mod tests {
     #[test]
     fn reconnect_with_last_event_id_loses_nothing() {
         let sessions = Sessions::default();
-        let session = sessions.create("2025-06-18", caps(false), false);
+        let session = sessions.create("2025-06-18", caps(false), false).unwrap();
         let (primed, mut first) = session.attach(None);
         session.send(STANDALONE, json!({"n": 1}));
         let seen = first.try_recv().unwrap();
@@ -1195,8 +1212,8 @@ mod tests {
     #[test]
     fn notifications_reach_every_session_once_and_updates_only_subscribers() {
         let sessions = Sessions::default();
-        let a = sessions.create("2025-06-18", caps(false), false);
-        let b = sessions.create("2025-06-18", caps(false), false);
+        let a = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let b = sessions.create("2025-06-18", caps(false), false).unwrap();
         let ((_, mut sa), (_, mut sb)) = (a.attach(None), b.attach(None));
         a.subscribe("file:///x");
         sessions.route(ServerMessage::Notification(
@@ -1224,8 +1241,8 @@ mod tests {
     #[test]
     fn cancellation_maps_the_clients_id_to_the_wire_id_of_its_own_session_only() {
         let sessions = Sessions::default();
-        let session = sessions.create("2025-06-18", caps(false), false);
-        let other = sessions.create("2025-06-18", caps(false), false);
+        let session = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let other = sessions.create("2025-06-18", caps(false), false).unwrap();
         let mut request = json!({"jsonrpc":"2.0","id":"abc","method":"tools/call"});
         let guard = sessions.begin(Some(&session), 99, STANDALONE, &mut request);
         let cancel = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"abc"}});
@@ -1239,10 +1256,28 @@ mod tests {
     }
 
     #[test]
+    fn a_server_holds_at_most_its_limit_of_sessions() {
+        let sessions = Sessions::with_limit(2);
+        let a = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let _b = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let Err(refused) = sessions.create("2025-06-18", caps(false), false) else {
+            panic!("a third session past the limit of two");
+        };
+        assert_eq!(
+            refused.status(),
+            warp::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert!(refused.retry_after().is_some());
+        let _exchange = sessions.ephemeral("2026-07-28", caps(false), None);
+        sessions.end(&a.id);
+        assert!(sessions.create("2025-06-18", caps(false), false).is_ok());
+    }
+
+    #[test]
     fn session_ids_are_random_visible_ascii_and_ephemeral_ones_vanish() {
         let sessions = Sessions::default();
-        let a = sessions.create("2025-06-18", caps(false), false);
-        let b = sessions.create("2025-06-18", caps(false), false);
+        let a = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let b = sessions.create("2025-06-18", caps(false), false).unwrap();
         assert_ne!(a.id, b.id);
         assert_eq!(a.id.len(), 32);
         assert!(a.id.bytes().all(|c| (0x21..=0x7e).contains(&c)));

@@ -8,8 +8,11 @@ use std::collections::HashSet;
 use futures::future::join_all;
 use serde_json::{json, Value};
 
+use mcpod::runtime::memory::MemoryRuntime;
+use mcpod::server::Settings;
+
 use crate::common::RawClient;
-use crate::harness::{call, server, text_of, Mcpod, Stream};
+use crate::harness::{call, fast_settings, server, text_of, Mcpod, Stream};
 
 fn list() -> Value {
     json!({"jsonrpc":"2.0","id":1,"method":"tools/list"})
@@ -490,4 +493,82 @@ async fn isolated_sessions_get_instances_of_their_own_that_end_with_them() {
     );
     assert_eq!(mcpod.runtime.running(), 1);
     assert_eq!(b.post(&whoami).await.0, 200, "b is untouched");
+}
+
+/// Status and `Retry-After` of one anonymous `initialize`.
+async fn initialize_status(client: &RawClient) -> (u16, Option<String>) {
+    let body = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"}}});
+    let response = client
+        .request(reqwest::Method::POST)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (response.status().as_u16(), retry_after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_containers_are_capped_per_server_even_when_requested_at_once() {
+    let settings = Settings {
+        max_isolated: 2,
+        ..fast_settings()
+    };
+    let mcpod = Mcpod::with(
+        MemoryRuntime::new(),
+        settings,
+        &[server("solo", "sessionMode: Isolated")],
+    )
+    .await;
+    let clients: Vec<RawClient> = (0..6).map(|_| mcpod.client("solo")).collect();
+    let answers = join_all(clients.iter().map(initialize_status)).await;
+    let admitted = answers.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(admitted, 2, "{answers:?}");
+    for (status, retry_after) in answers.iter().filter(|(status, _)| *status != 200) {
+        assert_eq!(*status, 503);
+        assert!(retry_after.is_some(), "a refusal says when to retry");
+    }
+    assert_eq!(mcpod.runtime.running(), 2, "no container past the cap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_capped_per_server_and_a_place_frees_when_one_ends() {
+    let settings = Settings {
+        max_sessions: 2,
+        ..fast_settings()
+    };
+    let mcpod = Mcpod::with(MemoryRuntime::new(), settings, &[server("busy", "")]).await;
+    let mut first = mcpod.client("busy");
+    first.initialize(json!({})).await;
+    let mut second = mcpod.client("busy");
+    second.initialize(json!({})).await;
+    let third = mcpod.client("busy");
+    let (status, retry_after) = initialize_status(&third).await;
+    assert_eq!(status, 503);
+    assert!(retry_after.is_some());
+    let ended = first.request(reqwest::Method::DELETE).send().await.unwrap();
+    assert_eq!(ended.status(), 200);
+    assert_eq!(initialize_status(&third).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_batch_is_refused_whole() {
+    let mcpod = Mcpod::start(&[server("memory", "")]).await;
+    let mut client = mcpod.client("memory");
+    client.version = "2025-03-26".into();
+    client.initialize(json!({})).await;
+    let batch: Vec<Value> = (0..101)
+        .map(|i| json!({"jsonrpc":"2.0","id":i,"method":"ping"}))
+        .collect();
+    let (status, body) = client.post(&Value::Array(batch)).await;
+    assert_eq!(status, 400, "{body:?}");
+    assert!(body[0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("at most 100"));
 }

@@ -60,14 +60,26 @@ fn open_stream(endpoint: &Endpoint, name: &str, headers: &HeaderMap) -> HttpResp
     };
     let isolated = server.workload().session_mode == SessionMode::Isolated;
     let holder = if isolated {
-        server.spawn_isolated()
+        match server.spawn_isolated() {
+            Ok(child) => child,
+            Err(error) => return refuse(error),
+        }
     } else {
         server.clone()
     };
-    let session =
+    let created =
         holder
             .sessions()
             .create(version::LEGACY_SSE, ClientCapabilities::default(), true);
+    let session = match created {
+        Ok(session) => session,
+        Err(error) => {
+            if isolated {
+                server.abandon_isolated();
+            }
+            return refuse(error);
+        }
+    };
     if isolated {
         server.attach_isolated(&session.id, holder);
     }

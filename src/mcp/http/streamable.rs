@@ -25,6 +25,9 @@ use crate::mcp::sessions::{ClientCapabilities, Session, SseEvent, STANDALONE};
 use crate::mcp::version;
 use crate::server::Server;
 
+/// Messages one JSON-RPC batch may hold (its bytes are bounded by the body limit).
+const MAX_BATCH_MESSAGES: usize = 100;
+
 /// A client session and the server that holds it (for `sessionMode: Isolated`,
 /// the session's own server).
 pub type SessionOnServer = (Arc<Server>, Arc<Session>);
@@ -172,6 +175,12 @@ async fn batch(
             "JSON-RPC batches are not part of protocol version {version}"
         )));
     }
+    if batch.len() > MAX_BATCH_MESSAGES {
+        return refuse(RequestError::Invalid(format!(
+            "a batch holds at most {MAX_BATCH_MESSAGES} messages; this one holds {}",
+            batch.len()
+        )));
+    }
     if batch.is_empty() {
         return json_reply(StatusCode::BAD_REQUEST, &invalid_request(&Value::Null));
     }
@@ -277,15 +286,23 @@ async fn initialize(parent: &Arc<Server>, message: Value) -> HttpResponse {
     // `sessionMode: Isolated`: this session gets a container of its own.
     let isolated = parent.workload().session_mode == SessionMode::Isolated;
     let server = &if isolated {
-        parent.spawn_isolated()
+        match parent.spawn_isolated() {
+            Ok(child) => child,
+            Err(error) => return error.reply(id),
+        }
     } else {
         parent.clone()
     };
-    match initialize_result(server, &message).await {
-        Ok(response) => {
+    let created = initialize_result(server, &message)
+        .await
+        .and_then(|response| {
             let version = negotiate_version(&message);
             let capabilities = ClientCapabilities::from_initialize(&message);
-            let session = server.sessions().create(version, capabilities, false);
+            let session = server.sessions().create(version, capabilities, false)?;
+            Ok((response, session, capabilities))
+        });
+    match created {
+        Ok((response, session, capabilities)) => {
             if isolated {
                 parent.attach_isolated(&session.id, server.clone());
             }
@@ -303,6 +320,7 @@ async fn initialize(parent: &Arc<Server>, message: Value) -> HttpResponse {
         }
         Err(error) => {
             if isolated {
+                parent.abandon_isolated();
                 server.remove().await;
             }
             error.reply(id)
