@@ -345,9 +345,22 @@ async fn validate_gives_the_errors_serve_gives_and_an_exit_status() {
         ),
     )
     .unwrap();
-    assert!(mcpod_output(&["validate", file.path().to_str().unwrap()])
-        .status
-        .success());
+    // On a Podman host the secrets directory decides (the policy `serve` applies).
+    let refused = mcpod_output(&["validate", file.path().to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("refused by rule secrets-dir"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(mcpod_output(&[
+        "validate",
+        "--secrets-dir",
+        "/etc",
+        file.path().to_str().unwrap()
+    ])
+    .status
+    .success());
     let output = mcpod_output(&[
         "validate",
         "--target",

@@ -105,6 +105,9 @@ async fn a_stderr_flood_stays_within_the_log_caps() {
             "100000",
             "--log-keep",
             "2",
+            // The rotation caps alone: the rate limit has a test of its own.
+            "--stderr-lines-per-second",
+            "0",
         ],
     );
     assert_eq!(echo(&mcpod, "flood", 1).await.0, 200);
@@ -156,6 +159,42 @@ async fn a_stderr_flood_stays_within_the_log_caps() {
     );
     healthy(&mcpod).await;
     assert_eq!(echo(&mcpod, "flood", 2).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_stderr_flood_is_rate_limited_and_what_was_dropped_is_noted() {
+    // 300,000 lines at once, then one more line two seconds later.
+    let flood = fixture(
+        "chatty",
+        r#"command: [sh, -c, "((yes stderr-flood-line | head -n 300000); sleep 2; echo after-the-flood) >&2 & exec python3 -u /usr/local/bin/fake_mcp.py"]"#,
+    );
+    let mcpod = Mcpod::start(&files(&[flood]), &[]);
+    assert_eq!(echo(&mcpod, "chatty", 1).await.0, 200);
+    let server_log = mcpod.data.path().join("logs/containers/chatty.log");
+    wait_until(Duration::from_secs(60), "the line after the flood", || {
+        std::fs::read_to_string(&server_log).is_ok_and(|log| log.contains("after-the-flood"))
+    });
+    let log = std::fs::read_to_string(&server_log).unwrap();
+    let kept = log
+        .lines()
+        .filter(|l| l.contains("stderr-flood-line"))
+        .count();
+    assert!(
+        (1..=1_300).contains(&kept),
+        "the burst (1,000) and the rate (100/s) at most: {kept} kept"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("dropped") && l.contains("stderr lines")),
+        "a note says what was dropped"
+    );
+    let own_log = std::fs::read_to_string(mcpod.data.path().join("logs/router/mcpod.log"))
+        .unwrap_or_default();
+    assert!(
+        !own_log.contains("stderr-flood-line"),
+        "server stderr is not copied into mcpod's own log"
+    );
+    healthy(&mcpod).await;
 }
 
 #[tokio::test]

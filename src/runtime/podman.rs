@@ -46,6 +46,8 @@ const PIDS_LIMIT: u64 = 1024;
 /// file over beyond that): a server writing stderr fast cannot fill the disk.
 /// mcpod keeps the server's stderr in its own, rotated, rate-limited log; this
 /// file only serves the last lines of [`Runtime::exit_reason`].
+/// Longest wait for Podman to finish cleaning up a container that exited.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CONTAINER_LOG_MAX_BYTES: u64 = 1024 * 1024;
 /// Host uids (and gids) each server's user namespace maps: container ids 0–65535.
 const USERNS_SIZE: u64 = 65536;
@@ -487,10 +489,13 @@ impl PodmanRuntime {
         found
     }
 
-    /// Waits (briefly) until a container that exited has finished stopping:
-    /// libpod refuses to attach to one still in the "stopping" state.
+    /// Waits until a container that exited has finished stopping: libpod
+    /// refuses to attach to one still in the "stopping" state, and attaching to
+    /// a "stopped" one races its cleanup (the output then ends at once). On a
+    /// loaded host the cleanup can take seconds, so the wait is generous.
     async fn wait_until_settled(&self, name: &str) {
-        for _ in 0..100 {
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
             let status = match self.inspect(name).await {
                 Ok(Some(state)) => state
                     .pointer("/State/Status")
