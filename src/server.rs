@@ -185,6 +185,10 @@ impl Hold {
                 server: self.server.name.clone(),
                 reason,
             },
+            BridgeError::InputFull(limit) => RequestError::TooMany {
+                what: "bytes waiting for the server's stdin (it is not reading)",
+                limit,
+            },
         })
     }
 }
@@ -466,8 +470,8 @@ impl Server {
                 let why = self.runtime.exit_reason(&self.key).await.unwrap_or(reason);
                 return Err(format!("container {why}"));
             }
-            Err(BridgeError::Timeout(after)) => {
-                return Err(format!("no reply to initialize within {after:?}"));
+            Err(other @ (BridgeError::Timeout(_) | BridgeError::InputFull(_))) => {
+                return Err(format!("initialize could not be completed: {other}"));
             }
         };
         let Some(result) = response.get("result").cloned() else {
@@ -645,7 +649,8 @@ impl Server {
         self.reap_isolated(Some(session_id)).await;
     }
 
-    /// Stops the server for good and removes its container; waiting requests get an error.
+    /// Stops the server for good and removes its container; waiting requests get
+    /// an error, and its sessions, streams and parked exchanges end.
     pub async fn remove(&self) {
         self.reap_isolated(None).await;
         let children: Vec<Arc<Server>> = self
@@ -664,6 +669,9 @@ impl Server {
             warn!(error = %e, "removing the container failed");
         }
         *lifecycle = Lifecycle::Removed;
+        // Nothing of the server's conversation outlives it: sessions and their
+        // streams end, listen streams get their result, parked exchanges go.
+        self.sessions.end_all();
     }
 
     /// Takes a new spec. A running container whose shape changed is drained and

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,16 @@ pub enum BridgeError {
     Closed(String),
     #[error("no response within {0:?}")]
     Timeout(Duration),
+    /// The server is not reading its stdin fast enough: more than the budget
+    /// already waits to be written, so the request is refused at once.
+    #[error("more than {0} bytes already wait for the server's stdin")]
+    InputFull(usize),
 }
+
+/// Bytes that may wait to be written to one server's stdin. A server that
+/// stops reading makes further requests fail at once instead of piling up in
+/// mcpod's memory (one message larger than this still goes when none waits).
+pub const STDIN_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 
 /// Called, in order, for each message the server sends on its own; what it returns
 /// is sent back to the server at once (e.g. an error for a request nobody can answer).
@@ -76,6 +85,8 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     next_id: AtomicU64,
+    /// Bytes queued for stdin and not yet written (see [`STDIN_BUDGET_BYTES`]).
+    queued: Arc<AtomicUsize>,
 }
 
 /// Removes a pending request's entry when its waiter is gone.
@@ -124,11 +135,14 @@ impl StdioBridge {
                 stderr_tail: VecDeque::new(),
             }),
             next_id: AtomicU64::new(1),
+            queued: Arc::new(AtomicUsize::new(0)),
         });
         let (outbound, outbound_rx) = mpsc::unbounded_channel();
         let (closed_tx, closed) = watch::channel(None);
         let span = tracing::info_span!(parent: None, "stdio", server = %server);
-        tokio::spawn(write_loop(stdin, outbound_rx).instrument(span.clone()));
+        tokio::spawn(
+            write_loop(stdin, outbound_rx, shared.queued.clone()).instrument(span.clone()),
+        );
         tokio::spawn(
             read_loop(
                 output,
@@ -177,7 +191,10 @@ impl StdioBridge {
             self.shared.lock().pending.remove(&wire_id);
             return Err(BridgeError::Closed(reason));
         }
-        self.send_line(&message);
+        if let Err(full) = self.send_line(&message) {
+            self.shared.lock().pending.remove(&wire_id);
+            return Err(full);
+        }
         // A caller that stops waiting (its client went away) leaves no entry behind.
         let _forget = ForgetOnDrop {
             shared: &self.shared,
@@ -219,7 +236,7 @@ impl StdioBridge {
             );
         }
         let ping = jsonrpc::request(json!(wire_id), Method::Ping, json!({}));
-        let _ = self.outbound.send(Outbound::Line(ping.to_string()));
+        enqueue(&self.outbound, &self.shared.queued, ping.to_string());
         let result = match tokio::time::timeout(timeout, response).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(BridgeError::Closed(
@@ -237,13 +254,22 @@ impl StdioBridge {
 
     /// Sends a notification, or a response to a request the server made.
     pub fn notify(&self, message: Value) {
-        self.send_line(&message);
+        if let Err(full) = self.send_line(&message) {
+            warn!(error = %full, "message for the server dropped");
+        }
     }
 
-    fn send_line(&self, message: &Value) {
-        self.shared.lock().last_activity = Instant::now();
+    /// Queues one message for stdin, within the budget of bytes waiting.
+    fn send_line(&self, message: &Value) -> Result<(), BridgeError> {
         // serde_json never emits raw newlines: one message is one line.
-        let _ = self.outbound.send(Outbound::Line(message.to_string()));
+        let line = message.to_string();
+        let waiting = self.shared.queued.load(Ordering::Relaxed);
+        if waiting > 0 && waiting + line.len() > STDIN_BUDGET_BYTES {
+            return Err(BridgeError::InputFull(STDIN_BUDGET_BYTES));
+        }
+        self.shared.lock().last_activity = Instant::now();
+        enqueue(&self.outbound, &self.shared.queued, line);
+        Ok(())
     }
 
     /// Closes the server's stdin: the first step of MCP's stdio shutdown.
@@ -280,13 +306,21 @@ impl StdioBridge {
     }
 }
 
+/// Puts a line on the stdin queue, counting its bytes until it is written.
+fn enqueue(outbound: &mpsc::UnboundedSender<Outbound>, queued: &AtomicUsize, line: String) {
+    queued.fetch_add(line.len(), Ordering::Relaxed);
+    let _ = outbound.send(Outbound::Line(line));
+}
+
 async fn write_loop(
     mut stdin: Pin<Box<dyn AsyncWrite + Send>>,
     mut outbound: mpsc::UnboundedReceiver<Outbound>,
+    queued: Arc<AtomicUsize>,
 ) {
     while let Some(message) = outbound.recv().await {
         let result = match message {
             Outbound::Line(line) => {
+                queued.fetch_sub(line.len(), Ordering::Relaxed);
                 let mut bytes = line.into_bytes();
                 bytes.push(b'\n');
                 match stdin.write_all(&bytes).await {
@@ -381,7 +415,7 @@ fn dispatch(
         }
     };
     if let Some(reply) = reply {
-        let _ = outbound.send(Outbound::Line(reply.to_string()));
+        enqueue(outbound, &shared.queued, reply.to_string());
     }
 }
 
@@ -500,6 +534,32 @@ mod tests {
         assert_eq!(a["result"]["method"], "a");
         assert_eq!(b["id"], 1);
         assert_eq!(b["result"]["method"], "b");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_stops_reading_makes_requests_fail_at_once_not_pile_up() {
+        // `_server_in` is never read: once the pipe is full, writes wait forever.
+        let (bridge, _events, _server_out, _server_in) = fake_server();
+        let big = "x".repeat(1 << 20);
+        let mut refused = None;
+        for n in 0..64 {
+            let request = json!({"jsonrpc":"2.0","id":n,"method":"echo","params":{"text":big}});
+            let attempt = tokio::time::timeout(
+                Duration::from_millis(50),
+                bridge.request(request, Duration::from_secs(60)),
+            )
+            .await;
+            if let Ok(result) = attempt {
+                refused = Some(result);
+                break;
+            }
+        }
+        assert_eq!(
+            refused,
+            Some(Err(BridgeError::InputFull(STDIN_BUDGET_BYTES))),
+            "within the budget, a request is refused at once"
+        );
+        assert!(bridge.shared.queued.load(Ordering::Relaxed) <= STDIN_BUDGET_BYTES + (1 << 21));
     }
 
     #[tokio::test]

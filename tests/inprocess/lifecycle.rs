@@ -319,6 +319,22 @@ async fn removing_a_server_answers_its_pending_requests_and_removes_its_containe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_server_ends_its_sessions_and_their_open_streams() {
+    let mcpod = Mcpod::start(&[server("gone", "")]).await;
+    let mut client = mcpod.client("gone");
+    client.initialize(json!({})).await;
+    let mut stream = client.request(reqwest::Method::GET).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    mcpod.apply(&[]).await;
+    // The GET stream ends (its session with it) instead of staying open.
+    let ended = tokio::time::timeout(PATIENCE, async {
+        while let Some(_chunk) = stream.chunk().await.unwrap_or(None) {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the session's stream ended with its server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_server_refuses_with_a_reason_and_is_stopped() {
     let mcpod = Mcpod::start(&[server("off", "")]).await;
     let (status, _) = mcpod.call_tool("off", json!(1), "echo", json!({})).await;
