@@ -343,24 +343,32 @@ impl Runtime for PodmanRuntime {
 
     async fn remove(&self, key: &str) -> Result<()> {
         let name = self.container_name(key);
-        match self
-            .podman
-            .containers()
-            .get(&name)
-            .delete(
-                &ContainerDeleteOpts::builder()
-                    .force(true)
-                    .timeout(TERM_GRACE_SECS)
-                    .build(),
-            )
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(Error::Podman {
-                context: format!("remove {name}"),
-                source: e,
-            }),
+        let options = ContainerDeleteOpts::builder()
+            .force(true)
+            .timeout(TERM_GRACE_SECS)
+            .build();
+        // A container that just stopped may still hold its mounts while Podman
+        // cleans up ("device or resource busy"): wait for that, then retry.
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            match self.podman.containers().get(&name).delete(&options).await {
+                Ok(()) => return Ok(()),
+                Err(e) if is_not_found(&e) => return Ok(()),
+                Err(e)
+                    if e.to_string().contains("resource busy")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    debug!(container = %name, "still cleaning up; retrying the removal");
+                    self.wait_until_settled(&name).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(Error::Podman {
+                        context: format!("remove {name}"),
+                        source: e,
+                    })
+                }
+            }
         }
     }
 
