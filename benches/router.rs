@@ -167,7 +167,9 @@ fn start_mcpod() -> Mcpod {
     .unwrap();
     let data = tempfile::tempdir().unwrap();
     let instance = format!("bench{}", std::process::id());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcpod"))
+    // MCPOD_BENCH_BIN measures another build (say, the last release) the same way.
+    let binary = std::env::var("MCPOD_BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_mcpod").into());
+    let mut child = Command::new(binary)
         .arg("serve")
         .arg("--manifests")
         .arg(manifests.path())
