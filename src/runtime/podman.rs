@@ -303,42 +303,11 @@ impl Runtime for PodmanRuntime {
 
     async fn stop(&self, key: &str, grace: Duration) -> Result<()> {
         let name = self.container_name(key);
-        let container = self.podman.containers().get(&name);
-        if !grace.is_zero() {
-            let exited = tokio::time::timeout(grace, async {
-                loop {
-                    match self.inspect(&name).await {
-                        Ok(Some(state))
-                            if state.pointer("/State/Running") == Some(&Value::Bool(true)) => {}
-                        _ => return,
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            })
-            .await;
-            if exited.is_ok() {
-                debug!(container = %name, "exited after stdin closed");
-                return Ok(());
-            }
-        }
-        // SIGTERM, then SIGKILL after TERM_GRACE_SECS.
-        match container
-            .stop(
-                &ContainerStopOpts::builder()
-                    .timeout(TERM_GRACE_SECS)
-                    .build(),
-            )
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            // 304: already stopped.
-            Err(e) if e.to_string().contains("304") => Ok(()),
-            Err(e) => Err(Error::Podman {
-                context: format!("stop {name}"),
-                source: e,
-            }),
-        }
+        self.stop_process(&name, grace).await?;
+        // "Stopped" means Podman has cleaned up too (mounts released), so what
+        // comes next — a restart, a removal, `podman rm` by hand — cannot race it.
+        self.wait_until_settled(&name).await;
+        Ok(())
     }
 
     async fn remove(&self, key: &str) -> Result<()> {
@@ -495,6 +464,47 @@ impl PodmanRuntime {
         .unwrap_or(false);
         debug!(container = %name, found, "looked for an OOM kill in the kernel log");
         found
+    }
+
+    /// Waits up to `grace` for the container to exit by itself (its stdin is
+    /// closed), then SIGTERM, then SIGKILL.
+    async fn stop_process(&self, name: &str, grace: Duration) -> Result<()> {
+        let container = self.podman.containers().get(name);
+        if !grace.is_zero() {
+            let exited = tokio::time::timeout(grace, async {
+                loop {
+                    match self.inspect(name).await {
+                        Ok(Some(state))
+                            if state.pointer("/State/Running") == Some(&Value::Bool(true)) => {}
+                        _ => return,
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await;
+            if exited.is_ok() {
+                debug!(container = %name, "exited after stdin closed");
+                return Ok(());
+            }
+        }
+        // SIGTERM, then SIGKILL after TERM_GRACE_SECS.
+        match container
+            .stop(
+                &ContainerStopOpts::builder()
+                    .timeout(TERM_GRACE_SECS)
+                    .build(),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            // 304: already stopped.
+            Err(e) if e.to_string().contains("304") => Ok(()),
+            Err(e) => Err(Error::Podman {
+                context: format!("stop {name}"),
+                source: e,
+            }),
+        }
     }
 
     /// Waits until a container that exited has finished stopping: libpod
