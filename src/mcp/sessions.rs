@@ -283,6 +283,9 @@ struct State {
     /// The session whose roots change mcpod announced last: an unsolicited
     /// `roots/list` that follows is that session's to answer.
     roots_asker: Option<String>,
+    /// The session holding the server's turn alone, and how many of its
+    /// requests share it.
+    turn_holder: Option<TurnHeld>,
 }
 
 impl State {
@@ -301,6 +304,12 @@ impl State {
                 Some(session) => Attribution::To(session.clone(), only.stream),
                 None => Attribution::Stateless,
             },
+            // Several requests, all of one session: that client's, whichever caused it.
+            [first, rest @ ..]
+                if first.session.is_some() && rest.iter().all(|a| a.session == first.session) =>
+            {
+                Attribution::To(first.session.clone().unwrap_or_default(), first.stream)
+            }
             many => Attribution::Ambiguous(many.len()),
         }
     }
@@ -511,10 +520,41 @@ impl Drop for InFlight {
     }
 }
 
-/// A request's turn on the server (see the routing rule).
+/// A request's turn on the server (see the routing rule); held, never read.
+#[allow(dead_code)]
 pub enum Turn {
-    Shared(#[allow(dead_code)] OwnedRwLockReadGuard<()>),
-    Exclusive(#[allow(dead_code)] OwnedRwLockWriteGuard<()>),
+    Shared(OwnedRwLockReadGuard<()>),
+    /// One of the requests of the session that holds the turn alone: its
+    /// client may call again while it answers a question (still one client).
+    Exclusive(TurnHolder),
+}
+
+/// One request of the session holding the exclusive turn; the last one to go
+/// releases the turn.
+pub struct TurnHolder {
+    shared: Arc<Shared>,
+}
+
+impl Drop for TurnHolder {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        let Some(holder) = &mut state.turn_holder else {
+            return;
+        };
+        holder.requests -= 1;
+        if holder.requests == 0 {
+            let released = state.turn_holder.take();
+            drop(state);
+            drop(released);
+        }
+    }
+}
+
+/// The session holding the server's turn alone, with the turn itself.
+struct TurnHeld {
+    session: String,
+    requests: usize,
+    _guard: OwnedRwLockWriteGuard<()>,
 }
 
 /// A cryptographically random session id: 32 hex digits, visible ASCII only.
@@ -620,10 +660,29 @@ impl Sessions {
     ) -> Result<Option<Turn>, RequestError> {
         let exclusive = session.capabilities().answers_personal_questions();
         let turn = self.turn.clone();
+        let holder = || TurnHolder {
+            shared: self.shared.clone(),
+        };
+        if exclusive {
+            if let Some(held) = &mut self.lock().turn_holder {
+                if held.session == session.id {
+                    held.requests += 1;
+                    return Ok(Some(Turn::Exclusive(holder())));
+                }
+            }
+        }
         let waited = if exclusive {
-            tokio::time::timeout(timeout, turn.write_owned())
-                .await
-                .map(Turn::Exclusive)
+            match tokio::time::timeout(timeout, turn.write_owned()).await {
+                Ok(guard) => {
+                    self.lock().turn_holder = Some(TurnHeld {
+                        session: session.id.clone(),
+                        requests: 1,
+                        _guard: guard,
+                    });
+                    Ok(Turn::Exclusive(holder()))
+                }
+                Err(elapsed) => Err(elapsed),
+            }
         } else {
             tokio::time::timeout(timeout, turn.read_owned())
                 .await
@@ -1184,6 +1243,35 @@ mod tests {
         assert!(sessions.take_turn(&plain, wait).await.is_err());
         drop(exclusive);
         assert!(sessions.take_turn(&plain, wait).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_session_holding_the_turn_may_call_again_and_its_questions_still_reach_it() {
+        let sessions = Sessions::default();
+        let asking = sessions.create("2025-06-18", sampling(), false).unwrap();
+        let plain = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let wait = Duration::from_millis(50);
+        let first = sessions.take_turn(&asking, wait).await.unwrap();
+        let again = sessions.take_turn(&asking, wait).await.unwrap();
+        assert!(sessions.take_turn(&plain, wait).await.is_err());
+        let (_, mut stream) = asking.open_request_stream(7);
+        let _a = sessions.begin(Some(&asking), 1, 7, &mut call(1));
+        let _b = sessions.begin(Some(&asking), 2, 8, &mut call(2));
+        let ask = json!({"jsonrpc":"2.0","id":5,"method":"sampling/createMessage"});
+        assert_eq!(sessions.route(ServerMessage::Request(ask)), None);
+        assert_eq!(
+            stream.try_recv().unwrap().message["method"],
+            "sampling/createMessage",
+            "two requests of one client: the question is that client's"
+        );
+        drop(first);
+        assert!(
+            sessions.take_turn(&plain, wait).await.is_err(),
+            "held while any of the session's requests is"
+        );
+        drop(again);
+        assert!(sessions.take_turn(&plain, wait).await.is_ok());
+        assert!(sessions.lock().turn_holder.is_none());
     }
 
     #[test]
