@@ -439,25 +439,9 @@ async fn a_server_killed_for_its_memory_limit_is_reported_as_out_of_memory() {
         !last["message"].as_str().unwrap().contains("output ended"),
         "{last}"
     );
-    let log = mcpod
-        .http
-        .get(format!("{}/servers/hog/logs?tail=20", mcpod.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = mcpod.get_text("/servers/hog/logs?tail=20").await;
     assert!(log.contains(wanted), "{log}");
-    let metrics = mcpod
-        .http
-        .get(format!("{}/metrics", mcpod.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = mcpod.get_text("/metrics").await;
     assert!(
         metrics.contains("mcpod_server_oom_kills_total{server=\"hog\"} 1"),
         "{metrics}"

@@ -80,15 +80,7 @@ async fn prometheus_scrapes_server_lifecycle_metrics() {
         .await;
     assert_eq!(status, 200);
 
-    let text = mcpod
-        .http
-        .get(format!("{}/metrics", mcpod.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = mcpod.get_text("/metrics").await;
     assert!(
         text.contains("# TYPE mcpod_server_starts_total counter"),
         "{text}"

@@ -198,6 +198,17 @@ impl Mcpod {
             .await
     }
 
+    /// The body of a text endpoint (`/metrics`, `/servers/{name}/logs`).
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
