@@ -42,6 +42,10 @@ pub enum Error {
     #[error("container runtime: {0}")]
     Runtime(String),
 
+    /// A command-line setting that cannot work (named, with what to do instead).
+    #[error("configuration: {0}")]
+    Config(String),
+
     /// The API server refused a call for lack of permission: says which call,
     /// and where the permissions are granted, since that is what needs fixing.
     #[error(

@@ -12,6 +12,8 @@
 //! container's stdin, and back. Everything Kubernetes (the operator, the pod
 //! runtime, Leases, replica forwarding) is in [`kube`].
 
+pub mod access;
+pub mod auth;
 pub mod backoff;
 pub mod backup;
 pub mod crd;

@@ -58,6 +58,9 @@ enum Command {
     Add(Box<cli::add::AddArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
+    /// Authentication: `mcpod auth add-key SUBJECT --keys-file FILE`.
+    #[command(subcommand)]
+    Auth(cli::auth::AuthCommand),
 }
 
 #[derive(Args)]
@@ -261,6 +264,8 @@ struct RouterArgs {
     connections: ConnectionArgs,
     #[command(flatten)]
     replicas: ReplicaArgs,
+    #[command(flatten)]
+    auth: cli::auth::AuthArgs,
 }
 
 /// Several router replicas: each server is served by the replica holding its
@@ -308,13 +313,8 @@ struct ServeArgs {
     /// Largest JSON-RPC message accepted from a server.
     #[arg(long, env = "MCPOD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_message_bytes: usize,
-    /// Browser origins allowed to call the MCP endpoints besides loopback ones (`*`: any).
-    #[arg(
-        long = "allowed-origin",
-        env = "MCPOD_ALLOWED_ORIGINS",
-        value_delimiter = ','
-    )]
-    allowed_origins: Vec<String>,
+    #[command(flatten)]
+    auth: cli::auth::AuthArgs,
     /// Client sessions idle for longer than this end; their clients re-initialize.
     #[arg(long, env = "MCPOD_SESSION_TTL", default_value = "1h", value_parser = parse_duration)]
     session_ttl: Duration,
@@ -532,6 +532,7 @@ async fn main() {
             args.target,
         )),
         Command::Connect(args) => cli::finish(cli::connect::run(*args).await),
+        Command::Auth(command) => cli::finish(cli::auth::run(command)),
         Command::Add(args) => {
             let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
             cli::finish(cli::add::run(*args, &data_dir).await)
@@ -573,6 +574,8 @@ fn nix_is_root() -> bool {
 }
 
 async fn serve(args: ServeArgs) -> mcpod::Result<()> {
+    // First: a setting that cannot be served safely stops mcpod before anything starts.
+    let auth = args.auth.build(args.listen)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let defaults = args.defaults.defaults();
     let settings = Settings {
@@ -642,8 +645,8 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         RouterConfig {
             endpoint: EndpointConfig {
                 max_body_bytes: args.max_body_bytes,
-                allowed_origins: args.allowed_origins.clone(),
             },
+            auth,
             ownership: None,
         },
     );
@@ -838,6 +841,7 @@ mod kube_cli {
     }
 
     pub async fn router(args: RouterArgs) -> mcpod::Result<()> {
+        let auth = args.auth.build(args.listen)?;
         let (client, namespace) = connect(&args.scope).await?;
         let ownership = ownership(&client, &args.replicas)?;
         let mut runtime = KubeRuntime::new(client.clone(), &namespace, args.scope.all_namespaces);
@@ -867,8 +871,8 @@ mod kube_cli {
             RouterConfig {
                 endpoint: EndpointConfig {
                     max_body_bytes: args.max_body_bytes,
-                    allowed_origins: vec![],
                 },
+                auth,
                 ownership: ownership.clone(),
             },
         );

@@ -9,6 +9,8 @@ use serde_json::json;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use crate::access::{self, Operation};
+use crate::auth::{self, Auth, Caller};
 use crate::kube::ownership::Ownership;
 use crate::kube::replicas::{self, ReplicaGate};
 use crate::logs;
@@ -41,6 +43,9 @@ pub const ROUTES: &[Route] = &[
 #[derive(Debug, Clone, Default)]
 pub struct RouterConfig {
     pub endpoint: EndpointConfig,
+    /// Who may call: authentication and the cross-site checks (default: the
+    /// local user, loopback only).
+    pub auth: Auth,
     /// Kubernetes with several router replicas: requests for a server another
     /// replica owns are forwarded to it (`None`: every request is served here).
     pub ownership: Option<Arc<Ownership>>,
@@ -66,8 +71,10 @@ pub fn routes(
     reconciler: Arc<Reconciler>,
     config: RouterConfig,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    // Every route but /health is authenticated, once its path and method matched.
+    let caller = auth::filter::caller(config.auth.clone(), ROUTES).boxed();
     // Boxed: the composed filter types get too deep for the compiler otherwise.
-    let mcp = endpoint::routes(reconciler.clone(), config.endpoint.clone()).boxed();
+    let mcp = endpoint::routes(reconciler.clone(), config.endpoint.clone(), caller.clone()).boxed();
     let gate = ReplicaGate::new(
         reconciler.clone(),
         config.ownership.clone(),
@@ -93,33 +100,43 @@ pub fn routes(
         });
     let metrics = warp::path!("metrics")
         .and(warp::get())
+        .and(caller.clone())
         .and(with_state.clone())
-        .map(|state: State| {
+        .map(|_: Caller, state: State| {
             let metrics = crate::metrics::render(&state.statuses());
             text_reply("text/plain; version=0.0.4", metrics)
         });
     let list = warp::path!("servers")
         .and(warp::get())
+        .and(caller.clone())
         .and(with_state.clone())
-        .map(|state: State| json_reply(StatusCode::OK, &json!(state.statuses())));
+        .map(|_: Caller, state: State| json_reply(StatusCode::OK, &json!(state.statuses())));
     let show = warp::path!("servers" / String)
         .and(warp::get())
+        .and(caller.clone())
         .and(with_state.clone())
         .map(
-            |name: String, state: State| match state.reconciler.server(&name) {
+            |name: String, _: Caller, state: State| match state.reconciler.server(&name) {
                 Some(server) => json_reply(StatusCode::OK, &json!(server.status())),
                 None => unknown_server(&name),
             },
         );
     let logs = warp::path!("servers" / String / "logs")
         .and(warp::get())
+        .and(caller.clone())
         .and(with_state.clone())
         .and(warp::query::<std::collections::HashMap<String, String>>())
         .map(
-            |name: String, state: State, query: std::collections::HashMap<String, String>| {
+            |name: String,
+             caller: Caller,
+             state: State,
+             query: std::collections::HashMap<String, String>| {
                 let Some(server) = state.reconciler.server(&name) else {
                     return unknown_server(&name);
                 };
+                if let Err(message) = access::may_operate(&server, &caller, Operation::Logs) {
+                    return forbidden(message);
+                }
                 let tail = match parse_tail(query.get("tail").map(String::as_str)) {
                     Ok(tail) => tail,
                     Err(message) => {
@@ -136,10 +153,12 @@ pub fn routes(
         );
     let start = warp::path!("servers" / String / "start")
         .and(warp::post())
+        .and(caller.clone())
         .and(with_state.clone())
         .then(start_server);
     let stop = warp::path!("servers" / String / "stop")
         .and(warp::post())
+        .and(caller)
         .and(with_state.clone())
         .then(stop_server);
 
@@ -165,8 +184,12 @@ pub fn routes(
         Some(_) => replicas::gate(gate).or(local).unify().boxed(),
         None => local,
     };
-    // Only declared paths are served, so none can bypass the gate above.
-    let served = route::declared(ROUTES).and(served).boxed();
+    // Only declared paths are served, so none can bypass the gate above; and
+    // nothing is served to a foreign Host or Origin.
+    let served = route::declared(ROUTES)
+        .and(auth::filter::cross_site(config.auth.clone()))
+        .and(served)
+        .boxed();
     // No per-request trace here: the listener keeps a DEBUG span per request
     // (warp's INFO lines cost 14-20% of the CPU of a request) and counts them.
     served.recover(handle_rejection).unify()
@@ -209,10 +232,20 @@ fn unknown_server(name: &str) -> HttpResponse {
     )
 }
 
-async fn start_server(name: String, state: State) -> HttpResponse {
+fn forbidden(message: String) -> HttpResponse {
+    json_reply(
+        StatusCode::FORBIDDEN,
+        &json!({"success": false, "error": "forbidden", "message": message}),
+    )
+}
+
+async fn start_server(name: String, caller: Caller, state: State) -> HttpResponse {
     let Some(server) = state.reconciler.server(&name) else {
         return unknown_server(&name);
     };
+    if let Err(message) = access::may_operate(&server, &caller, Operation::Start) {
+        return forbidden(message);
+    }
     match server.acquire().await {
         Ok(hold) => {
             drop(hold);
@@ -228,10 +261,13 @@ async fn start_server(name: String, state: State) -> HttpResponse {
     }
 }
 
-async fn stop_server(name: String, state: State) -> HttpResponse {
+async fn stop_server(name: String, caller: Caller, state: State) -> HttpResponse {
     let Some(server) = state.reconciler.server(&name) else {
         return unknown_server(&name);
     };
+    if let Err(message) = access::may_operate(&server, &caller, Operation::Stop) {
+        return forbidden(message);
+    }
     server.stop("stopped through the API", true).await;
     json_reply(
         StatusCode::OK,
@@ -240,6 +276,9 @@ async fn stop_server(name: String, state: State) -> HttpResponse {
 }
 
 async fn handle_rejection(rejection: Rejection) -> Result<HttpResponse, Infallible> {
+    if let Some(refused) = rejection.find::<auth::filter::Refused>() {
+        return Ok(refused.reply());
+    }
     let (status, message) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "no such endpoint".to_string())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {

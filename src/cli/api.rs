@@ -23,6 +23,8 @@ pub struct Api {
     prefix: String,
     /// The URL as given, for messages and the URLs printed for clients.
     base: String,
+    /// `MCPOD_TOKEN`: the bearer token (an API key) sent when mcpod asks for one.
+    token: Option<String>,
 }
 
 impl Api {
@@ -48,6 +50,7 @@ impl Api {
             authority,
             prefix: prefix.to_string(),
             base: url.trim_end_matches('/').to_string(),
+            token: std::env::var("MCPOD_TOKEN").ok().filter(|t| !t.is_empty()),
         })
     }
 
@@ -109,11 +112,15 @@ impl Api {
                 .await
                 .map_err(|e| unreachable(&e))?;
         tokio::spawn(connection);
-        let request = hyper::Request::builder()
+        let mut request = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.prefix))
             .header("host", &self.authority)
-            .header("accept", "application/json")
+            .header("accept", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
             .body(Empty::<Bytes>::new())
             .map_err(|e| CliError::Usage(format!("{method} {path}: {e}")))?;
         let response = sender
@@ -144,7 +151,14 @@ fn json_answer(base: &str, path: &str, status: u16, body: &[u8]) -> CliResult<Va
             .and_then(Value::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| value.to_string());
-        return Err(CliError::Api(format!("{base}: {message} (HTTP {status})")));
+        let hint = if status == 401 {
+            " (set MCPOD_TOKEN to an API key: `mcpod auth add-key NAME --keys-file FILE`)"
+        } else {
+            ""
+        };
+        return Err(CliError::Api(format!(
+            "{base}: {message} (HTTP {status}){hint}"
+        )));
     }
     Ok(value)
 }

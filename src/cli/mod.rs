@@ -5,6 +5,7 @@
 
 pub mod add;
 pub mod api;
+pub mod auth;
 pub mod connect;
 pub mod get;
 pub mod logs;

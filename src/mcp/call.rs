@@ -8,22 +8,26 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tracing::debug;
 
+use crate::access;
+use crate::auth::Caller;
 use crate::mcp::error::RequestError;
 use crate::mcp::message::{self as jsonrpc, Kind, Method};
 use crate::mcp::sessions::{Session, StreamKey};
 use crate::server::Server;
 
 /// Sends a request to the server (starting it if needed) on behalf of
-/// `session` (none: a stateless client), answering what mcpod answers itself.
-/// The response carries the client's own id.
+/// `caller` in `session` (none: a stateless client), answering what mcpod
+/// answers itself. The response carries the client's own id.
 pub async fn request(
     server: &Arc<Server>,
+    caller: &Caller,
     session: Option<&Arc<Session>>,
     stream: StreamKey,
     mut message: Value,
 ) -> Result<Value, RequestError> {
     let id = jsonrpc::id(&message);
     let method = Method::of(&message);
+    access::may_send(server, caller, &message)?;
     let uri = message
         .pointer("/params/uri")
         .and_then(Value::as_str)
@@ -58,8 +62,12 @@ pub async fn request(
     let in_flight = server
         .sessions()
         .begin(session.map(|s| &**s), wire_id, stream, &mut message);
-    let response = hold.request_as(wire_id, message).await;
+    let request = method.is_list().then(|| message.clone());
+    let mut response = hold.request_as(wire_id, message).await;
     drop(in_flight);
+    if let (Some(request), Ok(response)) = (&request, &mut response) {
+        access::filter_list(server, caller, request, response);
+    }
     if let (Ok(response), Some(session), Some(uri)) = (&response, session, &uri) {
         if response.get("result").is_some() {
             match method {

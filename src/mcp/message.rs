@@ -118,6 +118,17 @@ impl Method {
         method(message).map_or(Method::Other, Method::parse)
     }
 
+    /// A listing whose result names what a caller may use (and is filtered to it).
+    pub fn is_list(self) -> bool {
+        matches!(
+            self,
+            Method::ToolsList
+                | Method::PromptsList
+                | Method::ResourcesList
+                | Method::ResourcesTemplatesList
+        )
+    }
+
     /// Whether handling this request may make the server ask the client something
     /// (sampling, elicitation, roots). Listing, pinging and subscribing do not.
     pub fn may_ask_the_client(self) -> bool {

@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use tracing::debug;
 
+use crate::auth::Caller;
 use crate::mcp::bridge::ServerMessage;
 use crate::mcp::error::RequestError;
 use crate::mcp::message::{self as jsonrpc, Method};
@@ -157,6 +158,8 @@ struct Stream {
 
 /// Everything mcpod knows of one client session.
 struct SessionState {
+    /// Who opened the session: only they may use it.
+    owner: Arc<Caller>,
     protocol_version: String,
     capabilities: ClientCapabilities,
     /// A 2026-07-28 request that opted in to log messages: the lowest severity it wants.
@@ -365,6 +368,8 @@ impl Sessions {
 /// A handle on one client session; the session's state lives in [`Sessions`].
 pub struct Session {
     pub id: String,
+    /// Who opened it (see [`Session::belongs_to`]).
+    pub owner: Arc<Caller>,
     /// The 2024-11-05 HTTP+SSE transport: every message, responses too, goes on the one stream.
     pub legacy: bool,
     shared: Arc<Shared>,
@@ -383,6 +388,12 @@ impl Drop for Session {
 impl Session {
     fn with<T>(&self, f: impl FnOnce(&mut SessionState) -> T) -> Option<T> {
         self.shared.lock().sessions.get_mut(&self.id).map(f)
+    }
+
+    /// Whether `caller` may use this session: only the one who opened it
+    /// (a session id that leaks is no key to someone else's conversation).
+    pub fn belongs_to(&self, caller: &Caller) -> bool {
+        self.owner.subject == caller.subject && self.owner.via == caller.via
     }
 
     pub fn touch(&self) {
@@ -570,6 +581,7 @@ impl Sessions {
 
     fn insert(
         &self,
+        owner: Arc<Caller>,
         protocol_version: &str,
         capabilities: ClientCapabilities,
         legacy: bool,
@@ -580,6 +592,7 @@ impl Sessions {
         self.lock().sessions.insert(
             id.clone(),
             SessionState {
+                owner: owner.clone(),
                 protocol_version: protocol_version.to_string(),
                 capabilities,
                 log_severity,
@@ -596,6 +609,7 @@ impl Sessions {
         );
         Arc::new(Session {
             id,
+            owner,
             legacy,
             shared: self.shared.clone(),
             ephemeral: !listed,
@@ -605,6 +619,7 @@ impl Sessions {
     /// A new session, unless the server holds its limit of them already.
     pub fn create(
         &self,
+        owner: Arc<Caller>,
         protocol_version: &str,
         capabilities: ClientCapabilities,
         legacy: bool,
@@ -615,7 +630,7 @@ impl Sessions {
                 limit: self.limit,
             });
         }
-        let session = self.insert(protocol_version, capabilities, legacy, None, true);
+        let session = self.insert(owner, protocol_version, capabilities, legacy, None, true);
         debug!(session = %session.id, protocol_version, legacy, "session created");
         Ok(session)
     }
@@ -625,11 +640,19 @@ impl Sessions {
     /// ends when its handle is dropped.
     pub fn ephemeral(
         &self,
+        owner: Arc<Caller>,
         protocol_version: &str,
         capabilities: ClientCapabilities,
         log_severity: Option<u8>,
     ) -> Arc<Session> {
-        self.insert(protocol_version, capabilities, false, log_severity, false)
+        self.insert(
+            owner,
+            protocol_version,
+            capabilities,
+            false,
+            log_severity,
+            false,
+        )
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
@@ -637,6 +660,7 @@ impl Sessions {
         let session = state.sessions.get(id).filter(|s| s.listed)?;
         Some(Arc::new(Session {
             id: id.to_string(),
+            owner: session.owner.clone(),
             legacy: session.legacy,
             shared: self.shared.clone(),
             ephemeral: false,
@@ -1111,6 +1135,10 @@ fn anyone_subscribed(state: &State, uri: &str, except: Option<&str>) -> bool {
 mod tests {
     use super::*;
 
+    fn local() -> Arc<Caller> {
+        Arc::new(Caller::local())
+    }
+
     fn caps(roots: bool) -> ClientCapabilities {
         ClientCapabilities {
             roots,
@@ -1132,8 +1160,12 @@ mod tests {
     #[test]
     fn progress_goes_back_to_its_request_with_the_clients_token() {
         let sessions = Sessions::default();
-        let a = sessions.create("2025-06-18", caps(false), false).unwrap();
-        let b = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let a = sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .unwrap();
+        let b = sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .unwrap();
         let (_, mut stream_a) = a.open_request_stream(11);
         let (_, mut stream_b) = b.open_request_stream(12);
         let mut req_a = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":7}}});
@@ -1152,8 +1184,12 @@ mod tests {
     #[test]
     fn a_server_request_goes_to_the_one_request_in_flight_and_answers_map_back() {
         let sessions = Sessions::default();
-        let plain = sessions.create("2025-06-18", caps(false), false).unwrap();
-        let asking = sessions.create("2025-06-18", sampling(), false).unwrap();
+        let plain = sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .unwrap();
+        let asking = sessions
+            .create(local(), "2025-06-18", sampling(), false)
+            .unwrap();
         let (_, mut asking_stream) = asking.open_request_stream(5);
         let (_, mut plain_stream) = plain.attach(None);
         let guard = sessions.begin(Some(&asking), 9, 5, &mut call(1));
@@ -1188,8 +1224,12 @@ mod tests {
     #[test]
     fn with_two_requests_in_flight_a_server_request_is_never_guessed() {
         let sessions = Sessions::default();
-        let a = sessions.create("2025-06-18", caps(true), false).unwrap();
-        let b = sessions.create("2025-06-18", caps(true), false).unwrap();
+        let a = sessions
+            .create(local(), "2025-06-18", caps(true), false)
+            .unwrap();
+        let b = sessions
+            .create(local(), "2025-06-18", caps(true), false)
+            .unwrap();
         let (_, mut sa) = a.open_request_stream(1);
         let (_, mut sb) = b.open_request_stream(2);
         let _ga = sessions.begin(Some(&a), 1, 1, &mut call(1));
@@ -1215,7 +1255,9 @@ mod tests {
     #[test]
     fn an_unsolicited_roots_question_goes_to_the_session_that_announced_roots() {
         let sessions = Sessions::default();
-        let rooted = sessions.create("2025-06-18", caps(true), false).unwrap();
+        let rooted = sessions
+            .create(local(), "2025-06-18", caps(true), false)
+            .unwrap();
         let (_, mut stream) = rooted.attach(None);
         sessions.expect_roots_question(&rooted);
         let ask = json!({"jsonrpc":"2.0","id":7,"method":"roots/list"});
@@ -1229,8 +1271,12 @@ mod tests {
     #[tokio::test]
     async fn clients_that_answer_personal_questions_take_the_turn_alone() {
         let sessions = Sessions::default();
-        let asking = sessions.create("2025-06-18", sampling(), false).unwrap();
-        let plain = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let asking = sessions
+            .create(local(), "2025-06-18", sampling(), false)
+            .unwrap();
+        let plain = sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .unwrap();
         let wait = Duration::from_millis(50);
         let first = sessions.take_turn(&plain, wait).await.unwrap();
         let second = sessions.take_turn(&plain, wait).await.unwrap();
@@ -1248,8 +1294,12 @@ mod tests {
     #[tokio::test]
     async fn the_session_holding_the_turn_may_call_again_and_its_questions_still_reach_it() {
         let sessions = Sessions::default();
-        let asking = sessions.create("2025-06-18", sampling(), false).unwrap();
-        let plain = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let asking = sessions
+            .create(local(), "2025-06-18", sampling(), false)
+            .unwrap();
+        let plain = sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .unwrap();
         let wait = Duration::from_millis(50);
         let first = sessions.take_turn(&asking, wait).await.unwrap();
         let again = sessions.take_turn(&asking, wait).await.unwrap();
@@ -1277,7 +1327,9 @@ mod tests {
     #[test]
     fn reconnect_with_last_event_id_loses_nothing() {
         let sessions = Sessions::default();
-        let session = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let session = sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .unwrap();
         let (primed, mut first) = session.attach(None);
         session.send(STANDALONE, json!({"n": 1}));
         let seen = first.try_recv().unwrap();
@@ -1300,8 +1352,12 @@ mod tests {
     #[test]
     fn notifications_reach_every_session_once_and_updates_only_subscribers() {
         let sessions = Sessions::default();
-        let a = sessions.create("2025-06-18", caps(false), false).unwrap();
-        let b = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let a = sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .unwrap();
+        let b = sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .unwrap();
         let ((_, mut sa), (_, mut sb)) = (a.attach(None), b.attach(None));
         a.subscribe("file:///x");
         sessions.route(ServerMessage::Notification(
@@ -1329,8 +1385,12 @@ mod tests {
     #[test]
     fn cancellation_maps_the_clients_id_to_the_wire_id_of_its_own_session_only() {
         let sessions = Sessions::default();
-        let session = sessions.create("2025-06-18", caps(false), false).unwrap();
-        let other = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let session = sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .unwrap();
+        let other = sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .unwrap();
         let mut request = json!({"jsonrpc":"2.0","id":"abc","method":"tools/call"});
         let guard = sessions.begin(Some(&session), 99, STANDALONE, &mut request);
         let cancel = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"abc"}});
@@ -1346,9 +1406,13 @@ mod tests {
     #[test]
     fn a_server_holds_at_most_its_limit_of_sessions() {
         let sessions = Sessions::with_limit(2);
-        let a = sessions.create("2025-06-18", caps(false), false).unwrap();
-        let _b = sessions.create("2025-06-18", caps(false), false).unwrap();
-        let Err(refused) = sessions.create("2025-06-18", caps(false), false) else {
+        let a = sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .unwrap();
+        let _b = sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .unwrap();
+        let Err(refused) = sessions.create(local(), "2025-06-18", caps(false), false) else {
             panic!("a third session past the limit of two");
         };
         assert_eq!(
@@ -1356,20 +1420,26 @@ mod tests {
             warp::http::StatusCode::SERVICE_UNAVAILABLE
         );
         assert!(refused.retry_after().is_some());
-        let _exchange = sessions.ephemeral("2026-07-28", caps(false), None);
+        let _exchange = sessions.ephemeral(local(), "2026-07-28", caps(false), None);
         sessions.end(&a.id);
-        assert!(sessions.create("2025-06-18", caps(false), false).is_ok());
+        assert!(sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .is_ok());
     }
 
     #[test]
     fn session_ids_are_random_visible_ascii_and_ephemeral_ones_vanish() {
         let sessions = Sessions::default();
-        let a = sessions.create("2025-06-18", caps(false), false).unwrap();
-        let b = sessions.create("2025-06-18", caps(false), false).unwrap();
+        let a = sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .unwrap();
+        let b = sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .unwrap();
         assert_ne!(a.id, b.id);
         assert_eq!(a.id.len(), 32);
         assert!(a.id.bytes().all(|c| (0x21..=0x7e).contains(&c)));
-        let once = sessions.ephemeral("2026-07-28", caps(false), None);
+        let once = sessions.ephemeral(local(), "2026-07-28", caps(false), None);
         assert_eq!(sessions.len(), 2, "an exchange is not listed");
         assert!(sessions.get(&once.id).is_none());
         drop(once);

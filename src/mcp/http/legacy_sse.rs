@@ -15,6 +15,7 @@ use super::streamable::{
     find_session, initialize_result, invalid_request, negotiate_version, roots_changed,
 };
 use super::{body, refuse, Endpoint};
+use crate::auth::Caller;
 use crate::crd::SessionMode;
 use crate::mcp::call;
 use crate::mcp::error::RequestError;
@@ -29,15 +30,17 @@ pub fn routes(
         + Send
         + Sync
         + 'static,
-    with: BoxedFilter<(Endpoint,)>,
+    with: BoxedFilter<(Endpoint, Caller)>,
 ) -> impl Filter<Extract = (HttpResponse,), Error = warp::Rejection> + Clone {
     let open = stream_key
         .and(warp::get())
         .and(with.clone())
         .and(warp::header::headers_cloned())
-        .map(|name: String, endpoint: Endpoint, headers: HeaderMap| {
-            open_stream(&endpoint, &name, &headers)
-        });
+        .map(
+            |name: String, endpoint: Endpoint, caller: Caller, headers: HeaderMap| {
+                open_stream(&endpoint, &name, &headers, caller)
+            },
+        );
     let post = warp::path!("messages" / String)
         .and(warp::post())
         .and(with)
@@ -45,16 +48,21 @@ pub fn routes(
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::body::stream())
         .then(
-            |name: String, endpoint: Endpoint, headers, query, body| async move {
-                post(&endpoint, &name, &headers, query, body).await
+            |name: String, endpoint: Endpoint, caller: Caller, headers, query, body| async move {
+                post(&endpoint, &name, &headers, &caller, query, body).await
             },
         );
     open.or(post).unify()
 }
 
 /// The stream opens first and names where to POST.
-fn open_stream(endpoint: &Endpoint, name: &str, headers: &HeaderMap) -> HttpResponse {
-    let server = match endpoint.admit(name, headers) {
+fn open_stream(
+    endpoint: &Endpoint,
+    name: &str,
+    headers: &HeaderMap,
+    caller: Caller,
+) -> HttpResponse {
+    let server = match endpoint.admit(name, headers, &caller) {
         Ok(server) => server,
         Err(error) => return refuse(error),
     };
@@ -67,10 +75,12 @@ fn open_stream(endpoint: &Endpoint, name: &str, headers: &HeaderMap) -> HttpResp
     } else {
         server.clone()
     };
-    let created =
-        holder
-            .sessions()
-            .create(version::LEGACY_SSE, ClientCapabilities::default(), true);
+    let created = holder.sessions().create(
+        Arc::new(caller),
+        version::LEGACY_SSE,
+        ClientCapabilities::default(),
+        true,
+    );
     let session = match created {
         Ok(session) => session,
         Err(error) => {
@@ -105,6 +115,7 @@ async fn post<S, B>(
     endpoint: &Endpoint,
     name: &str,
     headers: &HeaderMap,
+    caller: &Caller,
     query: HashMap<String, String>,
     body: S,
 ) -> HttpResponse
@@ -112,13 +123,13 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let server = match endpoint.admit(name, headers) {
+    let server = match endpoint.admit(name, headers, caller) {
         Ok(server) => server,
         Err(error) => return refuse(error),
     };
     let Some((server, session)) = query
         .get("sessionId")
-        .and_then(|id| find_session(&server, id))
+        .and_then(|id| find_session(&server, id, caller))
     else {
         return refuse(RequestError::SessionNotFound);
     };
@@ -141,7 +152,8 @@ where
                     }
                     result
                 } else {
-                    call::request(&server, Some(&session), STANDALONE, message).await
+                    call::request(&server, &session.owner, Some(&session), STANDALONE, message)
+                        .await
                 };
                 session.send(STANDALONE, answer.unwrap_or_else(|e| e.to_jsonrpc(id)));
             });

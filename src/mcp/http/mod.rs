@@ -6,20 +6,23 @@
 //! - legacy HTTP+SSE (2024-11-05) at `/sse/{name}` or `/servers/{name}/sse`
 //!   plus `/messages/{name}` ([`legacy_sse`]).
 //!
-//! Every request first passes [`Endpoint::admit`]: origin, server, version.
+//! Every request has passed the router's cross-site checks and authentication
+//! (it comes with its [`Caller`]); then [`Endpoint::admit`]: server, access, version.
 
 pub mod body;
 pub mod legacy_sse;
-pub mod origin;
 pub mod per_request;
 pub mod reply;
 pub mod streamable;
 
 use std::sync::Arc;
 
+use warp::filters::BoxedFilter;
 use warp::http::HeaderMap;
 use warp::Filter;
 
+use crate::access;
+use crate::auth::Caller;
 use crate::mcp::error::RequestError;
 use crate::mcp::version;
 use crate::reconcile::Reconciler;
@@ -32,15 +35,12 @@ pub const VERSION_HEADER: &str = "mcp-protocol-version";
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
     pub max_body_bytes: usize,
-    /// Origins allowed besides the loopback ones; `*` allows any.
-    pub allowed_origins: Vec<String>,
 }
 
 impl Default for EndpointConfig {
     fn default() -> Self {
         EndpointConfig {
             max_body_bytes: 4 * 1024 * 1024,
-            allowed_origins: vec![],
         }
     }
 }
@@ -72,18 +72,18 @@ pub fn accepts(headers: &HeaderMap) -> Accepts {
 }
 
 impl Endpoint {
-    /// The checks every request passes first: Origin, server, protocol version.
-    pub fn admit(&self, name: &str, headers: &HeaderMap) -> Result<Arc<Server>, RequestError> {
-        if !origin::allowed(headers, &self.config.allowed_origins) {
-            return Err(RequestError::Forbidden(format!(
-                "origin {} is not allowed",
-                header(headers, "origin").unwrap_or("")
-            )));
-        }
+    /// The checks every request passes first: server, access, protocol version.
+    pub fn admit(
+        &self,
+        name: &str,
+        headers: &HeaderMap,
+        caller: &Caller,
+    ) -> Result<Arc<Server>, RequestError> {
         let server = self
             .reconciler
             .server(name)
             .ok_or_else(|| RequestError::UnknownServer(name.to_string()))?;
+        access::may_use(&server, caller)?;
         if let Some(requested) = header(headers, VERSION_HEADER) {
             if !version::is_known(requested) {
                 return Err(RequestError::unsupported_version(requested, version::all()));
@@ -103,15 +103,18 @@ pub fn refuse(error: RequestError) -> HttpResponse {
 pub fn routes(
     reconciler: Arc<Reconciler>,
     config: EndpointConfig,
+    caller: BoxedFilter<(Caller,)>,
 ) -> impl Filter<Extract = (HttpResponse,), Error = warp::Rejection> + Clone {
     let endpoint = Endpoint {
         reconciler,
         config: Arc::new(config),
     };
-    let with = warp::any().map(move || endpoint.clone());
+    let reconciler = endpoint.reconciler.clone();
+    // After the path and method: a request is authenticated once its route is known.
+    let with = warp::any().map(move || endpoint.clone()).and(caller);
     // `/mcp/{name}`, `/servers/{name}/mcp`, or on Kubernetes
     // `/mcp/{namespace}/{name}` for other namespaces.
-    let key_in_namespace = with.clone().map(|e: Endpoint| e.reconciler).and(
+    let key_in_namespace = warp::any().map(move || reconciler.clone()).and(
         warp::path!("mcp" / String / String)
             .map(|namespace: String, name: String| (namespace, name))
             .untuple_one(),

@@ -30,6 +30,7 @@ use warp::http::{HeaderMap, StatusCode};
 
 use super::reply::{self, json_reply, HttpResponse};
 use super::{header, VERSION_HEADER};
+use crate::auth::Caller;
 use crate::crd::SessionMode;
 use crate::mcp::call;
 use crate::mcp::error::RequestError;
@@ -139,6 +140,7 @@ impl Request {
 /// A POST in the per-request era. Returns the one reply it gets.
 pub async fn post(
     server: Arc<Server>,
+    caller: Arc<Caller>,
     headers: &HeaderMap,
     sse: bool,
     message: Value,
@@ -170,13 +172,13 @@ pub async fn post(
             "subscriptions/listen answers with a stream: Accept must allow text/event-stream",
         )
         .reply(Value::Null),
-        Method::SubscriptionsListen => listen(server, request).await,
+        Method::SubscriptionsListen => listen(server, caller, request).await,
         method if REMOVED_METHODS.contains(&method) => RequestError::MethodNotFound(format!(
             "{} is not part of protocol version 2026-07-28",
             request.method
         ))
         .reply(request.id),
-        _ => exchange(server, request, sse).await,
+        _ => exchange(server, caller, request, sse).await,
     }
 }
 
@@ -382,8 +384,14 @@ enum RoundEvent {
 }
 
 impl Exchange {
-    fn start(server: Arc<Server>, request: &Request, server_info: Value) -> Exchange {
+    fn start(
+        server: Arc<Server>,
+        caller: Arc<Caller>,
+        request: &Request,
+        server_info: Value,
+    ) -> Exchange {
         let session = server.sessions().ephemeral(
+            caller,
             version::PER_REQUEST[0],
             request.capabilities,
             request.log_severity,
@@ -395,7 +403,14 @@ impl Exchange {
         let (task_server, task_session) = (server.clone(), session.clone());
         let waiter = tokio::spawn(
             async move {
-                let response = call::request(&task_server, Some(&task_session), key, message).await;
+                let response = call::request(
+                    &task_server,
+                    &task_session.owner,
+                    Some(&task_session),
+                    key,
+                    message,
+                )
+                .await;
                 let _ = done.send(response);
             }
             .in_current_span(),
@@ -558,7 +573,12 @@ fn random_state() -> String {
 
 /// A request other than discover and listen: a new exchange, or the next round
 /// of a parked one.
-async fn exchange(server: Arc<Server>, request: Request, sse: bool) -> HttpResponse {
+async fn exchange(
+    server: Arc<Server>,
+    caller: Arc<Caller>,
+    request: Request,
+    sse: bool,
+) -> HttpResponse {
     let state = request.param("requestState").and_then(Value::as_str);
     let exchange = match state {
         Some(state) => {
@@ -566,6 +586,14 @@ async fn exchange(server: Arc<Server>, request: Request, sse: bool) -> HttpRespo
                 .sessions()
                 .unpark(state)
                 .and_then(|parked| parked.downcast::<Exchange>().ok());
+            // Someone else's exchange is unknown to this caller (and stays parked).
+            let parked = match parked {
+                Some(exchange) if !exchange.session.belongs_to(&caller) => {
+                    server.sessions().park(state.to_string(), exchange);
+                    None
+                }
+                parked => parked,
+            };
             let Some(mut exchange) = parked else {
                 return RequestError::InvalidParams(
                     "requestState is unknown or expired: send the request again without it".into(),
@@ -584,7 +612,7 @@ async fn exchange(server: Arc<Server>, request: Request, sse: bool) -> HttpRespo
                 Ok(hold) => hold.instance.initialize_result["serverInfo"].clone(),
                 Err(error) => return error.reply(request.id),
             };
-            Exchange::start(server, &request, server_info)
+            Exchange::start(server, caller, &request, server_info)
         }
     };
     answer(exchange, sse).await
@@ -653,7 +681,7 @@ fn sse(frames: impl futures::Stream<Item = Value> + Send + Sync + 'static) -> Ht
 /// `subscriptions/listen`: acknowledges what will be delivered (what the client
 /// asked for and the server can send), then streams it until the client leaves
 /// or mcpod ends the stream gracefully with the listen result.
-async fn listen(server: Arc<Server>, request: Request) -> HttpResponse {
+async fn listen(server: Arc<Server>, _caller: Arc<Caller>, request: Request) -> HttpResponse {
     let hold = match server.acquire().await {
         Ok(hold) => hold,
         Err(error) => return error.reply(request.id),

@@ -17,6 +17,7 @@ use warp::{Buf, Filter};
 use super::per_request;
 use super::reply::{self, json_reply, status_only, HttpResponse};
 use super::{accepts, body, header, refuse, Endpoint, SESSION_HEADER, VERSION_HEADER};
+use crate::auth::Caller;
 use crate::crd::SessionMode;
 use crate::mcp::call;
 use crate::mcp::error::RequestError;
@@ -34,7 +35,7 @@ pub type SessionOnServer = (Arc<Server>, Arc<Session>);
 
 pub fn routes(
     key: BoxedFilter<(String,)>,
-    with: BoxedFilter<(Endpoint,)>,
+    with: BoxedFilter<(Endpoint, Caller)>,
 ) -> impl Filter<Extract = (HttpResponse,), Error = warp::Rejection> + Clone {
     let post = key
         .clone()
@@ -42,40 +43,47 @@ pub fn routes(
         .and(with.clone())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(|name: String, endpoint: Endpoint, headers, body| {
-            let span = info_span!("mcp", server = %name);
-            async move { post(&endpoint, &name, &headers, body).await }.instrument(span)
-        });
+        .then(
+            |name: String, endpoint: Endpoint, caller: Caller, headers, body| {
+                let span = info_span!("mcp", server = %name, caller = %caller);
+                async move { post(&endpoint, &name, &headers, Arc::new(caller), body).await }
+                    .instrument(span)
+            },
+        );
     let get = key
         .clone()
         .and(warp::get())
         .and(with.clone())
         .and(warp::header::headers_cloned())
-        .map(|name: String, endpoint: Endpoint, headers: HeaderMap| {
-            get(&endpoint, &name, &headers)
-        });
+        .map(
+            |name: String, endpoint: Endpoint, caller: Caller, headers: HeaderMap| {
+                get(&endpoint, &name, &headers, &caller)
+            },
+        );
     let delete = key
         .and(warp::delete())
         .and(with)
         .and(warp::header::headers_cloned())
         .then(
-            |name: String, endpoint: Endpoint, headers: HeaderMap| async move {
-                delete(&endpoint, &name, &headers).await
+            |name: String, endpoint: Endpoint, caller: Caller, headers: HeaderMap| async move {
+                delete(&endpoint, &name, &headers, &caller).await
             },
         );
     post.or(get).unify().or(delete).unify()
 }
 
 /// The session named by `Mcp-Session-Id` and the server that holds it: 404
-/// once it has ended.
+/// once it has ended, or when it is not `caller`'s.
 pub fn session(
     server: &Arc<Server>,
     headers: &HeaderMap,
+    caller: &Caller,
 ) -> Result<Option<SessionOnServer>, RequestError> {
     let Some(id) = header(headers, SESSION_HEADER) else {
         return Ok(None);
     };
-    let (holder, session) = find_session(server, id).ok_or(RequestError::SessionNotFound)?;
+    let (holder, session) =
+        find_session(server, id, caller).ok_or(RequestError::SessionNotFound)?;
     session.touch();
     Ok(Some((holder, session)))
 }
@@ -83,27 +91,36 @@ pub fn session(
 fn require_session(
     server: &Arc<Server>,
     headers: &HeaderMap,
+    caller: &Caller,
 ) -> Result<SessionOnServer, RequestError> {
-    session(server, headers)?.ok_or(RequestError::MissingSession)
+    session(server, headers, caller)?.ok_or(RequestError::MissingSession)
 }
 
-/// Session `id` of `server` and the server holding it: `server` itself, or for
-/// `sessionMode: Isolated` the session's own server.
-pub fn find_session(server: &Arc<Server>, id: &str) -> Option<SessionOnServer> {
-    match server.sessions().get(id) {
+/// `caller`'s session `id` of `server` and the server holding it: `server`
+/// itself, or for `sessionMode: Isolated` the session's own server. Someone
+/// else's session is not found, as if it did not exist.
+pub fn find_session(server: &Arc<Server>, id: &str, caller: &Caller) -> Option<SessionOnServer> {
+    let found = match server.sessions().get(id) {
         Some(session) => Some((server.clone(), session)),
         None => server
             .isolated_for(id)
             .and_then(|child| child.sessions().get(id).map(|session| (child, session))),
-    }
+    };
+    found.filter(|(_, session)| session.belongs_to(caller))
 }
 
-async fn post<S, B>(endpoint: &Endpoint, name: &str, headers: &HeaderMap, body: S) -> HttpResponse
+async fn post<S, B>(
+    endpoint: &Endpoint,
+    name: &str,
+    headers: &HeaderMap,
+    caller: Arc<Caller>,
+    body: S,
+) -> HttpResponse
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let server = match endpoint.admit(name, headers) {
+    let server = match endpoint.admit(name, headers, &caller) {
         Ok(server) => server,
         Err(error) => return refuse(error),
     };
@@ -119,14 +136,14 @@ where
     };
     // 2026-07-28 and later: one self-contained request, no session.
     if per_request::requested(headers) {
-        return per_request::post(server, headers, accept.sse, message).await;
+        return per_request::post(server, caller, headers, accept.sse, message).await;
     }
     if jsonrpc::classify(&message) == Some(Kind::Request)
         && Method::of(&message) == Method::Initialize
     {
-        return initialize(&server, message).await;
+        return initialize(&server, caller, message).await;
     }
-    let (server, session) = match session(&server, headers) {
+    let (server, session) = match session(&server, headers, &caller) {
         Ok(Some((holder, session))) => (holder, Some(session)),
         Ok(None) => (server, None),
         Err(error) => return refuse(error),
@@ -137,7 +154,7 @@ where
         return refuse(RequestError::MissingSession);
     }
     if let Value::Array(batch) = message {
-        return self::batch(&server, session, headers, batch).await;
+        return self::batch(&server, &caller, session, headers, batch).await;
     }
     match jsonrpc::classify(&message) {
         None => json_reply(StatusCode::BAD_REQUEST, &invalid_request(&message)),
@@ -149,7 +166,7 @@ where
             Some(session) if accept.sse => sse_request(server, session, message),
             session => {
                 let id = jsonrpc::id(&message);
-                match call::request(&server, session.as_ref(), STANDALONE, message).await {
+                match call::request(&server, &caller, session.as_ref(), STANDALONE, message).await {
                     Ok(response) => json_reply(StatusCode::OK, &response),
                     Err(error) => error.reply(id),
                 }
@@ -161,6 +178,7 @@ where
 /// JSON-RPC batches exist only in protocol version 2025-03-26.
 async fn batch(
     server: &Arc<Server>,
+    caller: &Caller,
     session: Option<Arc<Session>>,
     headers: &HeaderMap,
     batch: Vec<Value>,
@@ -187,7 +205,7 @@ async fn batch(
     let answers = batch.into_iter().map(|message| {
         let server = server.clone();
         let session = session.clone();
-        async move { batch_member(&server, session.as_ref(), message).await }
+        async move { batch_member(&server, caller, session.as_ref(), message).await }
     });
     let responses: Vec<Value> = futures::future::join_all(answers)
         .await
@@ -204,6 +222,7 @@ async fn batch(
 /// One message of a batch: its response, if it is a request.
 async fn batch_member(
     server: &Arc<Server>,
+    caller: &Caller,
     session: Option<&Arc<Session>>,
     message: Value,
 ) -> Option<Value> {
@@ -216,7 +235,7 @@ async fn batch_member(
             "initialize cannot be part of a batch",
         )),
         Some(Kind::Request) => Some(
-            call::request(server, session, STANDALONE, message)
+            call::request(server, caller, session, STANDALONE, message)
                 .await
                 .unwrap_or_else(|e| e.to_jsonrpc(id)),
         ),
@@ -228,8 +247,8 @@ async fn batch_member(
 }
 
 /// GET: the stream for what the server sends on its own; `Last-Event-ID` resumes.
-fn get(endpoint: &Endpoint, name: &str, headers: &HeaderMap) -> HttpResponse {
-    let server = match endpoint.admit(name, headers) {
+fn get(endpoint: &Endpoint, name: &str, headers: &HeaderMap, caller: &Caller) -> HttpResponse {
+    let server = match endpoint.admit(name, headers, caller) {
         Ok(server) => server,
         Err(error) => return refuse(error),
     };
@@ -241,7 +260,7 @@ fn get(endpoint: &Endpoint, name: &str, headers: &HeaderMap) -> HttpResponse {
             "GET needs Accept: text/event-stream",
         ));
     }
-    let (_, session) = match require_session(&server, headers) {
+    let (_, session) = match require_session(&server, headers, caller) {
         Ok(found) => found,
         Err(error) => return refuse(error),
     };
@@ -252,15 +271,20 @@ fn get(endpoint: &Endpoint, name: &str, headers: &HeaderMap) -> HttpResponse {
 }
 
 /// DELETE: the client ends its session.
-async fn delete(endpoint: &Endpoint, name: &str, headers: &HeaderMap) -> HttpResponse {
-    let server = match endpoint.admit(name, headers) {
+async fn delete(
+    endpoint: &Endpoint,
+    name: &str,
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> HttpResponse {
+    let server = match endpoint.admit(name, headers, caller) {
         Ok(server) => server,
         Err(error) => return refuse(error),
     };
     if per_request::requested(headers) {
         return reply::method_not_allowed("POST");
     }
-    match require_session(&server, headers) {
+    match require_session(&server, headers, caller) {
         Ok((holder, session)) => {
             holder.sessions().end(&session.id);
             // An isolated session's container goes with it.
@@ -281,7 +305,7 @@ pub fn invalid_request(message: &Value) -> Value {
 }
 
 /// A client's `initialize`: answered from the server's own result, with a new session.
-async fn initialize(parent: &Arc<Server>, message: Value) -> HttpResponse {
+async fn initialize(parent: &Arc<Server>, caller: Arc<Caller>, message: Value) -> HttpResponse {
     let id = jsonrpc::id(&message);
     // `sessionMode: Isolated`: this session gets a container of its own.
     let isolated = parent.workload().session_mode == SessionMode::Isolated;
@@ -298,7 +322,9 @@ async fn initialize(parent: &Arc<Server>, message: Value) -> HttpResponse {
         .and_then(|response| {
             let version = negotiate_version(&message);
             let capabilities = ClientCapabilities::from_initialize(&message);
-            let session = server.sessions().create(version, capabilities, false)?;
+            let session = server
+                .sessions()
+                .create(caller, version, capabilities, false)?;
             Ok((response, session, capabilities))
         });
     match created {
@@ -366,7 +392,7 @@ fn sse_request(server: Arc<Server>, session: Arc<Session>, message: Value) -> Ht
     let (priming, events) = session.open_request_stream(key);
     let task = async move {
         let id = jsonrpc::id(&message);
-        let response = call::request(&server, Some(&session), key, message)
+        let response = call::request(&server, &session.owner, Some(&session), key, message)
             .await
             .unwrap_or_else(|e| e.to_jsonrpc(id));
         session.send(key, response);
