@@ -38,7 +38,16 @@ pub const DEFAULT_USER: i64 = 65534;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MCPServerSpec {
     /// Container image that runs the server, e.g. `localhost/mcpod/time:latest`.
+    /// Leave it out with `package`: mcpod builds the image itself.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub image: String,
+    /// Instead of an image: an npm or PyPI package that speaks MCP on stdio.
+    /// `mcpod serve` builds it on first use (every dependency resolved once and
+    /// recorded under `<data-dir>/builds/<name>/`), shown in the status message
+    /// and the server's log. Podman hosts only: on Kubernetes build it with
+    /// `mcpod add`, push it to a registry and set `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<PackageSource>,
     /// When to pull the image. Local images work with `IfNotPresent` (the default) and `Never`.
     #[serde(default)]
     pub image_pull_policy: ImagePullPolicy,
@@ -91,6 +100,18 @@ pub struct MCPServerSpec {
     /// `Isolated`: each client session gets a container of its own.
     #[serde(default)]
     pub session_mode: SessionMode,
+}
+
+/// An npm or PyPI package to build a server image from: exactly one of the two.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PackageSource {
+    /// `NAME` or `NAME@VERSION`, e.g. `@modelcontextprotocol/server-memory@2025.9.25`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub npm: Option<String>,
+    /// `NAME` or `NAME==VERSION`, e.g. `mcp-server-time==2025.9.25`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pypi: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -26,6 +26,7 @@ pub mod logs;
 pub mod manifests;
 pub mod mcp;
 pub mod metrics;
+pub mod package;
 pub mod policy;
 pub mod quantity;
 pub mod reconcile;

@@ -23,6 +23,7 @@ use crate::mcp::error::RequestError;
 use crate::mcp::message::{self as jsonrpc, Method};
 use crate::mcp::sessions::Sessions;
 use crate::mcp::version;
+use crate::package::Package;
 use crate::runtime::Runtime;
 use crate::workload::Workload;
 
@@ -50,6 +51,9 @@ pub struct Settings {
     pub max_sessions: usize,
     /// `sessionMode: Isolated`: containers of one server at most.
     pub max_isolated: usize,
+    /// Builds `spec.package` servers' images on first use (`None`: such a
+    /// server fails to start, saying no builder is available here).
+    pub builder: Option<crate::package::Builder>,
 }
 
 impl Default for Settings {
@@ -63,6 +67,7 @@ impl Default for Settings {
             removal_debounce: REMOVAL_DEBOUNCE,
             max_sessions: 10_000,
             max_isolated: 32,
+            builder: None,
         }
     }
 }
@@ -370,9 +375,19 @@ impl Server {
             _ => 0,
         };
         self.set_phase(Phase::Starting, None);
+        // A package is built before the start proper: a build takes minutes,
+        // a start seconds, and `startupTimeout` is about the start.
+        let built = match &workload.package {
+            Some(package) => self.build_image(workload, package).await,
+            None => Ok(()),
+        };
         let began = Instant::now();
         let timeout = workload.timeouts.startup;
-        let outcome = match tokio::time::timeout(timeout, self.start_instance(workload)).await {
+        let start = async {
+            built?;
+            self.start_instance(workload).await
+        };
+        let outcome = match tokio::time::timeout(timeout, start).await {
             Ok(Ok(instance)) => Ok(instance),
             Ok(Err(reason)) => Err(RequestError::StartFailed {
                 server: self.name.clone(),
@@ -426,6 +441,35 @@ impl Server {
                 Err(error)
             }
         }
+    }
+
+    /// Builds the image of a `spec.package` server unless it exists, with the
+    /// progress in the status message and the server's log.
+    async fn build_image(&self, workload: &Workload, package: &Package) -> Result<(), String> {
+        let Some(builder) = &self.settings.builder else {
+            return Err(format!(
+                "spec.package ({}) needs an image builder, which this mcpod has not \
+                 (only `mcpod serve` builds packages)",
+                package.request()
+            ));
+        };
+        let progress = |line: &str| {
+            self.log.write("mcpod", line);
+            self.status.lock().unwrap().message = Some(line.to_string());
+        };
+        let began = Instant::now();
+        let built = builder
+            .0
+            .ensure(&self.name, package, &workload.image, &progress)
+            .await;
+        match &built {
+            Ok(()) => {
+                info!(image = %workload.image, seconds = began.elapsed().as_secs(), "image ready")
+            }
+            Err(error) => warn!(%error, "image build failed"),
+        }
+        self.status.lock().unwrap().message = None;
+        built.map_err(|e| format!("building {} failed: {e}", package.request()))
     }
 
     /// Starts the container, attaches, and performs the MCP `initialize` handshake.

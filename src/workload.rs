@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::crd::{
     DesiredState, ImagePullPolicy, KeyRef, MCPServerSpec, NetworkMode, Security, SessionMode,
 };
+use crate::package::Package;
 use crate::policy::Policy;
 use crate::{duration, quantity, Error, Result};
 
@@ -64,6 +65,8 @@ pub enum Target {
 pub struct Workload {
     pub name: String,
     pub image: String,
+    /// `spec.package`: the image above is built from it on first use.
+    pub package: Option<Package>,
     pub pull_policy: ImagePullPolicy,
     pub command: Vec<String>,
     pub args: Vec<String>,
@@ -135,9 +138,11 @@ impl Workload {
     ) -> Result<Workload> {
         validate_name(name)?;
         let invalid = |field: &str, message: String| Error::invalid(name, field, message);
-        if spec.image.trim().is_empty() {
-            return Err(invalid("spec.image", "is required".into()));
-        }
+        let package = resolve_package(name, spec, target)?;
+        let image = match &package {
+            Some(package) => package.image_for(name),
+            None => spec.image.trim().to_string(),
+        };
         let memory_quantity = spec
             .resources
             .limits
@@ -204,8 +209,13 @@ impl Workload {
 
         let mut workload = Workload {
             name: name.to_string(),
-            image: spec.image.trim().to_string(),
-            pull_policy: spec.image_pull_policy,
+            image,
+            // A built image is local: no registry has it.
+            pull_policy: match package {
+                Some(_) => ImagePullPolicy::Never,
+                None => spec.image_pull_policy,
+            },
+            package,
             command: spec.command.clone(),
             args: spec.args.clone(),
             env,
@@ -246,6 +256,44 @@ impl Workload {
         let digest = Sha256::digest(shape.to_string().as_bytes());
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// `spec.image` or `spec.package` (exactly one); a package only where mcpod can build it.
+fn resolve_package(name: &str, spec: &MCPServerSpec, target: Target) -> Result<Option<Package>> {
+    let invalid = |field: &str, message: String| Error::invalid(name, field, message);
+    let has_image = !spec.image.trim().is_empty();
+    let Some(source) = &spec.package else {
+        return match has_image {
+            true => Ok(None),
+            false => Err(invalid(
+                "spec.image",
+                "is required (or spec.package: {npm: NAME[@VERSION]} | {pypi: NAME[==VERSION]})"
+                    .into(),
+            )),
+        };
+    };
+    if has_image {
+        return Err(invalid(
+            "spec.package",
+            "give either spec.image or spec.package, not both".into(),
+        ));
+    }
+    let package = match (&source.npm, &source.pypi) {
+        (Some(npm), None) => Package::npm(npm),
+        (None, Some(pypi)) => Package::pypi(pypi),
+        _ => Err("needs exactly one of npm and pypi".to_string()),
+    }
+    .map_err(|e| invalid("spec.package", e))?;
+    if target == Target::Kubernetes {
+        return Err(invalid(
+            "spec.package",
+            "is built by `mcpod serve` on a Podman host; on Kubernetes the nodes pull images \
+             from a registry: build it with `mcpod add NAME --npm|--pypi …`, push the image \
+             and set spec.image"
+                .into(),
+        ));
+    }
+    Ok(Some(package))
 }
 
 /// Server names become container and pod names: DNS-1123 labels.

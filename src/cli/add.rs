@@ -18,12 +18,14 @@ use clap::{ArgGroup, Args};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use mcpod::package::{ImageBuilder, Package};
+
 use super::api::{Api, DEFAULT_URL};
 use super::progress::Progress;
 use super::{CliError, CliResult};
 
 /// Where the images `add` builds are tagged: `localhost/mcpod/<name>:<version>`.
-const PREFIX: &str = "localhost/mcpod";
+const PREFIX: &str = mcpod::package::IMAGE_PREFIX;
 /// Where a CA bundle is mounted for the build steps (read by `mcpod-with-build-ca`).
 const BUILD_CA: &str = "/run/mcpod-build-ca.crt";
 
@@ -68,82 +70,6 @@ pub struct AddArgs {
     pub no_start: bool,
 }
 
-/// What is built: a package of one ecosystem at a version (`None`: the newest).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Package {
-    Npm {
-        name: String,
-        version: Option<String>,
-    },
-    Pypi {
-        name: String,
-        version: Option<String>,
-    },
-}
-
-impl Package {
-    /// `@scope/pkg@1.2` → (`@scope/pkg`, `1.2`): the version follows the last `@`
-    /// that is not the scope's.
-    pub fn npm(spec: &str) -> CliResult<Package> {
-        let (name, version) = match spec[1..].rfind('@') {
-            Some(i) if !spec.is_empty() => (&spec[..i + 1], Some(&spec[i + 2..])),
-            _ => (spec, None),
-        };
-        let valid = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "@/._-".contains(c));
-        if !valid || version == Some("") {
-            return Err(CliError::Usage(format!(
-                "--npm {spec}: expected PKG or PKG@VERSION"
-            )));
-        }
-        Ok(Package::Npm {
-            name: name.to_string(),
-            version: version.map(str::to_string),
-        })
-    }
-
-    pub fn pypi(spec: &str) -> CliResult<Package> {
-        let (name, version) = match spec.split_once("==") {
-            Some((name, version)) => (name, Some(version)),
-            None => (spec, None),
-        };
-        let valid = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-[]".contains(c));
-        if !valid || version == Some("") {
-            return Err(CliError::Usage(format!(
-                "--pypi {spec}: expected PKG or PKG==VERSION"
-            )));
-        }
-        Ok(Package::Pypi {
-            name: name.to_string(),
-            version: version.map(str::to_string),
-        })
-    }
-
-    fn label(&self) -> String {
-        match self {
-            Package::Npm { name, .. } => format!("npm:{name}"),
-            Package::Pypi { name, .. } => format!("pypi:{name}"),
-        }
-    }
-
-    /// The request as typed, which decides whether a recorded resolution still holds.
-    fn request(&self) -> String {
-        match self {
-            Package::Npm { name, version } => {
-                format!("npm {name}@{}", version.as_deref().unwrap_or("latest"))
-            }
-            Package::Pypi { name, version } => {
-                format!("pypi {name}=={}", version.as_deref().unwrap_or("latest"))
-            }
-        }
-    }
-}
-
 /// A package resolved to exact versions: what the image runs.
 #[derive(Debug, Clone)]
 struct Resolved {
@@ -179,8 +105,10 @@ pub async fn run(args: AddArgs, data_dir: &Path) -> CliResult {
         )));
     }
     let package = match (&args.npm, &args.pypi) {
-        (Some(spec), _) => Some(Package::npm(spec)?),
-        (_, Some(spec)) => Some(Package::pypi(spec)?),
+        (Some(spec), _) => Some(Package::npm(spec).map_err(|e| CliError::Usage(format!("--{e}")))?),
+        (_, Some(spec)) => {
+            Some(Package::pypi(spec).map_err(|e| CliError::Usage(format!("--{e}")))?)
+        }
         _ => None,
     };
     let (image, note) = match &package {
@@ -342,6 +270,79 @@ pub fn manifest_yaml(
     )
 }
 
+/// The builder `mcpod serve` plugs into the server lifecycle: a `spec.package`
+/// server's image is built on its first start, exactly as `mcpod add` builds.
+pub struct ServeBuilder {
+    /// `<data-dir>`: builds are kept in `<data-dir>/builds/<name>/`.
+    pub data_dir: PathBuf,
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl ServeBuilder {
+    pub fn new(data_dir: &Path, ca_bundle: Option<PathBuf>) -> ServeBuilder {
+        ServeBuilder {
+            data_dir: data_dir.to_path_buf(),
+            ca_bundle: ca_bundle.or_else(host_ca_bundle),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ImageBuilder for ServeBuilder {
+    async fn ensure(
+        &self,
+        server: &str,
+        package: &Package,
+        image: &str,
+        progress: &(dyn for<'s> Fn(&'s str) + Send + Sync),
+    ) -> Result<(), String> {
+        let wanted = image.to_string();
+        let exists = tokio::task::spawn_blocking(move || image_id(&wanted).is_some())
+            .await
+            .unwrap_or(false);
+        if exists {
+            return Ok(());
+        }
+        let builder = Builder {
+            name: server.to_string(),
+            dir: self.data_dir.join("builds").join(server),
+            ca_bundle: self.ca_bundle.clone(),
+            force: false,
+        };
+        progress(&format!(
+            "building image {image} from {} (first use; log in {})",
+            package.request(),
+            builder.dir.display()
+        ));
+        let (package, target) = (package.clone(), image.to_string());
+        let built = tokio::task::spawn_blocking(move || {
+            let (built, resolved) = builder.build(&package).map_err(|e| e.to_string())?;
+            tag(&built, &target)?;
+            Ok::<_, String>(format!("{} {}", package.label(), resolved.version))
+        })
+        .await
+        .map_err(|e| format!("the build task failed: {e}"))??;
+        progress(&format!("built {image} from {built}"));
+        Ok(())
+    }
+}
+
+/// `podman tag SOURCE TARGET`.
+fn tag(source: &str, target: &str) -> Result<(), String> {
+    let output = podman()
+        .args(["tag", source, target])
+        .output()
+        .map_err(|e| format!("cannot run podman: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "podman tag {source} {target}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
 struct Builder {
     name: String,
     /// The build context, kept: Containerfile and the recorded resolution.
@@ -407,7 +408,7 @@ impl Builder {
             return Ok((image, resolved));
         }
         let progress = Progress::start(&format!("building {image}"));
-        let mut build = Command::new("podman");
+        let mut build = podman();
         build
             .args(["build", "--pull=never", "--layers=false"])
             .args(self.ca_args())
@@ -497,7 +498,7 @@ impl Builder {
 
     /// Runs `script` in a builder image with the build directory at /work.
     fn run_in(&self, image: &str, script: &str) -> CliResult {
-        let mut run = Command::new("podman");
+        let mut run = podman();
         run.args(["run", "--rm", "--pull=never"])
             .args(self.ca_args())
             .arg("--volume")
@@ -678,6 +679,18 @@ fn tag_of(version: &str) -> String {
         .collect()
 }
 
+/// The local `podman` CLI. `mcpod serve` may have `CONTAINER_HOST` pointing at
+/// the Podman service it uses, which turns the CLI remote — and Podman 4.3's
+/// remote `build` drops `--volume` (the CA bundle). A `unix://` service is on
+/// this host with the same image storage, so builds run locally instead.
+fn podman() -> Command {
+    let mut command = Command::new("podman");
+    if std::env::var("CONTAINER_HOST").is_ok_and(|host| host.starts_with("unix://")) {
+        command.env_remove("CONTAINER_HOST");
+    }
+    command
+}
+
 fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
 }
@@ -691,7 +704,7 @@ fn image_label(reference: &str, label: &str) -> Option<String> {
 }
 
 fn podman_format(reference: &str, format: &str) -> Option<String> {
-    let output = Command::new("podman")
+    let output = podman()
         .args(["image", "inspect", "--format", format, reference])
         .stderr(Stdio::null())
         .output()
