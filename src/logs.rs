@@ -50,6 +50,26 @@ impl Default for LogLimits {
 }
 
 static LIMITS: OnceLock<LogLimits> = OnceLock::new();
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// How mcpod writes its own log and each server's: `text` lines for people,
+/// or one JSON object per line for Loki, Elasticsearch and the like.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Sets the format of every [`ServerLog`] line written afterwards (once, at
+/// start-up; later calls are ignored). Without it, lines are text.
+pub fn configure_format(format: LogFormat) {
+    let _ = FORMAT.set(format);
+}
+
+fn format() -> LogFormat {
+    FORMAT.get().copied().unwrap_or_default()
+}
 
 /// Sets the limits of every [`ServerLog`] opened afterwards (once, at start-up;
 /// later calls are ignored). Without it, [`LogLimits::default`] applies.
@@ -269,6 +289,8 @@ impl RateLimit {
 }
 
 pub struct ServerLog {
+    /// The key the log is named after (the server, or its isolated instance).
+    server: String,
     path: Option<PathBuf>,
     file: Mutex<Option<File>>,
     limits: LogLimits,
@@ -288,6 +310,7 @@ impl ServerLog {
             opened.map_err(|e| warn_unwritable(p, &e)).ok()
         });
         ServerLog {
+            server: server.to_string(),
             path,
             file: Mutex::new(file),
             limits,
@@ -321,9 +344,8 @@ impl ServerLog {
                 .ok();
         }
         let Some(handle) = file.as_mut() else { return };
-        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
         let line = cut(line, MAX_LINE_BYTES);
-        match writeln!(handle, "{now} {source} {line}") {
+        match writeln!(handle, "{}", self.format_line(format(), source, &line)) {
             Ok(()) => {
                 if record_write_success(path) {
                     info!(log = %path.display(), "server log writable again");
@@ -333,6 +355,21 @@ impl ServerLog {
                 warn_unwritable(path, &e);
                 *file = None;
             }
+        }
+    }
+
+    /// One line of the log, in the configured [`LogFormat`].
+    fn format_line(&self, format: LogFormat, source: &str, line: &str) -> String {
+        let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+        match format {
+            LogFormat::Text => format!("{now} {source} {line}"),
+            LogFormat::Json => serde_json::json!({
+                "timestamp": now.to_string(),
+                "server": self.server,
+                "source": source,
+                "message": line,
+            })
+            .to_string(),
         }
     }
 
@@ -427,6 +464,20 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o640);
+    }
+
+    #[test]
+    fn json_lines_carry_time_server_source_and_message() {
+        let log = ServerLog::open(None, "time");
+        let line = log.format_line(LogFormat::Json, "stderr", "said \"hi\"\n");
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["server"], "time");
+        assert_eq!(value["source"], "stderr");
+        assert_eq!(value["message"], "said \"hi\"\n");
+        assert!(value["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(!line.contains('\n'), "one line: {line}");
+        let text = log.format_line(LogFormat::Text, "mcpod", "stopped");
+        assert!(text.ends_with("Z mcpod stopped"), "{text}");
     }
 
     #[test]

@@ -25,6 +25,16 @@ mod cli;
     about = "Runs MCP servers as containers, on demand"
 )]
 struct Cli {
+    /// mcpod's own log and each server's log: `text` lines, or one JSON object
+    /// per line (for Loki, Elasticsearch and the like).
+    #[arg(
+        long,
+        global = true,
+        env = "MCPOD_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: mcpod::logs::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -336,6 +346,10 @@ struct ServeArgs {
     user_namespace: podman::UserNamespace,
     #[command(flatten)]
     connections: ConnectionArgs,
+    /// How often each running container's CPU, memory and I/O is sampled for
+    /// `/metrics` and `/servers` (0 = never).
+    #[arg(long, env = "MCPOD_USAGE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    usage_interval: Duration,
 }
 
 /// Guardrails on what an MCPServer may ask of the host (see `mcpod::policy`).
@@ -451,20 +465,34 @@ struct LogFile<'a> {
     keep: usize,
 }
 
-/// Logs to stderr (and, for `serve`, to a rotated file too), filtered by `RUST_LOG`.
-fn init_logging(file: Option<LogFile>) {
+/// Logs to stderr (and, for `serve`, to a rotated file too), filtered by
+/// `RUST_LOG`, as text or JSON lines.
+fn init_logging(file: Option<LogFile>, format: mcpod::logs::LogFormat) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    mcpod::logs::configure_format(format);
+    let json = format == mcpod::logs::LogFormat::Json;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(!json && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let stderr = if json {
+        stderr.json().boxed()
+    } else {
+        stderr.boxed()
+    };
     let file = file.map(|file| {
         let rotating = mcpod::logs::RotatingFile::open(file.path, file.max_bytes, file.keep);
-        tracing_subscriber::fmt::layer()
+        let layer = tracing_subscriber::fmt::layer()
             .with_writer(std::sync::Mutex::new(rotating))
-            .with_ansi(false)
+            .with_ansi(false);
+        if json {
+            layer.json().boxed()
+        } else {
+            layer.boxed()
+        }
     });
     tracing_subscriber::registry()
         .with(filter)
@@ -512,7 +540,7 @@ async fn main() {
         }
         _ => None,
     };
-    init_logging(log_file);
+    init_logging(log_file, cli.log_format);
     let result = match cli.command {
         Command::Crd => {
             print!("{}", crd::crd_yaml());
@@ -606,7 +634,10 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
     let runtime = Arc::new(
         PodmanRuntime::new(&socket, &args.instance).with_user_namespace(args.user_namespace),
     );
-    let reconciler = Reconciler::new(runtime, defaults, settings);
+    let reconciler = Reconciler::new(runtime.clone(), defaults, settings);
+    if !args.usage_interval.is_zero() {
+        mcpod::metrics::usage::spawn(runtime, &reconciler, args.usage_interval);
+    }
     if !args.manifests.is_dir() {
         return Err(mcpod::Error::Io {
             path: args.manifests.clone(),

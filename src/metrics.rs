@@ -1,10 +1,19 @@
 //! `GET /metrics`: every server's lifecycle in the Prometheus text format
-//! (starts, stops, failures, cold-start time, requests, sessions).
+//! (starts, stops, failures, cold-start time, requests, sessions), request
+//! latency per method and tool and errors by kind ([`requests`]), container
+//! resource usage ([`usage`]) and mcpod's own process ([`process`]).
+//! Names follow Prometheus' conventions: base units in the name, `_total`
+//! counters, `_seconds` and `_bytes`.
+
+pub mod process;
+pub mod requests;
+pub mod usage;
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 use crate::crd::Phase;
-use crate::server::Status;
+use crate::server::{Server, Status};
 
 /// One metric family: name, type, help, and a value per server.
 struct Family {
@@ -88,12 +97,6 @@ const FAMILIES: &[Family] = &[
         value: |s| s.sessions as f64,
     },
     Family {
-        name: "mcpod_server_cold_start_seconds_sum",
-        kind: "counter",
-        help: "Total time from start to initialized, over all starts.",
-        value: |s| s.cold_start_ms_total as f64 / 1000.0,
-    },
-    Family {
         name: "mcpod_server_last_cold_start_seconds",
         kind: "gauge",
         help: "Time from start to initialized, last start.",
@@ -111,8 +114,139 @@ const FAMILIES: &[Family] = &[
     },
 ];
 
-/// Renders the statuses as Prometheus text exposition format 0.0.4.
-pub fn render(statuses: &[Status]) -> String {
+/// Renders every server's metrics, the listener's and the process's as
+/// Prometheus text exposition format 0.0.4.
+pub fn render(servers: &[Arc<Server>]) -> String {
+    let statuses: Vec<Status> = servers.iter().map(|s| s.status()).collect();
+    let mut out = render_statuses(&statuses);
+    let names: Vec<String> = statuses.iter().map(|s| escape(&s.name)).collect();
+    render_requests(&mut out, servers, &names);
+    let usages: Vec<(String, crate::runtime::Usage)> = names
+        .iter()
+        .zip(&statuses)
+        .filter_map(|(name, status)| Some((name.clone(), status.usage.clone()?)))
+        .collect();
+    usage::render(&mut out, &usages);
+    crate::listener::render_metrics(&mut out);
+    process::render(&mut out);
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// What each server's [`requests::ServerMetrics`] holds, `names` escaped.
+fn render_requests(out: &mut String, servers: &[Arc<Server>], names: &[String]) {
+    let both = || servers.iter().zip(names);
+    let name = "mcpod_request_duration_seconds";
+    header(
+        out,
+        name,
+        "histogram",
+        "Time from a request's arrival to its answer, by server and MCP method.",
+    );
+    for (server, server_name) in both() {
+        for (method, histogram) in server.metrics().methods() {
+            histogram.render(
+                out,
+                name,
+                &format!("server=\"{server_name}\",method=\"{method}\""),
+            );
+        }
+    }
+    let name = "mcpod_tool_call_duration_seconds";
+    header(out, name, "histogram", &format!("Time of tools/call requests by server and tool (the first {} tool names of a server; the rest as \"other\").", requests::MAX_TOOLS));
+    for (server, server_name) in both() {
+        server.metrics().for_each_tool(|tool, histogram| {
+            let labels = format!("server=\"{server_name}\",tool=\"{}\"", escape(tool));
+            histogram.render(out, name, &labels);
+        });
+    }
+    let name = "mcpod_request_errors_total";
+    header(out, name, "counter", "Requests that failed, by server and kind (timeout, crashed, start_failed, startup_timeout, unavailable, forbidden, invalid, jsonrpc_error, tool_error, abandoned).");
+    for (server, server_name) in both() {
+        for kind in requests::ErrorKind::ALL {
+            let count = server.metrics().errors(kind);
+            let _ = writeln!(
+                out,
+                "{name}{{server=\"{server_name}\",kind=\"{}\"}} {count}",
+                kind.label()
+            );
+        }
+    }
+    let name = "mcpod_server_cold_start_seconds";
+    header(
+        out,
+        name,
+        "histogram",
+        "Time from a container start to the server's answer to initialize.",
+    );
+    for (server, server_name) in both() {
+        server
+            .metrics()
+            .cold_starts
+            .render(out, name, &format!("server=\"{server_name}\""));
+    }
+    type Figure = fn(&Server) -> u64;
+    let figures: [(&str, &str, &str, Figure); 5] = [
+        (
+            "mcpod_server_idle_stops_total",
+            "counter",
+            "Stops after the idle timeout (scale to zero).",
+            |s| s.metrics().idle_stops(),
+        ),
+        (
+            "mcpod_server_stdin_bytes_total",
+            "counter",
+            "Bytes written to the server's stdin.",
+            |s| {
+                s.metrics()
+                    .traffic
+                    .to_server
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            },
+        ),
+        (
+            "mcpod_server_stdout_bytes_total",
+            "counter",
+            "Bytes read from the server's stdout.",
+            |s| {
+                s.metrics()
+                    .traffic
+                    .from_server
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            },
+        ),
+        (
+            "mcpod_server_stdio_queue_bytes",
+            "gauge",
+            "Bytes waiting to be written to the server's stdin.",
+            |s| {
+                s.running_instance()
+                    .map_or(0, |i| i.bridge.queued_bytes() as u64)
+            },
+        ),
+        (
+            "mcpod_server_stdio_pending_requests",
+            "gauge",
+            "Requests written to the server and not yet answered.",
+            |s| {
+                s.running_instance()
+                    .map_or(0, |i| i.bridge.pending() as u64)
+            },
+        ),
+    ];
+    for (name, kind, help, value) in figures {
+        header(out, name, kind, help);
+        for (server, server_name) in both() {
+            let _ = writeln!(out, "{name}{{server=\"{server_name}\"}} {}", value(server));
+        }
+    }
+}
+
+/// The lifecycle families of [`Status`].
+fn render_statuses(statuses: &[Status]) -> String {
     let mut out = String::new();
     for family in FAMILIES {
         let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
@@ -127,7 +261,6 @@ pub fn render(statuses: &[Status]) -> String {
             );
         }
     }
-    crate::listener::render_metrics(&mut out);
     out
 }
 
@@ -144,7 +277,7 @@ mod tests {
 
     #[test]
     fn exposition_has_help_type_and_one_sample_per_server() {
-        let text = render(&[test_status()]);
+        let text = render_statuses(&[test_status()]);
         assert!(text.contains("# TYPE mcpod_server_starts_total counter"));
         assert!(text.contains("mcpod_server_starts_total{server=\"time\"} 3"));
         assert!(text.contains("mcpod_server_up{server=\"time\"} 1"));
@@ -183,6 +316,7 @@ mod tests {
             request_failures: 1,
             oom_kills: 0,
             idle_timeout_seconds: Some(300),
+            usage: None,
         }
     }
 }

@@ -103,7 +103,7 @@ pub fn routes(
         .and(caller.clone())
         .and(with_state.clone())
         .map(|_: Caller, state: State| {
-            let metrics = crate::metrics::render(&state.statuses());
+            let metrics = crate::metrics::render(&state.reconciler.servers());
             text_reply("text/plain; version=0.0.4", metrics)
         });
     let list = warp::path!("servers")

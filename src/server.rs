@@ -23,6 +23,7 @@ use crate::mcp::error::RequestError;
 use crate::mcp::message::{self as jsonrpc, Method};
 use crate::mcp::sessions::Sessions;
 use crate::mcp::version;
+use crate::metrics::requests::ServerMetrics;
 use crate::package::Package;
 use crate::runtime::Runtime;
 use crate::workload::Workload;
@@ -127,6 +128,10 @@ pub struct Status {
     /// The idle time after which the server is stopped (`None`: never, or the
     /// operator decides); with `lastActivity`, what `mcpod get` counts down.
     pub idle_timeout_seconds: Option<u64>,
+    /// The running container's latest resource usage (`cpuSeconds`,
+    /// `memoryBytes`, `memoryLimitBytes`, …), sampled in the background.
+    #[serde(flatten)]
+    pub usage: Option<crate::runtime::Usage>,
 }
 
 pub struct Server {
@@ -146,6 +151,8 @@ pub struct Server {
     isolated: Mutex<std::collections::HashMap<String, Arc<Server>>>,
     /// Isolated servers spawned and not yet attached to their session.
     isolated_starting: AtomicUsize,
+    /// Latency, errors, traffic (shared with its isolated servers).
+    metrics: Arc<ServerMetrics>,
 }
 
 /// Held while a request is being served: keeps the server from being stopped.
@@ -205,6 +212,16 @@ impl Server {
         runtime: Arc<dyn Runtime>,
         settings: Settings,
     ) -> Arc<Server> {
+        Server::with_metrics(key, workload, runtime, settings, Default::default())
+    }
+
+    fn with_metrics(
+        key: &str,
+        workload: Workload,
+        runtime: Arc<dyn Runtime>,
+        settings: Settings,
+        metrics: Arc<ServerMetrics>,
+    ) -> Arc<Server> {
         let status = Status {
             name: workload.name.clone(),
             status: Phase::Stopped.as_api_str(),
@@ -230,6 +247,7 @@ impl Server {
             request_failures: 0,
             oom_kills: 0,
             idle_timeout_seconds: None,
+            usage: None,
         };
         let max_sessions = settings.max_sessions;
         let log = Arc::new(ServerLog::open(settings.log_dir.as_deref(), key));
@@ -247,6 +265,7 @@ impl Server {
             log,
             isolated: Mutex::new(Default::default()),
             isolated_starting: AtomicUsize::new(0),
+            metrics,
         });
         let span = tracing::info_span!("server", server = %server.name);
         tokio::spawn(server.clone().supervise().instrument(span));
@@ -260,6 +279,11 @@ impl Server {
     /// This server's log: its stderr and its lifecycle.
     pub fn log(&self) -> &ServerLog {
         &self.log
+    }
+
+    /// Request latency, errors and traffic, for `/metrics`.
+    pub fn metrics(&self) -> &Arc<ServerMetrics> {
+        &self.metrics
     }
 
     /// The client sessions talking to this server.
@@ -279,6 +303,9 @@ impl Server {
         status.isolated_instances = isolated.len();
         status.sessions =
             self.sessions.len() + isolated.values().map(|c| c.sessions.len()).sum::<usize>();
+        if status.phase == Phase::Running {
+            status.usage = self.metrics.usage();
+        }
         status
     }
 
@@ -415,6 +442,7 @@ impl Server {
                     status.last_cold_start_ms = Some(cold_start.as_millis() as u64);
                     status.cold_start_ms_total += cold_start.as_millis() as u64;
                 }
+                self.metrics.cold_starts.observe(cold_start);
                 self.set_phase(Phase::Running, None);
                 *lifecycle = Lifecycle::Running(instance.clone());
                 Ok(instance)
@@ -493,6 +521,7 @@ impl Server {
             Buffers {
                 initial_bytes: workload.stdio_buffer_size,
                 max_message_bytes: self.settings.max_message_bytes,
+                traffic: self.metrics.traffic.clone(),
             },
         );
         let initialize = json!({
@@ -639,11 +668,12 @@ impl Server {
         let suffix: [u8; 4] = rand::random();
         let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
         let key = self.runtime.session_key(&self.key, &format!("s{suffix}"));
-        Ok(Server::new(
+        Ok(Server::with_metrics(
             &key,
             (*self.workload()).clone(),
             self.runtime.clone(),
             self.settings.clone(),
+            self.metrics.clone(),
         ))
     }
 
@@ -873,5 +903,6 @@ impl Server {
             crate::duration::format(Duration::from_secs(idle.as_secs()))
         );
         self.stop_locked(&mut lifecycle, &reason).await;
+        self.metrics.count_idle_stop();
     }
 }

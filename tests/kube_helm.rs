@@ -276,3 +276,61 @@ fn kube_helm_template_follows_non_default_values() {
         assert_eq!(env["MCPOD_ALL_NAMESPACES"], "true", "{container}");
     }
 }
+
+#[test]
+fn kube_helm_metrics_options_render_the_dashboard_rules_and_service_monitor() {
+    assert!(!render(&[]).keys().any(|(kind, _)| kind == "ServiceMonitor"
+        || kind == "PrometheusRule"
+        || kind == "ConfigMap"));
+    let rendered = render(&[
+        "--set",
+        "metrics.grafanaDashboard.enabled=true",
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.bearerTokenSecret.name=prometheus-key",
+        "--set",
+        "metrics.scrapeAnnotations=true",
+        "--set",
+        "logFormat=json",
+    ]);
+    let key = |kind: &str, name: &str| (kind.to_string(), name.to_string());
+    // The sidecar's label, and the very dashboard Podman users get as a file.
+    let dashboard = &rendered[&key("ConfigMap", "mcpod-dashboard")];
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value =
+        serde_json::from_str(dashboard["data"]["mcpod.json"].as_str().unwrap()).unwrap();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("dashboards/mcpod.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shipped, file);
+    let rules = &rendered[&key("PrometheusRule", "mcpod")];
+    let alerts: Vec<&str> = rules["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap())
+        .collect();
+    assert!(alerts.contains(&"McpodServerFailing"), "{alerts:?}");
+    let endpoint = &rendered[&key("ServiceMonitor", "mcpod")]["spec"]["endpoints"][0];
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(
+        endpoint["authorization"]["credentials"]["name"],
+        "prometheus-key"
+    );
+    let deployment = &rendered[&key("Deployment", "mcpod")];
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(
+        pod["metadata"]["annotations"]["prometheus.io/scrape"],
+        "true"
+    );
+    let env = &pod["spec"]["containers"][0]["env"];
+    assert!(env
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == "MCPOD_LOG_FORMAT" && v["value"] == "json"));
+}

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::logs::ServerLog;
 use crate::mcp::framing::LineFramer;
 use crate::mcp::message::{self as jsonrpc, Kind, Method};
+use crate::metrics::requests::Traffic;
 use crate::runtime::Output;
 
 /// Why a request through the bridge got no answer from the server.
@@ -50,11 +51,13 @@ pub const STDIN_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 pub type MessageHandler = Arc<dyn Fn(ServerMessage) -> Option<Value> + Send + Sync>;
 
 /// Sizes of the buffer for a server's stdout (the original system's STDIO_BUFFER_SIZE).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Buffers {
     pub initial_bytes: usize,
     /// Longer lines are discarded with a warning.
     pub max_message_bytes: usize,
+    /// Where the bytes through stdin and stdout are counted (`/metrics`).
+    pub traffic: Arc<Traffic>,
 }
 
 /// A message the server sent on its own: a notification or a request for a client.
@@ -141,7 +144,13 @@ impl StdioBridge {
         let (closed_tx, closed) = watch::channel(None);
         let span = tracing::info_span!(parent: None, "stdio", server = %server);
         tokio::spawn(
-            write_loop(stdin, outbound_rx, shared.queued.clone()).instrument(span.clone()),
+            write_loop(
+                stdin,
+                outbound_rx,
+                shared.queued.clone(),
+                buffers.traffic.clone(),
+            )
+            .instrument(span.clone()),
         );
         tokio::spawn(
             read_loop(
@@ -295,6 +304,11 @@ impl StdioBridge {
         self.shared.lock().last_activity
     }
 
+    /// Bytes waiting to be written to the server's stdin.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
     /// Requests sent to the server and not yet answered.
     pub fn pending(&self) -> usize {
         self.shared.lock().pending.len()
@@ -316,6 +330,7 @@ async fn write_loop(
     mut stdin: Pin<Box<dyn AsyncWrite + Send>>,
     mut outbound: mpsc::UnboundedReceiver<Outbound>,
     queued: Arc<AtomicUsize>,
+    traffic: Arc<Traffic>,
 ) {
     while let Some(message) = outbound.recv().await {
         let result = match message {
@@ -323,6 +338,8 @@ async fn write_loop(
                 queued.fetch_sub(line.len(), Ordering::Relaxed);
                 let mut bytes = line.into_bytes();
                 bytes.push(b'\n');
+                let written = bytes.len() as u64;
+                traffic.to_server.fetch_add(written, Ordering::Relaxed);
                 match stdin.write_all(&bytes).await {
                     Ok(()) => stdin.flush().await,
                     Err(e) => Err(e),
@@ -355,6 +372,11 @@ async fn read_loop(
     let reason = loop {
         match output.next().await {
             Some(Ok(Output::Stdout(bytes))) => {
+                let read = bytes.len() as u64;
+                buffers
+                    .traffic
+                    .from_server
+                    .fetch_add(read, Ordering::Relaxed);
                 for line in stdout.push(&bytes) {
                     dispatch(&line, &shared, &handler, &outbound);
                 }
@@ -490,6 +512,7 @@ mod tests {
             Buffers {
                 initial_bytes: 8192,
                 max_message_bytes: 1 << 20,
+                traffic: Default::default(),
             },
         );
         (bridge, events, to_router, stdin_server)

@@ -17,8 +17,22 @@ use crate::server::Server;
 
 /// Sends a request to the server (starting it if needed) on behalf of
 /// `caller` in `session` (none: a stateless client), answering what mcpod
-/// answers itself. The response carries the client's own id.
+/// answers itself. The response carries the client's own id. Timed, with its
+/// outcome, in the server's metrics.
 pub async fn request(
+    server: &Arc<Server>,
+    caller: &Caller,
+    session: Option<&Arc<Session>>,
+    stream: StreamKey,
+    message: Value,
+) -> Result<Value, RequestError> {
+    let timer = server.metrics().start(&message);
+    let outcome = serve(server, caller, session, stream, message).await;
+    timer.finish(&outcome);
+    outcome
+}
+
+async fn serve(
     server: &Arc<Server>,
     caller: &Caller,
     session: Option<&Arc<Session>>,

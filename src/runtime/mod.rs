@@ -38,6 +38,21 @@ pub struct Attached {
     pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
 }
 
+/// A running container's resource usage, as its runtime last measured it.
+/// Counters (CPU, network, block I/O) count from the container's start.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    pub cpu_seconds: f64,
+    /// Memory in use less the inactive page cache (what the OOM killer weighs).
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+    pub network_receive_bytes: u64,
+    pub network_transmit_bytes: u64,
+    pub block_read_bytes: u64,
+    pub block_write_bytes: u64,
+}
+
 /// A container (or pod) the runtime found carrying mcpod's labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Managed {
@@ -82,5 +97,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// keep an `AlwaysOn` server running themselves.
     async fn serves_here(&self, _key: &str) -> bool {
         true
+    }
+
+    /// The resource usage of the running container under `key`; `None` when it
+    /// is not running or the runtime leaves that to others (Kubernetes: cAdvisor).
+    async fn usage(&self, _key: &str) -> Option<Usage> {
+        None
     }
 }

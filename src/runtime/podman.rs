@@ -24,7 +24,7 @@ use tokio::process::{Child, Command};
 use tokio_util::compat::FuturesAsyncWriteCompatExt;
 use tracing::{debug, info, warn};
 
-use super::{Attached, Managed, Output, Runtime, OOM_REASON};
+use super::{Attached, Managed, Output, Runtime, Usage, OOM_REASON};
 use crate::crd::{ImagePullPolicy, NetworkMode};
 use crate::workload::{
     EnvValue, MountSource, Workload, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_SERVER,
@@ -409,6 +409,40 @@ impl Runtime for PodmanRuntime {
         }
         Some(reason)
     }
+
+    async fn usage(&self, key: &str) -> Option<Usage> {
+        let opts = podman_api::opts::ContainerStatsOpts::builder()
+            .containers([self.container_name(key)])
+            .build();
+        match self.podman.containers().stats(&opts).await {
+            Ok(stats) => usage_of(&stats),
+            Err(e) => {
+                debug!(key, error = %e, "no resource usage for the container");
+                None
+            }
+        }
+    }
+}
+
+/// The usage in libpod's `/containers/stats` answer (`{"Stats": [..]}`);
+/// `None` for a container that is not running (libpod reports zeros then).
+pub fn usage_of(stats: &Value) -> Option<Usage> {
+    let stats = stats.get("Stats")?.get(0)?;
+    let number = |field: &str| stats.get(field).and_then(Value::as_u64).unwrap_or(0);
+    if number("UpTime") == 0 && number("CPUNano") == 0 {
+        return None;
+    }
+    // An unlimited container reports the host's memory (or u64::MAX) as its limit.
+    let limit = number("MemLimit");
+    Some(Usage {
+        cpu_seconds: number("CPUNano") as f64 / 1e9,
+        memory_bytes: number("MemUsage"),
+        memory_limit_bytes: (limit > 0 && limit < i64::MAX as u64).then_some(limit),
+        network_receive_bytes: number("NetInput"),
+        network_transmit_bytes: number("NetOutput"),
+        block_read_bytes: number("BlockInput"),
+        block_write_bytes: number("BlockOutput"),
+    })
 }
 
 impl PodmanRuntime {
@@ -936,6 +970,25 @@ async fn start_service(run_dir: &Path) -> Result<OwnedService> {
 mod tests {
     use super::*;
     use crate::workload::{Defaults, Target};
+
+    #[test]
+    fn usage_is_read_from_libpod_stats() {
+        let stats = json!({"Error": null, "Stats": [{
+            "CPUNano": 1_500_000_000u64, "MemUsage": 20_000_000u64, "MemLimit": 536_870_912u64,
+            "NetInput": 10, "NetOutput": 20, "BlockInput": 30, "BlockOutput": 40, "UpTime": 5
+        }]});
+        let usage = usage_of(&stats).unwrap();
+        assert_eq!(usage.cpu_seconds, 1.5);
+        assert_eq!(usage.memory_bytes, 20_000_000);
+        assert_eq!(usage.memory_limit_bytes, Some(536_870_912));
+        assert_eq!(
+            (usage.network_receive_bytes, usage.block_write_bytes),
+            (10, 40)
+        );
+        let unlimited = json!({"Stats": [{"CPUNano": 1, "MemLimit": u64::MAX}]});
+        assert_eq!(usage_of(&unlimited).unwrap().memory_limit_bytes, None);
+        assert_eq!(usage_of(&json!({"Stats": []})), None);
+    }
 
     fn workload(yaml: &str) -> Workload {
         let spec = serde_yaml::from_str(yaml).unwrap();

@@ -35,6 +35,10 @@ app.kubernetes.io/component: control-plane
 {{- end }}
 - name: RUST_LOG
   value: {{ .Values.logLevel | quote }}
+{{- if ne .Values.logFormat "text" }}
+- name: MCPOD_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- end }}
 - name: AUTO_SHUTDOWN_TIMEOUT
   value: {{ .Values.defaults.idleTimeout | quote }}
 - name: MCPOD_STARTUP_TIMEOUT
