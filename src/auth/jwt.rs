@@ -205,7 +205,13 @@ impl JwtVerifier {
         if fresh && !found.is_empty() {
             return Ok(found);
         }
-        let mut last_attempt = self.fetching.lock().await;
+        // With a key at hand, a request does not queue behind a refresh
+        // already under way (an issuer that hangs would stall every request).
+        let mut last_attempt = match self.fetching.try_lock() {
+            Ok(guard) => guard,
+            Err(_) if !found.is_empty() => return Ok(found),
+            Err(_) => self.fetching.lock().await,
+        };
         // Another request may have fetched while this one waited.
         let set = self.current();
         let found = pick(&set);

@@ -39,45 +39,37 @@ pub fn routes(
     routes: &'static [Route],
 ) -> impl Filter<Extract = (HttpResponse,), Error = Rejection> + Clone {
     let configured = !auth.config.authorization_servers.is_empty();
-    let served = move |path: &FullPath| configured && is_metadata_path(path.as_str());
-    let auth_get = auth;
-    let get = warp::get()
-        .and(warp::path::full())
-        .and(warp::header::headers_cloned())
-        .and_then(move |path: FullPath, headers: HeaderMap| {
-            let served = served(&path);
-            let auth = auth_get.clone();
-            async move {
-                if !served {
-                    return Err(warp::reject::not_found());
-                }
-                let endpoint = &path.as_str()[PREFIX.len()..];
-                let resource = auth.resource(&headers, endpoint, routes).url();
-                Ok(public(json_reply(
-                    StatusCode::OK,
-                    &document(&auth, &resource),
-                )))
+    // Only metadata paths, and only with an issuer to name: 404 otherwise,
+    // whatever the method.
+    let metadata_path = warp::path::full()
+        .and_then(move |path: FullPath| async move {
+            if configured && is_metadata_path(path.as_str()) {
+                Ok(path)
+            } else {
+                Err(warp::reject::not_found())
             }
+        })
+        .boxed();
+    let get = metadata_path
+        .clone()
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .map(move |path: FullPath, headers: HeaderMap| {
+            let endpoint = &path.as_str()[PREFIX.len()..];
+            let resource = auth.resource(&headers, endpoint, routes).url();
+            public(json_reply(StatusCode::OK, &document(&auth, &resource)))
         });
     // A browser asks first when its GET carries MCP-Protocol-Version.
-    let preflight = warp::options()
-        .and(warp::path::full())
-        .and_then(move |path: FullPath| {
-            let served = served(&path);
-            async move {
-                if !served {
-                    return Err(warp::reject::not_found());
-                }
-                let response = Response::builder()
-                    .status(StatusCode::NO_CONTENT)
-                    .header("access-control-allow-methods", "GET, OPTIONS")
-                    .header("access-control-allow-headers", "*")
-                    .header("access-control-max-age", "86400")
-                    .body(bytes::Bytes::new().into())
-                    .expect("static headers are valid");
-                Ok(public(response))
-            }
-        });
+    let preflight = metadata_path.and(warp::options()).map(|_: FullPath| {
+        let response = Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .header("access-control-allow-methods", "GET, OPTIONS")
+            .header("access-control-allow-headers", "*")
+            .header("access-control-max-age", "86400")
+            .body(bytes::Bytes::new().into())
+            .expect("static headers are valid");
+        public(response)
+    });
     get.or(preflight).unify()
 }
 
