@@ -84,7 +84,10 @@ impl AuthArgs {
             verifiers.push(Arc::new(verifier));
             authorization_servers.push(issuer.clone());
         }
-        let auth = Auth::new(AuthConfig {
+        // `..default()` although every field is set today: a setting added to
+        // AuthConfig later needs no change here.
+        #[allow(clippy::needless_update)]
+        let config = AuthConfig {
             verifiers,
             authorization_servers,
             scopes: self.oauth_scopes.clone(),
@@ -93,7 +96,8 @@ impl AuthArgs {
             allowed_hosts: self.allowed_hosts.clone(),
             allowed_origins: self.allowed_origins.clone(),
             ..AuthConfig::default()
-        });
+        };
+        let auth = Auth::new(config);
         auth::check_exposure(listen, &auth, self.insecure_allow_unauthenticated)
             .map_err(mcpod::Error::Config)?;
         Ok(auth)
