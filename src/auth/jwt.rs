@@ -553,6 +553,7 @@ pub fn missing_scopes(caller: &Caller, required: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Auth;
 
     #[test]
     fn metadata_is_looked_for_where_rfc_8414_and_openid_connect_put_it() {
@@ -632,5 +633,116 @@ mod tests {
         assert!(key_from_jwk(&encryption).unwrap().is_none());
         let secret = serde_json::json!({"kty": "oct", "k": "c2VjcmV0"});
         assert!(key_from_jwk(&secret).is_err());
+    }
+
+    /// A verifier already holding one ES256 key (`kid` "k1"), and a signer.
+    fn verifier_with_es256_key(issuer: &str) -> (JwtVerifier, impl Fn(Value, &str) -> String) {
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        // The uncompressed point: 0x04, x, y.
+        let point = pair.public_key().as_ref();
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256",
+            "x": b64(&point[1..33]), "y": b64(&point[33..])});
+        let verifier = JwtVerifier::new(issuer, "groups").unwrap();
+        *verifier.keys.write().unwrap() = Arc::new(KeySet {
+            keys: vec![Arc::new(key_from_jwk(&jwk).unwrap().unwrap())],
+            fetched: Some(Instant::now()),
+        });
+        let encoding = jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref());
+        let sign = move |claims: Value, kid: &str| {
+            let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+            header.kid = Some(kid.to_string());
+            jsonwebtoken::encode(&header, &claims, &encoding).unwrap()
+        };
+        (verifier, sign)
+    }
+
+    fn refusal(verdict: Verdict) -> AuthError {
+        match verdict {
+            Verdict::Invalid(error) => error,
+            Verdict::Valid(caller) => panic!("accepted as {caller}"),
+            Verdict::NotMine => panic!("not recognised"),
+        }
+    }
+
+    #[tokio::test]
+    async fn es256_tokens_are_checked_for_issuer_audience_time_and_key() {
+        // Nothing listens on port 1: a key set to fetch cannot be had.
+        let issuer = "http://127.0.0.1:1";
+        let (verifier, sign) = verifier_with_es256_key(issuer);
+        let resource = Auth::default().resource(
+            &warp::http::HeaderMap::new(),
+            "/mcp/time",
+            crate::router::ROUTES,
+        );
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = |aud: &str, exp: u64| {
+            serde_json::json!({"iss": issuer, "sub": "agent", "aud": aud, "exp": exp,
+                "scope": "mcp:tools", "groups": ["ops"]})
+        };
+        let endpoint = resource.url();
+        let good = sign(claims(&endpoint, now + 60), "k1");
+        match verifier.verify(&good, &resource).await {
+            Verdict::Valid(caller) => {
+                assert_eq!(caller.subject, "agent");
+                assert_eq!(caller.groups, ["ops"]);
+                assert_eq!(caller.scopes, ["mcp:tools"]);
+            }
+            _ => panic!("a good token is accepted"),
+        }
+        // mcpod as a whole is an audience of every endpoint.
+        let whole = sign(claims(&resource.base, now + 60), "k1");
+        assert!(matches!(
+            verifier.verify(&whole, &resource).await,
+            Verdict::Valid(_)
+        ));
+
+        let other = sign(claims("http://localhost/mcp/memory", now + 60), "k1");
+        let why = refusal(verifier.verify(&other, &resource).await).to_string();
+        assert!(why.contains("not this resource"), "{why}");
+        // Within the leeway an expired token passes; beyond it, not.
+        let late = sign(claims(&endpoint, now - LEEWAY_SECONDS / 2), "k1");
+        assert!(matches!(
+            verifier.verify(&late, &resource).await,
+            Verdict::Valid(_)
+        ));
+        let expired = sign(claims(&endpoint, now - LEEWAY_SECONDS - 60), "k1");
+        let why = refusal(verifier.verify(&expired, &resource).await).to_string();
+        assert!(why.contains("expired"), "{why}");
+        let mut early = claims(&endpoint, now + 600);
+        early["nbf"] = (now + 300).into();
+        let why = refusal(verifier.verify(&sign(early, "k1"), &resource).await).to_string();
+        assert!(why.contains("not valid yet"), "{why}");
+
+        let mut foreign = claims(&endpoint, now + 60);
+        foreign["iss"] = "https://elsewhere.example".into();
+        assert!(matches!(
+            verifier.verify(&sign(foreign, "k1"), &resource).await,
+            Verdict::NotMine
+        ));
+        let hmac = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims(&endpoint, now + 60),
+            &jsonwebtoken::EncodingKey::from_secret(b"guessed"),
+        )
+        .unwrap();
+        let why = refusal(verifier.verify(&hmac, &resource).await).to_string();
+        assert!(why.contains("not accepted"), "{why}");
+
+        // An unknown key sends mcpod to the issuer; unreachable, it cannot tell: 503.
+        let rotated = sign(claims(&endpoint, now + 60), "k2");
+        assert!(matches!(
+            refusal(verifier.verify(&rotated, &resource).await),
+            AuthError::Unavailable(_)
+        ));
+        // The known key still works while the issuer is away.
+        assert!(matches!(
+            verifier.verify(&good, &resource).await,
+            Verdict::Valid(_)
+        ));
     }
 }

@@ -406,6 +406,48 @@ mod tests {
     }
 
     #[test]
+    fn challenges_name_the_metadata_the_scopes_and_why_a_token_was_refused() {
+        let auth = Auth::new(AuthConfig {
+            scopes: vec!["mcp:tools".into(), "mcp:read".into()],
+            ..AuthConfig::default()
+        });
+        let resource = auth.resource(
+            &headers(&[("host", "127.0.0.1:8080")]),
+            "/mcp/time",
+            crate::router::ROUTES,
+        );
+        let metadata = "resource_metadata=\"http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp/time\"";
+        assert_eq!(
+            auth.challenge(&resource, &AuthError::Missing),
+            format!("Bearer {metadata}, scope=\"mcp:tools mcp:read\"")
+        );
+        let invalid = auth.challenge(&resource, &AuthError::InvalidToken("say \"no\"".into()));
+        assert!(
+            invalid.ends_with(", error=\"invalid_token\", error_description=\"say 'no'\""),
+            "{invalid}"
+        );
+        // With required scopes, those are what a client must ask for.
+        let strict = Auth::new(AuthConfig {
+            scopes: vec!["mcp:tools".into(), "mcp:read".into()],
+            required_scopes: vec!["mcp:tools".into()],
+            ..AuthConfig::default()
+        });
+        let insufficient =
+            strict.challenge(&resource, &AuthError::InsufficientScope("mcp:tools".into()));
+        assert!(
+            insufficient.starts_with(&format!(
+                "Bearer {metadata}, scope=\"mcp:tools\", error=\"insufficient_scope\""
+            )),
+            "{insufficient}"
+        );
+        // The metadata URLs are not audiences a token may name.
+        assert!(!resource
+            .audiences()
+            .iter()
+            .any(|a| a.contains("/.well-known/")));
+    }
+
+    #[test]
     fn unauthenticated_serving_is_refused_off_loopback_unless_explicitly_insecure() {
         let open = Auth::default();
         assert!(check_exposure("127.0.0.1:8080".parse().unwrap(), &open, false).is_ok());
