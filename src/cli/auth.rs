@@ -83,6 +83,14 @@ impl AuthArgs {
                 .map_err(|e| mcpod::Error::Config(e.to_string()))?;
             verifiers.push(Arc::new(verifier));
             authorization_servers.push(issuer.clone());
+            if self.public_url.is_none() {
+                tracing::warn!(
+                    "--oauth-issuer without --public-url: token audiences are matched against \
+                     the URL the request's Host header names, so a token the same issuer made \
+                     for another address mcpod answers to (another IP, another allowed host) is \
+                     accepted here too; set --public-url"
+                );
+            }
         }
         // `..default()` although every field is set today: a setting added to
         // AuthConfig later needs no change here.
