@@ -37,6 +37,14 @@ pub const ROUTES: &[Route] = &[
     Route::server("/sse/{name}"),
     Route::server("/servers/{name}/sse"),
     Route::server("/messages/{name}"),
+    // OAuth Protected Resource Metadata (RFC 9728) of mcpod and of each MCP endpoint.
+    Route::router("/.well-known/oauth-protected-resource"),
+    Route::server("/.well-known/oauth-protected-resource/mcp/{name}"),
+    Route::server("/.well-known/oauth-protected-resource/mcp/{namespace}/{name}"),
+    Route::server("/.well-known/oauth-protected-resource/servers/{name}/mcp"),
+    Route::server("/.well-known/oauth-protected-resource/sse/{name}"),
+    Route::server("/.well-known/oauth-protected-resource/servers/{name}/sse"),
+    Route::server("/.well-known/oauth-protected-resource/messages/{name}"),
 ];
 
 /// Router-wide settings.
@@ -162,7 +170,10 @@ pub fn routes(
         .and(with_state.clone())
         .then(stop_server);
 
+    let resource_metadata = auth::metadata::routes(config.auth.clone(), ROUTES);
     let local = health
+        .or(resource_metadata)
+        .unify()
         .or(metrics)
         .unify()
         .or(list)

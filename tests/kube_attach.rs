@@ -1007,9 +1007,15 @@ async fn kube_every_server_route_is_forwarded_to_the_owner_and_no_other() {
             "{} through B (forwarded to A: {reached_owner})",
             declared.pattern
         );
+        // OAuth metadata paths serve nothing without an issuer configured.
+        let served = if declared.pattern.starts_with("/.well-known/") {
+            404
+        } else {
+            405
+        };
         assert_eq!(
             response.status(),
-            405,
+            served,
             "{} is a route someone serves",
             declared.pattern
         );

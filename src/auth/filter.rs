@@ -49,18 +49,25 @@ impl Refused {
 
 /// DNS-rebinding and cross-site protection for every route (see [`super::host`]):
 /// a foreign `Host` is refused whatever the method; a foreign `Origin` on any
-/// request (a browser names its page on everything but a same-origin GET).
+/// request (a browser names its page on everything but a same-origin GET)
+/// but the reads of public OAuth metadata ([`super::metadata`]).
 pub fn cross_site(auth: Auth) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::method()
+        .and(warp::path::full())
         .and(warp::header::headers_cloned())
-        .and_then(move |method: Method, headers: HeaderMap| {
-            let verdict = check_cross_site(&auth, &method, &headers);
+        .and_then(move |method: Method, path: FullPath, headers: HeaderMap| {
+            let verdict = check_cross_site(&auth, &method, path.as_str(), &headers);
             async move { verdict.map_err(warp::reject::custom) }
         })
         .untuple_one()
 }
 
-fn check_cross_site(auth: &Auth, _method: &Method, headers: &HeaderMap) -> Result<(), Refused> {
+fn check_cross_site(
+    auth: &Auth,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<(), Refused> {
     let config = &auth.config;
     if !host_allowed(headers, &config.allowed_hosts) {
         let host = headers
@@ -77,7 +84,10 @@ fn check_cross_site(auth: &Auth, _method: &Method, headers: &HeaderMap) -> Resul
             ),
         });
     }
-    if !origin_allowed(headers, &config.allowed_origins) && !same_origin(headers) {
+    if !origin_allowed(headers, &config.allowed_origins)
+        && !same_origin(headers)
+        && !super::metadata::is_public_read(method, path)
+    {
         let origin = headers
             .get("origin")
             .and_then(|v| v.to_str().ok())
@@ -125,9 +135,12 @@ pub fn caller(
                     .map_err(|error| {
                         let status = match error {
                             AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                            _ => StatusCode::UNAUTHORIZED,
+                            AuthError::InsufficientScope(_) => StatusCode::FORBIDDEN,
+                            AuthError::Missing | AuthError::InvalidToken(_) => {
+                                StatusCode::UNAUTHORIZED
+                            }
                         };
-                        let challenge = (status == StatusCode::UNAUTHORIZED)
+                        let challenge = (status != StatusCode::SERVICE_UNAVAILABLE)
                             .then(|| auth.challenge(&resource, &error));
                         warp::reject::custom(Refused {
                             status,
@@ -168,23 +181,42 @@ mod tests {
             ("host", "10.0.0.5:8080"),
             ("origin", "http://10.0.0.5:8080"),
         ]);
-        assert!(check_cross_site(&auth, &post, &own).is_ok());
+        assert!(check_cross_site(&auth, &post, "/servers/x/stop", &own).is_ok());
         let foreign = headers(&[
             ("host", "10.0.0.5:8080"),
             ("origin", "https://evil.example"),
         ]);
-        let refused = check_cross_site(&auth, &post, &foreign).unwrap_err();
+        let refused = check_cross_site(&auth, &post, "/servers/x/stop", &foreign).unwrap_err();
         assert_eq!(refused.status, StatusCode::FORBIDDEN);
         let rebound = headers(&[
             ("host", "evil.example:8080"),
             ("origin", "http://evil.example:8080"),
         ]);
-        let refused = check_cross_site(&auth, &post, &rebound).unwrap_err();
+        let refused = check_cross_site(&auth, &post, "/servers/x/stop", &rebound).unwrap_err();
         assert!(
             refused.message.contains("DNS-rebinding"),
             "{}",
             refused.message
         );
-        assert!(check_cross_site(&auth, &post, &headers(&[("host", "127.0.0.1:1")])).is_ok());
+        assert!(check_cross_site(
+            &auth,
+            &post,
+            "/servers/x/stop",
+            &headers(&[("host", "127.0.0.1:1")])
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn oauth_metadata_is_readable_cross_site_but_only_under_a_host_mcpod_serves() {
+        let auth = Auth::default();
+        let path = "/.well-known/oauth-protected-resource/mcp/time";
+        let foreign = headers(&[("host", "10.0.0.5:8080"), ("origin", "https://app.example")]);
+        assert!(check_cross_site(&auth, &Method::GET, path, &foreign).is_ok());
+        assert!(check_cross_site(&auth, &Method::OPTIONS, path, &foreign).is_ok());
+        assert!(check_cross_site(&auth, &Method::POST, path, &foreign).is_err());
+        assert!(check_cross_site(&auth, &Method::GET, "/servers", &foreign).is_err());
+        let rebound = headers(&[("host", "evil.example"), ("origin", "http://evil.example")]);
+        assert!(check_cross_site(&auth, &Method::GET, path, &rebound).is_err());
     }
 }

@@ -13,6 +13,7 @@ pub mod filter;
 pub mod host;
 pub mod jwt;
 pub mod keys;
+pub mod metadata;
 pub mod tokenreview;
 
 use std::fmt;
@@ -84,6 +85,10 @@ pub enum AuthError {
     /// the caller is not refused for good, so this is 503, not 401.
     #[error("cannot check the token now: {0}")]
     Unavailable(String),
+    /// A valid OAuth token without every `--oauth-required-scope`: 403 with
+    /// `error="insufficient_scope"` (RFC 6750 §3.1). Holds the scopes lacking.
+    #[error("insufficient scope: the token lacks {0}")]
+    InsufficientScope(String),
 }
 
 /// What a verifier says about a token.
@@ -123,6 +128,11 @@ impl Resource {
         audiences
     }
 
+    /// This resource's URL: the `resource` of its metadata.
+    pub fn url(&self) -> String {
+        format!("{}{}", self.base, self.path)
+    }
+
     /// The URL of this resource's Protected Resource Metadata (RFC 9728 §3.1:
     /// the well-known segment goes between the host and the path).
     pub fn metadata_url(&self) -> String {
@@ -152,6 +162,8 @@ pub struct AuthConfig {
     pub authorization_servers: Vec<String>,
     /// Scopes named in the metadata and in `WWW-Authenticate` (`--oauth-scope`).
     pub scopes: Vec<String>,
+    /// Scopes every OAuth token must hold (`--oauth-required-scope`).
+    pub required_scopes: Vec<String>,
     /// Host names allowed besides loopback names and IP literals (`--allowed-host`).
     pub allowed_hosts: Vec<String>,
     /// Origins allowed besides loopback ones (`--allowed-origin`; `*` allows any).
@@ -167,6 +179,8 @@ impl fmt::Debug for AuthConfig {
             )
             .field("public_url", &self.public_url)
             .field("authorization_servers", &self.authorization_servers)
+            .field("scopes", &self.scopes)
+            .field("required_scopes", &self.required_scopes)
             .field("allowed_hosts", &self.allowed_hosts)
             .field("allowed_origins", &self.allowed_origins)
             .finish()
@@ -206,6 +220,7 @@ impl Auth {
             Some((namespace, name)) => routes
                 .iter()
                 .filter(|r| r.concern == Concern::Server)
+                .filter(|r| !r.pattern.starts_with(metadata::PREFIX))
                 .filter(|r| r.pattern.contains("{namespace}") == namespace.is_some())
                 .map(|r| r.path_for(namespace.as_deref().unwrap_or(""), name))
                 .collect(),
@@ -232,7 +247,7 @@ impl Auth {
         for verifier in &self.config.verifiers {
             match verifier.verify(token, resource).await {
                 Verdict::NotMine => continue,
-                Verdict::Valid(caller) => return Ok(caller),
+                Verdict::Valid(caller) => return self.check_scopes(caller),
                 Verdict::Invalid(error) => {
                     tracing::debug!(verifier = verifier.name(), %error, "token refused");
                     return Err(error);
@@ -244,19 +259,42 @@ impl Auth {
         ))
     }
 
-    /// The `WWW-Authenticate` value for a 401 on `resource` (MCP
-    /// "Authorization", RFC 9728 §5.1, RFC 6750 §3).
+    /// OAuth callers must hold every required scope (RFC 6750 §3.1).
+    fn check_scopes(&self, caller: Caller) -> Result<Caller, AuthError> {
+        if !matches!(caller.via, Via::Jwt { .. }) {
+            return Ok(caller);
+        }
+        let missing = jwt::missing_scopes(&caller, &self.config.required_scopes);
+        if missing.is_empty() {
+            Ok(caller)
+        } else {
+            Err(AuthError::InsufficientScope(missing.join(" ")))
+        }
+    }
+
+    /// The `WWW-Authenticate` value for a 401 or 403 on `resource` (MCP
+    /// "Authorization", RFC 9728 §5.1, RFC 6750 §3): where the Protected
+    /// Resource Metadata is, the scopes to ask for (the required ones if
+    /// any, else those supported), and why a token sent was refused.
     pub fn challenge(&self, resource: &Resource, error: &AuthError) -> String {
         let mut challenge = format!("Bearer resource_metadata=\"{}\"", resource.metadata_url());
-        if !self.config.scopes.is_empty() {
-            challenge.push_str(&format!(", scope=\"{}\"", self.config.scopes.join(" ")));
+        let scopes = if self.config.required_scopes.is_empty() {
+            &self.config.scopes
+        } else {
+            &self.config.required_scopes
+        };
+        if !scopes.is_empty() {
+            challenge.push_str(&format!(", scope=\"{}\"", scopes.join(" ")));
         }
-        if let AuthError::InvalidToken(description) = error {
-            challenge.push_str(&format!(
-                ", error=\"invalid_token\", error_description=\"{}\"",
-                description.replace(['"', '\\'], "'")
-            ));
-        }
+        let (code, description) = match error {
+            AuthError::InvalidToken(description) => ("invalid_token", description.clone()),
+            AuthError::InsufficientScope(_) => ("insufficient_scope", error.to_string()),
+            AuthError::Missing | AuthError::Unavailable(_) => return challenge,
+        };
+        challenge.push_str(&format!(
+            ", error=\"{code}\", error_description=\"{}\"",
+            description.replace(['"', '\\'], "'")
+        ));
         challenge
     }
 }
@@ -365,6 +403,48 @@ mod tests {
             resource.metadata_url(),
             "http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp/time"
         );
+    }
+
+    #[test]
+    fn challenges_name_the_metadata_the_scopes_and_why_a_token_was_refused() {
+        let auth = Auth::new(AuthConfig {
+            scopes: vec!["mcp:tools".into(), "mcp:read".into()],
+            ..AuthConfig::default()
+        });
+        let resource = auth.resource(
+            &headers(&[("host", "127.0.0.1:8080")]),
+            "/mcp/time",
+            crate::router::ROUTES,
+        );
+        let metadata = "resource_metadata=\"http://127.0.0.1:8080/.well-known/oauth-protected-resource/mcp/time\"";
+        assert_eq!(
+            auth.challenge(&resource, &AuthError::Missing),
+            format!("Bearer {metadata}, scope=\"mcp:tools mcp:read\"")
+        );
+        let invalid = auth.challenge(&resource, &AuthError::InvalidToken("say \"no\"".into()));
+        assert!(
+            invalid.ends_with(", error=\"invalid_token\", error_description=\"say 'no'\""),
+            "{invalid}"
+        );
+        // With required scopes, those are what a client must ask for.
+        let strict = Auth::new(AuthConfig {
+            scopes: vec!["mcp:tools".into(), "mcp:read".into()],
+            required_scopes: vec!["mcp:tools".into()],
+            ..AuthConfig::default()
+        });
+        let insufficient =
+            strict.challenge(&resource, &AuthError::InsufficientScope("mcp:tools".into()));
+        assert!(
+            insufficient.starts_with(&format!(
+                "Bearer {metadata}, scope=\"mcp:tools\", error=\"insufficient_scope\""
+            )),
+            "{insufficient}"
+        );
+        // The metadata URLs are not audiences a token may name.
+        assert!(!resource
+            .audiences()
+            .iter()
+            .any(|a| a.contains("/.well-known/")));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 
-use mcpod::auth::{self, keys, Auth, AuthConfig, Verify};
+use mcpod::auth::{self, jwt, keys, Auth, AuthConfig, Verify};
 
 use super::{CliError, CliResult};
 
@@ -18,6 +18,30 @@ pub struct AuthArgs {
     /// `Authorization: Bearer <key>`. Re-read when it changes.
     #[arg(long, env = "MCPOD_API_KEYS", value_parser = super::paths::absolute_path)]
     pub api_keys: Option<PathBuf>,
+    /// OAuth 2.1 authorization server (its issuer URL) whose access tokens
+    /// (JWTs, `aud` = the MCP endpoint's URL) mcpod accepts; its keys come
+    /// from the JWKS its metadata names.
+    #[arg(long, env = "MCPOD_OAUTH_ISSUER")]
+    pub oauth_issuer: Option<String>,
+    /// The token claim holding the caller's groups.
+    #[arg(long, env = "MCPOD_OAUTH_GROUPS_CLAIM", default_value = "groups")]
+    pub oauth_groups_claim: String,
+    /// Scopes clients may ask for, named in the Protected Resource Metadata
+    /// and in 401 challenges (repeat, or comma-separated).
+    #[arg(
+        long = "oauth-scope",
+        env = "MCPOD_OAUTH_SCOPES",
+        value_delimiter = ','
+    )]
+    pub oauth_scopes: Vec<String>,
+    /// Scopes every OAuth token must hold; a token without them gets 403
+    /// `insufficient_scope` (repeat, or comma-separated).
+    #[arg(
+        long = "oauth-required-scope",
+        env = "MCPOD_OAUTH_REQUIRED_SCOPES",
+        value_delimiter = ','
+    )]
+    pub oauth_required_scopes: Vec<String>,
     /// The URL clients use to reach mcpod (e.g. https://mcp.example.com), from
     /// which OAuth resource URLs are made; without it, http://{Host header}.
     #[arg(long, env = "MCPOD_PUBLIC_URL")]
@@ -53,13 +77,35 @@ impl AuthArgs {
                 keys::ApiKeys::load(path).map_err(|e| mcpod::Error::Config(e.to_string()))?;
             verifiers.push(Arc::new(keys));
         }
-        let auth = Auth::new(AuthConfig {
+        let mut authorization_servers = vec![];
+        if let Some(issuer) = &self.oauth_issuer {
+            let verifier = jwt::JwtVerifier::new(issuer, &self.oauth_groups_claim)
+                .map_err(|e| mcpod::Error::Config(e.to_string()))?;
+            verifiers.push(Arc::new(verifier));
+            authorization_servers.push(issuer.clone());
+            if self.public_url.is_none() {
+                tracing::warn!(
+                    "--oauth-issuer without --public-url: token audiences are matched against \
+                     the URL the request's Host header names, so a token the same issuer made \
+                     for another address mcpod answers to (another IP, another allowed host) is \
+                     accepted here too; set --public-url"
+                );
+            }
+        }
+        // `..default()` although every field is set today: a setting added to
+        // AuthConfig later needs no change here.
+        #[allow(clippy::needless_update)]
+        let config = AuthConfig {
             verifiers,
+            authorization_servers,
+            scopes: self.oauth_scopes.clone(),
+            required_scopes: self.oauth_required_scopes.clone(),
             public_url: self.public_url.clone(),
             allowed_hosts: self.allowed_hosts.clone(),
             allowed_origins: self.allowed_origins.clone(),
             ..AuthConfig::default()
-        });
+        };
+        let auth = Auth::new(config);
         auth::check_exposure(listen, &auth, self.insecure_allow_unauthenticated)
             .map_err(mcpod::Error::Config)?;
         Ok(auth)
