@@ -360,7 +360,8 @@ fn kube_helm_auth_api_keys_come_from_a_secret_and_no_auth_is_refused() {
         .as_str()
         .unwrap()
         .ends_with(",mcp.example.com"));
-    let pod = &rendered[&("Deployment".to_string(), "mcpod".to_string())]["spec"]["template"]["spec"];
+    let pod =
+        &rendered[&("Deployment".to_string(), "mcpod".to_string())]["spec"]["template"]["spec"];
     assert_eq!(
         pod["volumes"],
         json!([{"name": "api-keys", "secret": {"secretName": "mcpod-keys"}}])
