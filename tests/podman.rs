@@ -675,6 +675,17 @@ async fn each_servers_stderr_and_lifecycle_are_logged_and_readable() {
 /// The fixture with one more tool, `getenv`, answering a variable's value.
 const GETENV: &str = r#"command: [python3, -c, "import os, runpy; g = runpy.run_path('/usr/local/bin/fake_mcp.py', run_name='fixture')['main'].__globals__; real = g['call_tool']; g['call_tool'] = lambda rid, name, args: g['tool_result'](rid, os.environ.get(args['name'], '<unset>')) if name == 'getenv' else real(rid, name, args); g['main']()"]"#;
 
+/// Removes a Podman secret when dropped: a failed test leaves none behind.
+struct SecretGuard(String);
+
+impl Drop for SecretGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("podman")
+            .args(["secret", "rm", &self.0])
+            .output();
+    }
+}
+
 fn secret_exists(name: &str) -> bool {
     std::process::Command::new("podman")
         .args(["secret", "inspect", name])
@@ -701,6 +712,8 @@ async fn values_from_files_reach_the_server_as_podman_secrets_that_inspect_does_
         &files(&[vault]),
         &["--secrets-dir", &secrets.path().display().to_string()],
     );
+    let container = mcpod.container("vault");
+    let _guard = SecretGuard(format!("{container}.env.API_TOKEN"));
     let (status, reply) = mcpod
         .call_tool("vault", json!(1), "getenv", json!({"name": "API_TOKEN"}))
         .await;
@@ -711,7 +724,6 @@ async fn values_from_files_reach_the_server_as_podman_secrets_that_inspect_does_
         .await;
     assert_eq!(text_of(&reply), "plain");
 
-    let container = mcpod.container("vault");
     let inspected = inspect(&container).expect("the container exists");
     let text = inspected.to_string();
     assert!(!text.contains(&value), "podman inspect shows the secret");
