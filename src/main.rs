@@ -276,6 +276,10 @@ struct RouterArgs {
     replicas: ReplicaArgs,
     #[command(flatten)]
     auth: cli::auth::AuthArgs,
+    /// A second address serving only GET /health and /metrics, without
+    /// authentication (kubelet probes, Prometheus); none by default.
+    #[arg(long, env = "MCPOD_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
 }
 
 /// Several router replicas: each server is served by the replica holding its
@@ -603,7 +607,7 @@ fn nix_is_root() -> bool {
 
 async fn serve(args: ServeArgs) -> mcpod::Result<()> {
     // First: a setting that cannot be served safely stops mcpod before anything starts.
-    let auth = args.auth.build(args.listen)?;
+    let auth = args.auth.build(args.listen, None)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let defaults = args.defaults.defaults();
     let settings = Settings {
@@ -876,8 +880,8 @@ mod kube_cli {
     }
 
     pub async fn router(args: RouterArgs) -> mcpod::Result<()> {
-        let auth = args.auth.build(args.listen)?;
         let (client, namespace) = connect(&args.scope).await?;
+        let auth = args.auth.build(args.listen, Some(&client))?;
         let ownership = ownership(&client, &args.replicas)?;
         let mut runtime = KubeRuntime::new(client.clone(), &namespace, args.scope.all_namespaces);
         if let Some(ownership) = &ownership {
@@ -899,6 +903,16 @@ mod kube_cli {
             Api::namespaced(client, &namespace)
         };
         tokio::spawn(sync_servers(servers, reconciler.clone()));
+        if let Some(address) = args.health_listen {
+            let probes = bind(address).await?;
+            info!(%address, "health and metrics listening (unauthenticated: GET /health, /metrics)");
+            tokio::spawn(mcpod::listener::serve(
+                router::probe_routes(reconciler.clone()),
+                probes,
+                mcpod::listener::Limits::default().fit_to_descriptors(),
+                std::future::pending(),
+            ));
+        }
         let listener = bind(args.listen).await?;
         info!(address = %args.listen, %namespace, all_namespaces = args.scope.all_namespaces, "router listening");
         let routes = router::routes(

@@ -206,6 +206,21 @@ pub fn routes(
     served.recover(handle_rejection).unify()
 }
 
+/// What a listener of its own (`mcpod router --health-listen`) serves without
+/// authentication: `GET /health` and `GET /metrics`, for kubelet probes and
+/// Prometheus, which carry no credentials. Nothing else is answered there but
+/// 404: the same routes as [`routes`], limited to these two paths.
+pub fn probe_routes(
+    reconciler: Arc<Reconciler>,
+) -> impl Filter<Extract = (HttpResponse,), Error = Infallible> + Clone {
+    const PROBE_ROUTES: &[Route] = &[Route::router("/health"), Route::router("/metrics")];
+    route::declared(PROBE_ROUTES)
+        .and(routes(reconciler, RouterConfig::default()))
+        .map(Reply::into_response)
+        .recover(handle_rejection)
+        .unify()
+}
+
 /// Lines `GET /servers/{name}/logs` returns without `?tail=`.
 const DEFAULT_TAIL_LINES: usize = 100;
 

@@ -98,6 +98,9 @@ pub struct Env {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum EnvValue {
     Literal(String),
+    /// Read from a file on the Podman host (`valueFromFile`): a secret, which
+    /// reaches the container as a Podman secret, never as plain env.
+    FromFile(String),
     Secret(KeyRef),
     ConfigMap(KeyRef),
 }
@@ -319,6 +322,15 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
+/// Whether `name` is a POSIX shell identifier (`/bin/sh` can export it).
+fn is_shell_identifier(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 fn resolve_env(
     server: &str,
     index: usize,
@@ -354,6 +366,14 @@ fn resolve_env(
                 var.name
             )));
         }
+        // Exported from a Podman secret by /bin/sh (see runtime::podman).
+        if !is_shell_identifier(&var.name) {
+            return Err(invalid(format!(
+                "{}: a valueFromFile variable needs a shell name (letters, digits and _, \
+                 not starting with a digit)",
+                var.name
+            )));
+        }
         let file = policy
             .check_secret_file(path)
             .map_err(|refusal| invalid(format!("{}: {refusal}", var.name)))?;
@@ -363,7 +383,7 @@ fn resolve_env(
                 var.name
             ))
         })?;
-        EnvValue::Literal(content.trim_end_matches(['\n', '\r']).to_string())
+        EnvValue::FromFile(content.trim_end_matches(['\n', '\r']).to_string())
     } else {
         let source = var.value_from.as_ref().expect("counted above");
         if target == Target::Podman {
@@ -543,7 +563,7 @@ mod tests {
             file.display()
         );
         let w = Workload::resolve("time", &spec(&text), &defaults, Target::Podman).unwrap();
-        assert_eq!(w.env[0].value, EnvValue::Literal("s3cret".into()));
+        assert_eq!(w.env[0].value, EnvValue::FromFile("s3cret".into()));
         let missing =
             resolve("image: x\nenv: [{name: T, valueFromFile: /etc/mcpod/secrets/nonexistent}]");
         assert!(missing
@@ -555,6 +575,17 @@ mod tests {
             outside.contains("spec.env[0]") && outside.contains("refused by rule secrets-dir"),
             "{outside}"
         );
+        // /bin/sh exports it from a Podman secret: a shell name only.
+        for bad in ["odd.name", "1ST", "with-dash"] {
+            let text = format!(
+                "image: x\nenv: [{{name: '{bad}', valueFromFile: {}}}]",
+                file.display()
+            );
+            let error = Workload::resolve("time", &spec(&text), &defaults, Target::Podman)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("needs a shell name"), "{bad}: {error}");
+        }
     }
 
     #[test]

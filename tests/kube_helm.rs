@@ -227,6 +227,8 @@ fn kube_helm_template_agrees_with_the_plain_manifests() {
     assert_eq!(
         compared,
         [
+            "ClusterRole",
+            "ClusterRoleBinding",
             "CustomResourceDefinition",
             "Deployment",
             "NetworkPolicy",
@@ -333,4 +335,110 @@ fn kube_helm_metrics_options_render_the_dashboard_rules_and_service_monitor() {
         .unwrap()
         .iter()
         .any(|v| v["name"] == "MCPOD_LOG_FORMAT" && v["value"] == "json"));
+}
+
+/// `helm template` that must fail: its error output.
+fn helm_fails(extra: &[&str]) -> String {
+    let mut args = vec!["template", "mcpod", "charts/mcpod", "--namespace", "mcpod"];
+    args.extend_from_slice(extra);
+    let output = Command::new(root().join("tests/clients/bin/helm"))
+        .args(&args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "helm {args:?} rendered");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The router container's env as name → value.
+fn router_env(rendered: &BTreeMap<(String, String), Value>) -> BTreeMap<String, Value> {
+    let deployment = &rendered[&("Deployment".to_string(), "mcpod".to_string())];
+    let router = &deployment["spec"]["template"]["spec"]["containers"][1];
+    assert_eq!(router["name"], "router");
+    router["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap().to_string(), v["value"].clone()))
+        .collect()
+}
+
+#[test]
+fn kube_helm_auth_defaults_check_service_account_tokens_and_start_safely() {
+    let rendered = render(&["--namespace", "tools"]);
+    let env = router_env(&rendered);
+    assert_eq!(env["MCPOD_TOKEN_REVIEW_AUDIENCE"], "mcpod");
+    assert_eq!(
+        env["MCPOD_ALLOWED_HOSTS"],
+        "mcpod,mcpod.tools,mcpod.tools.svc,mcpod.tools.svc.cluster.local"
+    );
+    assert!(!env.contains_key("MCPOD_INSECURE_ALLOW_UNAUTHENTICATED"));
+    assert!(!env.contains_key("MCPOD_API_KEYS"));
+    assert_eq!(env["MCPOD_HEALTH_LISTEN"], "0.0.0.0:8082");
+    // The only cluster-wide grant: creating TokenReviews, bound to mcpod's ServiceAccount.
+    let key = |kind: &str| (kind.to_string(), "mcpod-tokenreview".to_string());
+    assert_eq!(
+        rendered[&key("ClusterRole")]["rules"],
+        json!([{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}])
+    );
+    assert_eq!(
+        rendered[&key("ClusterRoleBinding")]["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "mcpod", "namespace": "tools"}])
+    );
+    // The health port is reachable only from the peers named for it.
+    let policy = &rendered[&("NetworkPolicy".to_string(), "mcpod".to_string())];
+    assert_eq!(policy["spec"]["ingress"].as_array().unwrap().len(), 1);
+    let rendered = render(&[
+        "--set",
+        "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring",
+    ]);
+    let policy = &rendered[&("NetworkPolicy".to_string(), "mcpod".to_string())];
+    assert_eq!(
+        policy["spec"]["ingress"][1],
+        json!({"from": [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}],
+               "ports": [{"protocol": "TCP", "port": 8082}]})
+    );
+}
+
+#[test]
+fn kube_helm_auth_api_keys_come_from_a_secret_and_no_auth_is_refused() {
+    let rendered = render(&[
+        "--set",
+        "auth.tokenReview.enabled=false",
+        "--set",
+        "auth.apiKeys.existingSecret=mcpod-keys",
+        "--set",
+        "auth.allowedHosts={mcp.example.com}",
+    ]);
+    assert!(!rendered.contains_key(&("ClusterRole".to_string(), "mcpod-tokenreview".to_string())));
+    let env = router_env(&rendered);
+    assert!(!env.contains_key("MCPOD_TOKEN_REVIEW_AUDIENCE"));
+    assert_eq!(env["MCPOD_API_KEYS"], "/etc/mcpod/api-keys/keys");
+    assert!(env["MCPOD_ALLOWED_HOSTS"]
+        .as_str()
+        .unwrap()
+        .ends_with(",mcp.example.com"));
+    let pod =
+        &rendered[&("Deployment".to_string(), "mcpod".to_string())]["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "api-keys", "secret": {"secretName": "mcpod-keys"}}])
+    );
+    assert_eq!(
+        pod["containers"][1]["volumeMounts"],
+        json!([{"name": "api-keys", "mountPath": "/etc/mcpod/api-keys", "readOnly": true}])
+    );
+    // No authentication at all: refused at install, as the router would refuse to start.
+    let error = helm_fails(&["--set", "auth.tokenReview.enabled=false"]);
+    assert!(error.contains("insecureAllowUnauthenticated"), "{error}");
+    let rendered = render(&[
+        "--set",
+        "auth.tokenReview.enabled=false",
+        "--set",
+        "auth.insecureAllowUnauthenticated=true",
+    ]);
+    assert_eq!(
+        router_env(&rendered)["MCPOD_INSECURE_ALLOW_UNAUTHENTICATED"],
+        "true"
+    );
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Deserialize;
 use serde_json::Value;
@@ -296,6 +296,8 @@ fn kube_manifests_parse_into_their_kinds_with_no_unknown_field() {
             "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(&doc),
             "ServiceAccount" => round_trip::<ServiceAccount>(&doc),
             "Role" => round_trip::<Role>(&doc),
+            "ClusterRole" => round_trip::<ClusterRole>(&doc),
+            "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(&doc),
             "RoleBinding" => round_trip::<RoleBinding>(&doc),
             "Deployment" => round_trip::<Deployment>(&doc),
             "Service" => round_trip::<Service>(&doc),
@@ -303,7 +305,13 @@ fn kube_manifests_parse_into_their_kinds_with_no_unknown_field() {
             other => Err(format!("unexpected kind {other}")),
         };
         checked.unwrap_or_else(|e| panic!("{}: {kind}: {e}", file.display()));
-        if kind != "Namespace" && kind != "CustomResourceDefinition" {
+        let cluster_scoped = [
+            "Namespace",
+            "CustomResourceDefinition",
+            "ClusterRole",
+            "ClusterRoleBinding",
+        ];
+        if !cluster_scoped.contains(&kind.as_str()) {
             assert_eq!(doc["metadata"]["namespace"], "mcpod", "{}", file.display());
         }
         kinds.insert(kind);
@@ -314,6 +322,8 @@ fn kube_manifests_parse_into_their_kinds_with_no_unknown_field() {
         "ServiceAccount",
         "Role",
         "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
         "Deployment",
         "Service",
         "NetworkPolicy",
@@ -391,6 +401,22 @@ fn kube_rbac_covers_every_call_and_no_more() {
         .expect("a rules: block before ---");
     let chart_rules: Vec<PolicyRule> = serde_yaml::from_str(block).unwrap();
     assert_eq!(chart_rules, rules);
+    // Cluster-wide, only what checking ServiceAccount tokens needs.
+    let cluster_roles: Vec<ClusterRole> = manifest_documents()
+        .into_iter()
+        .filter(|(_, d)| d["kind"] == "ClusterRole")
+        .map(|(_, d)| serde_json::from_value(d).unwrap())
+        .collect();
+    assert_eq!(cluster_roles.len(), 1);
+    let granted = grants(cluster_roles[0].rules.as_deref().unwrap_or_default());
+    let tokenreview = ("authentication.k8s.io", "tokenreviews", "create");
+    assert_eq!(
+        granted,
+        [tokenreview]
+            .iter()
+            .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+            .collect()
+    );
 }
 
 #[test]

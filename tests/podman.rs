@@ -671,3 +671,93 @@ async fn each_servers_stderr_and_lifecycle_are_logged_and_readable() {
     let own = std::fs::read_to_string(mcpod.data.path().join("logs/router/mcpod.log")).unwrap();
     assert!(own.contains("router listening"), "{own}");
 }
+
+/// The fixture with one more tool, `getenv`, answering a variable's value.
+const GETENV: &str = r#"command: [python3, -c, "import os, runpy; g = runpy.run_path('/usr/local/bin/fake_mcp.py', run_name='fixture')['main'].__globals__; real = g['call_tool']; g['call_tool'] = lambda rid, name, args: g['tool_result'](rid, os.environ.get(args['name'], '<unset>')) if name == 'getenv' else real(rid, name, args); g['main']()"]"#;
+
+/// Removes a Podman secret when dropped: a failed test leaves none behind.
+struct SecretGuard(String);
+
+impl Drop for SecretGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("podman")
+            .args(["secret", "rm", &self.0])
+            .output();
+    }
+}
+
+fn secret_exists(name: &str) -> bool {
+    std::process::Command::new("podman")
+        .args(["secret", "inspect", name])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[tokio::test]
+async fn values_from_files_reach_the_server_as_podman_secrets_that_inspect_does_not_show() {
+    let secrets = tempfile::tempdir().unwrap();
+    let value = format!("s3cret-{}", unique_instance());
+    let token = secrets.path().join("token");
+    std::fs::write(&token, format!("{value}\n")).unwrap();
+    let vault = fixture(
+        "vault",
+        &format!(
+            "{GETENV}\nenv: [{{name: API_TOKEN, valueFromFile: {}}}, {{name: MODE, value: plain}}]",
+            token.display()
+        ),
+    );
+    let mcpod = Mcpod::start(
+        &files(&[vault]),
+        &["--secrets-dir", &secrets.path().display().to_string()],
+    );
+    let container = mcpod.container("vault");
+    let _guard = SecretGuard(format!("{container}.env.API_TOKEN"));
+    let (status, reply) = mcpod
+        .call_tool("vault", json!(1), "getenv", json!({"name": "API_TOKEN"}))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(text_of(&reply), value, "the server sees the file's content");
+    let (_, reply) = mcpod
+        .call_tool("vault", json!(2), "getenv", json!({"name": "MODE"}))
+        .await;
+    assert_eq!(text_of(&reply), "plain");
+
+    let inspected = inspect(&container).expect("the container exists");
+    let text = inspected.to_string();
+    assert!(!text.contains(&value), "podman inspect shows the secret");
+    assert!(text.contains("MODE=plain"), "plain env stays env");
+    let secret = format!("{container}.env.API_TOKEN");
+    assert!(secret_exists(&secret), "{secret}");
+
+    // A new value (read when the manifest is reloaded) reaches a new container:
+    // Podman 4.3 copies a secret into the container when it creates it.
+    let rotated = format!("{value}-rotated");
+    std::fs::write(&token, &rotated).unwrap();
+    let manifest = mcpod.manifests.path().join("vault.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("{text}\n# rotated\n")).unwrap();
+    let mut id = 3;
+    wait_for(Duration::from_secs(60), "the rotated value", async || {
+        id += 1;
+        let (_, reply) = mcpod
+            .call_tool("vault", json!(id), "getenv", json!({"name": "API_TOKEN"}))
+            .await;
+        text_of(&reply) == rotated
+    })
+    .await;
+    let text = inspect(&container).unwrap().to_string();
+    assert!(
+        !text.contains(&rotated),
+        "podman inspect shows the new secret"
+    );
+
+    // The server goes away with its manifest: its container and its secret too.
+    std::fs::remove_file(mcpod.manifests.path().join("vault.yaml")).unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the server's secret removed",
+        || inspect(&container).is_none() && !secret_exists(&secret),
+    );
+}

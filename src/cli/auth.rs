@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 
+use mcpod::auth::tokenreview::TokenReviewer;
 use mcpod::auth::{self, jwt, keys, Auth, AuthConfig, Verify};
 
 use super::{CliError, CliResult};
@@ -61,6 +62,10 @@ pub struct AuthArgs {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+    /// Kubernetes (`router` only): accept ServiceAccount tokens projected with
+    /// this audience (e.g. `mcpod`), checked with a TokenReview.
+    #[arg(long, env = "MCPOD_TOKEN_REVIEW_AUDIENCE")]
+    pub token_review_audience: Option<String>,
     /// Serve without authentication on a non-loopback address: anyone who can
     /// reach it may call every tool and stop every server.
     #[arg(long, env = "MCPOD_INSECURE_ALLOW_UNAUTHENTICATED")]
@@ -69,8 +74,9 @@ pub struct AuthArgs {
 
 impl AuthArgs {
     /// The configured verifiers, checked against the listen address: serving
-    /// unauthenticated beyond loopback needs the insecure flag.
-    pub fn build(&self, listen: SocketAddr) -> mcpod::Result<Auth> {
+    /// unauthenticated beyond loopback needs the insecure flag. `kube`: the
+    /// cluster client TokenReviews go to (`router` only).
+    pub fn build(&self, listen: SocketAddr, kube: Option<&kube::Client>) -> mcpod::Result<Auth> {
         let mut verifiers: Vec<Arc<dyn Verify>> = vec![];
         if let Some(path) = &self.api_keys {
             let keys =
@@ -91,6 +97,17 @@ impl AuthArgs {
                      accepted here too; set --public-url"
                 );
             }
+        }
+        // Last: it claims any JWT that the verifiers above did not.
+        if let Some(audience) = &self.token_review_audience {
+            let client = kube.ok_or_else(|| {
+                mcpod::Error::Config(
+                    "--token-review-audience needs Kubernetes: only `mcpod router` can check \
+                     ServiceAccount tokens"
+                        .to_string(),
+                )
+            })?;
+            verifiers.push(Arc::new(TokenReviewer::new(client.clone(), audience)));
         }
         // `..default()` although every field is set today: a setting added to
         // AuthConfig later needs no change here.

@@ -202,7 +202,8 @@ fn container_security(workload: &Workload) -> SecurityContext {
 
 fn env_var(env: &crate::workload::Env) -> EnvVar {
     let (value, value_from) = match &env.value {
-        EnvValue::Literal(value) => (Some(value.clone()), None),
+        // `mcpod export` for `podman kube play`: the file's content, as read there.
+        EnvValue::Literal(value) | EnvValue::FromFile(value) => (Some(value.clone()), None),
         EnvValue::Secret(key) => (
             None,
             Some(EnvVarSource {

@@ -113,6 +113,8 @@ pub struct PodmanRuntime {
     /// Scopes labels and container names, so several mcpods share one host.
     instance: String,
     userns: UserNamespace,
+    /// Keys [`PodmanRuntime::secrets_version`]; never leaves the process.
+    secrets_key: [u8; 32],
 }
 
 impl PodmanRuntime {
@@ -126,6 +128,7 @@ impl PodmanRuntime {
             userns: UserNamespace::PerServer {
                 base: UserNamespace::DEFAULT_BASE,
             },
+            secrets_key: rand::random(),
         }
     }
 
@@ -220,7 +223,8 @@ impl PodmanRuntime {
     /// the existing one when its spec hash matches, else a new one.
     async fn container_for(&self, key: &str, workload: &Workload) -> Result<String> {
         let name = self.container_name(key);
-        let spec = create_spec(&name, key, &self.instance, workload, self.userns);
+        let secrets = self.secrets_setup(workload).await?;
+        let spec = create_spec(&name, key, &self.instance, workload, self.userns, &secrets);
         let wanted_hash = spec["labels"][LABEL_SPEC_HASH].as_str().unwrap_or_default();
         if let Some(existing) = self.inspect(&name).await? {
             let hash = existing
@@ -246,7 +250,145 @@ impl PodmanRuntime {
             info!(container = %name, old = hash, new = wanted_hash, "spec changed: replacing container");
             self.remove(key).await?;
         }
+        self.put_secrets(&name, workload).await?;
         self.create(&spec, workload).await
+    }
+
+    /// What `workload`'s secrets need in its create spec (nothing without any).
+    async fn secrets_setup(&self, workload: &Workload) -> Result<SecretsSetup> {
+        if !workload
+            .env
+            .iter()
+            .any(|e| matches!(e.value, EnvValue::FromFile(_)))
+        {
+            return Ok(SecretsSetup::default());
+        }
+        let image = match self.image_command(&workload.image).await? {
+            Some(image) => image,
+            None => {
+                self.ensure_image(workload).await?;
+                self.image_command(&workload.image).await?.ok_or_else(|| {
+                    Error::Runtime(format!("image {} vanished after the pull", workload.image))
+                })?
+            }
+        };
+        Ok(SecretsSetup {
+            image,
+            version: self.secrets_version(workload),
+        })
+    }
+
+    /// A hash of the secret values keyed with a random key that only this
+    /// mcpod process holds: equal values give equal versions (the container
+    /// is kept), and the label gives nothing to guess a value against. After
+    /// mcpod restarts, containers with secrets are created anew once.
+    fn secrets_version(&self, workload: &Workload) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.secrets_key);
+        for env in &workload.env {
+            if let EnvValue::FromFile(value) = &env.value {
+                for part in [env.name.as_str(), value.as_str()] {
+                    hasher.update((part.len() as u64).to_be_bytes());
+                    hasher.update(part.as_bytes());
+                }
+            }
+        }
+        hasher.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Stores the value of each `valueFromFile` variable of `workload` as a
+    /// Podman secret of the container about to be created, replacing an older
+    /// one (Podman 4.3 has no `replace`); Podman copies it into the container.
+    async fn put_secrets(&self, container: &str, workload: &Workload) -> Result<()> {
+        for env in &workload.env {
+            let EnvValue::FromFile(value) = &env.value else {
+                continue;
+            };
+            let secret = secret_name(container, &env.name);
+            self.delete_secret(&secret).await?;
+            let path = format!("/secrets/create?name={}&driver=file", urlencode(&secret));
+            let (status, body) = self
+                .libpod
+                .send("POST", &path, Bytes::from(value.clone()), "text/plain")
+                .await?;
+            if status != 200 {
+                return Err(Error::Runtime(format!(
+                    "store {} of {container} as Podman secret {secret}: HTTP {status}: {}",
+                    env.name,
+                    message_of(&body)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The image's own entrypoint and command (`None`: no such image here).
+    async fn image_command(&self, image: &str) -> Result<Option<ImageCommand>> {
+        let (status, body) = self
+            .libpod
+            .request("GET", &format!("/images/{}/json", urlencode(image)), None)
+            .await?;
+        if status == 404 {
+            return Ok(None);
+        }
+        if status != 200 {
+            return Err(Error::Runtime(format!(
+                "inspect image {image}: HTTP {status}: {}",
+                message_of(&body)
+            )));
+        }
+        let strings = |pointer: &str| -> Vec<String> {
+            body.pointer(pointer)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        };
+        Ok(Some(ImageCommand {
+            entrypoint: strings("/Config/Entrypoint"),
+            cmd: strings("/Config/Cmd"),
+        }))
+    }
+
+    /// Removes one Podman secret; a missing one is success.
+    async fn delete_secret(&self, secret: &str) -> Result<()> {
+        let (status, body) = self
+            .libpod
+            .request("DELETE", &format!("/secrets/{}", urlencode(secret)), None)
+            .await?;
+        match status {
+            200..=299 | 404 => Ok(()),
+            _ => Err(Error::PodmanService(format!(
+                "remove Podman secret {secret}: HTTP {status}: {}",
+                message_of(&body)
+            ))),
+        }
+    }
+
+    /// Removes every Podman secret of `container` (see [`secret_name`]).
+    async fn remove_secrets(&self, container: &str) -> Result<()> {
+        let (status, body) = self.libpod.request("GET", "/secrets/json", None).await?;
+        if status != 200 {
+            return Err(Error::PodmanService(format!(
+                "list Podman secrets: HTTP {status}: {}",
+                message_of(&body)
+            )));
+        }
+        let prefix = secret_prefix(container);
+        let names = body
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|secret| secret.pointer("/Spec/Name").and_then(Value::as_str))
+            .filter(|name| name.starts_with(&prefix));
+        for name in names {
+            self.delete_secret(name).await?;
+        }
+        Ok(())
     }
 }
 
@@ -321,8 +463,8 @@ impl Runtime for PodmanRuntime {
         let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
         loop {
             match self.podman.containers().get(&name).delete(&options).await {
-                Ok(()) => return Ok(()),
-                Err(e) if is_not_found(&e) => return Ok(()),
+                Ok(()) => return self.remove_secrets(&name).await,
+                Err(e) if is_not_found(&e) => return self.remove_secrets(&name).await,
                 Err(e)
                     if e.to_string().contains("resource busy")
                         && tokio::time::Instant::now() < deadline =>
@@ -588,6 +730,103 @@ impl PodmanRuntime {
     }
 }
 
+/// What giving a container its `valueFromFile` variables needs besides the workload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretsSetup {
+    /// What the image runs, which the wrapper that exports the variables runs in turn.
+    pub image: ImageCommand,
+    /// Changes whenever a value does, and tells nothing about it: Podman 4.3
+    /// copies mounted secrets into the container when it is created, so a new
+    /// value needs a new container, found by the spec hash; see
+    /// [`PodmanRuntime::secrets_version`].
+    pub version: String,
+}
+
+/// What an image runs when the spec does not say (`podman image inspect`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageCommand {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
+/// The label that changes with the values of the container's secrets.
+const LABEL_SECRETS_VERSION: &str = "mcpod.dev/secrets-version";
+/// Where a container's secret files are mounted (Podman's fixed directory).
+const SECRETS_DIR: &str = "/run/secrets";
+
+/// Gives the container its `valueFromFile` variables through Podman secrets,
+/// mounted as files readable by the server's user only, and a `/bin/sh`
+/// wrapper that exports them and then runs the server's own command
+/// (`exec`, so the server keeps its pid and signals). Not Podman's env
+/// secrets: Podman 4.3 shows their values in `podman inspect` once the
+/// container has started (podman#23788, masked only from 5.3).
+fn with_secrets(spec: &mut Value, container: &str, workload: &Workload, setup: &SecretsSetup) {
+    let secrets: Vec<(&str, String)> = workload
+        .env
+        .iter()
+        .filter(|e| matches!(e.value, EnvValue::FromFile(_)))
+        .map(|e| (e.name.as_str(), secret_name(container, &e.name)))
+        .collect();
+    if secrets.is_empty() {
+        return;
+    }
+    let image = &setup.image;
+    spec["labels"][LABEL_SECRETS_VERSION] = json!(setup.version);
+    let security = &workload.security;
+    spec["secrets"] = json!(secrets
+        .iter()
+        .map(|(_, secret)| json!({
+            "Source": secret, "Target": secret,
+            "UID": security.run_as_user, "GID": security.run_as_group.unwrap_or(0), "Mode": 0o400,
+        }))
+        .collect::<Vec<_>>());
+    // On a read-only root file system the mount points need a writable parent.
+    if let Some(mounts) = spec["mounts"].as_array_mut() {
+        mounts.push(json!({
+            "destination": SECRETS_DIR, "type": "tmpfs", "source": "tmpfs",
+            "options": ["rw", "nosuid", "nodev", "noexec", "size=1m"],
+        }));
+    }
+    let mut script = String::from("set -e\n");
+    for (var, secret) in &secrets {
+        // Names are shell identifiers (checked by Workload::resolve for Podman).
+        script.push_str(&format!(
+            "{var}=$(cat {SECRETS_DIR}/{secret}); export {var}\n"
+        ));
+    }
+    script.push_str("exec \"$@\"\n");
+    // Kubernetes semantics: `command` replaces the entrypoint, `args` the image's command.
+    let (entrypoint, cmd) = if !workload.command.is_empty() {
+        (&workload.command, &workload.args)
+    } else if !workload.args.is_empty() {
+        (&image.entrypoint, &workload.args)
+    } else {
+        (&image.entrypoint, &image.cmd)
+    };
+    spec["entrypoint"] = json!(["/bin/sh", "-c", script, "mcpod-secrets"]);
+    spec["command"] = json!(entrypoint.iter().chain(cmd).collect::<Vec<_>>());
+}
+
+/// The Podman secret holding env variable `var` of container `container`:
+/// `<container>.env.<VAR>` (container names hold no dot, so one container's
+/// secrets are exactly those under its prefix). A variable name Podman does
+/// not accept in a secret name is spelled in hex.
+pub fn secret_name(container: &str, var: &str) -> String {
+    let plain = var
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        format!("{}{var}", secret_prefix(container))
+    } else {
+        let hex: String = var.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{}x{hex}", secret_prefix(container))
+    }
+}
+
+fn secret_prefix(container: &str) -> String {
+    format!("{container}.env.")
+}
+
 /// The libpod create spec for `workload`: limits, hardening and labels included.
 pub fn create_spec(
     name: &str,
@@ -595,6 +834,7 @@ pub fn create_spec(
     instance: &str,
     workload: &Workload,
     userns: UserNamespace,
+    secrets: &SecretsSetup,
 ) -> Value {
     let security = &workload.security;
     let env: HashMap<&str, &str> = workload
@@ -602,9 +842,10 @@ pub fn create_spec(
         .iter()
         .filter_map(|e| match &e.value {
             EnvValue::Literal(value) => Some((e.name.as_str(), value.as_str())),
-            _ => None, // refused for Podman by Workload::resolve
+            _ => None, // secrets below; the rest refused for Podman by Workload::resolve
         })
         .collect();
+
     let mut mounts: Vec<Value> = security
         .tmpfs
         .iter()
@@ -677,6 +918,7 @@ pub fn create_spec(
     if let Some(dir) = &workload.working_dir {
         spec["work_dir"] = json!(dir);
     }
+    with_secrets(&mut spec, name, workload, secrets);
     match userns {
         UserNamespace::PerServer { base } => {
             // Keyed by the server, not the container: an isolated session's
@@ -808,6 +1050,19 @@ impl Libpod {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value)> {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        self.send(method, path, Bytes::from(body), "application/json")
+            .await
+    }
+
+    /// `request` with a body that is not JSON (a secret's value).
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(u16, Value)> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             Error::PodmanService(format!("{method} {path}: {what}: {e}"))
         };
@@ -819,13 +1074,12 @@ impl Libpod {
                 .await
                 .map_err(|e| fail("handshake", &e))?;
         tokio::spawn(connection);
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
         let request = hyper::Request::builder()
             .method(method)
             .uri(format!("{API_PREFIX}{path}"))
             .header("host", "d")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
+            .header("content-type", content_type)
+            .body(Full::new(body))
             .map_err(|e| fail("build request", &e))?;
         let response = sender
             .send_request(request)
@@ -996,11 +1250,126 @@ mod tests {
     }
 
     #[test]
+    fn values_from_files_are_mounted_secrets_exported_by_a_wrapper_never_env() {
+        let plain = workload("image: x\nenv: [{name: MODE, value: plain}]");
+        let none = SecretsSetup::default();
+        let plain_spec = create_spec(
+            "mcpod-time",
+            "time",
+            "default",
+            &plain,
+            UserNamespace::Host,
+            &none,
+        );
+        let mut w = plain.clone();
+        w.env.push(crate::workload::Env {
+            name: "API_TOKEN".into(),
+            value: EnvValue::FromFile("s3cret-value".into()),
+        });
+        let image = SecretsSetup {
+            image: ImageCommand {
+                entrypoint: vec!["python3".into(), "-u".into()],
+                cmd: vec!["/srv/server.py".into()],
+            },
+            version: "0123456789abcdef".into(),
+        };
+        let spec = create_spec(
+            "mcpod-time",
+            "time",
+            "default",
+            &w,
+            UserNamespace::Host,
+            &image,
+        );
+        assert_eq!(spec["env"], json!({"MODE": "plain"}));
+        assert!(!spec.to_string().contains("s3cret-value"), "{spec}");
+        assert_eq!(
+            spec["secrets"],
+            json!([{"Source": "mcpod-time.env.API_TOKEN", "Target": "mcpod-time.env.API_TOKEN",
+                    "UID": 65534, "GID": 0, "Mode": 0o400}])
+        );
+        let script = "set -e\nAPI_TOKEN=$(cat /run/secrets/mcpod-time.env.API_TOKEN); export API_TOKEN\nexec \"$@\"\n";
+        assert_eq!(
+            spec["entrypoint"],
+            json!(["/bin/sh", "-c", script, "mcpod-secrets"])
+        );
+        // The image's own command runs behind the wrapper, unless the spec says otherwise.
+        assert_eq!(spec["command"], json!(["python3", "-u", "/srv/server.py"]));
+        assert_eq!(spec["labels"][LABEL_SECRETS_VERSION], "0123456789abcdef");
+        let other_version = SecretsSetup {
+            version: "fedcba9876543210".into(),
+            ..image.clone()
+        };
+        let other = create_spec(
+            "mcpod-time",
+            "time",
+            "default",
+            &w,
+            UserNamespace::Host,
+            &other_version,
+        );
+        assert_ne!(
+            other["labels"][LABEL_SPEC_HASH], spec["labels"][LABEL_SPEC_HASH],
+            "a new value means a new container"
+        );
+        w.args = vec!["--port".into(), "0".into()];
+        let spec = create_spec(
+            "mcpod-time",
+            "time",
+            "default",
+            &w,
+            UserNamespace::Host,
+            &image,
+        );
+        assert_eq!(spec["command"], json!(["python3", "-u", "--port", "0"]));
+        w.command = vec!["node".into()];
+        let spec = create_spec(
+            "mcpod-time",
+            "time",
+            "default",
+            &w,
+            UserNamespace::Host,
+            &image,
+        );
+        assert_eq!(spec["command"], json!(["node", "--port", "0"]));
+        // A workload without secrets keeps the spec (and hash) it had before.
+        assert!(plain_spec.get("secrets").is_none() && plain_spec.get("entrypoint").is_none());
+        assert_eq!(
+            secret_name("mcpod-x", "odd.name"),
+            "mcpod-x.env.x6f64642e6e616d65"
+        );
+    }
+
+    #[test]
+    fn the_secrets_version_follows_the_values_under_a_key_of_this_process() {
+        let runtime = PodmanRuntime::new(Path::new("/nonexistent.sock"), "default");
+        let mut w = workload("image: x");
+        w.env.push(crate::workload::Env {
+            name: "API_TOKEN".into(),
+            value: EnvValue::FromFile("one".into()),
+        });
+        let first = runtime.secrets_version(&w);
+        assert_eq!(first, runtime.secrets_version(&w));
+        w.env[0].value = EnvValue::FromFile("two".into());
+        assert_ne!(first, runtime.secrets_version(&w));
+        // Another mcpod (or this one restarted) has another key.
+        let other = PodmanRuntime::new(Path::new("/nonexistent.sock"), "default");
+        assert_ne!(other.secrets_version(&w), runtime.secrets_version(&w));
+    }
+
+    #[test]
     fn spec_carries_limits_hardening_and_labels() {
         let w = workload(
             "image: localhost/mcpod/time:latest\nresources: {limits: {memory: 256Mi, cpu: 500m}}",
         );
-        let spec = create_spec("mcpod-time", "time", "default", &w, UserNamespace::Host);
+        let spec = create_spec(
+            "mcpod-time",
+            "time",
+            "default",
+            &w,
+            UserNamespace::Host,
+            &SecretsSetup::default(),
+        );
         assert_eq!(spec["image"], "localhost/mcpod/time:latest");
         assert_eq!(
             spec["resource_limits"]["memory"]["limit"],
@@ -1019,7 +1388,14 @@ mod tests {
         assert_eq!(spec["labels"][LABEL_SPEC_HASH].as_str().unwrap().len(), 16);
         let other =
             workload("image: localhost/mcpod/time:latest\nresources: {limits: {memory: 128Mi}}");
-        let other_spec = create_spec("mcpod-time", "time", "default", &other, UserNamespace::Host);
+        let other_spec = create_spec(
+            "mcpod-time",
+            "time",
+            "default",
+            &other,
+            UserNamespace::Host,
+            &SecretsSetup::default(),
+        );
         assert_ne!(
             spec["labels"][LABEL_SPEC_HASH],
             other_spec["labels"][LABEL_SPEC_HASH]
@@ -1031,11 +1407,25 @@ mod tests {
     #[test]
     fn command_and_args_follow_kubernetes_semantics() {
         let w = workload("image: x\ncommand: [python3, -m, srv]\nargs: [--flag]");
-        let spec = create_spec("n", "k", "default", &w, UserNamespace::Host);
+        let spec = create_spec(
+            "n",
+            "k",
+            "default",
+            &w,
+            UserNamespace::Host,
+            &SecretsSetup::default(),
+        );
         assert_eq!(spec["entrypoint"], json!(["python3", "-m", "srv"]));
         assert_eq!(spec["command"], json!(["--flag"]));
         let w = workload("image: x\nargs: [--local-timezone, UTC]");
-        let spec = create_spec("n", "k", "default", &w, UserNamespace::Host);
+        let spec = create_spec(
+            "n",
+            "k",
+            "default",
+            &w,
+            UserNamespace::Host,
+            &SecretsSetup::default(),
+        );
         assert!(spec.get("entrypoint").is_none());
         assert_eq!(spec["command"], json!(["--local-timezone", "UTC"]));
     }
@@ -1050,6 +1440,7 @@ mod tests {
             "default",
             &w,
             UserNamespace::PerServer { base },
+            &SecretsSetup::default(),
         );
         assert_eq!(spec["userns"]["nsmode"], "private");
         let host_id = spec["idmappings"]["UIDMap"][0]["host_id"].as_u64().unwrap();
@@ -1062,9 +1453,23 @@ mod tests {
         assert_ne!(host_id, UserNamespace::host_base(base, "other", "time"));
         assert_eq!(spec["resource_limits"]["pids"]["limit"], PIDS_LIMIT);
         assert_eq!(spec["log_configuration"]["size"], CONTAINER_LOG_MAX_BYTES);
-        let auto = create_spec("n", "time", "default", &w, UserNamespace::Auto);
+        let auto = create_spec(
+            "n",
+            "time",
+            "default",
+            &w,
+            UserNamespace::Auto,
+            &SecretsSetup::default(),
+        );
         assert_eq!(auto["userns"]["nsmode"], "auto");
-        let host = create_spec("n", "time", "default", &w, UserNamespace::Host);
+        let host = create_spec(
+            "n",
+            "time",
+            "default",
+            &w,
+            UserNamespace::Host,
+            &SecretsSetup::default(),
+        );
         assert!(host.get("userns").is_none() && host.get("idmappings").is_none());
         assert_eq!("auto".parse(), Ok(UserNamespace::Auto));
         assert_eq!(
@@ -1101,7 +1506,14 @@ mod tests {
         let w = workload(
             "image: x\nnetwork: bridge\nvolumes:\n- {hostPath: /srv/mcpod/data, mountPath: /data, readOnly: true}\n- {volume: mem, mountPath: /mem}",
         );
-        let spec = create_spec("n", "k", "default", &w, UserNamespace::Host);
+        let spec = create_spec(
+            "n",
+            "k",
+            "default",
+            &w,
+            UserNamespace::Host,
+            &SecretsSetup::default(),
+        );
         assert_eq!(spec["netns"]["nsmode"], "bridge");
         let bind = &spec["mounts"][1];
         assert_eq!(bind["source"], "/srv/mcpod/data");

@@ -50,3 +50,35 @@ app.kubernetes.io/component: control-plane
 - name: MAX_CPU_PER_CONTAINER
   value: {{ .Values.defaults.maxCpu | quote }}
 {{- end -}}
+
+
+{{/* The router's authentication settings (README "Security"). */}}
+{{- define "mcpod.authEnv" -}}
+{{- $name := include "mcpod.fullname" . -}}
+{{- $namespace := .Release.Namespace -}}
+{{- $hosts := list $name (printf "%s.%s" $name $namespace) (printf "%s.%s.svc" $name $namespace) (printf "%s.%s.svc.%s" $name $namespace .Values.auth.clusterDomain) -}}
+- name: MCPOD_ALLOWED_HOSTS
+  value: {{ concat $hosts .Values.auth.allowedHosts | join "," | quote }}
+{{- if .Values.auth.tokenReview.enabled }}
+- name: MCPOD_TOKEN_REVIEW_AUDIENCE
+  value: {{ .Values.auth.tokenReview.audience | quote }}
+{{- end }}
+{{- if .Values.auth.apiKeys.existingSecret }}
+- name: MCPOD_API_KEYS
+  value: {{ printf "/etc/mcpod/api-keys/%s" .Values.auth.apiKeys.key | quote }}
+{{- end }}
+{{- with .Values.auth.allowedOrigins }}
+- name: MCPOD_ALLOWED_ORIGINS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- with .Values.auth.publicUrl }}
+- name: MCPOD_PUBLIC_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- if .Values.auth.insecureAllowUnauthenticated }}
+- name: MCPOD_INSECURE_ALLOW_UNAUTHENTICATED
+  value: "true"
+{{- else if not (or .Values.auth.tokenReview.enabled .Values.auth.apiKeys.existingSecret) }}
+{{- fail "auth: enable auth.tokenReview or set auth.apiKeys.existingSecret (or, insecurely, auth.insecureAllowUnauthenticated): the router refuses to serve the cluster without authentication" }}
+{{- end }}
+{{- end -}}
