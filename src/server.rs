@@ -50,6 +50,8 @@ pub struct Settings {
     pub max_sessions: usize,
     /// `sessionMode: Isolated`: containers of one server at most.
     pub max_isolated: usize,
+    /// Router-wide access settings: operators, rate limits, the audit log.
+    pub access: Arc<crate::access::AccessControl>,
 }
 
 impl Default for Settings {
@@ -63,6 +65,7 @@ impl Default for Settings {
             removal_debounce: REMOVAL_DEBOUNCE,
             max_sessions: 10_000,
             max_isolated: 32,
+            access: Arc::default(),
         }
     }
 }
@@ -260,6 +263,11 @@ impl Server {
     /// The client sessions talking to this server.
     pub fn sessions(&self) -> &Arc<Sessions> {
         &self.sessions
+    }
+
+    /// The router-wide access settings (the policy is the workload's).
+    pub fn access_control(&self) -> &crate::access::AccessControl {
+        &self.settings.access
     }
 
     pub fn workload(&self) -> Arc<Workload> {
