@@ -6,6 +6,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod access;
 mod harness;
 mod lifecycle;
 mod transport;
