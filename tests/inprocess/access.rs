@@ -51,7 +51,10 @@ async fn secured(manifests: &[String]) -> Secured {
         ("root", vec!["admins"]),
     ] {
         let groups: Vec<String> = groups.into_iter().map(String::from).collect();
-        keys.insert(subject, keys::add_key(&keys_file, subject, &groups).unwrap());
+        keys.insert(
+            subject,
+            keys::add_key(&keys_file, subject, &groups).unwrap(),
+        );
     }
     let verifier = keys::ApiKeys::load(&keys_file).unwrap();
     let auth = Auth::new(AuthConfig {
@@ -126,7 +129,11 @@ impl Secured {
         } else {
             self.mcpod.http.post(format!("{}{path}", self.mcpod.url))
         };
-        let response = request.bearer_auth(&self.keys[subject]).send().await.unwrap();
+        let response = request
+            .bearer_auth(&self.keys[subject])
+            .send()
+            .await
+            .unwrap();
         response.status().as_u16()
     }
 
@@ -159,13 +166,21 @@ async fn each_caller_sees_and_calls_only_what_the_policy_gives_them() {
     // which reads the same as for a tool that does not exist.
     let secret = json!({"text": "secret-argument-value"});
     let (status, _, forbidden) = secured
-        .post("bob", "memory", &call(json!("b-1"), "whoami", secret.clone()))
+        .post(
+            "bob",
+            "memory",
+            &call(json!("b-1"), "whoami", secret.clone()),
+        )
         .await;
     assert_eq!(status, 403, "{forbidden}");
     assert_eq!(forbidden["id"], "b-1");
     assert_eq!(forbidden["error"]["code"], -32602);
     let (status, _, missing) = secured
-        .post("bob", "memory", &call(json!("b-2"), "no-such-tool", json!({})))
+        .post(
+            "bob",
+            "memory",
+            &call(json!("b-2"), "no-such-tool", json!({})),
+        )
         .await;
     assert_eq!(status, 403, "{missing}");
     let message = |body: &Value, name: &str| {
@@ -174,8 +189,14 @@ async fn each_caller_sees_and_calls_only_what_the_policy_gives_them() {
             .unwrap()
             .replace(name, "NAME")
     };
-    assert_eq!(message(&forbidden, "whoami"), message(&missing, "no-such-tool"));
-    assert!(message(&forbidden, "whoami").contains("access denied"), "{forbidden}");
+    assert_eq!(
+        message(&forbidden, "whoami"),
+        message(&missing, "no-such-tool")
+    );
+    assert!(
+        message(&forbidden, "whoami").contains("access denied"),
+        "{forbidden}"
+    );
     // The server never saw the refused call.
     let received: Vec<Value> = secured
         .mcpod
@@ -192,7 +213,10 @@ async fn each_caller_sees_and_calls_only_what_the_policy_gives_them() {
     let (status, _, body) = secured.post("carol", "memory", &list).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], -32600);
-    assert!(body["error"]["message"].as_str().unwrap().contains("carol"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("carol"),
+        "{body}"
+    );
 
     let audit = secured.audit();
     let find = |subject: &str, id: Value| {
@@ -211,9 +235,14 @@ async fn each_caller_sees_and_calls_only_what_the_policy_gives_them() {
     let denied = find("bob", json!("b-1"));
     assert_eq!(denied["outcome"], "denied");
     assert_eq!(denied["name"], "whoami");
-    assert!(audit.iter().any(|r| r["subject"] == "carol" && r["outcome"] == "denied"));
+    assert!(audit
+        .iter()
+        .any(|r| r["subject"] == "carol" && r["outcome"] == "denied"));
     let text = std::fs::read_to_string(&secured.audit).unwrap();
-    assert!(!text.contains("secret-argument-value"), "arguments are never logged");
+    assert!(
+        !text.contains("secret-argument-value"),
+        "arguments are never logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,10 +285,16 @@ async fn over_the_rate_limit_is_429_with_retry_after_and_the_requests_id() {
     let (status, retry_after, body) = secured.post("bob", "memory", &ping(77)).await;
     assert_eq!(status, 429, "{body}");
     let retry_after: u64 = retry_after.expect("Retry-After").parse().unwrap();
-    assert!((1..=2).contains(&retry_after), "one a second: {retry_after}");
+    assert!(
+        (1..=2).contains(&retry_after),
+        "one a second: {retry_after}"
+    );
     assert_eq!(body["id"], 77);
     assert_eq!(body["error"]["code"], -32006);
-    assert!(body["error"]["message"].as_str().unwrap().contains("bob"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("bob"),
+        "{body}"
+    );
     // Per subject: alice still has her own bucket.
     let (status, _, _) = secured.post("alice", "memory", &ping(1)).await;
     assert_eq!(status, 200);
