@@ -56,6 +56,11 @@ impl Audit {
         }
     }
 
+    /// Whether records are kept (building one costs a clock read and a few strings).
+    pub fn enabled(&self) -> bool {
+        !matches!(self, Audit::Off)
+    }
+
     /// Writes one record; a line that cannot be written is lost, not an error
     /// for the request (the rotating file reports it once, and `/health` lists it).
     pub fn record(&self, record: &Record) {
@@ -102,7 +107,8 @@ pub struct Record {
     pub server: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
-    /// The JSON-RPC method, or the operation (`start`, `stop`, `logs`).
+    /// The JSON-RPC method, the operation (`start`, `stop`, `logs`), or
+    /// `connect` for a caller the server refuses outright.
     pub method: String,
     /// The tool or prompt name, or resource URI, the request names.
     #[serde(skip_serializing_if = "Option::is_none")]

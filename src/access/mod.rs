@@ -199,7 +199,8 @@ pub struct Admitted<'a> {
     server: &'a Server,
     caller: &'a Caller,
     method: Method,
-    record: Record,
+    /// `None` while the audit log is off.
+    record: Option<Record>,
     started: Instant,
 }
 
@@ -216,7 +217,7 @@ pub fn may_send<'a>(
     let workload = server.workload();
     let method = jsonrpc::method(request).unwrap_or_default();
     let item = policy::item_of(method, request.get("params"));
-    let record = request_record(server, caller, session, request, Outcome::Allowed);
+    let record = || request_record(server, caller, session, request, Outcome::Allowed);
     if let Some(item) = item {
         if !policy::may_use_item(workload.access.as_ref(), caller, item) {
             let error = RequestError::Denied(format!(
@@ -227,7 +228,7 @@ pub fn may_send<'a>(
                 server.name(),
                 item.section()
             ));
-            let mut record = record.took(started.elapsed());
+            let mut record = record().took(started.elapsed());
             record.outcome = Outcome::Denied;
             record.reason = Some(error.to_string());
             record.code = Some(error.code());
@@ -239,7 +240,7 @@ pub fn may_send<'a>(
         server,
         caller,
         method: Method::of(request),
-        record,
+        record: server.access_control().audit.enabled().then(record),
         started,
     })
 }
@@ -248,16 +249,17 @@ impl Admitted<'_> {
     /// Removes from a list result what the caller may not use, and records
     /// the outcome: allowed, or error when mcpod or the server failed it.
     pub fn finish(self, response: &mut Result<Value, RequestError>) {
-        let mut record = self.record.took(self.started.elapsed());
+        if let (true, Ok(answer)) = (self.method.is_list(), &mut *response) {
+            if let Some(result) = answer.get_mut("result") {
+                let workload = self.server.workload();
+                let method = self.method.name();
+                policy::filter_list(workload.access.as_ref(), self.caller, method, result);
+            }
+        }
+        let Some(record) = self.record else { return };
+        let mut record = record.took(self.started.elapsed());
         match response {
             Ok(answer) => {
-                if self.method.is_list() {
-                    if let Some(result) = answer.get_mut("result") {
-                        let workload = self.server.workload();
-                        let method = self.method.name();
-                        policy::filter_list(workload.access.as_ref(), self.caller, method, result);
-                    }
-                }
                 if let Some(code) = answer.pointer("/error/code").and_then(Value::as_i64) {
                     record.outcome = Outcome::Error;
                     record.code = Some(code);

@@ -146,6 +146,9 @@ pub fn item_of<'a>(method: &str, params: Option<&'a Value>) -> Option<Item<'a>> 
 /// Removes from a list result what `caller` may not use. Cursors are left as
 /// they are: a page may come back shorter, or empty, and the next still follows.
 pub fn filter_list(access: Option<&Access>, caller: &Caller, method: &str, result: &mut Value) {
+    if access.is_none() || caller.is_local() {
+        return;
+    }
     let (key, field): (&str, &str) = match method {
         "tools/list" => ("tools", "name"),
         "prompts/list" => ("prompts", "name"),

@@ -190,3 +190,27 @@ pub fn validate(access: &Access) -> Result<(), (String, String)> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<(), (String, String)> {
+        validate(&serde_yaml::from_str::<Access>(yaml).unwrap())
+    }
+
+    #[test]
+    fn rules_that_could_match_nothing_are_refused_naming_the_field() {
+        assert!(check("tools:\n- names: ['*']\n  callers: {subjects: [a]}").is_ok());
+        let (field, _) = check("tools:\n- names: []\n  callers: {subjects: [a]}").unwrap_err();
+        assert_eq!(field, "spec.access.tools[0].names");
+        let (field, _) = check("resources:\n- callers: {subjects: [a]}").unwrap_err();
+        assert_eq!(field, "spec.access.resources[0]");
+        let (field, _) = check("operators: {groups: ['']}").unwrap_err();
+        assert_eq!(field, "spec.access.operators");
+        assert!(
+            serde_yaml::from_str::<Access>("tool: []").is_err(),
+            "unknown fields"
+        );
+    }
+}
