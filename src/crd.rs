@@ -100,6 +100,10 @@ pub struct MCPServerSpec {
     /// `Isolated`: each client session gets a container of its own.
     #[serde(default)]
     pub session_mode: SessionMode,
+    /// Who may use this server, call which tools, read which resources,
+    /// operate it, and how often (see `access` in the README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<crate::access::spec::Access>,
 }
 
 /// An npm or PyPI package to build a server image from: exactly one of the two.

@@ -621,6 +621,11 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         builder: Some(mcpod::package::Builder(Arc::new(
             cli::add::ServeBuilder::new(&data_dir, None),
         ))),
+        access: Arc::new(args.auth.access.build(cli::access::AuditDefault {
+            path: Some(&data_dir.join("logs/audit/audit.log")),
+            max_bytes: args.disk.log_max_bytes,
+            keep: args.disk.log_keep as usize,
+        })),
         ..Settings::default()
     };
     // A read-only or full data directory loses logs and state, but mcpod can
@@ -649,6 +654,11 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         });
     }
     reconciler.reload(&args.manifests).await;
+    if !auth.required() {
+        for server in reconciler.servers() {
+            server.access_control().warn_if_unenforced(&server);
+        }
+    }
     reconciler.adopt().await;
     tokio::spawn(
         reconciler
@@ -890,6 +900,12 @@ mod kube_cli {
         let runtime = Arc::new(runtime);
         let settings = Settings {
             max_message_bytes: args.max_message_bytes,
+            // On stdout, for the cluster's log pipeline (mcpod's own log is on stderr).
+            access: Arc::new(args.auth.access.build(cli::access::AuditDefault {
+                path: None,
+                max_bytes: 20 * 1024 * 1024,
+                keep: 5,
+            })),
             ..Settings::default()
         };
         let reconciler =

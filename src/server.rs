@@ -55,6 +55,8 @@ pub struct Settings {
     /// Builds `spec.package` servers' images on first use (`None`: such a
     /// server fails to start, saying no builder is available here).
     pub builder: Option<crate::package::Builder>,
+    /// Router-wide access settings: operators, rate limits, the audit log.
+    pub access: Arc<crate::access::AccessControl>,
 }
 
 impl Default for Settings {
@@ -69,6 +71,7 @@ impl Default for Settings {
             max_sessions: 10_000,
             max_isolated: 32,
             builder: None,
+            access: Arc::default(),
         }
     }
 }
@@ -289,6 +292,11 @@ impl Server {
     /// The client sessions talking to this server.
     pub fn sessions(&self) -> &Arc<Sessions> {
         &self.sessions
+    }
+
+    /// The router-wide access settings (the policy is the workload's).
+    pub fn access_control(&self) -> &crate::access::AccessControl {
+        &self.settings.access
     }
 
     pub fn workload(&self) -> Arc<Workload> {

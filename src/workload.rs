@@ -85,6 +85,8 @@ pub struct Workload {
     pub stdio_buffer_size: usize,
     /// Kubernetes: whether the pod shares the host's user namespace.
     pub host_users: bool,
+    /// Who may use the server and what (`spec.access`); decided in `crate::access`.
+    pub access: Option<crate::access::spec::Access>,
     /// Hash of everything above that shapes the container: a change means a new container.
     pub spec_hash: String,
 }
@@ -209,6 +211,9 @@ impl Workload {
             .map(|(i, volume)| resolve_mount(name, i, volume, target, &defaults.policy))
             .collect::<Result<Vec<_>>>()?;
         validate_security(name, &spec.security, &defaults.policy)?;
+        if let Some(access) = &spec.access {
+            crate::access::spec::validate(access).map_err(|(field, e)| invalid(&field, e))?;
+        }
 
         let mut workload = Workload {
             name: name.to_string(),
@@ -241,6 +246,7 @@ impl Workload {
                 .stdio_buffer_size
                 .map_or(defaults.stdio_buffer_size, |size| size as usize),
             host_users: defaults.host_users,
+            access: spec.access.clone(),
             spec_hash: String::new(),
         };
         workload.spec_hash = workload.container_hash();

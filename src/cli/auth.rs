@@ -70,6 +70,9 @@ pub struct AuthArgs {
     /// reach it may call every tool and stop every server.
     #[arg(long, env = "MCPOD_INSECURE_ALLOW_UNAUTHENTICATED")]
     pub insecure_allow_unauthenticated: bool,
+    /// Authorization: operators, rate limits, the audit log.
+    #[command(flatten)]
+    pub access: super::access::AccessArgs,
 }
 
 impl AuthArgs {

@@ -3,6 +3,7 @@
 //! subcommands to them. They talk to a running mcpod over its HTTP API or read
 //! files; none of them runs servers.
 
+pub mod access;
 pub mod add;
 pub mod api;
 pub mod auth;

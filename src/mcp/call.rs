@@ -17,8 +17,9 @@ use crate::server::Server;
 
 /// Sends a request to the server (starting it if needed) on behalf of
 /// `caller` in `session` (none: a stateless client), answering what mcpod
-/// answers itself. The response carries the client's own id. Timed, with its
-/// outcome, in the server's metrics.
+/// answers itself. The response carries the client's own id. Access decides
+/// first, filters a list result and records the outcome; the whole is timed,
+/// with its outcome, in the server's metrics.
 pub async fn request(
     server: &Arc<Server>,
     caller: &Caller,
@@ -27,21 +28,32 @@ pub async fn request(
     message: Value,
 ) -> Result<Value, RequestError> {
     let timer = server.metrics().start(&message);
-    let outcome = serve(server, caller, session, stream, message).await;
+    let outcome = admit_and_forward(server, caller, session, stream, message).await;
     timer.finish(&outcome);
     outcome
 }
 
-async fn serve(
+async fn admit_and_forward(
     server: &Arc<Server>,
     caller: &Caller,
+    session: Option<&Arc<Session>>,
+    stream: StreamKey,
+    message: Value,
+) -> Result<Value, RequestError> {
+    let admitted = access::may_send(server, caller, session.map(|s| s.id.as_str()), &message)?;
+    let mut response = forward(server, session, stream, message).await;
+    admitted.finish(&mut response);
+    response
+}
+
+async fn forward(
+    server: &Arc<Server>,
     session: Option<&Arc<Session>>,
     stream: StreamKey,
     mut message: Value,
 ) -> Result<Value, RequestError> {
     let id = jsonrpc::id(&message);
     let method = Method::of(&message);
-    access::may_send(server, caller, &message)?;
     let uri = message
         .pointer("/params/uri")
         .and_then(Value::as_str)
@@ -76,12 +88,8 @@ async fn serve(
     let in_flight = server
         .sessions()
         .begin(session.map(|s| &**s), wire_id, stream, &mut message);
-    let request = method.is_list().then(|| message.clone());
-    let mut response = hold.request_as(wire_id, message).await;
+    let response = hold.request_as(wire_id, message).await;
     drop(in_flight);
-    if let (Some(request), Ok(response)) = (&request, &mut response) {
-        access::filter_list(server, caller, request, response);
-    }
     if let (Ok(response), Some(session), Some(uri)) = (&response, session, &uri) {
         if response.get("result").is_some() {
             match method {

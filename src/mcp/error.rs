@@ -52,6 +52,14 @@ pub enum RequestError {
     UnknownServer(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A tool, prompt or resource the caller may not use (`spec.access`).
+    #[error("{0}")]
+    Denied(String),
+    #[error("too many requests: over {limit}; try again in {}s", retry_after.as_secs_f64().ceil().max(1.0))]
+    RateLimited {
+        limit: String,
+        retry_after: Duration,
+    },
     #[error("request body exceeds the limit of {0} bytes")]
     BodyTooLarge(usize),
     #[error("{0}")]
@@ -90,7 +98,9 @@ impl RequestError {
             | Busy { .. }
             | TooMany { .. } => jsonrpc::SERVER_UNAVAILABLE,
             Parse(_) => jsonrpc::PARSE_ERROR,
-            InvalidParams(_) => jsonrpc::INVALID_PARAMS,
+            // As MCP answers an unknown tool: a denial reads like a name that does not exist.
+            InvalidParams(_) | Denied(_) => jsonrpc::INVALID_PARAMS,
+            RateLimited { .. } => jsonrpc::RATE_LIMITED,
             UnsupportedVersion { .. } => jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
             HeaderMismatch(_) => jsonrpc::HEADER_MISMATCH,
             MethodNotFound(_) => jsonrpc::METHOD_NOT_FOUND,
@@ -116,7 +126,8 @@ impl RequestError {
             | UnsupportedVersion { .. }
             | HeaderMismatch(_) => StatusCode::BAD_REQUEST,
             SessionNotFound | UnknownServer(_) | MethodNotFound(_) => StatusCode::NOT_FOUND,
-            Forbidden(_) => StatusCode::FORBIDDEN,
+            Forbidden(_) | Denied(_) => StatusCode::FORBIDDEN,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
         }
@@ -127,6 +138,7 @@ impl RequestError {
             RequestError::StartFailed { retry_in, .. } => Some(*retry_in),
             // Sessions end and containers go as clients leave: worth a retry soon.
             RequestError::TooMany { .. } => Some(TOO_MANY_RETRY),
+            RequestError::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -184,6 +196,14 @@ mod tests {
         assert!(failed.to_string().contains("image missing"));
         let reply = failed.reply(json!(3));
         assert_eq!(reply.headers()["retry-after"], "4");
+        let limited = RequestError::RateLimited {
+            limit: "the limit of requests for 'bob'".into(),
+            retry_after: Duration::from_millis(1200),
+        };
+        let reply = limited.reply(json!("req-9"));
+        assert_eq!(reply.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(reply.headers()["retry-after"], "2");
+        assert_eq!(limited.to_jsonrpc(json!("req-9"))["id"], "req-9");
         let version = RequestError::unsupported_version("2099-01-01", vec!["2025-11-25"]);
         let body = version.to_jsonrpc(json!(1));
         assert_eq!(body["error"]["code"], jsonrpc::UNSUPPORTED_PROTOCOL_VERSION);

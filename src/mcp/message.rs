@@ -17,6 +17,8 @@ pub const SERVER_CRASHED: i64 = -32003;
 pub const SERVER_STOPPING: i64 = -32004;
 /// mcpod cannot tell which client a server's request belongs to (see the routing rule).
 pub const UNROUTABLE: i64 = -32005;
+/// Over a rate limit (`spec.access.rateLimit`, `--subject-requests-per-minute`).
+pub const RATE_LIMITED: i64 = -32006;
 /// Protocol 2026-07-28: the headers disagree with the body.
 pub const HEADER_MISMATCH: i64 = -32020;
 /// Protocol 2026-07-28: the protocol version is not one this server speaks.

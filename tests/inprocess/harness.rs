@@ -60,6 +60,16 @@ impl Mcpod {
     }
 
     pub async fn with(runtime: MemoryRuntime, settings: Settings, manifests: &[String]) -> Mcpod {
+        Self::with_router(runtime, settings, RouterConfig::default(), manifests).await
+    }
+
+    /// With router settings of its own (authentication, for one).
+    pub async fn with_router(
+        runtime: MemoryRuntime,
+        settings: Settings,
+        config: RouterConfig,
+        manifests: &[String],
+    ) -> Mcpod {
         let runtime = Arc::new(runtime);
         let defaults = Defaults {
             startup_timeout: Duration::from_secs(5),
@@ -72,7 +82,7 @@ impl Mcpod {
         reconciler.apply(parse(manifests)).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let routes = router::routes(reconciler.clone(), RouterConfig::default());
+        let routes = router::routes(reconciler.clone(), config);
         let serving = tokio::spawn(warp::serve(routes).incoming(listener).run());
         Mcpod {
             runtime,

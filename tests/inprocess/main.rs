@@ -4,6 +4,7 @@
 //! HTTP (status codes, bodies) plus the runtime's records; what only real
 //! containers show stays in `tests/podman.rs` and `tests/streamable.rs`.
 
+mod access;
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;

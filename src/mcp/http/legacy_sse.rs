@@ -15,6 +15,7 @@ use super::streamable::{
     find_session, initialize_result, invalid_request, negotiate_version, roots_changed,
 };
 use super::{body, refuse, Endpoint};
+use crate::access;
 use crate::auth::Caller;
 use crate::crd::SessionMode;
 use crate::mcp::call;
@@ -138,6 +139,9 @@ where
         Ok(message) => message,
         Err(error) => return refuse(error),
     };
+    if let Err(error) = access::rate_limit(&server, caller, &message) {
+        return error.reply(jsonrpc::id(&message));
+    }
     match jsonrpc::classify(&message) {
         None => return json_reply(StatusCode::BAD_REQUEST, &invalid_request(&message)),
         Some(Kind::Request) => {

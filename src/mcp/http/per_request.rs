@@ -681,7 +681,15 @@ fn sse(frames: impl futures::Stream<Item = Value> + Send + Sync + 'static) -> Ht
 /// `subscriptions/listen`: acknowledges what will be delivered (what the client
 /// asked for and the server can send), then streams it until the client leaves
 /// or mcpod ends the stream gracefully with the listen result.
-async fn listen(server: Arc<Server>, _caller: Arc<Caller>, request: Request) -> HttpResponse {
+async fn listen(server: Arc<Server>, caller: Arc<Caller>, request: Request) -> HttpResponse {
+    if let Err(error) = crate::access::may_listen(
+        &server,
+        &caller,
+        &request.id,
+        request.param("notifications"),
+    ) {
+        return error.reply(request.id);
+    }
     let hold = match server.acquire().await {
         Ok(hold) => hold,
         Err(error) => return error.reply(request.id),

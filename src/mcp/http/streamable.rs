@@ -17,6 +17,7 @@ use warp::{Buf, Filter};
 use super::per_request;
 use super::reply::{self, json_reply, status_only, HttpResponse};
 use super::{accepts, body, header, refuse, Endpoint, SESSION_HEADER, VERSION_HEADER};
+use crate::access;
 use crate::auth::Caller;
 use crate::crd::SessionMode;
 use crate::mcp::call;
@@ -134,6 +135,9 @@ where
         Ok(message) => message,
         Err(error) => return refuse(error),
     };
+    if let Err(error) = access::rate_limit(&server, &caller, &message) {
+        return error.reply(jsonrpc::id(&message));
+    }
     // 2026-07-28 and later: one self-contained request, no session.
     if per_request::requested(headers) {
         return per_request::post(server, caller, headers, accept.sse, message).await;
