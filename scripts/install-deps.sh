@@ -8,8 +8,9 @@ for pkg in podman runc conmon netavark aardvark-dns iptables slirp4netns fuse-ov
            catatonit uidmap mmdebstrap ca-certificates util-linux prometheus; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
-# What `make image` and the tests use besides: strip (binutils), git, systemd-analyze (systemd).
-for pkg in binutils git systemd; do
+# What `make image` and the tests use besides: strip (binutils), git, systemd-analyze (systemd),
+# and the headless browser the dashboard test drives (chromium, via puppeteer-core).
+for pkg in binutils git systemd chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod backoff;
 pub mod backup;
 pub mod crd;
+pub mod dashboard;
 pub mod datadir;
 pub mod duration;
 pub mod error;

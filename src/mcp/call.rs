@@ -23,6 +23,20 @@ pub async fn request(
     caller: &Caller,
     session: Option<&Arc<Session>>,
     stream: StreamKey,
+    message: Value,
+) -> Result<Value, RequestError> {
+    let began = std::time::Instant::now();
+    let response = answer(server, caller, session, stream, message).await;
+    let failed = response.as_ref().map_or(true, |r| r.get("error").is_some());
+    crate::dashboard::history::record(server.name(), began.elapsed(), failed);
+    response
+}
+
+async fn answer(
+    server: &Arc<Server>,
+    caller: &Caller,
+    session: Option<&Arc<Session>>,
+    stream: StreamKey,
     mut message: Value,
 ) -> Result<Value, RequestError> {
     let id = jsonrpc::id(&message);
