@@ -34,6 +34,7 @@ pub mod route;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod telemetry;
 pub mod workload;
 
 pub use error::{Error, Result};

@@ -451,12 +451,23 @@ struct LogFile<'a> {
     keep: usize,
 }
 
-/// Logs to stderr (and, for `serve`, to a rotated file too), filtered by `RUST_LOG`.
-fn init_logging(file: Option<LogFile>) {
+/// Logs to stderr (and, for `serve`, to a rotated file too), filtered by `RUST_LOG`;
+/// with `traces`, exports OpenTelemetry traces when `OTEL_EXPORTER_OTLP_*` asks for them.
+fn init_logging(file: Option<LogFile>, traces: bool) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
+    let tracer = if traces {
+        mcpod::telemetry::from_env()
+    } else {
+        Ok(None)
+    };
+    if let Ok(Some(_)) = &tracer {
+        if let Ok(directive) = mcpod::telemetry::DIRECTIVE.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -470,7 +481,18 @@ fn init_logging(file: Option<LogFile>) {
         .with(filter)
         .with(stderr)
         .with(file)
+        .with(
+            tracer
+                .as_ref()
+                .ok()
+                .cloned()
+                .flatten()
+                .map(mcpod::telemetry::layer),
+        )
         .init();
+    if let Err(e) = tracer {
+        error!("{e}; serving without traces");
+    }
 }
 
 fn show_logs(args: &LogsArgs) -> mcpod::Result<()> {
@@ -512,7 +534,8 @@ async fn main() {
         }
         _ => None,
     };
-    init_logging(log_file);
+    let traces = matches!(cli.command, Command::Serve(_) | Command::Router(_));
+    init_logging(log_file, traces);
     let result = match cli.command {
         Command::Crd => {
             print!("{}", crd::crd_yaml());
@@ -548,6 +571,7 @@ async fn main() {
             Ok(())
         }
     };
+    mcpod::telemetry::shutdown();
     if let Err(e) = result {
         error!("{e}");
         eprintln!("mcpod: {e}");

@@ -372,7 +372,14 @@ impl Server {
         self.set_phase(Phase::Starting, None);
         let began = Instant::now();
         let timeout = workload.timeouts.startup;
-        let outcome = match tokio::time::timeout(timeout, self.start_instance(workload)).await {
+        // The instance outlives the request that starts it: its tasks get a
+        // context of their own, or they would hold the request's spans open
+        // for as long as the container runs.
+        let starting = self
+            .start_instance(workload)
+            .instrument(tracing::info_span!(parent: None, "server", server = %self.name))
+            .instrument(crate::telemetry::start_span(&self.name));
+        let outcome = match tokio::time::timeout(timeout, starting).await {
             Ok(Ok(instance)) => Ok(instance),
             Ok(Err(reason)) => Err(RequestError::StartFailed {
                 server: self.name.clone(),
