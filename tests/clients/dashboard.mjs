@@ -3,7 +3,7 @@
 // line: what the page showed, and every console error and failed request.
 //
 //   node dashboard.mjs lifecycle URL SERVER OTHER_SERVER [SCREENSHOT_DIR]
-//   node dashboard.mjs auth URL API_KEY SERVER
+//   node dashboard.mjs auth URL API_KEY SERVER [SCREENSHOT_DIR]
 import puppeteer from "puppeteer-core";
 
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
@@ -133,6 +133,7 @@ async function auth(key, server) {
   try {
     await page.goto(url, { waitUntil: "domcontentloaded" });
     await page.waitForSelector("#login:not([hidden])");
+    if (args[2]) await page.screenshot({ path: `${args[2]}/dashboard-login.png` });
     result.cardsBeforeKey = await page.$$eval("li[data-server]", (nodes) => nodes.length);
     // Wrong key first: refused, the form stays.
     await page.type("#token", "not-a-key");
@@ -147,7 +148,6 @@ async function auth(key, server) {
     // The key also works for the controls.
     await page.click(`li[data-server="${server}"] button[data-action="start"]`);
     await waitForStatus(page, server, "Running");
-    if (args[2]) await page.screenshot({ path: `${args[2]}/dashboard-login.png` });
   } finally {
     result.problems = problems;
     await browser.close();
