@@ -9,7 +9,7 @@ for pkg in podman runc conmon netavark aardvark-dns iptables slirp4netns fuse-ov
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 # What `make image` and the tests use besides: strip (binutils), git, systemd-analyze (systemd),
-# a real browser for the cross-site and dashboard tests (chromium).
+# a real browser for the cross-site and dashboard tests (chromium, the latter via puppeteer-core).
 for pkg in binutils git systemd chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod backoff;
 pub mod backup;
 pub mod crd;
+pub mod dashboard;
 pub mod datadir;
 pub mod duration;
 pub mod error;
@@ -34,6 +35,7 @@ pub mod route;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod telemetry;
 pub mod workload;
 
 pub use error::{Error, Result};

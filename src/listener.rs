@@ -621,10 +621,13 @@ where
             method = %request.method(),
             path = %request.uri().path()
         );
+        let traced =
+            crate::telemetry::http_span(request.method(), request.uri().path(), request.headers());
         let timeout = self.body_timeout;
         let activity = self.activity.clone();
         let request = request.map(|body| TimedBody::new(body, timeout, activity.clone()));
         let answer = self.inner.call(request);
+        let status_of = traced.clone();
         let began = std::time::Instant::now();
         Box::pin(
             async move {
@@ -637,6 +640,7 @@ where
                         .headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
+                status_of.record("http.response.status_code", response.status().as_u16());
                 debug!(
                     status = response.status().as_u16(),
                     elapsed_us = began.elapsed().as_micros() as u64,
@@ -647,6 +651,7 @@ where
                     _answering: answering,
                 }))
             }
+            .instrument(traced)
             .instrument(span),
         )
     }

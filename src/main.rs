@@ -470,15 +470,26 @@ struct LogFile<'a> {
 }
 
 /// Logs to stderr (and, for `serve`, to a rotated file too), filtered by
-/// `RUST_LOG`, as text or JSON lines.
-fn init_logging(file: Option<LogFile>, format: mcpod::logs::LogFormat) {
+/// `RUST_LOG`, as text or JSON lines; with `traces`, exports OpenTelemetry
+/// traces when `OTEL_EXPORTER_OTLP_*` asks for them.
+fn init_logging(file: Option<LogFile>, format: mcpod::logs::LogFormat, traces: bool) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
     mcpod::logs::configure_format(format);
     let json = format == mcpod::logs::LogFormat::Json;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
+    let tracer = if traces {
+        mcpod::telemetry::from_env()
+    } else {
+        Ok(None)
+    };
+    if let Ok(Some(_)) = &tracer {
+        if let Ok(directive) = mcpod::telemetry::DIRECTIVE.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(!json && std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -502,7 +513,18 @@ fn init_logging(file: Option<LogFile>, format: mcpod::logs::LogFormat) {
         .with(filter)
         .with(stderr)
         .with(file)
+        .with(
+            tracer
+                .as_ref()
+                .ok()
+                .cloned()
+                .flatten()
+                .map(mcpod::telemetry::layer),
+        )
         .init();
+    if let Err(e) = tracer {
+        error!("{e}; serving without traces");
+    }
 }
 
 fn show_logs(args: &LogsArgs) -> mcpod::Result<()> {
@@ -544,7 +566,8 @@ async fn main() {
         }
         _ => None,
     };
-    init_logging(log_file, cli.log_format);
+    let traces = matches!(cli.command, Command::Serve(_) | Command::Router(_));
+    init_logging(log_file, cli.log_format, traces);
     let result = match cli.command {
         Command::Crd => {
             print!("{}", crd::crd_yaml());
@@ -580,6 +603,7 @@ async fn main() {
             Ok(())
         }
     };
+    mcpod::telemetry::shutdown();
     if let Err(e) = result {
         error!("{e}");
         eprintln!("mcpod: {e}");

@@ -25,6 +25,11 @@ use crate::route::{self, Route};
 /// replica that owns the server: a new route is one line here.
 pub const ROUTES: &[Route] = &[
     Route::router("/health"),
+    // The dashboard (src/dashboard): the page and its files, and its figures.
+    Route::router("/"),
+    Route::router("/dashboard/app.js"),
+    Route::router("/dashboard/app.css"),
+    Route::router("/dashboard/data"),
     Route::router("/metrics"),
     Route::router("/servers"),
     Route::server("/servers/{name}"),
@@ -89,6 +94,7 @@ pub fn routes(
         ROUTES,
         config.endpoint.max_body_bytes,
     );
+    let dashboard = crate::dashboard::routes(reconciler.clone(), caller.clone());
     let state = State { reconciler };
     let with_state = warp::any().map(move || state.clone());
 
@@ -185,6 +191,8 @@ pub fn routes(
         .or(start)
         .unify()
         .or(stop)
+        .unify()
+        .or(dashboard)
         .unify()
         .or(mcp)
         .unify()

@@ -418,9 +418,16 @@ impl Server {
         };
         let began = Instant::now();
         let timeout = workload.timeouts.startup;
+        // The instance outlives the request that starts it: its tasks get a
+        // context of their own, or they would hold the request's spans open
+        // for as long as the container runs.
+        let starting = self
+            .start_instance(workload)
+            .instrument(tracing::info_span!(parent: None, "server", server = %self.name))
+            .instrument(crate::telemetry::start_span(&self.name));
         let start = async {
             built?;
-            self.start_instance(workload).await
+            starting.await
         };
         let outcome = match tokio::time::timeout(timeout, start).await {
             Ok(Ok(instance)) => Ok(instance),

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use crate::access;
 use crate::auth::Caller;
@@ -14,6 +14,7 @@ use crate::mcp::error::RequestError;
 use crate::mcp::message::{self as jsonrpc, Kind, Method};
 use crate::mcp::sessions::{Session, StreamKey};
 use crate::server::Server;
+use crate::telemetry;
 
 /// Sends a request to the server (starting it if needed) on behalf of
 /// `caller` in `session` (none: a stateless client), answering what mcpod
@@ -27,9 +28,16 @@ pub async fn request(
     stream: StreamKey,
     message: Value,
 ) -> Result<Value, RequestError> {
+    let began = std::time::Instant::now();
+    let method = jsonrpc::method(&message).unwrap_or_default();
+    let span = telemetry::request_span(server.name(), method, &message, session.map(|s| &*s.id));
     let timer = server.metrics().start(&message);
-    let outcome = admit_and_forward(server, caller, session, stream, message).await;
+    let outcome = admit_and_forward(server, caller, session, stream, message)
+        .instrument(span)
+        .await;
     timer.finish(&outcome);
+    let failed = outcome.as_ref().map_or(true, |r| r.get("error").is_some());
+    crate::dashboard::history::record(server.name(), began.elapsed(), failed);
     outcome
 }
 
@@ -88,7 +96,8 @@ async fn forward(
     let in_flight = server
         .sessions()
         .begin(session.map(|s| &**s), wire_id, stream, &mut message);
-    let response = hold.request_as(wire_id, message).await;
+    let stdio = telemetry::stdio_span(server.name(), &mut message);
+    let response = hold.request_as(wire_id, message).instrument(stdio).await;
     drop(in_flight);
     if let (Ok(response), Some(session), Some(uri)) = (&response, session, &uri) {
         if response.get("result").is_some() {

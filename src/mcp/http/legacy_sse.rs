@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use tracing::Instrument;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Buf, Filter};
@@ -145,22 +146,26 @@ where
     match jsonrpc::classify(&message) {
         None => return json_reply(StatusCode::BAD_REQUEST, &invalid_request(&message)),
         Some(Kind::Request) => {
-            tokio::spawn(async move {
-                let id = jsonrpc::id(&message);
-                let answer = if Method::of(&message) == Method::Initialize {
-                    let capabilities = ClientCapabilities::from_initialize(&message);
-                    session.negotiated(negotiate_version(&message), capabilities);
-                    let result = initialize_result(&server, &message).await;
-                    if result.is_ok() && capabilities.roots {
-                        roots_changed(&server, &session);
-                    }
-                    result
-                } else {
-                    call::request(&server, &session.owner, Some(&session), STANDALONE, message)
-                        .await
-                };
-                session.send(STANDALONE, answer.unwrap_or_else(|e| e.to_jsonrpc(id)));
-            });
+            tokio::spawn(
+                async move {
+                    let id = jsonrpc::id(&message);
+                    let answer = if Method::of(&message) == Method::Initialize {
+                        let capabilities = ClientCapabilities::from_initialize(&message);
+                        session.negotiated(negotiate_version(&message), capabilities);
+                        let result = initialize_result(&server, &message).await;
+                        if result.is_ok() && capabilities.roots {
+                            roots_changed(&server, &session);
+                        }
+                        result
+                    } else {
+                        call::request(&server, &session.owner, Some(&session), STANDALONE, message)
+                            .await
+                    };
+                    session.send(STANDALONE, answer.unwrap_or_else(|e| e.to_jsonrpc(id)));
+                }
+                // The POST's span (and its trace) goes on until the answer is sent.
+                .in_current_span(),
+            );
         }
         _ => call::one_way(&server, Some(&session), message),
     }
