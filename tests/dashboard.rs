@@ -123,7 +123,13 @@ fn with_api_keys_the_page_asks_for_a_key_and_uses_it() {
     let key = String::from_utf8(output.stdout).unwrap().trim().to_string();
     let mcpod = Mcpod::start(
         &[("fixture.yaml", manifest("fixture", FIXTURE_IMAGE, ""))],
-        &["--api-keys", keys_file.to_str().unwrap()],
+        // Start/stop are an operator's (spec.access / --operator), as for the API.
+        &[
+            "--api-keys",
+            keys_file.to_str().unwrap(),
+            "--operator",
+            "dashboard-user",
+        ],
     );
     // The data is not served without the key (the page itself holds none).
     let runtime = tokio::runtime::Runtime::new().unwrap();
