@@ -921,3 +921,21 @@ impl Server {
         self.metrics.count_idle_stop();
     }
 }
+
+impl crate::access::Guarded for Server {
+    fn name(&self) -> &str {
+        Server::name(self)
+    }
+
+    fn key(&self) -> &str {
+        Server::key(self)
+    }
+
+    fn workload(&self) -> Arc<Workload> {
+        Server::workload(self)
+    }
+
+    fn access_control(&self) -> &crate::access::AccessControl {
+        Server::access_control(self)
+    }
+}

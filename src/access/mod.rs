@@ -23,10 +23,39 @@ use tracing::warn;
 use crate::auth::Caller;
 use crate::mcp::error::RequestError;
 use crate::mcp::message::{self as jsonrpc, Kind, Method};
-use crate::server::Server;
+use crate::workload::Workload;
 use audit::{Audit, Outcome, Record};
 use limit::{Key, Limiter};
 use spec::{Callers, Rate};
+
+/// What access needs to know of a server: its names, its policy (in the
+/// workload) and the router-wide settings. `server::Server` is one; the trait
+/// keeps this module below the server lifecycle, which only calls into it.
+pub trait Guarded: Send + Sync {
+    fn name(&self) -> &str;
+    /// Unique across namespaces: what rate limits are kept by.
+    fn key(&self) -> &str;
+    fn workload(&self) -> std::sync::Arc<Workload>;
+    fn access_control(&self) -> &AccessControl;
+}
+
+impl<T: Guarded + ?Sized> Guarded for std::sync::Arc<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn key(&self) -> &str {
+        (**self).key()
+    }
+
+    fn workload(&self) -> std::sync::Arc<Workload> {
+        (**self).workload()
+    }
+
+    fn access_control(&self) -> &AccessControl {
+        (**self).access_control()
+    }
+}
 
 /// Router-wide access settings, shared by every server.
 #[derive(Default)]
@@ -80,7 +109,7 @@ impl AccessControl {
     /// Warns once per server when its manifest declares access rules that
     /// nobody enforces: no authentication is configured, so every caller is
     /// the local user, who may do everything.
-    pub fn warn_if_unenforced(&self, server: &Server) {
+    pub fn warn_if_unenforced(&self, server: &dyn Guarded) {
         if server.workload().access.is_none() {
             return;
         }
@@ -106,7 +135,7 @@ impl AccessControl {
 
 /// May `caller` use `server`'s MCP endpoint at all? (Before any message is read.)
 /// A refusal is HTTP 403 with a JSON-RPC error, and a line in the audit log.
-pub fn may_use(server: &Server, caller: &Caller) -> Result<(), RequestError> {
+pub fn may_use(server: &dyn Guarded, caller: &Caller) -> Result<(), RequestError> {
     let control = server.access_control();
     let workload = server.workload();
     if caller.is_local() {
@@ -128,7 +157,11 @@ pub fn may_use(server: &Server, caller: &Caller) -> Result<(), RequestError> {
 /// Checks the rate limits for the requests in `message` (one, or a batch)
 /// before it is dispatched, so an over-limit request is answered 429 with
 /// `Retry-After` whatever the transport would have streamed.
-pub fn rate_limit(server: &Server, caller: &Caller, message: &Value) -> Result<(), RequestError> {
+pub fn rate_limit(
+    server: &dyn Guarded,
+    caller: &Caller,
+    message: &Value,
+) -> Result<(), RequestError> {
     let control = server.access_control();
     let workload = server.workload();
     let spec = workload.access.as_ref().and_then(|a| a.rate_limit.as_ref());
@@ -179,7 +212,7 @@ pub fn rate_limit(server: &Server, caller: &Caller, message: &Value) -> Result<(
 }
 
 fn request_record(
-    server: &Server,
+    server: &dyn Guarded,
     caller: &Caller,
     session: Option<&str>,
     request: &Value,
@@ -196,7 +229,7 @@ fn request_record(
 /// A request the policy let through: filtered and audited once answered
 /// ([`Admitted::finish`]).
 pub struct Admitted<'a> {
-    server: &'a Server,
+    server: &'a dyn Guarded,
     caller: &'a Caller,
     method: Method,
     /// `None` while the audit log is off.
@@ -208,7 +241,7 @@ pub struct Admitted<'a> {
 /// `server`? A refusal says why without telling whether the name exists: the
 /// decision is the policy's alone, never what the server has.
 pub fn may_send<'a>(
-    server: &'a Server,
+    server: &'a dyn Guarded,
     caller: &'a Caller,
     session: Option<&str>,
     request: &Value,
@@ -278,7 +311,7 @@ impl Admitted<'_> {
 /// `subscriptions/listen` (protocol 2026-07-28): each resource it subscribes
 /// to is decided as a `resources/subscribe` of it would be.
 pub fn may_listen(
-    server: &Server,
+    server: &dyn Guarded,
     caller: &Caller,
     id: &Value,
     notifications: Option<&Value>,
@@ -318,7 +351,11 @@ impl Operation {
 /// May `caller` start/stop `server` or read its logs? Operators are the
 /// router-wide `--operator`s and the server's `spec.access.operators`; with
 /// authentication on, nobody else (calling tools is a separate permission).
-pub fn may_operate(server: &Server, caller: &Caller, operation: Operation) -> Result<(), String> {
+pub fn may_operate(
+    server: &dyn Guarded,
+    caller: &Caller,
+    operation: Operation,
+) -> Result<(), String> {
     let control = server.access_control();
     let workload = server.workload();
     let allowed = policy::may_operate(workload.access.as_ref(), &control.operators, caller);
