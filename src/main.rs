@@ -631,8 +631,13 @@ fn nix_is_root() -> bool {
 
 async fn serve(args: ServeArgs) -> mcpod::Result<()> {
     // First: a setting that cannot be served safely stops mcpod before anything starts.
-    let auth = args.auth.build(args.listen, None)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let access = Arc::new(args.auth.access.build(cli::access::AuditDefault {
+        path: Some(&data_dir.join("logs/audit/audit.log")),
+        max_bytes: args.disk.log_max_bytes,
+        keep: args.disk.log_keep as usize,
+    }));
+    let auth = args.auth.build(args.listen, None, access.clone())?;
     let defaults = args.defaults.defaults();
     let settings = Settings {
         max_message_bytes: args.max_message_bytes,
@@ -645,11 +650,7 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         builder: Some(mcpod::package::Builder(Arc::new(
             cli::add::ServeBuilder::new(&data_dir, None),
         ))),
-        access: Arc::new(args.auth.access.build(cli::access::AuditDefault {
-            path: Some(&data_dir.join("logs/audit/audit.log")),
-            max_bytes: args.disk.log_max_bytes,
-            keep: args.disk.log_keep as usize,
-        })),
+        access,
         ..Settings::default()
     };
     // A read-only or full data directory loses logs and state, but mcpod can
@@ -915,7 +916,15 @@ mod kube_cli {
 
     pub async fn router(args: RouterArgs) -> mcpod::Result<()> {
         let (client, namespace) = connect(&args.scope).await?;
-        let auth = args.auth.build(args.listen, Some(&client))?;
+        // On stdout, for the cluster's log pipeline (mcpod's own log is on stderr).
+        let access = Arc::new(args.auth.access.build(cli::access::AuditDefault {
+            path: None,
+            max_bytes: 20 * 1024 * 1024,
+            keep: 5,
+        }));
+        let auth = args
+            .auth
+            .build(args.listen, Some(&client), access.clone())?;
         let ownership = ownership(&client, &args.replicas)?;
         let mut runtime = KubeRuntime::new(client.clone(), &namespace, args.scope.all_namespaces);
         if let Some(ownership) = &ownership {
@@ -924,12 +933,7 @@ mod kube_cli {
         let runtime = Arc::new(runtime);
         let settings = Settings {
             max_message_bytes: args.max_message_bytes,
-            // On stdout, for the cluster's log pipeline (mcpod's own log is on stderr).
-            access: Arc::new(args.auth.access.build(cli::access::AuditDefault {
-                path: None,
-                max_bytes: 20 * 1024 * 1024,
-                keep: 5,
-            })),
+            access,
             ..Settings::default()
         };
         let reconciler =
