@@ -767,6 +767,7 @@ impl Server {
     /// stopped, so the next start uses the new spec; a failed server retries at once.
     pub async fn update(&self, workload: Workload) {
         let changed_shape = self.workload().spec_hash != workload.spec_hash;
+        let changed_access = self.workload().access != workload.access;
         {
             let mut status = self.status.lock().unwrap();
             status.image = workload.image.clone();
@@ -784,6 +785,25 @@ impl Server {
         drop(lifecycle);
         if changed_shape {
             self.stop("spec changed", true).await;
+        } else if changed_access {
+            self.lists_changed();
+        }
+    }
+
+    /// What each caller may see changed with the access policy: every session
+    /// lists again (the same notifications a server sends when its own lists change).
+    fn lists_changed(&self) {
+        info!("access policy changed: telling client sessions to list again");
+        for method in [
+            Method::ToolsListChanged,
+            Method::PromptsListChanged,
+            Method::ResourcesListChanged,
+        ] {
+            let notification = jsonrpc::notification(method, None);
+            self.sessions
+                .route(crate::mcp::bridge::ServerMessage::Notification(
+                    notification,
+                ));
         }
     }
 
