@@ -483,3 +483,84 @@ async fn a_data_directory_that_cannot_be_written_is_a_problem_not_an_outage() {
     assert!(stderr.contains("keeps serving"), "{stderr}");
     assert_eq!(echo(&mcpod, "plain", 2).await.0, 200);
 }
+
+/// An `initialize` POSTed to `server`: its status, `Retry-After`, session id and body.
+async fn initialize(mcpod: &Mcpod, server: &str) -> (u16, Option<String>, Option<String>, Value) {
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"hostile","version":"1"}}});
+    let response = mcpod
+        .http
+        .post(format!("{}/mcp/{server}", mcpod.url))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let (retry_after, session) = (header("retry-after"), header("mcp-session-id"));
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, retry_after, session, body)
+}
+
+#[tokio::test]
+async fn one_client_gets_its_share_of_isolated_containers_and_sessions_not_more() {
+    let lonely = fixture(
+        "lonely",
+        "sessionMode: Isolated\nlimits: {maxIsolatedPerClient: 2}",
+    );
+    let shared = fixture("crowded", "limits: {maxSessionsPerClient: 3}");
+    let mcpod = Mcpod::start(&files(&[lonely, shared]), &["--max-isolated", "10"]);
+    let mut sessions = vec![];
+    for _ in 0..2 {
+        let (status, _, session, body) = initialize(&mcpod, "lonely").await;
+        assert_eq!(status, 200, "{body}");
+        sessions.push(session.unwrap());
+    }
+    // The third of one (anonymous, local) client: 429, not a third container.
+    let (status, retry_after, session, body) = initialize(&mcpod, "lonely").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(retry_after.is_some(), "429 without Retry-After");
+    assert!(session.is_none());
+    assert_eq!(body["error"]["code"], -32006, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("for one client (the limit is 2)"),
+        "{body}"
+    );
+    let isolated = || {
+        containers_of(&mcpod.instance)
+            .iter()
+            .filter(|c| c.contains("lonely"))
+            .count()
+    };
+    assert_eq!(isolated(), 2, "{:?}", containers_of(&mcpod.instance));
+    // Ending one gives its place back.
+    let ended = mcpod
+        .http
+        .delete(format!("{}/mcp/lonely", mcpod.url))
+        .header("mcp-session-id", &sessions[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 200);
+    let (status, _, _, body) = initialize(&mcpod, "lonely").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Sessions of a shared server: the spec's share per client.
+    for _ in 0..3 {
+        assert_eq!(initialize(&mcpod, "crowded").await.0, 200);
+    }
+    let (status, retry_after, _, body) = initialize(&mcpod, "crowded").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(retry_after.is_some());
+    healthy(&mcpod).await;
+}

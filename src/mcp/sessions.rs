@@ -22,6 +22,7 @@
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -339,8 +340,9 @@ impl Shared {
 /// Every session of one MCP server, and the routes of what is in flight.
 pub struct Sessions {
     shared: Arc<Shared>,
-    /// Listed sessions held at most.
-    limit: usize,
+    /// Listed sessions held at most, in all and per client (`crate::limits`).
+    limit: AtomicUsize,
+    per_client: AtomicUsize,
     /// The server's turn: exclusive for requests of clients that answer
     /// personal questions (sampling, elicitation), shared for the others.
     turn: Arc<RwLock<()>>,
@@ -359,9 +361,16 @@ impl Sessions {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
             }),
-            limit,
+            limit: AtomicUsize::new(limit),
+            per_client: AtomicUsize::new(limit),
             turn: Arc::new(RwLock::new(())),
         }
+    }
+
+    /// Sets the limits (a spec change takes effect for the next `initialize`).
+    pub fn set_limits(&self, limit: usize, per_client: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+        self.per_client.store(per_client, Ordering::Relaxed);
     }
 }
 
@@ -624,10 +633,21 @@ impl Sessions {
         capabilities: ClientCapabilities,
         legacy: bool,
     ) -> Result<Arc<Session>, RequestError> {
-        if self.len() >= self.limit {
+        let (limit, per_client) = (
+            self.limit.load(Ordering::Relaxed),
+            self.per_client.load(Ordering::Relaxed),
+        );
+        let (all, own) = self.count_for(&owner);
+        if all >= limit {
             return Err(RequestError::TooMany {
                 what: "client sessions of this server",
-                limit: self.limit,
+                limit,
+            });
+        }
+        if own >= per_client {
+            return Err(RequestError::ClientLimit {
+                what: "sessions of this server",
+                limit: per_client,
             });
         }
         let session = self.insert(owner, protocol_version, capabilities, legacy, None, true);
@@ -669,6 +689,18 @@ impl Sessions {
 
     pub fn len(&self) -> usize {
         self.lock().sessions.values().filter(|s| s.listed).count()
+    }
+
+    /// Listed sessions in all, and those opened by `caller`'s client.
+    fn count_for(&self, caller: &Caller) -> (usize, usize) {
+        let state = self.lock();
+        let listed = state.sessions.values().filter(|s| s.listed);
+        let mut counts = (0, 0);
+        for s in listed {
+            counts.0 += 1;
+            counts.1 += usize::from(s.owner.subject == caller.subject && s.owner.via == caller.via);
+        }
+        counts
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1424,6 +1456,36 @@ mod tests {
         sessions.end(&a.id);
         assert!(sessions
             .create(local(), "2025-06-18", caps(false), false)
+            .is_ok());
+    }
+
+    #[test]
+    fn one_client_holds_at_most_its_share_of_sessions() {
+        let sessions = Sessions::with_limit(10);
+        sessions.set_limits(10, 2);
+        let mut alice = Caller::local();
+        alice.subject = "alice".into();
+        alice.via = crate::auth::Via::ApiKey;
+        let alice = Arc::new(alice);
+        let first = sessions
+            .create(alice.clone(), "2025-06-18", caps(false), false)
+            .unwrap();
+        let _second = sessions
+            .create(alice.clone(), "2025-06-18", caps(false), false)
+            .unwrap();
+        let Err(refused) = sessions.create(alice.clone(), "2025-06-18", caps(false), false) else {
+            panic!("a third session for one client past its share of two");
+        };
+        assert_eq!(refused.status(), warp::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.retry_after().is_some());
+        assert_eq!(refused.code(), jsonrpc::RATE_LIMITED);
+        // Another client is not held back by alice's sessions.
+        assert!(sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .is_ok());
+        sessions.end(&first.id);
+        assert!(sessions
+            .create(alice, "2025-06-18", caps(false), false)
             .is_ok());
     }
 
