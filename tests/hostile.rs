@@ -564,3 +564,184 @@ async fn one_client_gets_its_share_of_isolated_containers_and_sessions_not_more(
     assert!(retry_after.is_some());
     healthy(&mcpod).await;
 }
+
+/// mcpod's resident memory, from `/proc/PID/status`.
+fn rss_mib(mcpod: &Mcpod) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", mcpod.pid())).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib / 1024.0
+}
+
+/// The stated bounds (README, Limits): mcpod's RSS during each hostile case,
+/// and how far above its start it may stay afterwards.
+const RSS_BOUND_MIB: f64 = 512.0;
+const RSS_AFTER_MIB: f64 = 160.0;
+
+/// A fixture server with an extra tool, `broadcast`: `count` tools/list_changed
+/// notifications, each carrying `bytes` of padding (for every session at once).
+const BROADCASTER: &str = r#"command: [python3, -c, "import runpy; g = runpy.run_path('/usr/local/bin/fake_mcp.py', run_name='fixture')['main'].__globals__; real = g['call_tool']; send = g['send']; g['call_tool'] = lambda rid, name, args: ([send({'jsonrpc': '2.0', 'method': 'notifications/tools/list_changed', 'params': {'_meta': {'n': n, 'pad': 'x' * int(args['bytes'])}}}) for n in range(int(args['count']))], g['tool_result'](rid, 'sent')) if name == 'broadcast' else real(rid, name, args); g['main']()"]"#;
+
+/// Opens `count` sessions on `server`, `parallel` at a time.
+async fn open_sessions(mcpod: &Mcpod, server: &str, count: usize, parallel: usize) -> Vec<String> {
+    use futures::StreamExt;
+    futures::stream::iter(0..count)
+        .map(|_| async {
+            let (status, _, session, body) = initialize(mcpod, server).await;
+            assert_eq!(status, 200, "{body}");
+            session.unwrap()
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await
+}
+
+/// A GET stream of `session` on `server`.
+async fn listen(mcpod: &Mcpod, server: &str, session: &str) -> reqwest::Response {
+    let response = mcpod
+        .http
+        .get(format!("{}/mcp/{server}", mcpod.url))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response
+}
+
+#[tokio::test]
+async fn a_fan_out_to_20000_sessions_shares_one_copy_and_slow_consumers_are_cut_off() {
+    let crowd = fixture("crowd", BROADCASTER);
+    let slow = fixture("slow", BROADCASTER);
+    let mcpod = Mcpod::start(
+        &files(&[crowd, slow]),
+        &[
+            "--max-sessions",
+            "20000",
+            "--max-sessions-per-client",
+            "20000",
+            "--session-ttl",
+            "15s",
+        ],
+    );
+    assert_eq!(echo(&mcpod, "crowd", 1).await.0, 200);
+    assert_eq!(echo(&mcpod, "slow", 1).await.0, 200);
+    let start = rss_mib(&mcpod);
+
+    // 20,000 sessions, 50 of them listening, then two broadcasts of 64 KiB:
+    // one copy each would be 2.6 GB.
+    let began = Instant::now();
+    let sessions = open_sessions(&mcpod, "crowd", 20_000, 64).await;
+    eprintln!("20,000 sessions opened in {:?}", began.elapsed());
+    let mut streams = vec![];
+    for session in sessions.iter().take(50) {
+        streams.push(listen(&mcpod, "crowd", session).await);
+    }
+    let (status, reply) = mcpod
+        .call_tool(
+            "crowd",
+            json!(2),
+            "broadcast",
+            json!({"count": 2, "bytes": 65536}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let mut peak = rss_mib(&mcpod);
+    // Every listener gets both.
+    for stream in &mut streams {
+        let mut seen = String::new();
+        while seen.matches("list_changed").count() < 2 {
+            let chunk = tokio::time::timeout(Duration::from_secs(20), stream.chunk())
+                .await
+                .expect("a broadcast event within 20 s")
+                .unwrap()
+                .expect("the stream stays open");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            peak = peak.max(rss_mib(&mcpod));
+        }
+    }
+    drop(streams);
+
+    // A slow consumer (a stream nobody reads) next to a fast one: 600 events
+    // of 32 KiB. The slow one is cut off, its stream closed; mcpod does not
+    // hold its backlog.
+    let pair = open_sessions(&mcpod, "slow", 2, 2).await;
+    let mut fast = listen(&mcpod, "slow", &pair[0]).await;
+    let mut stalled = listen(&mcpod, "slow", &pair[1]).await;
+    let http = mcpod.http.clone();
+    let url = format!("{}/mcp/slow", mcpod.url);
+    let reader = tokio::spawn(async move {
+        let mut events = 0;
+        while let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_secs(5), fast.chunk()).await
+        {
+            events += String::from_utf8_lossy(&chunk)
+                .matches("list_changed")
+                .count();
+            if events >= 600 {
+                break;
+            }
+        }
+        events
+    });
+    let _ = (http, url);
+    let (status, reply) = mcpod
+        .call_tool(
+            "slow",
+            json!(3),
+            "broadcast",
+            json!({"count": 600, "bytes": 32768}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    peak = peak.max(rss_mib(&mcpod));
+    let fast_events = reader.await.unwrap();
+    assert!(fast_events > 0, "the fast consumer kept receiving");
+    // The stalled stream, read now: what was queued, then its end.
+    let mut stalled_events = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the slow consumer's stream was not closed"
+        );
+        match tokio::time::timeout(Duration::from_secs(10), stalled.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                stalled_events += String::from_utf8_lossy(&chunk)
+                    .matches("list_changed")
+                    .count()
+            }
+            Ok(Ok(None)) | Ok(Err(_)) => break,
+            Err(_) => panic!("the slow consumer's stream neither ended nor sent within 10 s"),
+        }
+    }
+    assert!(
+        stalled_events < 600,
+        "the slow consumer was cut off, not buffered for: {stalled_events} events"
+    );
+    assert!(
+        peak < start + RSS_BOUND_MIB,
+        "RSS peaked at {peak:.0} MiB (started at {start:.0} MiB)"
+    );
+
+    // The sessions expire (TTL 20 s): the memory is given back.
+    drop(sessions);
+    wait_for(
+        Duration::from_secs(45),
+        "the 20,000 sessions to expire",
+        async || mcpod.status("crowd").await["sessions"] == 0,
+    )
+    .await;
+    let after = rss_mib(&mcpod);
+    eprintln!("RSS: start {start:.0} MiB, peak {peak:.0} MiB, after {after:.0} MiB; slow consumer got {stalled_events} of 600, fast {fast_events}");
+    assert!(
+        after < start + RSS_AFTER_MIB,
+        "RSS {after:.0} MiB after the sessions ended (started at {start:.0} MiB)"
+    );
+    healthy(&mcpod).await;
+}
