@@ -578,8 +578,8 @@ fn rss_mib(mcpod: &Mcpod) -> f64 {
 
 /// The stated bounds (README, Limits): mcpod's RSS during each hostile case,
 /// and how far above its start it may stay afterwards.
-const RSS_BOUND_MIB: f64 = 512.0;
-const RSS_AFTER_MIB: f64 = 160.0;
+const RSS_BOUND_MIB: f64 = 256.0;
+const RSS_AFTER_MIB: f64 = 128.0;
 
 /// A fixture server with an extra tool, `broadcast`: `count` tools/list_changed
 /// notifications, each carrying `bytes` of padding (for every session at once).
@@ -742,6 +742,119 @@ async fn a_fan_out_to_20000_sessions_shares_one_copy_and_slow_consumers_are_cut_
     assert!(
         after < start + RSS_AFTER_MIB,
         "RSS {after:.0} MiB after the sessions ended (started at {start:.0} MiB)"
+    );
+    healthy(&mcpod).await;
+}
+
+/// POSTs `body` (one message or a batch) to `server` without a session.
+async fn post_raw(mcpod: &Mcpod, server: &str, body: String) -> (u16, Option<String>) {
+    let response = mcpod
+        .http
+        .post(format!("{}/mcp/{server}", mcpod.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let status = response.status().as_u16();
+    let _ = response.bytes().await;
+    (status, retry_after)
+}
+
+#[tokio::test]
+async fn four_concurrent_3_mb_batches_stay_within_the_memory_bound() {
+    let mcpod = Mcpod::start(&files(&[fixture("batched", "")]), &[]);
+    assert_eq!(echo(&mcpod, "batched", 1).await.0, 200);
+    let start = rss_mib(&mcpod);
+    let batch = |round: u64| {
+        let calls: Vec<Value> = (0..100)
+            .map(|n| {
+                json!({"jsonrpc":"2.0","id":round * 1000 + n,"method":"tools/call",
+                "params":{"name":"echo","arguments":{"text":"b".repeat(30_000)}}})
+            })
+            .collect();
+        Value::Array(calls).to_string()
+    };
+    let mut peak = start;
+    for round in 0..3 {
+        let posts: Vec<_> = (0..4)
+            .map(|n| post_raw(&mcpod, "batched", batch(round * 4 + n)))
+            .collect();
+        let sampling = async {
+            let mut peak: f64 = 0.0;
+            for _ in 0..200 {
+                peak = peak.max(rss_mib(&mcpod));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        };
+        let (results, sampled) = tokio::join!(futures::future::join_all(posts), sampling);
+        peak = peak.max(sampled);
+        for (status, _) in results {
+            assert_eq!(status, 200);
+        }
+    }
+    let after = rss_mib(&mcpod);
+    eprintln!("RSS: start {start:.0} MiB, peak {peak:.0} MiB, after {after:.0} MiB");
+    assert!(
+        peak < start + RSS_BOUND_MIB,
+        "RSS peaked at {peak:.0} MiB (started at {start:.0})"
+    );
+    assert!(
+        after < start + RSS_AFTER_MIB,
+        "RSS {after:.0} MiB after (started at {start:.0})"
+    );
+    healthy(&mcpod).await;
+}
+
+#[tokio::test]
+async fn a_server_that_stops_reading_stdin_is_refused_at_once_not_buffered() {
+    // Answers initialize, then never reads its stdin again.
+    let deaf = fixture(
+        "stuck",
+        "requestTimeout: 5s\n\
+         command: [python3, -c, \"import json, sys, time, runpy; g = runpy.run_path('/usr/local/bin/fake_mcp.py', run_name='fixture')['main'].__globals__; g['handle'](json.loads(sys.stdin.readline())); time.sleep(3600)\"]",
+    );
+    let mcpod = Mcpod::start(&files(&[deaf]), &[]);
+    let (status, started) = mcpod.post("/servers/stuck/start").await;
+    assert_eq!(status, 200, "{started}");
+    let start = rss_mib(&mcpod);
+    // 160 requests of 1 MiB, 16 at a time: 160 MiB that cannot be written.
+    use futures::StreamExt;
+    let big = "s".repeat(1 << 20);
+    let outcomes: Vec<(u16, Option<String>)> = futures::stream::iter(0..160u64)
+        .map(|n| {
+            let body = json!({"jsonrpc":"2.0","id":n,"method":"tools/call",
+                "params":{"name":"echo","arguments":{"text":&big}}})
+            .to_string();
+            post_raw(&mcpod, "stuck", body)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let peak = rss_mib(&mcpod);
+    let refused: Vec<_> = outcomes.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(
+        !refused.is_empty(),
+        "a full stdin queue refuses: {outcomes:?}"
+    );
+    assert!(refused.iter().all(|(_, retry)| retry.is_some()));
+    assert!(
+        outcomes.iter().all(|(s, _)| [503, 504].contains(s)),
+        "{outcomes:?}"
+    );
+    let after = rss_mib(&mcpod);
+    eprintln!(
+        "RSS: start {start:.0} MiB, peak {peak:.0} MiB, after {after:.0} MiB; {} refused",
+        refused.len()
+    );
+    assert!(
+        peak < start + RSS_BOUND_MIB,
+        "RSS peaked at {peak:.0} MiB (started at {start:.0})"
     );
     healthy(&mcpod).await;
 }
