@@ -22,6 +22,7 @@ pub mod datadir;
 pub mod duration;
 pub mod error;
 pub mod kube;
+pub mod limits;
 pub mod listener;
 pub mod logs;
 pub mod manifests;

@@ -338,9 +338,16 @@ struct ServeArgs {
     /// Client sessions one server holds at most; past it `initialize` gets 503 and Retry-After.
     #[arg(long, env = "MCPOD_MAX_SESSIONS", default_value_t = 10_000)]
     max_sessions: usize,
+    /// Client sessions one client holds per server at most (an authenticated
+    /// subject; unauthenticated local callers share one budget); past it 429.
+    #[arg(long, env = "MCPOD_MAX_SESSIONS_PER_CLIENT", default_value_t = 1_000)]
+    max_sessions_per_client: usize,
     /// `sessionMode: Isolated`: containers one server runs at most (one per session).
     #[arg(long, env = "MCPOD_MAX_ISOLATED", default_value_t = 32)]
     max_isolated: usize,
+    /// `sessionMode: Isolated`: containers of one server one client holds at most; past it 429.
+    #[arg(long, env = "MCPOD_MAX_ISOLATED_PER_CLIENT", default_value_t = 8)]
+    max_isolated_per_client: usize,
     #[command(flatten)]
     disk: DiskArgs,
     /// How servers are kept apart on the host: `per-server` (a user namespace and
@@ -644,7 +651,9 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         stop_grace: args.stop_grace,
         session_ttl: args.session_ttl,
         max_sessions: args.max_sessions,
+        max_sessions_per_client: args.max_sessions_per_client,
         max_isolated: args.max_isolated,
+        max_isolated_per_client: args.max_isolated_per_client,
         log_dir: Some(data_dir.join("logs/containers")),
         // `spec.package` servers are built on first use, as `mcpod add` builds.
         builder: Some(mcpod::package::Builder(Arc::new(

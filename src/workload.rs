@@ -87,6 +87,8 @@ pub struct Workload {
     pub host_users: bool,
     /// Who may use the server and what (`spec.access`); decided in `crate::access`.
     pub access: Option<crate::access::spec::Access>,
+    /// `spec.limits`: this server's own limits (the flags' where left out).
+    pub limits: crate::limits::ServerLimits,
     /// Hash of everything above that shapes the container: a change means a new container.
     pub spec_hash: String,
 }
@@ -247,6 +249,7 @@ impl Workload {
                 .map_or(defaults.stdio_buffer_size, |size| size as usize),
             host_users: defaults.host_users,
             access: spec.access.clone(),
+            limits: spec.limits.clone().unwrap_or_default(),
             spec_hash: String::new(),
         };
         workload.spec_hash = workload.container_hash();
