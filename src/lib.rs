@@ -16,6 +16,7 @@ pub mod access;
 pub mod auth;
 pub mod backoff;
 pub mod backup;
+pub mod catalog;
 pub mod crd;
 pub mod dashboard;
 pub mod datadir;

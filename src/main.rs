@@ -641,6 +641,7 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         max_sessions: args.max_sessions,
         max_isolated: args.max_isolated,
         log_dir: Some(data_dir.join("logs/containers")),
+        catalog_dir: Some(data_dir.join("catalog")),
         // `spec.package` servers are built on first use, as `mcpod add` builds.
         builder: Some(mcpod::package::Builder(Arc::new(
             cli::add::ServeBuilder::new(&data_dir, None),

@@ -16,9 +16,10 @@ use serde_json::{json, Value};
 use tracing::{info, warn, Instrument};
 
 use crate::backoff::backoff;
+use crate::catalog::Catalog;
 use crate::crd::{DesiredState, Phase};
 use crate::logs::ServerLog;
-use crate::mcp::bridge::{BridgeError, Buffers, MessageHandler, StdioBridge};
+use crate::mcp::bridge::{BridgeError, Buffers, MessageHandler, ServerMessage, StdioBridge};
 use crate::mcp::error::RequestError;
 use crate::mcp::message::{self as jsonrpc, Method};
 use crate::mcp::sessions::Sessions;
@@ -57,6 +58,9 @@ pub struct Settings {
     pub builder: Option<crate::package::Builder>,
     /// Router-wide access settings: operators, rate limits, the audit log.
     pub access: Arc<crate::access::AccessControl>,
+    /// Where each server's catalog is kept across restarts (`<key>.json`);
+    /// `None` keeps it in memory only.
+    pub catalog_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -72,6 +76,7 @@ impl Default for Settings {
             max_isolated: 32,
             builder: None,
             access: Arc::default(),
+            catalog_dir: None,
         }
     }
 }
@@ -156,6 +161,8 @@ pub struct Server {
     isolated_starting: AtomicUsize,
     /// Latency, errors, traffic (shared with its isolated servers).
     metrics: Arc<ServerMetrics>,
+    /// What it offers, recorded while it runs (shared with its isolated servers).
+    catalog: Arc<Catalog>,
 }
 
 /// Held while a request is being served: keeps the server from being stopped.
@@ -215,7 +222,15 @@ impl Server {
         runtime: Arc<dyn Runtime>,
         settings: Settings,
     ) -> Arc<Server> {
-        Server::with_metrics(key, workload, runtime, settings, Default::default())
+        let catalog = Arc::new(Catalog::open(settings.catalog_dir.as_deref(), key));
+        Server::with_metrics(
+            key,
+            workload,
+            runtime,
+            settings,
+            Default::default(),
+            catalog,
+        )
     }
 
     fn with_metrics(
@@ -224,6 +239,7 @@ impl Server {
         runtime: Arc<dyn Runtime>,
         settings: Settings,
         metrics: Arc<ServerMetrics>,
+        catalog: Arc<Catalog>,
     ) -> Arc<Server> {
         let status = Status {
             name: workload.name.clone(),
@@ -269,6 +285,7 @@ impl Server {
             isolated: Mutex::new(Default::default()),
             isolated_starting: AtomicUsize::new(0),
             metrics,
+            catalog,
         });
         let span = tracing::info_span!("server", server = %server.name);
         tokio::spawn(server.clone().supervise().instrument(span));
@@ -287,6 +304,11 @@ impl Server {
     /// Request latency, errors and traffic, for `/metrics`.
     pub fn metrics(&self) -> &Arc<ServerMetrics> {
         &self.metrics
+    }
+
+    /// What the server offers, recorded while it ran.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
     }
 
     /// The client sessions talking to this server.
@@ -526,7 +548,13 @@ impl Server {
             .await
             .map_err(|e| e.to_string())?;
         let sessions = self.sessions.clone();
-        let route: MessageHandler = Arc::new(move |message| sessions.route(message));
+        let (changes, changed) = Catalog::change_feed();
+        let route: MessageHandler = Arc::new(move |message| {
+            if let ServerMessage::Notification(notification) = &message {
+                changes.observe(notification);
+            }
+            sessions.route(message)
+        });
         let bridge = StdioBridge::spawn(
             &self.name,
             attached.output,
@@ -576,6 +604,19 @@ impl Server {
         tokio::spawn(
             self.clone()
                 .watch_for_crash(instance.clone())
+                .in_current_span(),
+        );
+        // In the background: the first request is not kept waiting for it.
+        tokio::spawn(
+            self.catalog
+                .clone()
+                .follow(
+                    instance.bridge.clone(),
+                    workload.spec_hash.clone(),
+                    instance.initialize_result.clone(),
+                    workload.timeouts.request,
+                    changed,
+                )
                 .in_current_span(),
         );
         Ok(instance)
@@ -689,6 +730,7 @@ impl Server {
             self.runtime.clone(),
             self.settings.clone(),
             self.metrics.clone(),
+            self.catalog.clone(),
         ))
     }
 
@@ -783,6 +825,7 @@ impl Server {
         }
         drop(lifecycle);
         if changed_shape {
+            self.catalog.invalidate();
             self.stop("spec changed", true).await;
         }
     }

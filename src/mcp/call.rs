@@ -78,6 +78,10 @@ async fn forward(
         }
         _ => {}
     }
+    // A stopped server's lists come from its catalog: no container starts.
+    if let Some(answer) = crate::catalog::list_answer(server, &message) {
+        return Ok(answer);
+    }
     // A request that may make the server ask its client something waits for
     // its turn, so such a question always has exactly one candidate answerer.
     let _turn = match session {
