@@ -104,6 +104,10 @@ pub struct MCPServerSpec {
     /// operate it, and how often (see `access` in the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<crate::access::spec::Access>,
+    /// Which tools, prompts and resources clients see and may use, and under
+    /// which names and descriptions (allow-list, deny-list, overrides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<crate::expose::Expose>,
 }
 
 /// An npm or PyPI package to build a server image from: exactly one of the two.

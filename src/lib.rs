@@ -22,6 +22,7 @@ pub mod dashboard;
 pub mod datadir;
 pub mod duration;
 pub mod error;
+pub mod expose;
 pub mod kube;
 pub mod listener;
 pub mod logs;

@@ -87,6 +87,8 @@ pub struct Workload {
     pub host_users: bool,
     /// Who may use the server and what (`spec.access`); decided in `crate::access`.
     pub access: Option<crate::access::spec::Access>,
+    /// What clients see of the server's tools, prompts and resources (`spec.expose`).
+    pub expose: Option<crate::expose::Expose>,
     /// Hash of everything above that shapes the container: a change means a new container.
     pub spec_hash: String,
 }
@@ -214,6 +216,9 @@ impl Workload {
         if let Some(access) = &spec.access {
             crate::access::spec::validate(access).map_err(|(field, e)| invalid(&field, e))?;
         }
+        if let Some(expose) = &spec.expose {
+            expose.validate().map_err(|(field, e)| invalid(&field, e))?;
+        }
 
         let mut workload = Workload {
             name: name.to_string(),
@@ -247,6 +252,7 @@ impl Workload {
                 .map_or(defaults.stdio_buffer_size, |size| size as usize),
             host_users: defaults.host_users,
             access: spec.access.clone(),
+            expose: spec.expose.clone(),
             spec_hash: String::new(),
         };
         workload.spec_hash = workload.container_hash();

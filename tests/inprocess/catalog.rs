@@ -132,3 +132,58 @@ async fn list_changed_relearns_and_a_restarted_mcpod_loads_the_catalog() {
     assert!(!tool_names(&body).contains(&"fresh".to_string()), "{body}");
     assert_eq!(second.runtime.starts("memory"), 1, "started to learn anew");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expose_hides_and_renames_tools_in_lists_and_calls_from_the_server_or_the_catalog() {
+    let spec = "idleTimeout: 200ms\nexpose:\n  tools:\n    deny: [crash, \"sl*\"]\n    overrides:\n      echo: {name: say, description: Says it back}";
+    let mcpod = Mcpod::start(&[server("memory", spec)]).await;
+    let expected = |body: &Value| {
+        let names = tool_names(body);
+        assert!(names.contains(&"say".to_string()), "{names:?}");
+        for hidden in ["crash", "sleep", "echo"] {
+            assert!(!names.contains(&hidden.to_string()), "{names:?}");
+        }
+        let say = &body["result"]["tools"].as_array().unwrap()[names.iter().position(|n| n == "say").unwrap()];
+        assert_eq!(say["description"], "Says it back");
+    };
+    let (_, _, live) = mcpod.post("memory", &list("tools/list")).await;
+    expected(&live);
+    // What the server does not have is known once its catalog is.
+    let memory = mcpod.reconciler.server("memory").unwrap();
+    wait_for(PATIENCE, "the catalog", async || {
+        memory.catalog().current(&memory.workload().spec_hash).is_some()
+    })
+    .await;
+
+    let (status, said) = mcpod
+        .call_tool("memory", json!(1), "say", json!({"text": "hello"}))
+        .await;
+    assert_eq!((status, crate::harness::text_of(&said)), (200, "hello".into()), "{said}");
+    // Hidden, renamed away, or not there at all: one and the same answer.
+    let mcpod = &mcpod;
+    let refusal = |name: &'static str| async move {
+        let (status, body) = mcpod.call_tool("memory", json!(2), name, json!({})).await;
+        (status, body.to_string().replace(name, "NAME"))
+    };
+    let unknown = refusal("nonesuch").await;
+    assert_eq!(unknown.0, 200);
+    assert!(unknown.1.contains("-32602"), "{unknown:?}");
+    assert_eq!(refusal("crash").await, unknown);
+    assert_eq!(refusal("echo").await, unknown);
+    assert_eq!(refusal("sleep").await, unknown);
+    let reached: Vec<Value> = mcpod
+        .runtime
+        .instances("memory")
+        .iter()
+        .flat_map(|i| i.received.clone())
+        .filter(|m| m["method"] == "tools/call")
+        .collect();
+    assert_eq!(reached.len(), 1, "only the allowed call reached it: {reached:?}");
+    assert_eq!(reached[0]["params"]["name"], "echo", "under the server's name");
+
+    // Stopped: the catalog's answer is filtered alike.
+    mcpod.wait_status("memory", "stopped").await;
+    let (_, _, cached) = mcpod.post("memory", &list("tools/list")).await;
+    expected(&cached);
+    assert_eq!(mcpod.runtime.starts("memory"), 1);
+}
