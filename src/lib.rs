@@ -13,6 +13,7 @@
 //! runtime, Leases, replica forwarding) is in [`kube`].
 
 pub mod access;
+pub mod aggregate;
 pub mod auth;
 pub mod backoff;
 pub mod backup;

@@ -267,6 +267,10 @@ struct RouterArgs {
     /// Largest HTTP request body accepted.
     #[arg(long, env = "MCPOD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// On the aggregated endpoint `/mcp`: what joins a server's name and its
+    /// tool's or prompt's (`time__get_current_time`).
+    #[arg(long, env = "MCPOD_TOOL_SEPARATOR", default_value = mcpod::aggregate::DEFAULT_SEPARATOR)]
+    tool_separator: String,
     /// Largest JSON-RPC message accepted from a server.
     #[arg(long, env = "MCPOD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_message_bytes: usize,
@@ -324,6 +328,10 @@ struct ServeArgs {
     /// Largest HTTP request body accepted.
     #[arg(long, env = "MCPOD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// On the aggregated endpoint `/mcp`: what joins a server's name and its
+    /// tool's or prompt's (`time__get_current_time`).
+    #[arg(long, env = "MCPOD_TOOL_SEPARATOR", default_value = mcpod::aggregate::DEFAULT_SEPARATOR)]
+    tool_separator: String,
     /// Largest JSON-RPC message accepted from a server.
     #[arg(long, env = "MCPOD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_message_bytes: usize,
@@ -719,6 +727,7 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         RouterConfig {
             endpoint: EndpointConfig {
                 max_body_bytes: args.max_body_bytes,
+                tool_separator: args.tool_separator.clone(),
             },
             auth,
             ownership: None,
@@ -961,6 +970,7 @@ mod kube_cli {
             RouterConfig {
                 endpoint: EndpointConfig {
                     max_body_bytes: args.max_body_bytes,
+                    tool_separator: args.tool_separator.clone(),
                 },
                 auth,
                 ownership: ownership.clone(),

@@ -32,6 +32,8 @@ pub const ROUTES: &[Route] = &[
     Route::router("/dashboard/data"),
     Route::router("/metrics"),
     Route::router("/servers"),
+    // One MCP endpoint over every server (src/aggregate.rs).
+    Route::router("/mcp"),
     Route::server("/servers/{name}"),
     Route::server("/servers/{name}/logs"),
     Route::server("/servers/{name}/start"),
@@ -67,6 +69,7 @@ pub struct RouterConfig {
 #[derive(Clone)]
 struct State {
     reconciler: Arc<Reconciler>,
+    aggregate: Arc<crate::aggregate::Aggregate>,
 }
 
 impl State {
@@ -95,7 +98,12 @@ pub fn routes(
         config.endpoint.max_body_bytes,
     );
     let dashboard = crate::dashboard::routes(reconciler.clone(), caller.clone());
-    let state = State { reconciler };
+    let aggregate = crate::aggregate::Aggregate::new(reconciler.clone(), &config.endpoint);
+    let aggregated = crate::aggregate::routes(aggregate.clone(), caller.clone()).boxed();
+    let state = State {
+        reconciler,
+        aggregate,
+    };
     let with_state = warp::any().map(move || state.clone());
 
     let health = warp::path!("health")
@@ -196,6 +204,8 @@ pub fn routes(
         .unify()
         .or(mcp)
         .unify()
+        .or(aggregated)
+        .unify()
         .boxed();
     // With several replicas, first of all: a request for a server another
     // replica owns goes there. A lone router skips the question.
@@ -256,6 +266,7 @@ fn parse_tail(tail: Option<&str>) -> Result<usize, String> {
 fn problems(state: &State) -> Vec<String> {
     let mut problems = state.reconciler.problems();
     problems.extend(logs::write_problems());
+    problems.extend(state.aggregate.problems());
     problems
 }
 

@@ -143,7 +143,8 @@ async fn expose_hides_and_renames_tools_in_lists_and_calls_from_the_server_or_th
         for hidden in ["crash", "sleep", "echo"] {
             assert!(!names.contains(&hidden.to_string()), "{names:?}");
         }
-        let say = &body["result"]["tools"].as_array().unwrap()[names.iter().position(|n| n == "say").unwrap()];
+        let say = &body["result"]["tools"].as_array().unwrap()
+            [names.iter().position(|n| n == "say").unwrap()];
         assert_eq!(say["description"], "Says it back");
     };
     let (_, _, live) = mcpod.post("memory", &list("tools/list")).await;
@@ -151,14 +152,21 @@ async fn expose_hides_and_renames_tools_in_lists_and_calls_from_the_server_or_th
     // What the server does not have is known once its catalog is.
     let memory = mcpod.reconciler.server("memory").unwrap();
     wait_for(PATIENCE, "the catalog", async || {
-        memory.catalog().current(&memory.workload().spec_hash).is_some()
+        memory
+            .catalog()
+            .current(&memory.workload().spec_hash)
+            .is_some()
     })
     .await;
 
     let (status, said) = mcpod
         .call_tool("memory", json!(1), "say", json!({"text": "hello"}))
         .await;
-    assert_eq!((status, crate::harness::text_of(&said)), (200, "hello".into()), "{said}");
+    assert_eq!(
+        (status, crate::harness::text_of(&said)),
+        (200, "hello".into()),
+        "{said}"
+    );
     // Hidden, renamed away, or not there at all: one and the same answer.
     let mcpod = &mcpod;
     let refusal = |name: &'static str| async move {
@@ -178,8 +186,15 @@ async fn expose_hides_and_renames_tools_in_lists_and_calls_from_the_server_or_th
         .flat_map(|i| i.received.clone())
         .filter(|m| m["method"] == "tools/call")
         .collect();
-    assert_eq!(reached.len(), 1, "only the allowed call reached it: {reached:?}");
-    assert_eq!(reached[0]["params"]["name"], "echo", "under the server's name");
+    assert_eq!(
+        reached.len(),
+        1,
+        "only the allowed call reached it: {reached:?}"
+    );
+    assert_eq!(
+        reached[0]["params"]["name"], "echo",
+        "under the server's name"
+    );
 
     // Stopped: the catalog's answer is filtered alike.
     mcpod.wait_status("memory", "stopped").await;
