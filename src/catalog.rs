@@ -380,10 +380,21 @@ pub fn answering(server: &Server) -> Option<Arc<Entry>> {
 pub fn list_answer(server: &Server, message: &Value) -> Option<Value> {
     let list = List::of(Method::of(message))?;
     let entry = answering(server)?;
-    // A server that never offered this list answers as it would itself.
+    let id = jsonrpc::id(message);
+    if !entry.offers(list) {
+        // As MCP answers a method the server did not announce; no start to learn that.
+        let text = format!(
+            "Method not found: MCP server '{}' offers no {} (capability '{}')",
+            server.name(),
+            list.key(),
+            list.capability()
+        );
+        return Some(jsonrpc::error(id, jsonrpc::METHOD_NOT_FOUND, text));
+    }
+    // Offered but not learned (the server failed to list it): it answers itself.
     entry.items(list)?;
     debug!(list = list.key(), "answered from the catalog");
-    Some(jsonrpc::result(jsonrpc::id(message), entry.result(list)))
+    Some(jsonrpc::result(id, entry.result(list)))
 }
 
 /// The server's `InitializeResult`: from the catalog while it is stopped,

@@ -69,6 +69,9 @@ async fn a_stopped_server_lists_and_introduces_itself_from_its_catalog_without_s
     assert_eq!(status, 200, "{cached}");
     assert_eq!(tool_names(&cached), tool_names(&live));
     assert_eq!(cached["id"], 7, "the client's own id");
+    // A list it never announced: method not found, without a start to learn that.
+    let (_, _, prompts) = mcpod.post("memory", &list("prompts/list")).await;
+    assert_eq!(prompts["error"]["code"], -32601, "{prompts}");
     // An SDK-style session: initialize and list, still no start.
     let mut client = mcpod.client("memory");
     let init = client.initialize(json!({})).await;
