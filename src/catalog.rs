@@ -29,6 +29,18 @@ use crate::server::Server;
 /// Pages of one list read at most: a server whose cursors never end is not followed forever.
 const MAX_PAGES: usize = 100;
 
+/// `spec.catalog`: when a server's catalog is learned.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum Learn {
+    /// The first listing of a server never seen running starts it once.
+    #[default]
+    OnFirstList,
+    /// Started once as soon as it is declared (or its container spec changes).
+    OnDeclaration,
+}
+
 /// The four lists a server may offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum List {
@@ -374,6 +386,21 @@ pub fn answering(server: &Server) -> Option<Arc<Entry>> {
         return None;
     }
     server.catalog().current(&workload.spec_hash)
+}
+
+/// `catalog: OnDeclaration`: whether `server` should be started now to
+/// learn its catalog (once per container spec: `tried` remembers the last).
+pub fn due_for_learning(server: &Server, tried: &mut Option<String>) -> bool {
+    let workload = server.workload();
+    let wanted = workload.catalog == Learn::OnDeclaration
+        && workload.session_mode == SessionMode::Shared
+        && workload.desired_state == crate::crd::DesiredState::OnDemand
+        && tried.as_deref() != Some(workload.spec_hash.as_str())
+        && server.catalog().current(&workload.spec_hash).is_none();
+    if wanted {
+        *tried = Some(workload.spec_hash.clone());
+    }
+    wanted
 }
 
 /// A listing answered from the catalog of a stopped server, with the client's id.

@@ -897,6 +897,7 @@ impl Server {
     /// down, restart ones that fail their health check.
     async fn supervise(self: Arc<Self>) {
         let mut last_probe = Instant::now();
+        let mut learned_for = None;
         loop {
             tokio::time::sleep(self.settings.idle_check_interval).await;
             if Arc::strong_count(&self) == 1 {
@@ -916,6 +917,14 @@ impl Server {
                 DesiredState::AlwaysOn => self.keep_running().await,
                 DesiredState::Disabled => self.stop("disabled", false).await,
                 DesiredState::OnDemand => {
+                    // `catalog: OnDeclaration`: run once to learn it, then idle as usual.
+                    if crate::catalog::due_for_learning(&self, &mut learned_for)
+                        && self.runtime.serves_here(&self.key).await
+                    {
+                        if let Err(error) = self.acquire().await {
+                            warn!(%error, "starting to learn the catalog failed");
+                        }
+                    }
                     if let Some(idle) = workload.timeouts.idle {
                         self.stop_if_idle(idle).await;
                     }

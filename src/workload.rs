@@ -89,6 +89,8 @@ pub struct Workload {
     pub access: Option<crate::access::spec::Access>,
     /// What clients see of the server's tools, prompts and resources (`spec.expose`).
     pub expose: Option<crate::expose::Expose>,
+    /// When the catalog is learned (`spec.catalog`).
+    pub catalog: crate::catalog::Learn,
     /// Hash of everything above that shapes the container: a change means a new container.
     pub spec_hash: String,
 }
@@ -253,6 +255,7 @@ impl Workload {
             host_users: defaults.host_users,
             access: spec.access.clone(),
             expose: spec.expose.clone(),
+            catalog: spec.catalog,
             spec_hash: String::new(),
         };
         workload.spec_hash = workload.container_hash();

@@ -205,3 +205,30 @@ async fn expose_hides_and_renames_tools_in_lists_and_calls_from_the_server_or_th
     expected(&cached);
     assert_eq!(mcpod.runtime.starts("memory"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_on_declaration_starts_the_server_once_to_learn_it_then_idles() {
+    let spec = "idleTimeout: 100ms\ncatalog: OnDeclaration";
+    let mcpod = Mcpod::start(&[server("eager", spec), server("lazy", "idleTimeout: 100ms")]).await;
+    let eager = mcpod.reconciler.server("eager").unwrap();
+    wait_for(PATIENCE, "eager's catalog, with no request", async || {
+        eager
+            .catalog()
+            .current(&eager.workload().spec_hash)
+            .is_some()
+    })
+    .await;
+    mcpod.wait_status("eager", "stopped").await;
+    let (_, _, body) = mcpod.post("eager", &list("tools/list")).await;
+    assert!(tool_names(&body).contains(&"echo".to_string()), "{body}");
+    assert_eq!(
+        mcpod.runtime.starts("eager"),
+        1,
+        "learned once, listed without a start"
+    );
+    assert_eq!(
+        mcpod.runtime.starts("lazy"),
+        0,
+        "OnFirstList waits for a listing"
+    );
+}
