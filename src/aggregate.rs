@@ -13,8 +13,11 @@
 //! Members are the servers the caller may use, except `Disabled` ones and
 //! `sessionMode: Isolated` ones (a container per session has no place in a
 //! shared endpoint). Members are asked statelessly: a member's own requests to
-//! the client (sampling, elicitation) and its notifications do not reach the
-//! aggregated session (this endpoint answers GET with 405, no stream).
+//! the client (sampling, elicitation), progress and log messages do not reach
+//! the aggregated session. What does is `list_changed`: a session's GET stream
+//! carries one whenever a member's recorded list changes (the member said so,
+//! or it started with other tools than the catalog had), so the union the
+//! client lists next is already the new one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -146,6 +149,52 @@ impl Aggregate {
         }
     }
 
+    /// GET: the session's stream of `list_changed` notifications, from the
+    /// members' catalogs (the members of when it opened).
+    fn listen(self: Arc<Self>, caller: Caller, headers: &HeaderMap) -> HttpResponse {
+        if !accepts(headers).sse {
+            return refuse(RequestError::NotAcceptable(
+                "GET needs Accept: text/event-stream",
+            ));
+        }
+        let Some(id) = header(headers, SESSION_HEADER).map(str::to_string) else {
+            return refuse(RequestError::MissingSession);
+        };
+        if !self.use_session(&id, &caller) {
+            return refuse(RequestError::SessionNotFound);
+        }
+        let (sender, notifications) = tokio::sync::mpsc::channel::<Value>(64);
+        for member in self.members(&caller) {
+            let mut changes = member.catalog().subscribe();
+            let sender = sender.clone();
+            let (aggregate, id) = (Arc::downgrade(&self), id.clone());
+            tokio::spawn(async move {
+                loop {
+                    let list = match changes.recv().await {
+                        Ok(list) => list,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    };
+                    // The session ended: so does its stream.
+                    let alive = aggregate
+                        .upgrade()
+                        .is_some_and(|a| a.sessions.lock().unwrap().contains_key(&id));
+                    let note = jsonrpc::notification(list.changed_notification(), None);
+                    if !alive || sender.send(note).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(sender);
+        debug!(session = %id, "aggregated GET stream opened");
+        let events = futures::stream::unfold(notifications, |mut notifications| async move {
+            let note = notifications.recv().await?;
+            Some((reply::message_event(None, &note), notifications))
+        });
+        reply::sse(events)
+    }
+
     fn end_session(&self, id: &str, caller: &Caller) -> bool {
         let owned = self.use_session(id, caller);
         if owned {
@@ -232,10 +281,13 @@ impl Aggregate {
                 }
             };
             let offered = intro.get("capabilities").and_then(Value::as_object);
-            for name in ["tools", "prompts", "resources", "completions"] {
+            for name in ["tools", "prompts", "resources"] {
                 if offered.is_some_and(|c| c.contains_key(name)) {
-                    capabilities.insert(name.to_string(), json!({}));
+                    capabilities.insert(name.to_string(), json!({"listChanged": true}));
                 }
+            }
+            if offered.is_some_and(|c| c.contains_key("completions")) {
+                capabilities.insert("completions".to_string(), json!({}));
             }
             if let Some(text) = intro.get("instructions").and_then(Value::as_str) {
                 instructions.push(format!("## {}\n{text}", server.name()));
@@ -532,11 +584,16 @@ pub fn routes(
                 tracing::Instrument::instrument(aggregate.post(caller, &headers, body), span).await
             },
         );
-    // No stream of the members' own messages here (see the module's note).
     let get = warp::path!("mcp")
         .and(warp::get())
+        .and(with.clone())
         .and(caller.clone())
-        .map(|_: Caller| reply::method_not_allowed("POST, DELETE"));
+        .and(warp::header::headers_cloned())
+        .map(
+            |aggregate: Arc<Aggregate>, caller: Caller, headers: HeaderMap| {
+                aggregate.listen(caller, &headers)
+            },
+        );
     let delete = warp::path!("mcp")
         .and(warp::delete())
         .and(with)

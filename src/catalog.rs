@@ -82,6 +82,15 @@ impl List {
         }
     }
 
+    /// The notification that says this list changed.
+    pub fn changed_notification(self) -> Method {
+        match self {
+            List::Tools => Method::ToolsListChanged,
+            List::Prompts => Method::PromptsListChanged,
+            List::Resources | List::ResourceTemplates => Method::ResourcesListChanged,
+        }
+    }
+
     /// The server capability that announces the list.
     fn capability(self) -> &'static str {
         match self {
@@ -175,11 +184,13 @@ pub enum CatalogError {
 }
 
 /// One server's catalog, shared by its isolated instances.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Catalog {
     /// Where it is persisted (`None`: in memory only).
     path: Option<PathBuf>,
     entry: Mutex<Option<Arc<Entry>>>,
+    /// Each list whose recorded items changed, once stored (for `/mcp`'s `list_changed`).
+    changed: tokio::sync::broadcast::Sender<List>,
 }
 
 impl Catalog {
@@ -197,7 +208,13 @@ impl Catalog {
         Catalog {
             path,
             entry: Mutex::new(entry),
+            changed: tokio::sync::broadcast::channel(16).0,
         }
+    }
+
+    /// The lists whose recorded items change from now on, as they are stored.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<List> {
+        self.changed.subscribe()
     }
 
     /// The entry learned from a container of shape `spec_hash`, if any.
@@ -227,7 +244,14 @@ impl Catalog {
                 warn!(%error, "catalog not persisted");
             }
         }
-        *self.entry.lock().unwrap() = Some(Arc::new(entry));
+        let previous = self.entry.lock().unwrap().replace(Arc::new(entry.clone()));
+        for list in List::ALL {
+            let before = previous.as_deref().and_then(|p| p.items(list));
+            if before != entry.items(list) {
+                // Nobody listening is fine.
+                let _ = self.changed.send(list);
+            }
+        }
     }
 
     /// A channel for the lists a running server says changed, and the

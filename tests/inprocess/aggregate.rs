@@ -79,9 +79,39 @@ async fn mcp_lists_the_namespaced_union_from_catalogs_and_a_call_starts_only_its
         assert_eq!(answers[0]["error"]["code"], -32602, "{name}: {answers:?}");
     }
     assert_eq!(starts(&mcpod), (1, 2));
-    // GET: no stream on the aggregate.
-    let get = client.request(reqwest::Method::GET).send().await.unwrap();
-    assert_eq!(get.status(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_list_changed_reaches_the_aggregated_get_stream() {
+    let mcpod = Mcpod::start(&[server("alpha", ""), server("beta", "")]).await;
+    let mut client = RawClient::new(format!("{}/mcp", mcpod.url));
+    let init = client.initialize(json!({})).await;
+    assert_eq!(init["result"]["capabilities"]["tools"]["listChanged"], true);
+    learned(&mcpod, "alpha").await;
+    let mut stream = client.request(reqwest::Method::GET).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let (_, answers) = client
+        .post(&call(json!(1), "alpha__grow", json!({"name": "fresh"})))
+        .await;
+    assert_eq!(crate::harness::text_of(&answers[0]), "grown", "{answers:?}");
+    let mut buffer = String::new();
+    let note = loop {
+        let chunk = tokio::time::timeout(PATIENCE, stream.chunk())
+            .await
+            .expect("list_changed on the GET stream")
+            .unwrap()
+            .expect("the stream stays open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(event) = crate::common::take_events(&mut buffer).into_iter().next() {
+            break event.data;
+        }
+    };
+    assert_eq!(note["method"], "notifications/tools/list_changed");
+    // Sent once the catalog has the new list: the union already shows it.
+    let (_, answers) = client
+        .post(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        .await;
+    assert!(names(&answers[0], "tools").contains(&"alpha__fresh".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
