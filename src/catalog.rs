@@ -17,7 +17,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::crd::SessionMode;
@@ -254,11 +255,11 @@ impl Catalog {
         }
     }
 
-    /// A channel for the lists a running server says changed, and the
-    /// message filter that feeds it (it lets every message through).
-    pub fn change_feed() -> (ChangeSender, mpsc::UnboundedReceiver<List>) {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        (ChangeSender(sender), receiver)
+    /// What the message handler marks stale ([`ChangeSender::observe`]) and
+    /// [`Catalog::follow`] relearns: two handles on the same marks.
+    pub fn change_feed() -> (ChangeSender, ChangeSender) {
+        let feed = ChangeSender::default();
+        (feed.clone(), feed)
     }
 
     /// Learns the catalog of a freshly started instance, then relearns each
@@ -269,7 +270,7 @@ impl Catalog {
         spec_hash: String,
         initialize: Value,
         timeout: Duration,
-        mut changes: mpsc::UnboundedReceiver<List>,
+        changes: ChangeSender,
     ) {
         let mut entry = Entry {
             spec_hash,
@@ -296,35 +297,62 @@ impl Catalog {
         );
         self.store(entry.clone());
         loop {
-            let list = tokio::select! {
-                list = changes.recv() => list,
-                _ = bridge.closed() => None,
-            };
-            let Some(list) = list else { return };
-            let items = read_list(&bridge, list, timeout).await;
-            if bridge.closed_reason().is_some() {
-                return;
+            tokio::select! {
+                () = changes.0.notify.notified() => {}
+                _ = bridge.closed() => return,
             }
-            debug!(
-                list = list.key(),
-                "catalog list relearned after list_changed"
-            );
-            *entry.items_mut(list) = items;
+            for list in changes.take() {
+                let items = read_list(&bridge, list, timeout).await;
+                if bridge.closed_reason().is_some() {
+                    return;
+                }
+                debug!(
+                    list = list.key(),
+                    "catalog list relearned after list_changed"
+                );
+                *entry.items_mut(list) = items;
+            }
             entry.recorded_at = Some(Utc::now());
             self.store(entry.clone());
         }
     }
 }
 
-/// Feeds a server's `list_changed` notifications to its catalog.
-#[derive(Clone)]
-pub struct ChangeSender(mpsc::UnboundedSender<List>);
+/// Feeds a server's `list_changed` notifications to its catalog as marks, one
+/// per list: a flood of notifications costs one relearning of each list, and
+/// no memory, however many arrive while one is under way.
+#[derive(Clone, Default)]
+pub struct ChangeSender(Arc<Marks>);
+
+#[derive(Default)]
+struct Marks {
+    /// Bit `i`: `List::ALL[i]` is stale.
+    stale: AtomicU8,
+    notify: Notify,
+}
 
 impl ChangeSender {
     pub fn observe(&self, message: &Value) {
-        for list in List::changed_by(message) {
-            let _ = self.0.send(*list);
+        let lists = List::changed_by(message);
+        for list in lists {
+            let bit = List::ALL.iter().position(|l| l == list).expect("a list");
+            self.0.stale.fetch_or(1 << bit, Ordering::SeqCst);
         }
+        if !lists.is_empty() {
+            // Stored as a permit when the follower is busy: no change is missed.
+            self.0.notify.notify_one();
+        }
+    }
+
+    /// The lists marked stale since the last call, unmarked.
+    fn take(&self) -> Vec<List> {
+        let stale = self.0.stale.swap(0, Ordering::SeqCst);
+        List::ALL
+            .into_iter()
+            .enumerate()
+            .filter(|(bit, _)| stale & (1 << bit) != 0)
+            .map(|(_, list)| list)
+            .collect()
     }
 }
 
@@ -506,6 +534,23 @@ mod tests {
             &[List::Resources, List::ResourceTemplates]
         );
         assert!(List::changed_by(&note("notifications/message")).is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_list_changed_marks_each_list_once() {
+        let (feed, follower) = Catalog::change_feed();
+        let tools = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+        let resources = json!({"jsonrpc": "2.0", "method": "notifications/resources/list_changed"});
+        for _ in 0..10_000 {
+            feed.observe(&tools);
+        }
+        feed.observe(&resources);
+        feed.observe(&json!({"jsonrpc": "2.0", "method": "notifications/message"}));
+        assert_eq!(
+            follower.take(),
+            [List::Tools, List::Resources, List::ResourceTemplates]
+        );
+        assert!(follower.take().is_empty());
     }
 
     #[test]

@@ -104,6 +104,11 @@ pub struct MCPServerSpec {
     /// operate it, and how often (see `access` in the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<crate::access::spec::Access>,
+    /// What this server lets its clients hold: sessions and isolated containers
+    /// (in all and per client) and the longest message; each field left out
+    /// takes the `mcpod serve` flag's figure (see Limits in the README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::limits::ServerLimits>,
     /// Which tools, prompts and resources clients see and may use, and under
     /// which names and descriptions (allow-list, deny-list, overrides).
     #[serde(default, skip_serializing_if = "Option::is_none")]

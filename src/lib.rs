@@ -25,6 +25,7 @@ pub mod duration;
 pub mod error;
 pub mod expose;
 pub mod kube;
+pub mod limits;
 pub mod listener;
 pub mod logs;
 pub mod manifests;

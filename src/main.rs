@@ -346,9 +346,16 @@ struct ServeArgs {
     /// Client sessions one server holds at most; past it `initialize` gets 503 and Retry-After.
     #[arg(long, env = "MCPOD_MAX_SESSIONS", default_value_t = 10_000)]
     max_sessions: usize,
+    /// Client sessions one client holds per server at most (an authenticated
+    /// subject; unauthenticated local callers share one budget); past it 429.
+    #[arg(long, env = "MCPOD_MAX_SESSIONS_PER_CLIENT", default_value_t = 1_000)]
+    max_sessions_per_client: usize,
     /// `sessionMode: Isolated`: containers one server runs at most (one per session).
     #[arg(long, env = "MCPOD_MAX_ISOLATED", default_value_t = 32)]
     max_isolated: usize,
+    /// `sessionMode: Isolated`: containers of one server one client holds at most; past it 429.
+    #[arg(long, env = "MCPOD_MAX_ISOLATED_PER_CLIENT", default_value_t = 8)]
+    max_isolated_per_client: usize,
     #[command(flatten)]
     disk: DiskArgs,
     /// How servers are kept apart on the host: `per-server` (a user namespace and
@@ -639,26 +646,29 @@ fn nix_is_root() -> bool {
 
 async fn serve(args: ServeArgs) -> mcpod::Result<()> {
     // First: a setting that cannot be served safely stops mcpod before anything starts.
-    let auth = args.auth.build(args.listen, None)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let access = Arc::new(args.auth.access.build(cli::access::AuditDefault {
+        path: Some(&data_dir.join("logs/audit/audit.log")),
+        max_bytes: args.disk.log_max_bytes,
+        keep: args.disk.log_keep as usize,
+    }));
+    let auth = args.auth.build(args.listen, None, access.clone())?;
     let defaults = args.defaults.defaults();
     let settings = Settings {
         max_message_bytes: args.max_message_bytes,
         stop_grace: args.stop_grace,
         session_ttl: args.session_ttl,
         max_sessions: args.max_sessions,
+        max_sessions_per_client: args.max_sessions_per_client,
         max_isolated: args.max_isolated,
+        max_isolated_per_client: args.max_isolated_per_client,
         log_dir: Some(data_dir.join("logs/containers")),
         catalog_dir: Some(data_dir.join("catalog")),
         // `spec.package` servers are built on first use, as `mcpod add` builds.
         builder: Some(mcpod::package::Builder(Arc::new(
             cli::add::ServeBuilder::new(&data_dir, None),
         ))),
-        access: Arc::new(args.auth.access.build(cli::access::AuditDefault {
-            path: Some(&data_dir.join("logs/audit/audit.log")),
-            max_bytes: args.disk.log_max_bytes,
-            keep: args.disk.log_keep as usize,
-        })),
+        access,
         ..Settings::default()
     };
     // A read-only or full data directory loses logs and state, but mcpod can
@@ -925,7 +935,15 @@ mod kube_cli {
 
     pub async fn router(args: RouterArgs) -> mcpod::Result<()> {
         let (client, namespace) = connect(&args.scope).await?;
-        let auth = args.auth.build(args.listen, Some(&client))?;
+        // On stdout, for the cluster's log pipeline (mcpod's own log is on stderr).
+        let access = Arc::new(args.auth.access.build(cli::access::AuditDefault {
+            path: None,
+            max_bytes: 20 * 1024 * 1024,
+            keep: 5,
+        }));
+        let auth = args
+            .auth
+            .build(args.listen, Some(&client), access.clone())?;
         let ownership = ownership(&client, &args.replicas)?;
         let mut runtime = KubeRuntime::new(client.clone(), &namespace, args.scope.all_namespaces);
         if let Some(ownership) = &ownership {
@@ -934,12 +952,7 @@ mod kube_cli {
         let runtime = Arc::new(runtime);
         let settings = Settings {
             max_message_bytes: args.max_message_bytes,
-            // On stdout, for the cluster's log pipeline (mcpod's own log is on stderr).
-            access: Arc::new(args.auth.access.build(cli::access::AuditDefault {
-                path: None,
-                max_bytes: 20 * 1024 * 1024,
-                keep: 5,
-            })),
+            access,
             ..Settings::default()
         };
         let reconciler =

@@ -149,7 +149,7 @@ mod tests {
                 version: Some("1.0".into())
             }
         );
-        for bad in ["", "a;b", "pkg@"] {
+        for bad in ["", "a;b", "pkg@", "pkg; rm -rf /"] {
             assert!(Package::npm(bad).is_err(), "{bad}");
         }
         assert!(Package::pypi("pkg==").is_err());

@@ -15,9 +15,11 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::{info, warn, Instrument};
 
+use crate::auth::Caller;
 use crate::backoff::backoff;
 use crate::catalog::Catalog;
 use crate::crd::{DesiredState, Phase};
+use crate::limits::client_key;
 use crate::logs::ServerLog;
 use crate::mcp::bridge::{BridgeError, Buffers, MessageHandler, ServerMessage, StdioBridge};
 use crate::mcp::error::RequestError;
@@ -51,8 +53,12 @@ pub struct Settings {
     pub removal_debounce: Duration,
     /// Client sessions one server holds at most; a client past it is refused.
     pub max_sessions: usize,
+    /// Client sessions one client (see `crate::limits::client_key`) holds per server at most.
+    pub max_sessions_per_client: usize,
     /// `sessionMode: Isolated`: containers of one server at most.
     pub max_isolated: usize,
+    /// `sessionMode: Isolated`: containers of one server one client holds at most.
+    pub max_isolated_per_client: usize,
     /// Builds `spec.package` servers' images on first use (`None`: such a
     /// server fails to start, saying no builder is available here).
     pub builder: Option<crate::package::Builder>,
@@ -73,11 +79,27 @@ impl Default for Settings {
             log_dir: None,
             removal_debounce: REMOVAL_DEBOUNCE,
             max_sessions: 10_000,
+            max_sessions_per_client: 1_000,
             max_isolated: 32,
+            max_isolated_per_client: 8,
             builder: None,
             access: Arc::default(),
             catalog_dir: None,
         }
+    }
+}
+
+impl Settings {
+    /// The limits in force for `workload`: its `spec.limits`, else these settings.
+    pub fn limits(&self, workload: &Workload) -> crate::limits::Effective {
+        crate::limits::Effective {
+            max_sessions: self.max_sessions,
+            max_sessions_per_client: self.max_sessions_per_client,
+            max_isolated: self.max_isolated,
+            max_isolated_per_client: self.max_isolated_per_client,
+            max_message_bytes: self.max_message_bytes,
+        }
+        .with(&workload.limits)
     }
 }
 
@@ -157,8 +179,9 @@ pub struct Server {
     log: Arc<ServerLog>,
     /// `sessionMode: Isolated`: the container of each client session, by session id.
     isolated: Mutex<std::collections::HashMap<String, Arc<Server>>>,
-    /// Isolated servers spawned and not yet attached to their session.
-    isolated_starting: AtomicUsize,
+    /// Isolated servers spawned and not yet attached to their session, per
+    /// client (`crate::limits::client_key`); locked after `isolated`.
+    isolated_starting: Mutex<std::collections::HashMap<String, usize>>,
     /// Latency, errors, traffic (shared with its isolated servers).
     metrics: Arc<ServerMetrics>,
     /// What it offers, recorded while it runs (shared with its isolated servers).
@@ -268,7 +291,7 @@ impl Server {
             idle_timeout_seconds: None,
             usage: None,
         };
-        let max_sessions = settings.max_sessions;
+        let limits = settings.limits(&workload);
         let log = Arc::new(ServerLog::open(settings.log_dir.as_deref(), key));
         let server = Arc::new(Server {
             name: workload.name.clone(),
@@ -280,13 +303,16 @@ impl Server {
             status: Mutex::new(status),
             in_flight: AtomicUsize::new(0),
             last_activity: Mutex::new(Instant::now()),
-            sessions: Arc::new(Sessions::with_limit(max_sessions)),
+            sessions: Arc::new(Sessions::with_limit(limits.max_sessions)),
             log,
             isolated: Mutex::new(Default::default()),
-            isolated_starting: AtomicUsize::new(0),
+            isolated_starting: Mutex::new(Default::default()),
             metrics,
             catalog,
         });
+        server
+            .sessions
+            .set_limits(limits.max_sessions, limits.max_sessions_per_client);
         let span = tracing::info_span!("server", server = %server.name);
         tokio::spawn(server.clone().supervise().instrument(span));
         server
@@ -563,7 +589,7 @@ impl Server {
             self.log.clone(),
             Buffers {
                 initial_bytes: workload.stdio_buffer_size,
-                max_message_bytes: self.settings.max_message_bytes,
+                max_message_bytes: self.settings.limits(workload).max_message_bytes,
                 traffic: self.metrics.traffic.clone(),
             },
         );
@@ -706,20 +732,40 @@ impl Server {
     }
 
     /// `sessionMode: Isolated`: a server of the same spec under a key of its own,
-    /// for one client session, within `max_isolated` (counting those still
-    /// starting). Register its session with [`Server::attach_isolated`], or give
-    /// the place back with [`Server::abandon_isolated`].
-    pub fn spawn_isolated(&self) -> Result<Arc<Server>, RequestError> {
+    /// for one session of `caller`, within `max_isolated` and, for `caller`'s
+    /// client, `max_isolated_per_client` (counting those still starting).
+    /// Register its session with [`Server::attach_isolated`], or give the place
+    /// back with [`Server::abandon_isolated`].
+    pub fn spawn_isolated(&self, caller: &Caller) -> Result<Arc<Server>, RequestError> {
+        let limits = self.settings.limits(&self.workload());
+        let client = client_key(caller);
         {
             let isolated = self.isolated.lock().unwrap();
-            let reserved = self.isolated_starting.load(Ordering::SeqCst);
-            if isolated.len() + reserved >= self.settings.max_isolated {
+            let mut starting = self.isolated_starting.lock().unwrap();
+            let reserved: usize = starting.values().sum();
+            if isolated.len() + reserved >= limits.max_isolated {
                 return Err(RequestError::TooMany {
                     what: "isolated containers of this server",
-                    limit: self.settings.max_isolated,
+                    limit: limits.max_isolated,
                 });
             }
-            self.isolated_starting.fetch_add(1, Ordering::SeqCst);
+            let held = isolated
+                .iter()
+                .filter(|(id, child)| {
+                    child
+                        .sessions
+                        .get(id)
+                        .is_some_and(|s| client_key(&s.owner) == client)
+                })
+                .count();
+            let own = held + starting.get(&client).copied().unwrap_or(0);
+            if own >= limits.max_isolated_per_client {
+                return Err(RequestError::ClientLimit {
+                    what: "isolated containers of this server",
+                    limit: limits.max_isolated_per_client,
+                });
+            }
+            *starting.entry(client).or_default() += 1;
         }
         let suffix: [u8; 4] = rand::random();
         let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
@@ -734,17 +780,27 @@ impl Server {
         ))
     }
 
-    pub fn attach_isolated(&self, session_id: &str, child: Arc<Server>) {
-        self.isolated
-            .lock()
-            .unwrap()
-            .insert(session_id.to_string(), child);
-        self.isolated_starting.fetch_sub(1, Ordering::SeqCst);
+    pub fn attach_isolated(&self, session: &crate::mcp::sessions::Session, child: Arc<Server>) {
+        let mut isolated = self.isolated.lock().unwrap();
+        isolated.insert(session.id.clone(), child);
+        self.release_reservation(&session.owner);
     }
 
-    /// An isolated server that never got its session gives its place back.
-    pub fn abandon_isolated(&self) {
-        self.isolated_starting.fetch_sub(1, Ordering::SeqCst);
+    /// An isolated server that never got its session gives `caller`'s place back.
+    pub fn abandon_isolated(&self, caller: &Caller) {
+        let _isolated = self.isolated.lock().unwrap();
+        self.release_reservation(caller);
+    }
+
+    fn release_reservation(&self, caller: &Caller) {
+        let mut starting = self.isolated_starting.lock().unwrap();
+        let client = client_key(caller);
+        if let Some(count) = starting.get_mut(&client) {
+            *count -= 1;
+            if *count == 0 {
+                starting.remove(&client);
+            }
+        }
     }
 
     /// The isolated server holding session `session_id`, if any.
@@ -809,6 +865,7 @@ impl Server {
     /// stopped, so the next start uses the new spec; a failed server retries at once.
     pub async fn update(&self, workload: Workload) {
         let changed_shape = self.workload().spec_hash != workload.spec_hash;
+        let changed_access = self.workload().access != workload.access;
         {
             let mut status = self.status.lock().unwrap();
             status.image = workload.image.clone();
@@ -818,6 +875,9 @@ impl Server {
         for child in children {
             Box::pin(child.update(workload.clone())).await;
         }
+        let limits = self.settings.limits(&workload);
+        self.sessions
+            .set_limits(limits.max_sessions, limits.max_sessions_per_client);
         *self.workload.write().unwrap() = Arc::new(workload);
         let mut lifecycle = self.lifecycle.lock().await;
         if let Lifecycle::Failed { retry_at, .. } = &mut *lifecycle {
@@ -827,6 +887,25 @@ impl Server {
         if changed_shape {
             self.catalog.invalidate();
             self.stop("spec changed", true).await;
+        } else if changed_access {
+            self.lists_changed();
+        }
+    }
+
+    /// What each caller may see changed with the access policy: every session
+    /// lists again (the same notifications a server sends when its own lists change).
+    fn lists_changed(&self) {
+        info!("access policy changed: telling client sessions to list again");
+        for method in [
+            Method::ToolsListChanged,
+            Method::PromptsListChanged,
+            Method::ResourcesListChanged,
+        ] {
+            let notification = jsonrpc::notification(method, None);
+            self.sessions
+                .route(crate::mcp::bridge::ServerMessage::Notification(
+                    notification,
+                ));
         }
     }
 

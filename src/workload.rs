@@ -87,6 +87,8 @@ pub struct Workload {
     pub host_users: bool,
     /// Who may use the server and what (`spec.access`); decided in `crate::access`.
     pub access: Option<crate::access::spec::Access>,
+    /// `spec.limits`: this server's own limits (the flags' where left out).
+    pub limits: crate::limits::ServerLimits,
     /// What clients see of the server's tools, prompts and resources (`spec.expose`).
     pub expose: Option<crate::expose::Expose>,
     /// When the catalog is learned (`spec.catalog`).
@@ -254,6 +256,7 @@ impl Workload {
                 .map_or(defaults.stdio_buffer_size, |size| size as usize),
             host_users: defaults.host_users,
             access: spec.access.clone(),
+            limits: spec.limits.clone().unwrap_or_default(),
             expose: spec.expose.clone(),
             catalog: spec.catalog,
             spec_hash: String::new(),

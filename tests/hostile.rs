@@ -483,3 +483,378 @@ async fn a_data_directory_that_cannot_be_written_is_a_problem_not_an_outage() {
     assert!(stderr.contains("keeps serving"), "{stderr}");
     assert_eq!(echo(&mcpod, "plain", 2).await.0, 200);
 }
+
+/// An `initialize` POSTed to `server`: its status, `Retry-After`, session id and body.
+async fn initialize(mcpod: &Mcpod, server: &str) -> (u16, Option<String>, Option<String>, Value) {
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"hostile","version":"1"}}});
+    let response = mcpod
+        .http
+        .post(format!("{}/mcp/{server}", mcpod.url))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let (retry_after, session) = (header("retry-after"), header("mcp-session-id"));
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, retry_after, session, body)
+}
+
+#[tokio::test]
+async fn one_client_gets_its_share_of_isolated_containers_and_sessions_not_more() {
+    let lonely = fixture(
+        "lonely",
+        "sessionMode: Isolated\nlimits: {maxIsolatedPerClient: 2}",
+    );
+    let shared = fixture("crowded", "limits: {maxSessionsPerClient: 3}");
+    let mcpod = Mcpod::start(&files(&[lonely, shared]), &["--max-isolated", "10"]);
+    let mut sessions = vec![];
+    for _ in 0..2 {
+        let (status, _, session, body) = initialize(&mcpod, "lonely").await;
+        assert_eq!(status, 200, "{body}");
+        sessions.push(session.unwrap());
+    }
+    // The third of one (anonymous, local) client: 429, not a third container.
+    let (status, retry_after, session, body) = initialize(&mcpod, "lonely").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(retry_after.is_some(), "429 without Retry-After");
+    assert!(session.is_none());
+    assert_eq!(body["error"]["code"], -32006, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("for one client (the limit is 2)"),
+        "{body}"
+    );
+    let isolated = || {
+        containers_of(&mcpod.instance)
+            .iter()
+            .filter(|c| c.contains("lonely"))
+            .count()
+    };
+    assert_eq!(isolated(), 2, "{:?}", containers_of(&mcpod.instance));
+    // Ending one gives its place back.
+    let ended = mcpod
+        .http
+        .delete(format!("{}/mcp/lonely", mcpod.url))
+        .header("mcp-session-id", &sessions[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), 200);
+    let (status, _, _, body) = initialize(&mcpod, "lonely").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Sessions of a shared server: the spec's share per client.
+    for _ in 0..3 {
+        assert_eq!(initialize(&mcpod, "crowded").await.0, 200);
+    }
+    let (status, retry_after, _, body) = initialize(&mcpod, "crowded").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(retry_after.is_some());
+    healthy(&mcpod).await;
+}
+
+/// mcpod's resident memory, from `/proc/PID/status`.
+fn rss_mib(mcpod: &Mcpod) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", mcpod.pid())).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib / 1024.0
+}
+
+/// The stated bounds (README, Limits): mcpod's RSS during each hostile case,
+/// and how far above its start it may stay afterwards.
+const RSS_BOUND_MIB: f64 = 256.0;
+const RSS_AFTER_MIB: f64 = 128.0;
+
+/// A fixture server with an extra tool, `broadcast`: `count` tools/list_changed
+/// notifications, each carrying `bytes` of padding (for every session at once).
+const BROADCASTER: &str = r#"command: [python3, -c, "import runpy; g = runpy.run_path('/usr/local/bin/fake_mcp.py', run_name='fixture')['main'].__globals__; real = g['call_tool']; send = g['send']; g['call_tool'] = lambda rid, name, args: ([send({'jsonrpc': '2.0', 'method': 'notifications/tools/list_changed', 'params': {'_meta': {'n': n, 'pad': 'x' * int(args['bytes'])}}}) for n in range(int(args['count']))], g['tool_result'](rid, 'sent')) if name == 'broadcast' else real(rid, name, args); g['main']()"]"#;
+
+/// Opens `count` sessions on `server`, `parallel` at a time.
+async fn open_sessions(mcpod: &Mcpod, server: &str, count: usize, parallel: usize) -> Vec<String> {
+    use futures::StreamExt;
+    futures::stream::iter(0..count)
+        .map(|_| async {
+            let (status, _, session, body) = initialize(mcpod, server).await;
+            assert_eq!(status, 200, "{body}");
+            session.unwrap()
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await
+}
+
+/// A GET stream of `session` on `server`.
+async fn listen(mcpod: &Mcpod, server: &str, session: &str) -> reqwest::Response {
+    let response = mcpod
+        .http
+        .get(format!("{}/mcp/{server}", mcpod.url))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response
+}
+
+#[tokio::test]
+async fn a_fan_out_to_20000_sessions_shares_one_copy_and_slow_consumers_are_cut_off() {
+    let crowd = fixture("crowd", BROADCASTER);
+    let slow = fixture("slow", BROADCASTER);
+    let mcpod = Mcpod::start(
+        &files(&[crowd, slow]),
+        &[
+            "--max-sessions",
+            "20000",
+            "--max-sessions-per-client",
+            "20000",
+            "--session-ttl",
+            "15s",
+        ],
+    );
+    assert_eq!(echo(&mcpod, "crowd", 1).await.0, 200);
+    assert_eq!(echo(&mcpod, "slow", 1).await.0, 200);
+    let start = rss_mib(&mcpod);
+
+    // 20,000 sessions, 50 of them listening, then two broadcasts of 64 KiB:
+    // one copy each would be 2.6 GB.
+    let began = Instant::now();
+    let sessions = open_sessions(&mcpod, "crowd", 20_000, 64).await;
+    eprintln!("20,000 sessions opened in {:?}", began.elapsed());
+    let mut streams = vec![];
+    for session in sessions.iter().take(50) {
+        streams.push(listen(&mcpod, "crowd", session).await);
+    }
+    let (status, reply) = mcpod
+        .call_tool(
+            "crowd",
+            json!(2),
+            "broadcast",
+            json!({"count": 2, "bytes": 65536}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let mut peak = rss_mib(&mcpod);
+    // Every listener gets both.
+    for stream in &mut streams {
+        let mut seen = String::new();
+        while seen.matches("list_changed").count() < 2 {
+            let chunk = tokio::time::timeout(Duration::from_secs(20), stream.chunk())
+                .await
+                .expect("a broadcast event within 20 s")
+                .unwrap()
+                .expect("the stream stays open");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            peak = peak.max(rss_mib(&mcpod));
+        }
+    }
+    drop(streams);
+
+    // A slow consumer (a stream nobody reads) next to a fast one: 600 events
+    // of 32 KiB. The slow one is cut off, its stream closed; mcpod does not
+    // hold its backlog.
+    let pair = open_sessions(&mcpod, "slow", 2, 2).await;
+    let mut fast = listen(&mcpod, "slow", &pair[0]).await;
+    let mut stalled = listen(&mcpod, "slow", &pair[1]).await;
+    let http = mcpod.http.clone();
+    let url = format!("{}/mcp/slow", mcpod.url);
+    let reader = tokio::spawn(async move {
+        let mut events = 0;
+        while let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_secs(5), fast.chunk()).await
+        {
+            events += String::from_utf8_lossy(&chunk)
+                .matches("list_changed")
+                .count();
+            if events >= 600 {
+                break;
+            }
+        }
+        events
+    });
+    let _ = (http, url);
+    let (status, reply) = mcpod
+        .call_tool(
+            "slow",
+            json!(3),
+            "broadcast",
+            json!({"count": 600, "bytes": 32768}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    peak = peak.max(rss_mib(&mcpod));
+    let fast_events = reader.await.unwrap();
+    assert!(fast_events > 0, "the fast consumer kept receiving");
+    // The stalled stream, read now: what was queued, then its end.
+    let mut stalled_events = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the slow consumer's stream was not closed"
+        );
+        match tokio::time::timeout(Duration::from_secs(10), stalled.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                stalled_events += String::from_utf8_lossy(&chunk)
+                    .matches("list_changed")
+                    .count()
+            }
+            Ok(Ok(None)) | Ok(Err(_)) => break,
+            Err(_) => panic!("the slow consumer's stream neither ended nor sent within 10 s"),
+        }
+    }
+    assert!(
+        stalled_events < 600,
+        "the slow consumer was cut off, not buffered for: {stalled_events} events"
+    );
+    assert!(
+        peak < start + RSS_BOUND_MIB,
+        "RSS peaked at {peak:.0} MiB (started at {start:.0} MiB)"
+    );
+
+    // The sessions expire (TTL 20 s): the memory is given back.
+    drop(sessions);
+    wait_for(
+        Duration::from_secs(45),
+        "the 20,000 sessions to expire",
+        async || mcpod.status("crowd").await["sessions"] == 0,
+    )
+    .await;
+    let after = rss_mib(&mcpod);
+    eprintln!("RSS: start {start:.0} MiB, peak {peak:.0} MiB, after {after:.0} MiB; slow consumer got {stalled_events} of 600, fast {fast_events}");
+    assert!(
+        after < start + RSS_AFTER_MIB,
+        "RSS {after:.0} MiB after the sessions ended (started at {start:.0} MiB)"
+    );
+    healthy(&mcpod).await;
+}
+
+/// POSTs `body` (one message or a batch) to `server` without a session.
+async fn post_raw(mcpod: &Mcpod, server: &str, body: String) -> (u16, Option<String>) {
+    let response = mcpod
+        .http
+        .post(format!("{}/mcp/{server}", mcpod.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let status = response.status().as_u16();
+    let _ = response.bytes().await;
+    (status, retry_after)
+}
+
+#[tokio::test]
+async fn four_concurrent_3_mb_batches_stay_within_the_memory_bound() {
+    let mcpod = Mcpod::start(&files(&[fixture("batched", "")]), &[]);
+    assert_eq!(echo(&mcpod, "batched", 1).await.0, 200);
+    let start = rss_mib(&mcpod);
+    let batch = |round: u64| {
+        let calls: Vec<Value> = (0..100)
+            .map(|n| {
+                json!({"jsonrpc":"2.0","id":round * 1000 + n,"method":"tools/call",
+                "params":{"name":"echo","arguments":{"text":"b".repeat(30_000)}}})
+            })
+            .collect();
+        Value::Array(calls).to_string()
+    };
+    let mut peak = start;
+    for round in 0..3 {
+        let posts: Vec<_> = (0..4)
+            .map(|n| post_raw(&mcpod, "batched", batch(round * 4 + n)))
+            .collect();
+        let sampling = async {
+            let mut peak: f64 = 0.0;
+            for _ in 0..200 {
+                peak = peak.max(rss_mib(&mcpod));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        };
+        let (results, sampled) = tokio::join!(futures::future::join_all(posts), sampling);
+        peak = peak.max(sampled);
+        for (status, _) in results {
+            assert_eq!(status, 200);
+        }
+    }
+    let after = rss_mib(&mcpod);
+    eprintln!("RSS: start {start:.0} MiB, peak {peak:.0} MiB, after {after:.0} MiB");
+    assert!(
+        peak < start + RSS_BOUND_MIB,
+        "RSS peaked at {peak:.0} MiB (started at {start:.0})"
+    );
+    assert!(
+        after < start + RSS_AFTER_MIB,
+        "RSS {after:.0} MiB after (started at {start:.0})"
+    );
+    healthy(&mcpod).await;
+}
+
+#[tokio::test]
+async fn a_server_that_stops_reading_stdin_is_refused_at_once_not_buffered() {
+    // Answers initialize, then never reads its stdin again.
+    let deaf = fixture(
+        "stuck",
+        "requestTimeout: 5s\n\
+         command: [python3, -c, \"import json, sys, time, runpy; g = runpy.run_path('/usr/local/bin/fake_mcp.py', run_name='fixture')['main'].__globals__; g['handle'](json.loads(sys.stdin.readline())); time.sleep(3600)\"]",
+    );
+    let mcpod = Mcpod::start(&files(&[deaf]), &[]);
+    let (status, started) = mcpod.post("/servers/stuck/start").await;
+    assert_eq!(status, 200, "{started}");
+    let start = rss_mib(&mcpod);
+    // 160 requests of 1 MiB, 16 at a time: 160 MiB that cannot be written.
+    use futures::StreamExt;
+    let big = "s".repeat(1 << 20);
+    let outcomes: Vec<(u16, Option<String>)> = futures::stream::iter(0..160u64)
+        .map(|n| {
+            let body = json!({"jsonrpc":"2.0","id":n,"method":"tools/call",
+                "params":{"name":"echo","arguments":{"text":&big}}})
+            .to_string();
+            post_raw(&mcpod, "stuck", body)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let peak = rss_mib(&mcpod);
+    let refused: Vec<_> = outcomes.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(
+        !refused.is_empty(),
+        "a full stdin queue refuses: {outcomes:?}"
+    );
+    assert!(refused.iter().all(|(_, retry)| retry.is_some()));
+    assert!(
+        outcomes.iter().all(|(s, _)| [503, 504].contains(s)),
+        "{outcomes:?}"
+    );
+    let after = rss_mib(&mcpod);
+    eprintln!(
+        "RSS: start {start:.0} MiB, peak {peak:.0} MiB, after {after:.0} MiB; {} refused",
+        refused.len()
+    );
+    assert!(
+        peak < start + RSS_BOUND_MIB,
+        "RSS peaked at {peak:.0} MiB (started at {start:.0})"
+    );
+    healthy(&mcpod).await;
+}

@@ -57,6 +57,26 @@ impl<T: Guarded + ?Sized> Guarded for std::sync::Arc<T> {
     }
 }
 
+/// The audit record of a refused authentication: who is unknown, so the
+/// record names the endpoint and why.
+pub fn refusal_recorder(control: std::sync::Arc<AccessControl>) -> crate::auth::RefusalHook {
+    std::sync::Arc::new(
+        move |resource: &crate::auth::Resource, error: &crate::auth::AuthError| {
+            let nobody = Caller {
+                subject: "-".to_string(),
+                groups: vec![],
+                scopes: vec![],
+                via: crate::auth::Via::Unauthenticated,
+            };
+            let server = resource.server.as_deref().unwrap_or("-");
+            let mut record = Record::new(&nobody, server, "authenticate", Outcome::Denied);
+            record.name = Some(resource.path.clone());
+            record.reason = Some(error.to_string());
+            control.record(record);
+        },
+    )
+}
+
 /// Router-wide access settings, shared by every server.
 #[derive(Default)]
 pub struct AccessControl {

@@ -70,39 +70,38 @@ fn check_cross_site(
 ) -> Result<(), Refused> {
     let config = &auth.config;
     if !host_allowed(headers, &config.allowed_hosts) {
-        let host = headers
-            .get("host")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        return Err(Refused {
-            status: StatusCode::FORBIDDEN,
-            challenge: None,
-            message: format!(
-                "host '{}' is not a name this mcpod serves (DNS-rebinding protection); \
-                 an operator can allow it with --allowed-host",
-                printable(host)
-            ),
-        });
+        return Err(forbidden_header(
+            headers,
+            "host",
+            "is not a name this mcpod serves (DNS-rebinding protection); an operator can \
+             allow it with --allowed-host",
+        ));
     }
     if !origin_allowed(headers, &config.allowed_origins)
         && !same_origin(headers)
         && !super::metadata::is_public_read(method, path)
     {
-        let origin = headers
-            .get("origin")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        return Err(Refused {
-            status: StatusCode::FORBIDDEN,
-            challenge: None,
-            message: format!(
-                "origin '{}' is not allowed (cross-site protection); an operator can allow it \
-                 with --allowed-origin",
-                printable(origin)
-            ),
-        });
+        return Err(forbidden_header(
+            headers,
+            "origin",
+            "is not allowed (cross-site protection); an operator can allow it with \
+             --allowed-origin",
+        ));
     }
     Ok(())
+}
+
+/// 403 naming the header value that was refused, and why.
+fn forbidden_header(headers: &HeaderMap, name: &str, why: &str) -> Refused {
+    let value = headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Refused {
+        status: StatusCode::FORBIDDEN,
+        challenge: None,
+        message: format!("{name} '{}' {why}", printable(value)),
+    }
 }
 
 /// A page mcpod served itself (its dashboard) sends its own origin: the same

@@ -37,6 +37,9 @@ pub enum Via {
     Jwt { issuer: String },
     /// A Kubernetes ServiceAccount token, checked with a TokenReview.
     ServiceAccount,
+    /// Nobody: no credentials, or refused ones (only in the audit log's
+    /// records of refused requests).
+    Unauthenticated,
 }
 
 /// An authenticated caller: who, in which groups, with which OAuth scopes.
@@ -152,6 +155,9 @@ pub trait Verify: Send + Sync {
     async fn verify(&self, token: &str, resource: &Resource) -> Verdict;
 }
 
+/// Called with every refused authentication (the audit log records it).
+pub type RefusalHook = Arc<dyn Fn(&Resource, &AuthError) + Send + Sync>;
+
 /// Settings for authentication and the cross-site checks.
 #[derive(Clone, Default)]
 pub struct AuthConfig {
@@ -168,6 +174,8 @@ pub struct AuthConfig {
     pub allowed_hosts: Vec<String>,
     /// Origins allowed besides loopback ones (`--allowed-origin`; `*` allows any).
     pub allowed_origins: Vec<String>,
+    /// Told of every refused authentication (the audit log).
+    pub on_refused: Option<RefusalHook>,
 }
 
 impl fmt::Debug for AuthConfig {
@@ -236,6 +244,18 @@ impl Auth {
 
     /// Who sent this request. Without authentication configured, the local user.
     pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        resource: &Resource,
+    ) -> Result<Caller, AuthError> {
+        let outcome = self.identify(headers, resource).await;
+        if let (Err(error), Some(hook)) = (&outcome, &self.config.on_refused) {
+            hook(resource, error);
+        }
+        outcome
+    }
+
+    async fn identify(
         &self,
         headers: &HeaderMap,
         resource: &Resource,

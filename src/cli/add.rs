@@ -759,41 +759,6 @@ mod tests {
     use mcpod::workload::{Defaults, Target, Workload};
 
     #[test]
-    fn package_specs_split_name_and_version() {
-        assert_eq!(
-            Package::npm("@modelcontextprotocol/server-github@2025.4.8").unwrap(),
-            Package::Npm {
-                name: "@modelcontextprotocol/server-github".into(),
-                version: Some("2025.4.8".into())
-            }
-        );
-        assert_eq!(
-            Package::npm("@scope/pkg").unwrap(),
-            Package::Npm {
-                name: "@scope/pkg".into(),
-                version: None
-            }
-        );
-        assert_eq!(
-            Package::npm("pkg@1").unwrap(),
-            Package::Npm {
-                name: "pkg".into(),
-                version: Some("1".into())
-            }
-        );
-        assert!(Package::npm("pkg@").is_err());
-        assert!(Package::npm("pkg; rm -rf /").is_err());
-        assert_eq!(
-            Package::pypi("mcp-server-calculator==0.2.1").unwrap(),
-            Package::Pypi {
-                name: "mcp-server-calculator".into(),
-                version: Some("0.2.1".into())
-            }
-        );
-        assert!(Package::pypi("x'y").is_err());
-    }
-
-    #[test]
     fn the_written_manifest_is_valid_and_strict() {
         let yaml = manifest_yaml(
             "calc",

@@ -79,7 +79,13 @@ impl AuthArgs {
     /// The configured verifiers, checked against the listen address: serving
     /// unauthenticated beyond loopback needs the insecure flag. `kube`: the
     /// cluster client TokenReviews go to (`router` only).
-    pub fn build(&self, listen: SocketAddr, kube: Option<&kube::Client>) -> mcpod::Result<Auth> {
+    /// Refused authentications are recorded in `access`'s audit log.
+    pub fn build(
+        &self,
+        listen: SocketAddr,
+        kube: Option<&kube::Client>,
+        access: Arc<mcpod::access::AccessControl>,
+    ) -> mcpod::Result<Auth> {
         let mut verifiers: Vec<Arc<dyn Verify>> = vec![];
         if let Some(path) = &self.api_keys {
             let keys =
@@ -123,6 +129,7 @@ impl AuthArgs {
             public_url: self.public_url.clone(),
             allowed_hosts: self.allowed_hosts.clone(),
             allowed_origins: self.allowed_origins.clone(),
+            on_refused: Some(mcpod::access::refusal_recorder(access)),
             ..AuthConfig::default()
         };
         let auth = Auth::new(config);

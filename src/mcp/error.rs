@@ -36,6 +36,9 @@ pub enum RequestError {
     Busy { timeout: Duration, reason: String },
     #[error("too many {what} (the limit is {limit}); try again later")]
     TooMany { what: &'static str, limit: usize },
+    /// One client holds its share of something per server (sessions, isolated containers).
+    #[error("too many {what} for one client (the limit is {limit}); end one or try again later")]
+    ClientLimit { what: &'static str, limit: usize },
 
     // The request broke a transport rule.
     #[error("parse error: {0}")]
@@ -100,7 +103,7 @@ impl RequestError {
             Parse(_) => jsonrpc::PARSE_ERROR,
             // As MCP answers an unknown tool: a denial reads like a name that does not exist.
             InvalidParams(_) | Denied(_) => jsonrpc::INVALID_PARAMS,
-            RateLimited { .. } => jsonrpc::RATE_LIMITED,
+            RateLimited { .. } | ClientLimit { .. } => jsonrpc::RATE_LIMITED,
             UnsupportedVersion { .. } => jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
             HeaderMismatch(_) => jsonrpc::HEADER_MISMATCH,
             MethodNotFound(_) => jsonrpc::METHOD_NOT_FOUND,
@@ -127,7 +130,7 @@ impl RequestError {
             | HeaderMismatch(_) => StatusCode::BAD_REQUEST,
             SessionNotFound | UnknownServer(_) | MethodNotFound(_) => StatusCode::NOT_FOUND,
             Forbidden(_) | Denied(_) => StatusCode::FORBIDDEN,
-            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | ClientLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
         }
@@ -137,7 +140,7 @@ impl RequestError {
         match self {
             RequestError::StartFailed { retry_in, .. } => Some(*retry_in),
             // Sessions end and containers go as clients leave: worth a retry soon.
-            RequestError::TooMany { .. } => Some(TOO_MANY_RETRY),
+            RequestError::TooMany { .. } | RequestError::ClientLimit { .. } => Some(TOO_MANY_RETRY),
             RequestError::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }

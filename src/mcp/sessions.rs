@@ -22,6 +22,7 @@
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ use tokio::sync::{mpsc, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 use tracing::debug;
 
 use crate::auth::Caller;
+use crate::limits::client_key;
 use crate::mcp::bridge::ServerMessage;
 use crate::mcp::error::RequestError;
 use crate::mcp::message::{self as jsonrpc, Method};
@@ -50,10 +52,13 @@ const SERVER_REQUEST_PREFIX: &str = "mcpod-s";
 /// The `_meta` key naming the listen stream a frame belongs to.
 pub const SUBSCRIPTION_ID_META_KEY: &str = "io.modelcontextprotocol/subscriptionId";
 
+/// One event of a session's stream. The message is shared: a notification
+/// broadcast to every session is one allocation, referenced from each
+/// session's event log and live queue, never copied per session.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SseEvent {
     pub id: u64,
-    pub message: Value,
+    pub message: Arc<Value>,
 }
 
 /// What the client declared it can answer.
@@ -185,6 +190,11 @@ impl SessionState {
     /// request, which has none) falls back to the standalone stream. Every message
     /// is logged for replay, and delivered on exactly one stream.
     fn send(&mut self, stream: StreamKey, message: Value) {
+        self.send_shared(stream, Arc::new(message));
+    }
+
+    /// [`SessionState::send`] of a message shared with other sessions.
+    fn send_shared(&mut self, stream: StreamKey, message: Arc<Value>) {
         let open = |s: &Stream| !s.finished;
         let stream = if self.legacy || !self.streams.get(&stream).is_some_and(open) {
             STANDALONE
@@ -223,7 +233,7 @@ impl SessionState {
         let id = self.next_event_id();
         let event = SseEvent {
             id,
-            message: Value::Null,
+            message: Arc::new(Value::Null),
         };
         self.remember(event, stream, true);
         id
@@ -273,6 +283,9 @@ struct ProgressRoute {
 #[derive(Default)]
 struct State {
     sessions: HashMap<String, SessionState>,
+    /// Listed sessions per client (`crate::limits::client_key`): the limits
+    /// are checked on every `initialize`, without a scan of every session.
+    listed_by_client: HashMap<String, usize>,
     listeners: Vec<Listener>,
     next_listener: u64,
     /// 2026-07-28 requests waiting for the client to supply input, by `requestState`.
@@ -292,6 +305,34 @@ struct State {
 }
 
 impl State {
+    fn add_session(&mut self, id: String, session: SessionState) {
+        if session.listed {
+            *self
+                .listed_by_client
+                .entry(client_key(&session.owner))
+                .or_default() += 1;
+        }
+        self.sessions.insert(id, session);
+    }
+
+    fn remove_session(&mut self, id: &str) -> Option<SessionState> {
+        let session = self.sessions.remove(id)?;
+        if session.listed {
+            let client = client_key(&session.owner);
+            if let Some(count) = self.listed_by_client.get_mut(&client) {
+                *count -= 1;
+                if *count == 0 {
+                    self.listed_by_client.remove(&client);
+                }
+            }
+        }
+        Some(session)
+    }
+
+    fn listed(&self) -> usize {
+        self.listed_by_client.values().sum()
+    }
+
     /// Where a message about the requests in flight goes: the request whose
     /// progress token it carries, else the only candidate in flight.
     fn attribute(&self, message: &Value, candidates: &[&Active]) -> Attribution {
@@ -339,8 +380,9 @@ impl Shared {
 /// Every session of one MCP server, and the routes of what is in flight.
 pub struct Sessions {
     shared: Arc<Shared>,
-    /// Listed sessions held at most.
-    limit: usize,
+    /// Listed sessions held at most, in all and per client (`crate::limits`).
+    limit: AtomicUsize,
+    per_client: AtomicUsize,
     /// The server's turn: exclusive for requests of clients that answer
     /// personal questions (sampling, elicitation), shared for the others.
     turn: Arc<RwLock<()>>,
@@ -359,9 +401,16 @@ impl Sessions {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
             }),
-            limit,
+            limit: AtomicUsize::new(limit),
+            per_client: AtomicUsize::new(limit),
             turn: Arc::new(RwLock::new(())),
         }
+    }
+
+    /// Sets the limits (a spec change takes effect for the next `initialize`).
+    pub fn set_limits(&self, limit: usize, per_client: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+        self.per_client.store(per_client, Ordering::Relaxed);
     }
 }
 
@@ -380,7 +429,7 @@ pub struct Session {
 impl Drop for Session {
     fn drop(&mut self) {
         if self.ephemeral {
-            self.shared.lock().sessions.remove(&self.id);
+            self.shared.lock().remove_session(&self.id);
         }
     }
 }
@@ -589,7 +638,7 @@ impl Sessions {
         listed: bool,
     ) -> Arc<Session> {
         let id = new_session_id();
-        self.lock().sessions.insert(
+        self.lock().add_session(
             id.clone(),
             SessionState {
                 owner: owner.clone(),
@@ -624,10 +673,21 @@ impl Sessions {
         capabilities: ClientCapabilities,
         legacy: bool,
     ) -> Result<Arc<Session>, RequestError> {
-        if self.len() >= self.limit {
+        let (limit, per_client) = (
+            self.limit.load(Ordering::Relaxed),
+            self.per_client.load(Ordering::Relaxed),
+        );
+        let (all, own) = self.count_for(&owner);
+        if all >= limit {
             return Err(RequestError::TooMany {
                 what: "client sessions of this server",
-                limit: self.limit,
+                limit,
+            });
+        }
+        if own >= per_client {
+            return Err(RequestError::ClientLimit {
+                what: "sessions of this server",
+                limit: per_client,
             });
         }
         let session = self.insert(owner, protocol_version, capabilities, legacy, None, true);
@@ -668,7 +728,14 @@ impl Sessions {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().sessions.values().filter(|s| s.listed).count()
+        self.lock().listed()
+    }
+
+    /// Listed sessions in all, and those opened by `caller`'s client.
+    fn count_for(&self, caller: &Caller) -> (usize, usize) {
+        let state = self.lock();
+        let own = state.listed_by_client.get(&client_key(caller));
+        (state.listed(), own.copied().unwrap_or(0))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -779,7 +846,7 @@ impl Sessions {
 
     /// Ends a session; its streams close. Returns whether it existed.
     pub fn end(&self, id: &str) -> bool {
-        self.lock().sessions.remove(id).is_some()
+        self.lock().remove_session(id).is_some()
     }
 
     /// Ends every session, listen stream and parked request.
@@ -787,6 +854,7 @@ impl Sessions {
         let (listeners, parked) = {
             let mut state = self.lock();
             state.sessions.retain(|_, s| !s.listed);
+            state.listed_by_client.clear();
             (
                 std::mem::take(&mut state.listeners),
                 std::mem::take(&mut state.parked),
@@ -814,7 +882,7 @@ impl Sessions {
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in &expired {
-                state.sessions.remove(id);
+                state.remove_session(id);
             }
             let old: Vec<String> = state
                 .parked
@@ -960,12 +1028,13 @@ impl Sessions {
             }
             Method::ResourcesUpdated => {
                 let uri = uri_of(&notification).unwrap_or_default().to_string();
+                let shared = Arc::new(notification.clone());
                 for s in state
                     .sessions
                     .values_mut()
                     .filter(|s| s.listed && s.subscriptions.contains(&uri))
                 {
-                    s.send(STANDALONE, notification.clone());
+                    s.send_shared(STANDALONE, shared.clone());
                 }
                 notify_listeners(&state, method, &notification);
             }
@@ -991,9 +1060,10 @@ impl Sessions {
             Method::LogMessage => route_log(&mut state, notification),
             _ => {
                 // list_changed and the like describe the server, not a request:
-                // every session hears of them once.
+                // every session hears of them once, all from one shared copy.
+                let shared = Arc::new(notification.clone());
                 for s in state.sessions.values_mut().filter(|s| s.listed) {
-                    s.send(STANDALONE, notification.clone());
+                    s.send_shared(STANDALONE, shared.clone());
                 }
                 notify_listeners(&state, method, &notification);
             }
@@ -1424,6 +1494,36 @@ mod tests {
         sessions.end(&a.id);
         assert!(sessions
             .create(local(), "2025-06-18", caps(false), false)
+            .is_ok());
+    }
+
+    #[test]
+    fn one_client_holds_at_most_its_share_of_sessions() {
+        let sessions = Sessions::with_limit(10);
+        sessions.set_limits(10, 2);
+        let mut alice = Caller::local();
+        alice.subject = "alice".into();
+        alice.via = crate::auth::Via::ApiKey;
+        let alice = Arc::new(alice);
+        let first = sessions
+            .create(alice.clone(), "2025-06-18", caps(false), false)
+            .unwrap();
+        let _second = sessions
+            .create(alice.clone(), "2025-06-18", caps(false), false)
+            .unwrap();
+        let Err(refused) = sessions.create(alice.clone(), "2025-06-18", caps(false), false) else {
+            panic!("a third session for one client past its share of two");
+        };
+        assert_eq!(refused.status(), warp::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.retry_after().is_some());
+        assert_eq!(refused.code(), jsonrpc::RATE_LIMITED);
+        // Another client is not held back by alice's sessions.
+        assert!(sessions
+            .create(local(), "2025-06-18", caps(false), false)
+            .is_ok());
+        sessions.end(&first.id);
+        assert!(sessions
+            .create(alice, "2025-06-18", caps(false), false)
             .is_ok());
     }
 

@@ -155,7 +155,9 @@ impl ErrorKind {
             Crashed { .. } => ErrorKind::Crashed,
             StartFailed { .. } => ErrorKind::StartFailed,
             StartupTimeout { .. } => ErrorKind::StartupTimeout,
-            Disabled(_) | Removed(_) | Busy { .. } | TooMany { .. } => ErrorKind::Unavailable,
+            Disabled(_) | Removed(_) | Busy { .. } | TooMany { .. } | ClientLimit { .. } => {
+                ErrorKind::Unavailable
+            }
             Forbidden(_) => ErrorKind::Forbidden,
             _ => ErrorKind::Invalid,
         })

@@ -69,6 +69,55 @@ pub enum UserNamespace {
     Auto,
     /// The host's user namespace: every server's uid is the same host uid.
     Host,
+    /// A `PerServer` range already chosen (by [`UidBlocks`]): its first host id.
+    Block { host_id: u64 },
+}
+
+/// The `PerServer` ranges given out by one mcpod. A server's range comes from
+/// a hash of its name; two names whose hashes pick the same range would share
+/// host uids (and `nproc`) without anyone noticing, so a range already held by
+/// another server is passed over for the next candidate (a hash of the name
+/// and an attempt number): deterministic for a given order of first starts,
+/// and a server keeps its range for as long as this mcpod runs.
+#[derive(Debug, Default)]
+pub struct UidBlocks {
+    /// Slot → the server holding it, and server → its slot.
+    held: std::sync::Mutex<(HashMap<u64, String>, HashMap<String, u64>)>,
+}
+
+impl UidBlocks {
+    /// The first host id of `server`'s range, from `base`.
+    pub fn host_id(&self, base: u64, instance: &str, server: &str) -> u64 {
+        let mut held = self.held.lock().expect("uid blocks lock poisoned");
+        let (by_slot, by_server) = &mut *held;
+        if let Some(slot) = by_server.get(server) {
+            return base + slot * USERNS_SIZE;
+        }
+        let slot = (0..USERNS_SLOTS)
+            .map(|attempt| userns_slot(instance, server, attempt))
+            .find(|slot| !by_slot.contains_key(slot))
+            .expect("fewer servers than user namespace ranges");
+        if slot != userns_slot(instance, server, 0) {
+            let other = &by_slot[&userns_slot(instance, server, 0)];
+            warn!(
+                server,
+                other, "user namespace ranges collide: another range picked"
+            );
+        }
+        by_slot.insert(slot, server.to_string());
+        by_server.insert(server.to_string(), slot);
+        base + slot * USERNS_SIZE
+    }
+}
+
+/// Candidate `attempt` of `server`'s range (0: the hash of its name alone).
+fn userns_slot(instance: &str, server: &str, attempt: u64) -> u64 {
+    let key = match attempt {
+        0 => format!("{instance}/{server}"),
+        n => format!("{instance}/{server}#{n}"),
+    };
+    let digest = Sha256::digest(key.as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % USERNS_SLOTS
 }
 
 impl UserNamespace {
@@ -78,9 +127,7 @@ impl UserNamespace {
 
     /// The first host id of `server`'s range under [`UserNamespace::PerServer`].
     pub fn host_base(base: u64, instance: &str, server: &str) -> u64 {
-        let digest = Sha256::digest(format!("{instance}/{server}").as_bytes());
-        let slot = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % USERNS_SLOTS;
-        base + slot * USERNS_SIZE
+        base + userns_slot(instance, server, 0) * USERNS_SIZE
     }
 }
 
@@ -115,6 +162,8 @@ pub struct PodmanRuntime {
     userns: UserNamespace,
     /// Keys [`PodmanRuntime::secrets_version`]; never leaves the process.
     secrets_key: [u8; 32],
+    /// `PerServer` ranges given out, so no two servers share one.
+    uid_blocks: UidBlocks,
 }
 
 impl PodmanRuntime {
@@ -129,6 +178,7 @@ impl PodmanRuntime {
                 base: UserNamespace::DEFAULT_BASE,
             },
             secrets_key: rand::random(),
+            uid_blocks: UidBlocks::default(),
         }
     }
 
@@ -224,7 +274,15 @@ impl PodmanRuntime {
     async fn container_for(&self, key: &str, workload: &Workload) -> Result<String> {
         let name = self.container_name(key);
         let secrets = self.secrets_setup(workload).await?;
-        let spec = create_spec(&name, key, &self.instance, workload, self.userns, &secrets);
+        let userns = match self.userns {
+            UserNamespace::PerServer { base } => UserNamespace::Block {
+                host_id: self
+                    .uid_blocks
+                    .host_id(base, &self.instance, &workload.name),
+            },
+            other => other,
+        };
+        let spec = create_spec(&name, key, &self.instance, workload, userns, &secrets);
         let wanted_hash = spec["labels"][LABEL_SPEC_HASH].as_str().unwrap_or_default();
         if let Some(existing) = self.inspect(&name).await? {
             let hash = existing
@@ -928,6 +986,11 @@ pub fn create_spec(
             spec["userns"] = json!({"nsmode": "private"});
             spec["idmappings"] = json!({"UIDMap": map, "GIDMap": map});
         }
+        UserNamespace::Block { host_id } => {
+            let map = json!([{"container_id": 0, "host_id": host_id, "size": USERNS_SIZE}]);
+            spec["userns"] = json!({"nsmode": "private"});
+            spec["idmappings"] = json!({"UIDMap": map, "GIDMap": map});
+        }
         UserNamespace::Auto => spec["userns"] = json!({"nsmode": "auto"}),
         UserNamespace::Host => {}
     }
@@ -1223,6 +1286,39 @@ async fn start_service(run_dir: &Path) -> Result<OwnedService> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_servers_whose_hashes_collide_get_different_uid_ranges() {
+        // Two names whose hashes pick the same range (found by trying names).
+        let mut seen = HashMap::new();
+        let (first, second) = (0..)
+            .map(|n| format!("s{n}"))
+            .find_map(|name| {
+                let slot = userns_slot("i", &name, 0);
+                seen.insert(slot, name.clone()).map(|other| (other, name))
+            })
+            .unwrap();
+        let base = UserNamespace::DEFAULT_BASE;
+        assert_eq!(
+            UserNamespace::host_base(base, "i", &first),
+            UserNamespace::host_base(base, "i", &second)
+        );
+        let blocks = UidBlocks::default();
+        let a = blocks.host_id(base, "i", &first);
+        let b = blocks.host_id(base, "i", &second);
+        assert_eq!(
+            a,
+            UserNamespace::host_base(base, "i", &first),
+            "the first keeps its own"
+        );
+        assert_ne!(a, b, "the second is moved to another range");
+        assert!(a.abs_diff(b) >= USERNS_SIZE, "ranges do not overlap");
+        assert_eq!(blocks.host_id(base, "i", &second), b, "and keeps it");
+        // The same servers in the same order get the same ranges.
+        let again = UidBlocks::default();
+        assert_eq!(again.host_id(base, "i", &first), a);
+        assert_eq!(again.host_id(base, "i", &second), b);
+    }
     use crate::workload::{Defaults, Target};
 
     #[test]

@@ -154,6 +154,11 @@ impl Mcpod {
         }
     }
 
+    /// mcpod's process id (for its memory in `/proc/PID/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("mcpod is running").id()
+    }
+
     pub fn container(&self, server: &str) -> String {
         format!("mcpod-{}-{server}", self.instance)
     }

@@ -317,3 +317,37 @@ async fn without_a_policy_every_authenticated_caller_may_use_the_server() {
     assert_eq!(secured.operate("carol", "/servers/open/stop").await, 403);
     assert_eq!(secured.operate("root", "/servers/open/stop").await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_policy_tells_open_sessions_to_list_again() {
+    let mcpod = Mcpod::start(&[server("memory", "")]).await;
+    let mut client = mcpod.client("memory");
+    client.initialize(json!({})).await;
+    let mut stream = client.request(reqwest::Method::GET).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    // Only the policy changes: the container stays, the lists each caller sees do not.
+    mcpod.apply(&[server("memory", POLICY)]).await;
+    let mut text = String::new();
+    let mut heard = vec![];
+    while !["tools", "prompts", "resources"]
+        .iter()
+        .all(|kind| heard.contains(&format!("notifications/{kind}/list_changed")))
+    {
+        let chunk = tokio::time::timeout(crate::harness::PATIENCE, stream.chunk())
+            .await
+            .expect("list_changed notifications on the GET stream")
+            .unwrap()
+            .expect("the stream stays open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        heard.extend(
+            crate::common::take_events(&mut text)
+                .into_iter()
+                .filter_map(|e| e.data["method"].as_str().map(str::to_string)),
+        );
+    }
+    assert_eq!(
+        mcpod.runtime.starts("memory"),
+        1,
+        "the policy change restarted nothing"
+    );
+}

@@ -70,15 +70,16 @@ fn open_stream(
     };
     let isolated = server.workload().session_mode == SessionMode::Isolated;
     let holder = if isolated {
-        match server.spawn_isolated() {
+        match server.spawn_isolated(&caller) {
             Ok(child) => child,
             Err(error) => return refuse(error),
         }
     } else {
         server.clone()
     };
+    let caller = Arc::new(caller);
     let created = holder.sessions().create(
-        Arc::new(caller),
+        caller.clone(),
         version::LEGACY_SSE,
         ClientCapabilities::default(),
         true,
@@ -87,13 +88,13 @@ fn open_stream(
         Ok(session) => session,
         Err(error) => {
             if isolated {
-                server.abandon_isolated();
+                server.abandon_isolated(&caller);
             }
             return refuse(error);
         }
     };
     if isolated {
-        server.attach_isolated(&session.id, holder);
+        server.attach_isolated(&session, holder);
     }
     let endpoint_url = format!("/messages/{name}?sessionId={}", session.id);
     let (_, events) = session.attach(None);

@@ -436,9 +436,12 @@ impl Exchange {
             // Events first: what the server sent before its response comes before it.
             biased;
             Some(event) = self.events.recv() => match jsonrpc::classify(&event.message) {
-                Some(Kind::Request) => RoundEvent::Ask(event.message),
+                Some(Kind::Request) => RoundEvent::Ask(Arc::unwrap_or_clone(event.message)),
                 _ if event.message.is_null() => RoundEvent::Notify(Value::Null),
-                _ => RoundEvent::Notify(for_round(self.progress_token.as_ref(), event.message)),
+                _ => RoundEvent::Notify(for_round(
+                    self.progress_token.as_ref(),
+                    Arc::unwrap_or_clone(event.message),
+                )),
             },
             outcome = &mut self.outcome => {
                 self.finished = true;

@@ -314,7 +314,7 @@ async fn initialize(parent: &Arc<Server>, caller: Arc<Caller>, message: Value) -
     // `sessionMode: Isolated`: this session gets a container of its own.
     let isolated = parent.workload().session_mode == SessionMode::Isolated;
     let server = &if isolated {
-        match parent.spawn_isolated() {
+        match parent.spawn_isolated(&caller) {
             Ok(child) => child,
             Err(error) => return error.reply(id),
         }
@@ -328,13 +328,13 @@ async fn initialize(parent: &Arc<Server>, caller: Arc<Caller>, message: Value) -
             let capabilities = ClientCapabilities::from_initialize(&message);
             let session = server
                 .sessions()
-                .create(caller, version, capabilities, false)?;
+                .create(caller.clone(), version, capabilities, false)?;
             Ok((response, session, capabilities))
         });
     match created {
         Ok((response, session, capabilities)) => {
             if isolated {
-                parent.attach_isolated(&session.id, server.clone());
+                parent.attach_isolated(&session, server.clone());
             }
             if capabilities.roots {
                 // A client that has roots arrived: let the server ask for them
@@ -350,7 +350,7 @@ async fn initialize(parent: &Arc<Server>, caller: Arc<Caller>, message: Value) -
         }
         Err(error) => {
             if isolated {
-                parent.abandon_isolated();
+                parent.abandon_isolated(&caller);
                 server.remove().await;
             }
             error.reply(id)
