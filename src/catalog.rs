@@ -431,10 +431,14 @@ fn save(path: &Path, entry: &Entry) -> Result<(), CatalogError> {
 
 /// Whether `server` answers from its catalog now: it is not running (a
 /// running server answers for itself) and has one for its current spec.
-/// Isolated servers start per session, never from a shared catalog.
+/// Isolated servers start per session, never from a shared catalog; a
+/// `Disabled` one refuses every request, listings too.
 pub fn answering(server: &Server) -> Option<Arc<Entry>> {
     let workload = server.workload();
-    if workload.session_mode == SessionMode::Isolated || server.running_instance().is_some() {
+    if workload.session_mode == SessionMode::Isolated
+        || workload.desired_state == crate::crd::DesiredState::Disabled
+        || server.running_instance().is_some()
+    {
         return None;
     }
     server.catalog().current(&workload.spec_hash)

@@ -232,3 +232,34 @@ async fn catalog_on_declaration_starts_the_server_once_to_learn_it_then_idles() 
         "OnFirstList waits for a listing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_server_refuses_listings_even_with_a_catalog() {
+    let mcpod = Mcpod::start(&[server("off", "")]).await;
+    let (status, _, _) = mcpod.post("off", &list("tools/list")).await;
+    assert_eq!(status, 200);
+    let off = mcpod.reconciler.server("off").unwrap();
+    wait_for(PATIENCE, "the catalog", async || {
+        off.catalog().current(&off.workload().spec_hash).is_some()
+    })
+    .await;
+    mcpod
+        .apply(&[server("off", "desiredState: Disabled")])
+        .await;
+    mcpod.wait_status("off", "stopped").await;
+    let (status, _, body) = mcpod.post("off", &list("tools/list")).await;
+    assert_eq!(status, 503, "{body}");
+    let client = mcpod.client("off");
+    let response = client
+        .request(reqwest::Method::POST)
+        .body(
+            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+}
