@@ -46,6 +46,7 @@ pub const ROUTES: &[Route] = &[
     Route::server("/messages/{name}"),
     // OAuth Protected Resource Metadata (RFC 9728) of mcpod and of each MCP endpoint.
     Route::router("/.well-known/oauth-protected-resource"),
+    Route::router("/.well-known/oauth-protected-resource/mcp"),
     Route::server("/.well-known/oauth-protected-resource/mcp/{name}"),
     Route::server("/.well-known/oauth-protected-resource/mcp/{namespace}/{name}"),
     Route::server("/.well-known/oauth-protected-resource/servers/{name}/mcp"),
