@@ -375,6 +375,76 @@ async fn catalog_listing(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
     (running, stopped)
 }
 
+/// How long each throughput round runs.
+const THROUGHPUT_SECONDS: u64 = 5;
+
+/// Requests per second `clients` concurrent clients get through mcpod, each
+/// sending `tools/call` after `tools/call` for a few seconds: plain JSON
+/// without a session, or (`session`) the way SDK clients do — a session of
+/// their own, accepting SSE, answered as SSE.
+async fn throughput(mcpod: &Mcpod, clients: usize, session: bool) -> f64 {
+    let endpoint = format!("{}/mcp/time", mcpod.url);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(THROUGHPUT_SECONDS);
+    let began = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (http, endpoint) = (http.clone(), endpoint.clone());
+            tokio::spawn(async move {
+                let base = |request: reqwest::RequestBuilder| {
+                    request
+                        .header("content-type", "application/json")
+                        .header("mcp-protocol-version", "2025-06-18")
+                };
+                let mut session_id = None;
+                if session {
+                    let response = base(http.post(&endpoint))
+                        .header("accept", "application/json, text/event-stream")
+                        .body(initialize(0))
+                        .send()
+                        .await
+                        .unwrap();
+                    session_id = Some(
+                        response.headers()["mcp-session-id"]
+                            .to_str()
+                            .unwrap()
+                            .to_string(),
+                    );
+                    response.bytes().await.unwrap();
+                }
+                let mut done = 0u64;
+                let mut id = (c as u64) << 32;
+                while Instant::now() < until {
+                    id += 1;
+                    let mut request = base(http.post(&endpoint)).body(call(id));
+                    if let Some(session) = &session_id {
+                        request = request
+                            .header("accept", "application/json, text/event-stream")
+                            .header("mcp-session-id", session);
+                    }
+                    let text = request.send().await.unwrap().text().await.unwrap();
+                    let reply = if session {
+                        sse_message(&text)
+                    } else {
+                        serde_json::from_str(&text).unwrap()
+                    };
+                    assert_eq!(reply["id"], id, "{reply}");
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    total as f64 / began.elapsed().as_secs_f64()
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; there is nothing to test here
@@ -387,6 +457,14 @@ fn main() {
     let (warm, cold) = runtime.block_on(through_router(&mcpod));
     let modern = stats(runtime.block_on(per_request_era(&mcpod)));
     let session = stats(runtime.block_on(session_path(&mcpod)));
+    let rates: Vec<(usize, f64, f64)> = [8, 64, 256]
+        .into_iter()
+        .map(|clients| {
+            let plain = runtime.block_on(throughput(&mcpod, clients, false));
+            let sse = runtime.block_on(throughput(&mcpod, clients, true));
+            (clients, plain, sse)
+        })
+        .collect();
     let (listed_running, listed_stopped) = runtime.block_on(catalog_listing(&mcpod));
     let (listed_running, listed_stopped) = (stats(listed_running), stats(listed_stopped));
     drop(mcpod);
@@ -465,4 +543,15 @@ fn main() {
         "cold ratio (mcpod / raw podman start, median): {:.2}x",
         ms(cold.median) / ms(raw_cold.median)
     );
+    println!();
+    println!(
+        "{:<10} {:>16} {:>16} {:>22}",
+        "clients", "plain JSON req/s", "session req/s", "session / plain JSON"
+    );
+    for (clients, plain, sse) in rates {
+        println!(
+            "{clients:<10} {plain:>16.0} {sse:>16.0} {:>21.2}x",
+            sse / plain
+        );
+    }
 }

@@ -30,6 +30,7 @@ pub mod listener;
 pub mod logs;
 pub mod manifests;
 pub mod mcp;
+pub mod memory;
 pub mod metrics;
 pub mod package;
 pub mod policy;

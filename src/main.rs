@@ -762,6 +762,8 @@ async fn serve_until_signal<F>(
     F: warp::Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
 {
+    // What a burst of clients made mcpod allocate goes back once it is freed.
+    let _trimmer = mcpod::memory::spawn_trimmer(mcpod::memory::TRIM_INTERVAL);
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let server = mcpod::listener::serve(routes, listener, limits, async move {
         shutdown_signal().await;

@@ -579,7 +579,19 @@ fn rss_mib(mcpod: &Mcpod) -> f64 {
 /// The stated bounds (README, Limits): mcpod's RSS during each hostile case,
 /// and how far above its start it may stay afterwards.
 const RSS_BOUND_MIB: f64 = 256.0;
-const RSS_AFTER_MIB: f64 = 128.0;
+const RSS_AFTER_MIB: f64 = 32.0;
+
+/// Waits (at most 20 s: mcpod gives freed memory back every 5 s) for mcpod's
+/// RSS to come back within the stated distance of `start`; the RSS then.
+async fn rss_given_back(mcpod: &Mcpod, start: f64) -> f64 {
+    let mut after = rss_mib(mcpod);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while after >= start + RSS_AFTER_MIB && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = rss_mib(mcpod);
+    }
+    after
+}
 
 /// A fixture server with an extra tool, `broadcast`: `count` tools/list_changed
 /// notifications, each carrying `bytes` of padding (for every session at once).
@@ -639,7 +651,8 @@ async fn a_fan_out_to_20000_sessions_shares_one_copy_and_slow_consumers_are_cut_
     let sessions = open_sessions(&mcpod, "crowd", 20_000, 64).await;
     eprintln!("20,000 sessions opened in {:?}", began.elapsed());
     let mut streams = vec![];
-    for session in sessions.iter().take(50) {
+    // The newest ones: on a loaded machine the first may near their TTL.
+    for session in sessions.iter().rev().take(50) {
         streams.push(listen(&mcpod, "crowd", session).await);
     }
     let (status, reply) = mcpod
@@ -737,7 +750,7 @@ async fn a_fan_out_to_20000_sessions_shares_one_copy_and_slow_consumers_are_cut_
         async || mcpod.status("crowd").await["sessions"] == 0,
     )
     .await;
-    let after = rss_mib(&mcpod);
+    let after = rss_given_back(&mcpod, start).await;
     eprintln!("RSS: start {start:.0} MiB, peak {peak:.0} MiB, after {after:.0} MiB; slow consumer got {stalled_events} of 600, fast {fast_events}");
     assert!(
         after < start + RSS_AFTER_MIB,
@@ -798,7 +811,7 @@ async fn four_concurrent_3_mb_batches_stay_within_the_memory_bound() {
             assert_eq!(status, 200);
         }
     }
-    let after = rss_mib(&mcpod);
+    let after = rss_given_back(&mcpod, start).await;
     eprintln!("RSS: start {start:.0} MiB, peak {peak:.0} MiB, after {after:.0} MiB");
     assert!(
         peak < start + RSS_BOUND_MIB,
@@ -847,7 +860,10 @@ async fn a_server_that_stops_reading_stdin_is_refused_at_once_not_buffered() {
         outcomes.iter().all(|(s, _)| [503, 504].contains(s)),
         "{outcomes:?}"
     );
-    let after = rss_mib(&mcpod);
+    // While the deaf server runs, what waits for its stdin is held (at most
+    // the 32 MiB budget); stopping it frees that too.
+    assert_eq!(mcpod.post("/servers/stuck/stop").await.0, 200);
+    let after = rss_given_back(&mcpod, start).await;
     eprintln!(
         "RSS: start {start:.0} MiB, peak {peak:.0} MiB, after {after:.0} MiB; {} refused",
         refused.len()
@@ -855,6 +871,10 @@ async fn a_server_that_stops_reading_stdin_is_refused_at_once_not_buffered() {
     assert!(
         peak < start + RSS_BOUND_MIB,
         "RSS peaked at {peak:.0} MiB (started at {start:.0})"
+    );
+    assert!(
+        after < start + RSS_AFTER_MIB,
+        "RSS {after:.0} MiB after (started at {start:.0})"
     );
     healthy(&mcpod).await;
 }
