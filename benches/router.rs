@@ -5,7 +5,9 @@
 //! - the session path real clients (the SDKs, the Inspector) use: a session and
 //!   `Accept: application/json, text/event-stream`, answered as SSE, against the
 //!   plain-JSON path in the same run;
-//! - cold start: first reply through mcpod vs. raw `podman start -ai` plus the first reply.
+//! - cold start: first reply through mcpod vs. raw `podman start -ai` plus the first reply;
+//! - `tools/list` on the aggregated endpoint `/mcp` with its server scaled to
+//!   zero (answered from the catalog) vs. on the running server's own endpoint.
 //!
 //! mcpod runs with `RUST_LOG=info`, the level the shipped unit and manifests use.
 //!
@@ -317,7 +319,8 @@ async fn through_router(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
             .await
             .unwrap();
         let began = Instant::now();
-        let reply = post(&client, &endpoint, initialize(0)).await;
+        // A call, not `initialize`: a stopped server introduces itself from its catalog.
+        let reply = post(&client, &endpoint, call(0)).await;
         assert!(reply["result"].is_object(), "{reply}");
         cold.push(began.elapsed());
     }
@@ -331,6 +334,45 @@ async fn through_router(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
         }
     }
     (warm, cold)
+}
+
+/// `tools/list` on the running server's endpoint, then on `/mcp` with the
+/// server stopped (from the catalog: it must stay stopped).
+async fn catalog_listing(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
+    let client = reqwest::Client::new();
+    let list = |id: u64| json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"}).to_string();
+    let own = format!("{}/mcp/time", mcpod.url);
+    let aggregate = format!("{}/mcp", mcpod.url);
+    let mut running = vec![];
+    for id in 1..=(WARM_ROUNDS as u64 + 20) {
+        let began = Instant::now();
+        let reply = post(&client, &own, list(id)).await;
+        assert_eq!(reply["id"], id, "{reply}");
+        if id > 20 {
+            running.push(began.elapsed());
+        }
+    }
+    let stop = format!("{}/servers/time/stop", mcpod.url);
+    client.post(&stop).send().await.unwrap();
+    let mut stopped = vec![];
+    for id in 1..=(WARM_ROUNDS as u64 + 20) {
+        let began = Instant::now();
+        let reply = post(&client, &aggregate, list(id)).await;
+        assert!(reply["result"]["tools"][0]["name"].is_string(), "{reply}");
+        if id > 20 {
+            stopped.push(began.elapsed());
+        }
+    }
+    let status: Value = client
+        .get(format!("{}/servers/time", mcpod.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "stopped", "listing started it: {status}");
+    (running, stopped)
 }
 
 /// How long each throughput round runs.
@@ -423,6 +465,8 @@ fn main() {
             (clients, plain, sse)
         })
         .collect();
+    let (listed_running, listed_stopped) = runtime.block_on(catalog_listing(&mcpod));
+    let (listed_running, listed_stopped) = (stats(listed_running), stats(listed_stopped));
     drop(mcpod);
     let (warm, cold) = (stats(warm), stats(cold));
 
@@ -463,7 +507,23 @@ fn main() {
         ms(cold.median),
         ms(cold.p90)
     );
+    println!(
+        "{:<44} {:>10.3} {:>10.3}",
+        "tools/list: the running server (baseline)",
+        ms(listed_running.median),
+        ms(listed_running.p90)
+    );
+    println!(
+        "{:<44} {:>10.3} {:>10.3}",
+        "tools/list: /mcp, scaled to zero (catalog)",
+        ms(listed_stopped.median),
+        ms(listed_stopped.p90)
+    );
     println!();
+    println!(
+        "catalog ratio (/mcp scaled to zero / running server's tools/list, median): {:.2}x",
+        ms(listed_stopped.median) / ms(listed_running.median)
+    );
     println!(
         "warm ratio (mcpod / direct pipe, median): {:.2}x  (+{:.3} ms)",
         ms(warm.median) / ms(direct.median),

@@ -109,6 +109,16 @@ pub struct MCPServerSpec {
     /// takes the `mcpod serve` flag's figure (see Limits in the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<crate::limits::ServerLimits>,
+    /// Which tools, prompts and resources clients see and may use, and under
+    /// which names and descriptions (allow-list, deny-list, overrides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<crate::expose::Expose>,
+    /// When mcpod learns what the server offers, for listing it while it is
+    /// stopped: `OnFirstList` (default: the first listing starts it once) or
+    /// `OnDeclaration` (started once as soon as it is declared or its spec
+    /// changes; the idle timeout stops it again).
+    #[serde(default)]
+    pub catalog: crate::catalog::Learn,
 }
 
 /// An npm or PyPI package to build a server image from: exactly one of the two.

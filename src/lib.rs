@@ -13,14 +13,17 @@
 //! runtime, Leases, replica forwarding) is in [`kube`].
 
 pub mod access;
+pub mod aggregate;
 pub mod auth;
 pub mod backoff;
 pub mod backup;
+pub mod catalog;
 pub mod crd;
 pub mod dashboard;
 pub mod datadir;
 pub mod duration;
 pub mod error;
+pub mod expose;
 pub mod kube;
 pub mod limits;
 pub mod listener;

@@ -267,6 +267,10 @@ struct RouterArgs {
     /// Largest HTTP request body accepted.
     #[arg(long, env = "MCPOD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// On the aggregated endpoint `/mcp`: what joins a server's name and its
+    /// tool's or prompt's (`time__get_current_time`).
+    #[arg(long, env = "MCPOD_TOOL_SEPARATOR", default_value = mcpod::aggregate::DEFAULT_SEPARATOR)]
+    tool_separator: String,
     /// Largest JSON-RPC message accepted from a server.
     #[arg(long, env = "MCPOD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_message_bytes: usize,
@@ -324,6 +328,10 @@ struct ServeArgs {
     /// Largest HTTP request body accepted.
     #[arg(long, env = "MCPOD_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// On the aggregated endpoint `/mcp`: what joins a server's name and its
+    /// tool's or prompt's (`time__get_current_time`).
+    #[arg(long, env = "MCPOD_TOOL_SEPARATOR", default_value = mcpod::aggregate::DEFAULT_SEPARATOR)]
+    tool_separator: String,
     /// Largest JSON-RPC message accepted from a server.
     #[arg(long, env = "MCPOD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_message_bytes: usize,
@@ -655,6 +663,7 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         max_isolated: args.max_isolated,
         max_isolated_per_client: args.max_isolated_per_client,
         log_dir: Some(data_dir.join("logs/containers")),
+        catalog_dir: Some(data_dir.join("catalog")),
         // `spec.package` servers are built on first use, as `mcpod add` builds.
         builder: Some(mcpod::package::Builder(Arc::new(
             cli::add::ServeBuilder::new(&data_dir, None),
@@ -728,6 +737,7 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         RouterConfig {
             endpoint: EndpointConfig {
                 max_body_bytes: args.max_body_bytes,
+                tool_separator: args.tool_separator.clone(),
             },
             auth,
             ownership: None,
@@ -975,6 +985,7 @@ mod kube_cli {
             RouterConfig {
                 endpoint: EndpointConfig {
                     max_body_bytes: args.max_body_bytes,
+                    tool_separator: args.tool_separator.clone(),
                 },
                 auth,
                 ownership: ownership.clone(),

@@ -32,6 +32,8 @@ pub const ROUTES: &[Route] = &[
     Route::router("/dashboard/data"),
     Route::router("/metrics"),
     Route::router("/servers"),
+    // One MCP endpoint over every server (src/aggregate.rs).
+    Route::router("/mcp"),
     Route::server("/servers/{name}"),
     Route::server("/servers/{name}/logs"),
     Route::server("/servers/{name}/start"),
@@ -44,6 +46,7 @@ pub const ROUTES: &[Route] = &[
     Route::server("/messages/{name}"),
     // OAuth Protected Resource Metadata (RFC 9728) of mcpod and of each MCP endpoint.
     Route::router("/.well-known/oauth-protected-resource"),
+    Route::router("/.well-known/oauth-protected-resource/mcp"),
     Route::server("/.well-known/oauth-protected-resource/mcp/{name}"),
     Route::server("/.well-known/oauth-protected-resource/mcp/{namespace}/{name}"),
     Route::server("/.well-known/oauth-protected-resource/servers/{name}/mcp"),
@@ -67,6 +70,7 @@ pub struct RouterConfig {
 #[derive(Clone)]
 struct State {
     reconciler: Arc<Reconciler>,
+    aggregate: Arc<crate::aggregate::Aggregate>,
 }
 
 impl State {
@@ -95,7 +99,12 @@ pub fn routes(
         config.endpoint.max_body_bytes,
     );
     let dashboard = crate::dashboard::routes(reconciler.clone(), caller.clone());
-    let state = State { reconciler };
+    let aggregate = crate::aggregate::Aggregate::new(reconciler.clone(), &config.endpoint);
+    let aggregated = crate::aggregate::routes(aggregate.clone(), caller.clone()).boxed();
+    let state = State {
+        reconciler,
+        aggregate,
+    };
     let with_state = warp::any().map(move || state.clone());
 
     let health = warp::path!("health")
@@ -196,6 +205,8 @@ pub fn routes(
         .unify()
         .or(mcp)
         .unify()
+        .or(aggregated)
+        .unify()
         .boxed();
     // With several replicas, first of all: a request for a server another
     // replica owns goes there. A lone router skips the question.
@@ -256,6 +267,7 @@ fn parse_tail(tail: Option<&str>) -> Result<usize, String> {
 fn problems(state: &State) -> Vec<String> {
     let mut problems = state.reconciler.problems();
     problems.extend(logs::write_problems());
+    problems.extend(state.aggregate.problems());
     problems
 }
 

@@ -17,10 +17,11 @@ use tracing::{info, warn, Instrument};
 
 use crate::auth::Caller;
 use crate::backoff::backoff;
+use crate::catalog::Catalog;
 use crate::crd::{DesiredState, Phase};
 use crate::limits::client_key;
 use crate::logs::ServerLog;
-use crate::mcp::bridge::{BridgeError, Buffers, MessageHandler, StdioBridge};
+use crate::mcp::bridge::{BridgeError, Buffers, MessageHandler, ServerMessage, StdioBridge};
 use crate::mcp::error::RequestError;
 use crate::mcp::message::{self as jsonrpc, Method};
 use crate::mcp::sessions::Sessions;
@@ -63,6 +64,9 @@ pub struct Settings {
     pub builder: Option<crate::package::Builder>,
     /// Router-wide access settings: operators, rate limits, the audit log.
     pub access: Arc<crate::access::AccessControl>,
+    /// Where each server's catalog is kept across restarts (`<key>.json`);
+    /// `None` keeps it in memory only.
+    pub catalog_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -80,6 +84,7 @@ impl Default for Settings {
             max_isolated_per_client: 8,
             builder: None,
             access: Arc::default(),
+            catalog_dir: None,
         }
     }
 }
@@ -179,6 +184,8 @@ pub struct Server {
     isolated_starting: Mutex<std::collections::HashMap<String, usize>>,
     /// Latency, errors, traffic (shared with its isolated servers).
     metrics: Arc<ServerMetrics>,
+    /// What it offers, recorded while it runs (shared with its isolated servers).
+    catalog: Arc<Catalog>,
 }
 
 /// Held while a request is being served: keeps the server from being stopped.
@@ -238,7 +245,15 @@ impl Server {
         runtime: Arc<dyn Runtime>,
         settings: Settings,
     ) -> Arc<Server> {
-        Server::with_metrics(key, workload, runtime, settings, Default::default())
+        let catalog = Arc::new(Catalog::open(settings.catalog_dir.as_deref(), key));
+        Server::with_metrics(
+            key,
+            workload,
+            runtime,
+            settings,
+            Default::default(),
+            catalog,
+        )
     }
 
     fn with_metrics(
@@ -247,6 +262,7 @@ impl Server {
         runtime: Arc<dyn Runtime>,
         settings: Settings,
         metrics: Arc<ServerMetrics>,
+        catalog: Arc<Catalog>,
     ) -> Arc<Server> {
         let status = Status {
             name: workload.name.clone(),
@@ -292,6 +308,7 @@ impl Server {
             isolated: Mutex::new(Default::default()),
             isolated_starting: Mutex::new(Default::default()),
             metrics,
+            catalog,
         });
         server
             .sessions
@@ -313,6 +330,11 @@ impl Server {
     /// Request latency, errors and traffic, for `/metrics`.
     pub fn metrics(&self) -> &Arc<ServerMetrics> {
         &self.metrics
+    }
+
+    /// What the server offers, recorded while it ran.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
     }
 
     /// The client sessions talking to this server.
@@ -552,7 +574,13 @@ impl Server {
             .await
             .map_err(|e| e.to_string())?;
         let sessions = self.sessions.clone();
-        let route: MessageHandler = Arc::new(move |message| sessions.route(message));
+        let (changes, changed) = Catalog::change_feed();
+        let route: MessageHandler = Arc::new(move |message| {
+            if let ServerMessage::Notification(notification) = &message {
+                changes.observe(notification);
+            }
+            sessions.route(message)
+        });
         let bridge = StdioBridge::spawn(
             &self.name,
             attached.output,
@@ -602,6 +630,19 @@ impl Server {
         tokio::spawn(
             self.clone()
                 .watch_for_crash(instance.clone())
+                .in_current_span(),
+        );
+        // In the background: the first request is not kept waiting for it.
+        tokio::spawn(
+            self.catalog
+                .clone()
+                .follow(
+                    instance.bridge.clone(),
+                    workload.spec_hash.clone(),
+                    instance.initialize_result.clone(),
+                    workload.timeouts.request,
+                    changed,
+                )
                 .in_current_span(),
         );
         Ok(instance)
@@ -735,6 +776,7 @@ impl Server {
             self.runtime.clone(),
             self.settings.clone(),
             self.metrics.clone(),
+            self.catalog.clone(),
         ))
     }
 
@@ -843,6 +885,7 @@ impl Server {
         }
         drop(lifecycle);
         if changed_shape {
+            self.catalog.invalidate();
             self.stop("spec changed", true).await;
         } else if changed_access {
             self.lists_changed();
@@ -933,6 +976,7 @@ impl Server {
     /// down, restart ones that fail their health check.
     async fn supervise(self: Arc<Self>) {
         let mut last_probe = Instant::now();
+        let mut learned_for = None;
         loop {
             tokio::time::sleep(self.settings.idle_check_interval).await;
             if Arc::strong_count(&self) == 1 {
@@ -952,6 +996,14 @@ impl Server {
                 DesiredState::AlwaysOn => self.keep_running().await,
                 DesiredState::Disabled => self.stop("disabled", false).await,
                 DesiredState::OnDemand => {
+                    // `catalog: OnDeclaration`: run once to learn it, then idle as usual.
+                    if crate::catalog::due_for_learning(&self, &mut learned_for)
+                        && self.runtime.serves_here(&self.key).await
+                    {
+                        if let Err(error) = self.acquire().await {
+                            warn!(%error, "starting to learn the catalog failed");
+                        }
+                    }
                     if let Some(idle) = workload.timeouts.idle {
                         self.stop_if_idle(idle).await;
                     }

@@ -89,6 +89,10 @@ pub struct Workload {
     pub access: Option<crate::access::spec::Access>,
     /// `spec.limits`: this server's own limits (the flags' where left out).
     pub limits: crate::limits::ServerLimits,
+    /// What clients see of the server's tools, prompts and resources (`spec.expose`).
+    pub expose: Option<crate::expose::Expose>,
+    /// When the catalog is learned (`spec.catalog`).
+    pub catalog: crate::catalog::Learn,
     /// Hash of everything above that shapes the container: a change means a new container.
     pub spec_hash: String,
 }
@@ -216,6 +220,9 @@ impl Workload {
         if let Some(access) = &spec.access {
             crate::access::spec::validate(access).map_err(|(field, e)| invalid(&field, e))?;
         }
+        if let Some(expose) = &spec.expose {
+            expose.validate().map_err(|(field, e)| invalid(&field, e))?;
+        }
 
         let mut workload = Workload {
             name: name.to_string(),
@@ -250,6 +257,8 @@ impl Workload {
             host_users: defaults.host_users,
             access: spec.access.clone(),
             limits: spec.limits.clone().unwrap_or_default(),
+            expose: spec.expose.clone(),
+            catalog: spec.catalog,
             spec_hash: String::new(),
         };
         workload.spec_hash = workload.container_hash();

@@ -46,11 +46,23 @@ async fn admit_and_forward(
     caller: &Caller,
     session: Option<&Arc<Session>>,
     stream: StreamKey,
-    message: Value,
+    mut message: Value,
 ) -> Result<Value, RequestError> {
+    // `spec.expose` speaks the clients' names, `spec.access` the server's: translated first.
+    let expose = server.workload().expose.clone();
+    if let Some(expose) = &expose {
+        let catalog = server.catalog().current(&server.workload().spec_hash);
+        if let Err(unknown) = expose.inbound(catalog.as_deref(), &mut message) {
+            return Ok(unknown);
+        }
+    }
+    let method = Method::of(&message);
     let admitted = access::may_send(server, caller, session.map(|s| s.id.as_str()), &message)?;
     let mut response = forward(server, session, stream, message).await;
     admitted.finish(&mut response);
+    if let (Some(expose), Ok(answer)) = (&expose, &mut response) {
+        expose.outbound(method, answer);
+    }
     response
 }
 
@@ -77,6 +89,10 @@ async fn forward(
             return Ok(jsonrpc::result(id, json!({})));
         }
         _ => {}
+    }
+    // A stopped server's lists come from its catalog: no container starts.
+    if let Some(answer) = crate::catalog::list_answer(server, &message) {
+        return Ok(answer);
     }
     // A request that may make the server ask its client something waits for
     // its turn, so such a question always has exactly one candidate answerer.

@@ -274,6 +274,7 @@ impl MemoryRuntime {
             asked: Mutex::new(HashMap::new()),
             calls: Mutex::new(HashMap::new()),
             next_ask: AtomicU64::new(1),
+            grown: Mutex::new(vec![]),
         });
         let previous = state.containers.insert(
             key.to_string(),
@@ -399,6 +400,8 @@ struct Process {
     /// Tool calls under way, by request id, so `notifications/cancelled` can stop them.
     calls: Mutex<HashMap<String, CancellationToken>>,
     next_ask: AtomicU64,
+    /// Tools added by the `grow` tool, announced with `list_changed`.
+    grown: Mutex<Vec<String>>,
 }
 
 /// What a tool call ends with.
@@ -529,7 +532,14 @@ impl Process {
             "ping" | "resources/subscribe" | "resources/unsubscribe" | "logging/setLevel" => {
                 json!({})
             }
-            "tools/list" => json!({"tools": tools()}),
+            "tools/list" => {
+                let mut tools = tools();
+                for name in self.grown.lock().unwrap().iter() {
+                    tools.as_array_mut().unwrap().push(json!({"name": name,
+                        "description": "Added by grow", "inputSchema": {"type": "object"}}));
+                }
+                json!({"tools": tools})
+            }
             "tools/call" => {
                 let cancel = CancellationToken::new();
                 self.calls
@@ -620,6 +630,11 @@ impl Process {
                     {"role": "user", "content": {"type": "text", "text": text("prompt")}}]});
                 Answer::Text(self.ask("sampling/createMessage", params).await.to_string())
             }
+            "grow" => {
+                self.grown.lock().unwrap().push(text("name"));
+                self.send(&json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}));
+                Answer::Text("grown".into())
+            }
             "crash" => {
                 self.log("memory-mcp: crashing on request");
                 self.exit(i32::try_from(number("code", 7)).unwrap_or(7));
@@ -678,6 +693,11 @@ fn tools() -> Value {
             "sample",
             "Ask the client (sampling) and return its answer",
             json!({"prompt": {"type": "string"}, "after_ms": {"type": "integer"}})
+        ),
+        tool(
+            "grow",
+            "Add a tool called name, then say the tool list changed",
+            json!({"name": {"type": "string"}})
         ),
         tool("crash", "Exit now", json!({"code": {"type": "integer"}})),
     ])

@@ -64,6 +64,15 @@ async def time(session, out):
     out["time"] = texts(await session.call_tool("get_current_time", {"timezone": "Asia/Tokyo"}))
 
 
+async def aggregate_list(session, out):
+    """The aggregated endpoint /mcp: the namespaced union of every server's tools and prompts."""
+    init = await session.initialize()
+    out["server"] = init.server_info.name
+    out["capabilities"] = sorted(k for k, v in init.capabilities.model_dump(exclude_none=True).items())
+    out["tools"] = sorted(t.name for t in (await session.list_tools()).tools)
+    out["prompts"] = sorted(p.name for p in (await session.list_prompts()).prompts)
+
+
 async def elicit(context, params):
     return types.ElicitResult(action="decline")
 
@@ -119,6 +128,8 @@ async def main():
         async with ClientSession(read, write, list_roots_callback=list_roots, sampling_callback=sample) as session:
             if scenario.startswith("everything"):
                 await everything(session, out)
+            elif scenario == "aggregate-list":
+                await aggregate_list(session, out)
             else:
                 await time(session, out)
     print(json.dumps(out))

@@ -123,7 +123,24 @@ async function legacy() {
   return out;
 }
 
-const scenarios = { everything, concurrent, legacy, "concurrent-sampling": concurrentSampling };
+// The aggregated endpoint /mcp: list the namespaced union, call one member's tool.
+async function aggregateCall() {
+  const client = newClient("ts-aggregate");
+  await client.connect(new StreamableHTTPClientTransport(new URL(url)));
+  const out = { server: client.getServerVersion().name };
+  out.tools = (await client.listTools()).tools.map((t) => t.name).sort();
+  out.time = texts(await client.callTool({ name: "time__get_current_time", arguments: { timezone: "Asia/Tokyo" } }));
+  await client.close();
+  return out;
+}
+
+const scenarios = {
+  everything,
+  concurrent,
+  legacy,
+  "concurrent-sampling": concurrentSampling,
+  "aggregate-call": aggregateCall,
+};
 scenarios[scenario]()
   .then((out) => {
     console.log(JSON.stringify(out));

@@ -312,7 +312,7 @@ async fn without_a_policy_every_authenticated_caller_may_use_the_server() {
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
     let (status, _, body) = secured.post("carol", "open", &list).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["result"]["tools"].as_array().unwrap().len(), 8);
+    assert_eq!(body["result"]["tools"].as_array().unwrap().len(), 9);
     // … but only operators may operate it.
     assert_eq!(secured.operate("carol", "/servers/open/stop").await, 403);
     assert_eq!(secured.operate("root", "/servers/open/stop").await, 200);

@@ -5,6 +5,8 @@
 //! containers show stays in `tests/podman.rs` and `tests/streamable.rs`.
 
 mod access;
+mod aggregate;
+mod catalog;
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;

@@ -35,12 +35,15 @@ pub const VERSION_HEADER: &str = "mcp-protocol-version";
 #[derive(Debug, Clone)]
 pub struct EndpointConfig {
     pub max_body_bytes: usize,
+    /// The aggregated endpoint `/mcp`: between a server's name and its tool's.
+    pub tool_separator: String,
 }
 
 impl Default for EndpointConfig {
     fn default() -> Self {
         EndpointConfig {
             max_body_bytes: 4 * 1024 * 1024,
+            tool_separator: crate::aggregate::DEFAULT_SEPARATOR.to_string(),
         }
     }
 }

@@ -326,11 +326,10 @@ fn complete(method: Method, mut result: Value, server_info: &Value) -> Value {
 
 /// `server/discover`: what the server told mcpod when it started.
 async fn discover(server: &Arc<Server>, id: Value) -> HttpResponse {
-    let hold = match server.acquire().await {
-        Ok(hold) => hold,
+    let init = &match crate::catalog::initialize_result(server).await {
+        Ok(init) => init,
         Err(error) => return error.reply(id),
     };
-    let init = &hold.instance.initialize_result;
     let mut result = json!({
         "supportedVersions": version::PER_REQUEST,
         "capabilities": init.get("capabilities").cloned().unwrap_or_else(|| json!({})),
@@ -611,8 +610,8 @@ async fn exchange(
         }
         None => {
             // The server's identity is stamped on results: start it (or find it) first.
-            let server_info = match server.acquire().await {
-                Ok(hold) => hold.instance.initialize_result["serverInfo"].clone(),
+            let server_info = match crate::catalog::initialize_result(&server).await {
+                Ok(init) => init["serverInfo"].clone(),
                 Err(error) => return error.reply(request.id),
             };
             Exchange::start(server, caller, &request, server_info)

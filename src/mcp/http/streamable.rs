@@ -373,8 +373,8 @@ pub async fn initialize_result(
     server: &Arc<Server>,
     message: &Value,
 ) -> Result<Value, RequestError> {
-    let hold = server.acquire().await?;
-    let mut result = hold.instance.initialize_result.clone();
+    // A stopped server with a catalog introduces itself from it: no start.
+    let mut result = crate::catalog::initialize_result(server).await?;
     result["protocolVersion"] = json!(negotiate_version(message));
     Ok(jsonrpc::result(jsonrpc::id(message), result))
 }

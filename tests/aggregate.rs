@@ -1,0 +1,155 @@
+//! The aggregated endpoint `/mcp` over real containers, driven by the official
+//! SDK clients: with every container stopped, listing the namespaced union of
+//! everything, time and memory starts none (counted with Podman), and one call
+//! starts exactly one — its own server's.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{manifest, sdk_client, wait_until, Mcpod, TIME_IMAGE};
+use serde_json::{json, Value};
+
+const SERVERS: [&str; 3] = ["everything", "time", "memory"];
+
+/// Running containers of one mcpod instance, by name.
+fn running(instance: &str) -> Vec<String> {
+    let output = Command::new("podman")
+        .args(["ps", "--format", "{{.Names}}", "--filter"])
+        .arg(format!("label=mcpod.dev/instance={instance}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+async fn starts(mcpod: &Mcpod) -> Vec<u64> {
+    let mut starts = vec![];
+    for name in SERVERS {
+        starts.push(mcpod.status(name).await["starts"].as_u64().unwrap());
+    }
+    starts
+}
+
+fn tools_of(answer: &Value) -> Vec<String> {
+    answer["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools: {answer}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_clients_list_the_union_with_no_container_and_one_call_starts_one() {
+    let idle = "idleTimeout: 2s";
+    let files = [
+        (
+            "everything.yaml",
+            manifest("everything", "localhost/mcpod/everything:latest", idle),
+        ),
+        (
+            "time.yaml",
+            manifest(
+                "time",
+                TIME_IMAGE,
+                &format!("{idle}\nargs: [--local-timezone, UTC]"),
+            ),
+        ),
+        (
+            "memory.yaml",
+            manifest(
+                "memory",
+                "localhost/mcpod/memory:latest",
+                &format!("{idle}\nenv:\n- {{name: MEMORY_FILE_PATH, value: /tmp/memory.jsonl}}"),
+            ),
+        ),
+    ];
+    let files: Vec<(&str, String)> = files.iter().map(|(n, t)| (*n, t.clone())).collect();
+    let mcpod = Mcpod::start(&files, &[]);
+
+    // Each server runs once, and its catalog is recorded (what each lists on its own).
+    let mut own = vec![];
+    for name in SERVERS {
+        let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+        let (status, answer) = mcpod.mcp(name, list.to_string()).await;
+        assert_eq!(status, 200, "{name}: {answer}");
+        own.extend(
+            tools_of(&answer)
+                .into_iter()
+                .map(|t| format!("{name}__{t}")),
+        );
+    }
+    let catalog = mcpod.data.path().join("catalog");
+    wait_until(Duration::from_secs(60), "three catalogs on disk", || {
+        std::fs::read_dir(&catalog).is_ok_and(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "json")
+            })
+            .count()
+                == 3
+        })
+    });
+    for name in SERVERS {
+        mcpod
+            .wait_status(name, "stopped", Duration::from_secs(60))
+            .await;
+    }
+    wait_until(Duration::from_secs(30), "no running container", || {
+        running(&mcpod.instance).is_empty()
+    });
+    let before = starts(&mcpod).await;
+
+    // The Python SDK lists the namespaced union: nothing starts.
+    let url = format!("{}/mcp", mcpod.url);
+    let listed = sdk_client("python", "aggregate-list", &url);
+    let mut union: Vec<String> = serde_json::from_value(listed["tools"].clone()).unwrap();
+    union.sort();
+    own.sort();
+    assert_eq!(union, own, "{listed}");
+    assert!(union.contains(&"time__get_current_time".to_string()));
+    assert!(
+        listed["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("everything__")),
+        "{listed}"
+    );
+    assert_eq!(listed["server"], "mcpod");
+    assert!(
+        running(&mcpod.instance).is_empty(),
+        "listing started a container"
+    );
+    assert_eq!(starts(&mcpod).await, before);
+
+    // The TypeScript SDK calls time's tool: time alone starts.
+    let called = sdk_client("typescript", "aggregate-call", &url);
+    assert!(
+        called["time"][0].as_str().unwrap().contains("Asia/Tokyo"),
+        "{called}"
+    );
+    let after = starts(&mcpod).await;
+    assert_eq!(
+        after,
+        vec![before[0], before[1] + 1, before[2]],
+        "only time started"
+    );
+    let up = running(&mcpod.instance);
+    assert_eq!(
+        up,
+        vec![mcpod.container("time")],
+        "exactly one container runs"
+    );
+
+    // The union's health: no collisions.
+    let (_, health) = mcpod.get("/health").await;
+    assert!(!health["problems"].to_string().contains("/mcp"), "{health}");
+}
