@@ -32,7 +32,7 @@ use warp::{Buf, Filter};
 
 use crate::access;
 use crate::auth::Caller;
-use crate::catalog::{self, List};
+use crate::catalog::List;
 use crate::crd::{DesiredState, SessionMode};
 use crate::mcp::call;
 use crate::mcp::error::RequestError;
@@ -46,8 +46,7 @@ use crate::mcp::version;
 use crate::reconcile::Reconciler;
 use crate::server::Server;
 
-/// The default between a server's name and its tool's or prompt's.
-pub const DEFAULT_SEPARATOR: &str = "__";
+pub use crate::mcp::http::DEFAULT_SEPARATOR;
 /// Pages of one member's list read at most.
 const MAX_PAGES: usize = 100;
 /// Aggregated sessions kept at most; the least recently used goes first.
@@ -269,7 +268,8 @@ impl Aggregate {
     async fn initialize(&self, caller: &Caller, message: &Value) -> Value {
         let members = self.members(caller);
         let intros =
-            futures::future::join_all(members.iter().map(catalog::initialize_result)).await;
+            futures::future::join_all(members.iter().map(|member| member.initialize_result()))
+                .await;
         let mut capabilities = serde_json::Map::new();
         let mut instructions = vec![];
         for (server, intro) in members.iter().zip(intros) {

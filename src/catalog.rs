@@ -21,26 +21,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::crd::SessionMode;
 use crate::mcp::bridge::StdioBridge;
-use crate::mcp::error::RequestError;
 use crate::mcp::message::{self as jsonrpc, Method};
-use crate::server::Server;
 
 /// Pages of one list read at most: a server whose cursors never end is not followed forever.
 const MAX_PAGES: usize = 100;
 
-/// `spec.catalog`: when a server's catalog is learned.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
-pub enum Learn {
-    /// The first listing of a server never seen running starts it once.
-    #[default]
-    OnFirstList,
-    /// Started once as soon as it is declared (or its container spec changes).
-    OnDeclaration,
-}
+pub use crate::crd::Learn;
 
 /// The four lists a server may offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +80,7 @@ impl List {
     }
 
     /// The server capability that announces the list.
-    fn capability(self) -> &'static str {
+    pub fn capability(self) -> &'static str {
         match self {
             List::Tools => "tools",
             List::Prompts => "prompts",
@@ -148,7 +135,7 @@ impl Entry {
     }
 
     /// Whether the server announced `list` in its capabilities.
-    fn offers(&self, list: List) -> bool {
+    pub fn offers(&self, list: List) -> bool {
         self.initialize
             .pointer(&format!("/capabilities/{}", list.capability()))
             .is_some_and(|c| !c.is_null())
@@ -427,67 +414,6 @@ fn save(path: &Path, entry: &Entry) -> Result<(), CatalogError> {
     let text = serde_json::to_vec_pretty(entry).expect("a catalog entry is JSON");
     std::fs::write(&temporary, text).map_err(write)?;
     std::fs::rename(&temporary, path).map_err(write)
-}
-
-/// Whether `server` answers from its catalog now: it is not running (a
-/// running server answers for itself) and has one for its current spec.
-/// Isolated servers start per session, never from a shared catalog; a
-/// `Disabled` one refuses every request, listings too.
-pub fn answering(server: &Server) -> Option<Arc<Entry>> {
-    let workload = server.workload();
-    if workload.session_mode == SessionMode::Isolated
-        || workload.desired_state == crate::crd::DesiredState::Disabled
-        || server.running_instance().is_some()
-    {
-        return None;
-    }
-    server.catalog().current(&workload.spec_hash)
-}
-
-/// `catalog: OnDeclaration`: whether `server` should be started now to
-/// learn its catalog (once per container spec: `tried` remembers the last).
-pub fn due_for_learning(server: &Server, tried: &mut Option<String>) -> bool {
-    let workload = server.workload();
-    let wanted = workload.catalog == Learn::OnDeclaration
-        && workload.session_mode == SessionMode::Shared
-        && workload.desired_state == crate::crd::DesiredState::OnDemand
-        && tried.as_deref() != Some(workload.spec_hash.as_str())
-        && server.catalog().current(&workload.spec_hash).is_none();
-    if wanted {
-        *tried = Some(workload.spec_hash.clone());
-    }
-    wanted
-}
-
-/// A listing answered from the catalog of a stopped server, with the client's id.
-pub fn list_answer(server: &Server, message: &Value) -> Option<Value> {
-    let list = List::of(Method::of(message))?;
-    let entry = answering(server)?;
-    let id = jsonrpc::id(message);
-    if !entry.offers(list) {
-        // As MCP answers a method the server did not announce; no start to learn that.
-        let text = format!(
-            "Method not found: MCP server '{}' offers no {} (capability '{}')",
-            server.name(),
-            list.key(),
-            list.capability()
-        );
-        return Some(jsonrpc::error(id, jsonrpc::METHOD_NOT_FOUND, text));
-    }
-    // Offered but not learned (the server failed to list it): it answers itself.
-    entry.items(list)?;
-    debug!(list = list.key(), "answered from the catalog");
-    Some(jsonrpc::result(id, entry.result(list)))
-}
-
-/// The server's `InitializeResult`: from the catalog while it is stopped,
-/// else from the running instance (starting it if needed).
-pub async fn initialize_result(server: &Arc<Server>) -> Result<Value, RequestError> {
-    if let Some(entry) = answering(server) {
-        return Ok(entry.initialize.clone());
-    }
-    let hold = server.acquire().await?;
-    Ok(hold.instance.initialize_result.clone())
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! speaks stdio, run as a container on demand. The same type is read from YAML
 //! files by `mcpod serve` and from the API server by `mcpod operator`.
 
+use std::collections::BTreeMap;
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -112,13 +114,13 @@ pub struct MCPServerSpec {
     /// Which tools, prompts and resources clients see and may use, and under
     /// which names and descriptions (allow-list, deny-list, overrides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expose: Option<crate::expose::Expose>,
+    pub expose: Option<Expose>,
     /// When mcpod learns what the server offers, for listing it while it is
     /// stopped: `OnFirstList` (default: the first listing starts it once) or
     /// `OnDeclaration` (started once as soon as it is declared or its spec
     /// changes; the idle timeout stops it again).
     #[serde(default)]
-    pub catalog: crate::catalog::Learn,
+    pub catalog: Learn,
 }
 
 /// An npm or PyPI package to build a server image from: exactly one of the two.
@@ -131,6 +133,57 @@ pub struct PackageSource {
     /// `NAME` or `NAME==VERSION`, e.g. `mcp-server-time==2025.9.25`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pypi: Option<String>,
+}
+
+/// `spec.expose`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Expose {
+    /// Which tools clients see and may call, and under which names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Selection>,
+    /// Which prompts clients see and may get.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<Selection>,
+    /// Which resources (by URI; templates by URI template) clients see and may read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Selection>,
+}
+
+/// An allow-list, a deny-list and renames. Names are the server's own; `*`
+/// in a pattern stands for any run of characters (`git_*`, `file:///docs/*`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Selection {
+    /// Only these are shown (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// These are hidden, even when allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// By the server's name: the name and description clients see instead
+    /// (tools and prompts only). The server's own name is then unknown to clients.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overrides: BTreeMap<String, Override>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Override {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// `spec.catalog`: when a server's catalog is learned.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Learn {
+    /// The first listing of a server never seen running starts it once.
+    #[default]
+    OnFirstList,
+    /// Started once as soon as it is declared (or its container spec changes).
+    OnDeclaration,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

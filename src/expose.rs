@@ -8,55 +8,12 @@
 //! tool reaches the server under its own name. `spec.access` rules keep
 //! naming the server's own names: they are decided between the two.
 
-use std::collections::BTreeMap;
-
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::catalog::{Entry, List};
 use crate::mcp::message::{self as jsonrpc, Method};
 
-/// `spec.expose`.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Expose {
-    /// Which tools clients see and may call, and under which names.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tools: Option<Selection>,
-    /// Which prompts clients see and may get.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prompts: Option<Selection>,
-    /// Which resources (by URI; templates by URI template) clients see and may read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<Selection>,
-}
-
-/// An allow-list, a deny-list and renames. Names are the server's own; `*`
-/// in a pattern stands for any run of characters (`git_*`, `file:///docs/*`).
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Selection {
-    /// Only these are shown (empty: all).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allow: Vec<String>,
-    /// These are hidden, even when allowed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub deny: Vec<String>,
-    /// By the server's name: the name and description clients see instead
-    /// (tools and prompts only). The server's own name is then unknown to clients.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub overrides: BTreeMap<String, Override>,
-}
-
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Override {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-}
+pub use crate::crd::{Expose, Override, Selection};
 
 /// `*` matches any run of characters; everything else matches itself.
 fn matches(pattern: &str, name: &str) -> bool {

@@ -17,7 +17,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::auth::Caller;
 use crate::backoff::backoff;
-use crate::catalog::Catalog;
+use crate::catalog::{self, Catalog};
 use crate::crd::{DesiredState, Phase};
 use crate::limits::client_key;
 use crate::logs::ServerLog;
@@ -997,7 +997,7 @@ impl Server {
                 DesiredState::Disabled => self.stop("disabled", false).await,
                 DesiredState::OnDemand => {
                     // `catalog: OnDeclaration`: run once to learn it, then idle as usual.
-                    if crate::catalog::due_for_learning(&self, &mut learned_for)
+                    if self.due_for_catalog_learning(&mut learned_for)
                         && self.runtime.serves_here(&self.key).await
                     {
                         if let Err(error) = self.acquire().await {
@@ -1068,5 +1068,69 @@ impl crate::access::Guarded for Server {
 
     fn access_control(&self) -> &crate::access::AccessControl {
         Server::access_control(self)
+    }
+}
+
+/// Answers from the catalog while a server is stopped (`crate::catalog`).
+impl Server {
+    /// Whether `server` answers from its catalog now: it is not running (a
+    /// running server answers for itself) and has one for its current spec.
+    /// Isolated servers start per session, never from a shared catalog; a
+    /// `Disabled` one refuses every request, listings too.
+    pub fn catalog_answering(&self) -> Option<Arc<catalog::Entry>> {
+        let workload = self.workload();
+        if workload.session_mode == crate::crd::SessionMode::Isolated
+            || workload.desired_state == crate::crd::DesiredState::Disabled
+            || self.running_instance().is_some()
+        {
+            return None;
+        }
+        self.catalog().current(&workload.spec_hash)
+    }
+
+    /// `catalog: OnDeclaration`: whether `server` should be started now to
+    /// learn its catalog (once per container spec: `tried` remembers the last).
+    pub fn due_for_catalog_learning(&self, tried: &mut Option<String>) -> bool {
+        let workload = self.workload();
+        let wanted = workload.catalog == crate::crd::Learn::OnDeclaration
+            && workload.session_mode == crate::crd::SessionMode::Shared
+            && workload.desired_state == crate::crd::DesiredState::OnDemand
+            && tried.as_deref() != Some(workload.spec_hash.as_str())
+            && self.catalog().current(&workload.spec_hash).is_none();
+        if wanted {
+            *tried = Some(workload.spec_hash.clone());
+        }
+        wanted
+    }
+
+    /// A listing answered from the catalog of a stopped server, with the client's id.
+    pub fn list_from_catalog(&self, message: &Value) -> Option<Value> {
+        let list = catalog::List::of(Method::of(message))?;
+        let entry = self.catalog_answering()?;
+        let id = jsonrpc::id(message);
+        if !entry.offers(list) {
+            // As MCP answers a method the server did not announce; no start to learn that.
+            let text = format!(
+                "Method not found: MCP server '{}' offers no {} (capability '{}')",
+                self.name(),
+                list.key(),
+                list.capability()
+            );
+            return Some(jsonrpc::error(id, jsonrpc::METHOD_NOT_FOUND, text));
+        }
+        // Offered but not learned (the server failed to list it): it answers itself.
+        entry.items(list)?;
+        tracing::debug!(list = list.key(), "answered from the catalog");
+        Some(jsonrpc::result(id, entry.result(list)))
+    }
+
+    /// The server's `InitializeResult`: from the catalog while it is stopped,
+    /// else from the running instance (starting it if needed).
+    pub async fn initialize_result(self: &Arc<Self>) -> Result<Value, RequestError> {
+        if let Some(entry) = self.catalog_answering() {
+            return Ok(entry.initialize.clone());
+        }
+        let hold = self.acquire().await?;
+        Ok(hold.instance.initialize_result.clone())
     }
 }

@@ -90,9 +90,9 @@ pub struct Workload {
     /// `spec.limits`: this server's own limits (the flags' where left out).
     pub limits: crate::limits::ServerLimits,
     /// What clients see of the server's tools, prompts and resources (`spec.expose`).
-    pub expose: Option<crate::expose::Expose>,
+    pub expose: Option<crate::crd::Expose>,
     /// When the catalog is learned (`spec.catalog`).
-    pub catalog: crate::catalog::Learn,
+    pub catalog: crate::crd::Learn,
     /// Hash of everything above that shapes the container: a change means a new container.
     pub spec_hash: String,
 }

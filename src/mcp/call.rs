@@ -91,7 +91,7 @@ async fn forward(
         _ => {}
     }
     // A stopped server's lists come from its catalog: no container starts.
-    if let Some(answer) = crate::catalog::list_answer(server, &message) {
+    if let Some(answer) = server.list_from_catalog(&message) {
         return Ok(answer);
     }
     // A request that may make the server ask its client something waits for

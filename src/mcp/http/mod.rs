@@ -29,6 +29,9 @@ use crate::reconcile::Reconciler;
 use crate::server::Server;
 use reply::HttpResponse;
 
+/// The default between a server's name and its tool's or prompt's.
+pub const DEFAULT_SEPARATOR: &str = "__";
+
 pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
 
@@ -43,7 +46,7 @@ impl Default for EndpointConfig {
     fn default() -> Self {
         EndpointConfig {
             max_body_bytes: 4 * 1024 * 1024,
-            tool_separator: crate::aggregate::DEFAULT_SEPARATOR.to_string(),
+            tool_separator: DEFAULT_SEPARATOR.to_string(),
         }
     }
 }

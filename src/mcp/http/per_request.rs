@@ -326,7 +326,7 @@ fn complete(method: Method, mut result: Value, server_info: &Value) -> Value {
 
 /// `server/discover`: what the server told mcpod when it started.
 async fn discover(server: &Arc<Server>, id: Value) -> HttpResponse {
-    let init = &match crate::catalog::initialize_result(server).await {
+    let init = &match server.initialize_result().await {
         Ok(init) => init,
         Err(error) => return error.reply(id),
     };
@@ -610,7 +610,7 @@ async fn exchange(
         }
         None => {
             // The server's identity is stamped on results: start it (or find it) first.
-            let server_info = match crate::catalog::initialize_result(&server).await {
+            let server_info = match server.initialize_result().await {
                 Ok(init) => init["serverInfo"].clone(),
                 Err(error) => return error.reply(request.id),
             };

@@ -374,7 +374,7 @@ pub async fn initialize_result(
     message: &Value,
 ) -> Result<Value, RequestError> {
     // A stopped server with a catalog introduces itself from it: no start.
-    let mut result = crate::catalog::initialize_result(server).await?;
+    let mut result = server.initialize_result().await?;
     result["protocolVersion"] = json!(negotiate_version(message));
     Ok(jsonrpc::result(jsonrpc::id(message), result))
 }
