@@ -43,6 +43,16 @@ pub const STANDALONE: StreamKey = 0;
 
 /// How many events a session keeps for replay after a reconnect.
 const EVENT_LOG_LIMIT: usize = 1000;
+/// Replay entries all sessions of a server keep for broadcasts, together:
+/// a broadcast is one shared message, but each session's log holds an entry
+/// for it, so with many sessions each keeps a shorter history (10,000
+/// sessions: the last 50 events each; at most ~20 MB of entries in all).
+const BROADCAST_LOG_BUDGET: usize = 500_000;
+
+/// The replay depth each of `sessions` sessions keeps once a broadcast reaches them.
+fn broadcast_log_limit(sessions: usize) -> usize {
+    (BROADCAST_LOG_BUDGET / sessions.max(1)).clamp(1, EVENT_LOG_LIMIT)
+}
 /// Events queued for one live SSE connection; a client that falls this far
 /// behind loses the connection (it can resume from the event log).
 const LIVE_QUEUE: usize = 256;
@@ -191,6 +201,16 @@ impl SessionState {
     /// is logged for replay, and delivered on exactly one stream.
     fn send(&mut self, stream: StreamKey, message: Value) {
         self.send_shared(stream, Arc::new(message));
+    }
+
+    /// [`SessionState::send`] of a message shared with `sessions` sessions:
+    /// the replay log is cut to this session's share of the broadcast budget.
+    fn send_broadcast(&mut self, message: Arc<Value>, sessions: usize) {
+        self.send_shared(STANDALONE, message);
+        let limit = broadcast_log_limit(sessions);
+        while self.log.len() > limit {
+            self.log.pop_front();
+        }
     }
 
     /// [`SessionState::send`] of a message shared with other sessions.
@@ -1029,12 +1049,13 @@ impl Sessions {
             Method::ResourcesUpdated => {
                 let uri = uri_of(&notification).unwrap_or_default().to_string();
                 let shared = Arc::new(notification.clone());
+                let sessions = state.sessions.len();
                 for s in state
                     .sessions
                     .values_mut()
                     .filter(|s| s.listed && s.subscriptions.contains(&uri))
                 {
-                    s.send_shared(STANDALONE, shared.clone());
+                    s.send_broadcast(shared.clone(), sessions);
                 }
                 notify_listeners(&state, method, &notification);
             }
@@ -1062,8 +1083,9 @@ impl Sessions {
                 // list_changed and the like describe the server, not a request:
                 // every session hears of them once, all from one shared copy.
                 let shared = Arc::new(notification.clone());
+                let sessions = state.sessions.len();
                 for s in state.sessions.values_mut().filter(|s| s.listed) {
-                    s.send_shared(STANDALONE, shared.clone());
+                    s.send_broadcast(shared.clone(), sessions);
                 }
                 notify_listeners(&state, method, &notification);
             }
@@ -1495,6 +1517,33 @@ mod tests {
         assert!(sessions
             .create(local(), "2025-06-18", caps(false), false)
             .is_ok());
+    }
+
+    #[test]
+    fn broadcasts_keep_the_sessions_replay_logs_within_one_shared_budget() {
+        let sessions = Sessions::with_limit(100_000);
+        let opened: Vec<_> = (0..2_000)
+            .map(|_| {
+                sessions
+                    .create(local(), "2025-06-18", caps(false), false)
+                    .unwrap()
+            })
+            .collect();
+        for n in 0..1_000 {
+            let changed = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+                                 "params": {"_meta": {"n": n}}});
+            sessions.route(ServerMessage::Notification(changed));
+        }
+        let state = sessions.lock();
+        let entries: usize = state.sessions.values().map(|s| s.log.len()).sum();
+        assert!(entries <= BROADCAST_LOG_BUDGET, "{entries} entries");
+        let one = &state.sessions[&opened[0].id];
+        assert_eq!(one.log.len(), broadcast_log_limit(2_000));
+        // The newest events are the ones kept: a client resumes from the latest.
+        let last = one.log.back().unwrap();
+        assert_eq!(last.event.message["params"]["_meta"]["n"], 999);
+        assert_eq!(broadcast_log_limit(1), EVENT_LOG_LIMIT);
+        assert_eq!(broadcast_log_limit(10_000), 50);
     }
 
     #[test]
