@@ -3,32 +3,9 @@
 //! flag of `mcpod serve` (the default for every server) and a field of the
 //! server's `spec.limits` (that server's own figure).
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
 use crate::auth::Caller;
 
-/// `spec.limits`: this server's own figures; a field left out takes the flag's.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServerLimits {
-    /// Client sessions this server holds at most (`--max-sessions`, 10000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_sessions: Option<u32>,
-    /// Sessions one client (an authenticated subject; every unauthenticated
-    /// local caller together) holds at most (`--max-sessions-per-client`, 1000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_sessions_per_client: Option<u32>,
-    /// `sessionMode: Isolated`: containers this server runs at most (`--max-isolated`, 32).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_isolated: Option<u32>,
-    /// `sessionMode: Isolated`: containers one client holds at most (`--max-isolated-per-client`, 8).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_isolated_per_client: Option<u32>,
-    /// Longest JSON-RPC message accepted from the server (`--max-message-bytes`, 16 MiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_message_bytes: Option<u64>,
-}
+pub use crate::crd::ServerLimits;
 
 /// The figures in force for one server: its spec's, else the flags'.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

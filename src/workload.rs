@@ -85,8 +85,8 @@ pub struct Workload {
     pub stdio_buffer_size: usize,
     /// Kubernetes: whether the pod shares the host's user namespace.
     pub host_users: bool,
-    /// Who may use the server and what (`spec.access`); decided in `crate::access`.
-    pub access: Option<crate::access::spec::Access>,
+    /// Who may use the server and what (`spec.access`); decided by the access module.
+    pub access: Option<crate::crd::Access>,
     /// `spec.limits`: this server's own limits (the flags' where left out).
     pub limits: crate::limits::ServerLimits,
     /// What clients see of the server's tools, prompts and resources (`spec.expose`).

@@ -1,5 +1,5 @@
 //! Who is calling: every request to the router is authenticated once, here,
-//! into a [`Caller`]; what a caller may then do is [`crate::access`]'s question.
+//! into a [`Caller`]; what a caller may then do is the `access` module's question.
 //!
 //! A bearer token (the `Authorization: Bearer …` header) is offered to each
 //! configured [`Verify`] in turn — static API keys ([`keys`]), OAuth 2.1 JWTs

@@ -1,5 +1,5 @@
 //! Router-wide authorization settings `serve` and `router` share (part of
-//! [`super::auth::AuthArgs`]): operators, rate limits, the audit log.
+//! `AuthArgs`): operators, rate limits, the audit log.
 
 use std::path::{Path, PathBuf};
 

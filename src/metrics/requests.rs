@@ -179,7 +179,7 @@ struct MethodSlot {
     durations: Histogram,
 }
 
-/// Every figure of one server that is not in its [`crate::server::Status`].
+/// Every figure of one server that is not in its `Status` (the server's own).
 pub struct ServerMetrics {
     /// Indexed by `Method as usize` ([`Method::Other`] is the last variant).
     methods: Box<[MethodSlot]>,
