@@ -32,7 +32,7 @@ use warp::{Buf, Filter};
 
 use crate::access;
 use crate::auth::Caller;
-use crate::catalog::List;
+use crate::catalog::{self, List};
 use crate::crd::{DesiredState, SessionMode};
 use crate::mcp::call;
 use crate::mcp::error::RequestError;
@@ -47,8 +47,6 @@ use crate::reconcile::Reconciler;
 use crate::server::Server;
 
 pub use crate::mcp::http::DEFAULT_SEPARATOR;
-/// Pages of one member's list read at most.
-const MAX_PAGES: usize = 100;
 /// Aggregated sessions kept at most; the least recently used goes first.
 const MAX_SESSIONS: usize = 10_000;
 /// An aggregated session unused for this long is forgotten (the client re-initializes).
@@ -536,34 +534,17 @@ impl NotRouted {
 
 /// All pages of one member's `list`, asked as a stateless client of its endpoint.
 async fn member_items(server: &Arc<Server>, caller: &Caller, list: List) -> Option<Vec<Value>> {
-    let mut items = vec![];
-    let mut cursor: Option<Value> = None;
-    for _ in 0..MAX_PAGES {
-        let params = match &cursor {
-            Some(cursor) => json!({ "cursor": cursor }),
-            None => json!({}),
-        };
-        let request = jsonrpc::request(json!(0), list.method(), params);
-        let response = match call::request(server, caller, None, STANDALONE, request).await {
-            Ok(response) => response,
+    // A member without such a list (method not found) has none to add.
+    catalog::all_pages(list, |request| async move {
+        match call::request(server, caller, None, STANDALONE, request).await {
+            Ok(response) => Some(response),
             Err(error) => {
                 warn!(member = server.name(), list = list.key(), %error, "member left out of /mcp's list");
-                return None;
+                None
             }
-        };
-        // A member without such a list (method not found) has none to add.
-        let result = response.get("result")?;
-        if let Some(page) = result.get(list.key()).and_then(Value::as_array) {
-            items.extend(page.iter().cloned());
         }
-        match result.get("nextCursor") {
-            Some(next) if !next.is_null() && Some(next) != cursor.as_ref() => {
-                cursor = Some(next.clone())
-            }
-            _ => break,
-        }
-    }
-    Some(items)
+    })
+    .await
 }
 
 /// `POST|GET|DELETE /mcp`.

@@ -343,8 +343,28 @@ impl ChangeSender {
     }
 }
 
-/// Every page of `list`; `None` when the server refused or did not answer.
+/// Every page of `list` from the server itself; `None` when it refused or did not answer.
 async fn read_list(bridge: &StdioBridge, list: List, timeout: Duration) -> Option<Vec<Value>> {
+    all_pages(list, |request| async move {
+        match bridge.request(request, timeout).await {
+            Ok(response) => Some(response),
+            Err(error) => {
+                warn!(list = list.key(), %error, "learning the catalog failed");
+                None
+            }
+        }
+    })
+    .await
+}
+
+/// Every page of `list`, following `nextCursor`, each asked through `ask`
+/// (which answers the response, or `None` when there was none); `None` when a
+/// page was refused or not answered.
+pub async fn all_pages<F, Answer>(list: List, mut ask: F) -> Option<Vec<Value>>
+where
+    F: FnMut(Value) -> Answer,
+    Answer: std::future::Future<Output = Option<Value>>,
+{
     let mut items = Vec::new();
     let mut cursor: Option<Value> = None;
     for _ in 0..MAX_PAGES {
@@ -352,14 +372,7 @@ async fn read_list(bridge: &StdioBridge, list: List, timeout: Duration) -> Optio
             Some(cursor) => json!({ "cursor": cursor }),
             None => json!({}),
         };
-        let request = jsonrpc::request(json!(0), list.method(), params);
-        let response = match bridge.request(request, timeout).await {
-            Ok(response) => response,
-            Err(error) => {
-                warn!(list = list.key(), %error, "learning the catalog failed");
-                return None;
-            }
-        };
+        let response = ask(jsonrpc::request(json!(0), list.method(), params)).await?;
         let Some(result) = response.get("result") else {
             debug!(list = list.key(), error = %response["error"], "list refused");
             return None;
@@ -377,7 +390,7 @@ async fn read_list(bridge: &StdioBridge, list: List, timeout: Duration) -> Optio
     warn!(
         list = list.key(),
         pages = MAX_PAGES,
-        "list still had more pages; recorded what was read"
+        "list still had more pages; kept what was read"
     );
     Some(items)
 }

@@ -1231,6 +1231,13 @@ mod tests {
         Arc::new(Caller::local())
     }
 
+    /// A session of the local user (protocol 2025-06-18) with `capabilities`.
+    fn open(sessions: &Sessions, capabilities: ClientCapabilities) -> Arc<Session> {
+        sessions
+            .create(local(), "2025-06-18", capabilities, false)
+            .unwrap()
+    }
+
     fn caps(roots: bool) -> ClientCapabilities {
         ClientCapabilities {
             roots,
@@ -1252,12 +1259,8 @@ mod tests {
     #[test]
     fn progress_goes_back_to_its_request_with_the_clients_token() {
         let sessions = Sessions::default();
-        let a = sessions
-            .create(local(), "2025-06-18", caps(false), false)
-            .unwrap();
-        let b = sessions
-            .create(local(), "2025-06-18", caps(false), false)
-            .unwrap();
+        let a = open(&sessions, caps(false));
+        let b = open(&sessions, caps(false));
         let (_, mut stream_a) = a.open_request_stream(11);
         let (_, mut stream_b) = b.open_request_stream(12);
         let mut req_a = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":7}}});
@@ -1276,12 +1279,8 @@ mod tests {
     #[test]
     fn a_server_request_goes_to_the_one_request_in_flight_and_answers_map_back() {
         let sessions = Sessions::default();
-        let plain = sessions
-            .create(local(), "2025-06-18", caps(false), false)
-            .unwrap();
-        let asking = sessions
-            .create(local(), "2025-06-18", sampling(), false)
-            .unwrap();
+        let plain = open(&sessions, caps(false));
+        let asking = open(&sessions, sampling());
         let (_, mut asking_stream) = asking.open_request_stream(5);
         let (_, mut plain_stream) = plain.attach(None);
         let guard = sessions.begin(Some(&asking), 9, 5, &mut call(1));
@@ -1316,12 +1315,8 @@ mod tests {
     #[test]
     fn with_two_requests_in_flight_a_server_request_is_never_guessed() {
         let sessions = Sessions::default();
-        let a = sessions
-            .create(local(), "2025-06-18", caps(true), false)
-            .unwrap();
-        let b = sessions
-            .create(local(), "2025-06-18", caps(true), false)
-            .unwrap();
+        let a = open(&sessions, caps(true));
+        let b = open(&sessions, caps(true));
         let (_, mut sa) = a.open_request_stream(1);
         let (_, mut sb) = b.open_request_stream(2);
         let _ga = sessions.begin(Some(&a), 1, 1, &mut call(1));
@@ -1347,9 +1342,7 @@ mod tests {
     #[test]
     fn an_unsolicited_roots_question_goes_to_the_session_that_announced_roots() {
         let sessions = Sessions::default();
-        let rooted = sessions
-            .create(local(), "2025-06-18", caps(true), false)
-            .unwrap();
+        let rooted = open(&sessions, caps(true));
         let (_, mut stream) = rooted.attach(None);
         sessions.expect_roots_question(&rooted);
         let ask = json!({"jsonrpc":"2.0","id":7,"method":"roots/list"});
@@ -1363,12 +1356,8 @@ mod tests {
     #[tokio::test]
     async fn clients_that_answer_personal_questions_take_the_turn_alone() {
         let sessions = Sessions::default();
-        let asking = sessions
-            .create(local(), "2025-06-18", sampling(), false)
-            .unwrap();
-        let plain = sessions
-            .create(local(), "2025-06-18", caps(false), false)
-            .unwrap();
+        let asking = open(&sessions, sampling());
+        let plain = open(&sessions, caps(false));
         let wait = Duration::from_millis(50);
         let first = sessions.take_turn(&plain, wait).await.unwrap();
         let second = sessions.take_turn(&plain, wait).await.unwrap();
@@ -1386,12 +1375,8 @@ mod tests {
     #[tokio::test]
     async fn the_session_holding_the_turn_may_call_again_and_its_questions_still_reach_it() {
         let sessions = Sessions::default();
-        let asking = sessions
-            .create(local(), "2025-06-18", sampling(), false)
-            .unwrap();
-        let plain = sessions
-            .create(local(), "2025-06-18", caps(false), false)
-            .unwrap();
+        let asking = open(&sessions, sampling());
+        let plain = open(&sessions, caps(false));
         let wait = Duration::from_millis(50);
         let first = sessions.take_turn(&asking, wait).await.unwrap();
         let again = sessions.take_turn(&asking, wait).await.unwrap();
@@ -1419,9 +1404,7 @@ mod tests {
     #[test]
     fn reconnect_with_last_event_id_loses_nothing() {
         let sessions = Sessions::default();
-        let session = sessions
-            .create(local(), "2025-06-18", caps(false), false)
-            .unwrap();
+        let session = open(&sessions, caps(false));
         let (primed, mut first) = session.attach(None);
         session.send(STANDALONE, json!({"n": 1}));
         let seen = first.try_recv().unwrap();
@@ -1444,12 +1427,8 @@ mod tests {
     #[test]
     fn notifications_reach_every_session_once_and_updates_only_subscribers() {
         let sessions = Sessions::default();
-        let a = sessions
-            .create(local(), "2025-06-18", caps(false), false)
-            .unwrap();
-        let b = sessions
-            .create(local(), "2025-06-18", caps(false), false)
-            .unwrap();
+        let a = open(&sessions, caps(false));
+        let b = open(&sessions, caps(false));
         let ((_, mut sa), (_, mut sb)) = (a.attach(None), b.attach(None));
         a.subscribe("file:///x");
         sessions.route(ServerMessage::Notification(
@@ -1477,12 +1456,8 @@ mod tests {
     #[test]
     fn cancellation_maps_the_clients_id_to_the_wire_id_of_its_own_session_only() {
         let sessions = Sessions::default();
-        let session = sessions
-            .create(local(), "2025-06-18", caps(false), false)
-            .unwrap();
-        let other = sessions
-            .create(local(), "2025-06-18", caps(false), false)
-            .unwrap();
+        let session = open(&sessions, caps(false));
+        let other = open(&sessions, caps(false));
         let mut request = json!({"jsonrpc":"2.0","id":"abc","method":"tools/call"});
         let guard = sessions.begin(Some(&session), 99, STANDALONE, &mut request);
         let cancel = json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"abc"}});
@@ -1498,12 +1473,8 @@ mod tests {
     #[test]
     fn a_server_holds_at_most_its_limit_of_sessions() {
         let sessions = Sessions::with_limit(2);
-        let a = sessions
-            .create(local(), "2025-06-18", caps(false), false)
-            .unwrap();
-        let _b = sessions
-            .create(local(), "2025-06-18", caps(false), false)
-            .unwrap();
+        let a = open(&sessions, caps(false));
+        let _b = open(&sessions, caps(false));
         let Err(refused) = sessions.create(local(), "2025-06-18", caps(false), false) else {
             panic!("a third session past the limit of two");
         };
@@ -1522,13 +1493,7 @@ mod tests {
     #[test]
     fn broadcasts_keep_the_sessions_replay_logs_within_one_shared_budget() {
         let sessions = Sessions::with_limit(100_000);
-        let opened: Vec<_> = (0..2_000)
-            .map(|_| {
-                sessions
-                    .create(local(), "2025-06-18", caps(false), false)
-                    .unwrap()
-            })
-            .collect();
+        let opened: Vec<_> = (0..2_000).map(|_| open(&sessions, caps(false))).collect();
         for n in 0..1_000 {
             let changed = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
                                  "params": {"_meta": {"n": n}}});
@@ -1579,12 +1544,8 @@ mod tests {
     #[test]
     fn session_ids_are_random_visible_ascii_and_ephemeral_ones_vanish() {
         let sessions = Sessions::default();
-        let a = sessions
-            .create(local(), "2025-06-18", caps(false), false)
-            .unwrap();
-        let b = sessions
-            .create(local(), "2025-06-18", caps(false), false)
-            .unwrap();
+        let a = open(&sessions, caps(false));
+        let b = open(&sessions, caps(false));
         assert_ne!(a.id, b.id);
         assert_eq!(a.id.len(), 32);
         assert!(a.id.bytes().all(|c| (0x21..=0x7e).contains(&c)));
