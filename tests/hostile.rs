@@ -565,17 +565,6 @@ async fn one_client_gets_its_share_of_isolated_containers_and_sessions_not_more(
     healthy(&mcpod).await;
 }
 
-/// mcpod's resident memory, from `/proc/PID/status`.
-fn rss_mib(mcpod: &Mcpod) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", mcpod.pid())).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kib / 1024.0
-}
-
 /// The stated bounds (README, Limits): mcpod's RSS during each hostile case,
 /// and how far above its start it may stay afterwards.
 const RSS_BOUND_MIB: f64 = 256.0;
@@ -584,11 +573,11 @@ const RSS_AFTER_MIB: f64 = 32.0;
 /// Waits (at most 20 s: mcpod gives freed memory back every 5 s) for mcpod's
 /// RSS to come back within the stated distance of `start`; the RSS then.
 async fn rss_given_back(mcpod: &Mcpod, start: f64) -> f64 {
-    let mut after = rss_mib(mcpod);
+    let mut after = mcpod.rss_mib();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while after >= start + RSS_AFTER_MIB && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        after = rss_mib(mcpod);
+        after = mcpod.rss_mib();
     }
     after
 }
@@ -643,7 +632,7 @@ async fn a_fan_out_to_20000_sessions_shares_one_copy_and_slow_consumers_are_cut_
     );
     assert_eq!(echo(&mcpod, "crowd", 1).await.0, 200);
     assert_eq!(echo(&mcpod, "slow", 1).await.0, 200);
-    let start = rss_mib(&mcpod);
+    let start = mcpod.rss_mib();
 
     // 20,000 sessions, 50 of them listening, then two broadcasts of 64 KiB:
     // one copy each would be 2.6 GB.
@@ -664,7 +653,7 @@ async fn a_fan_out_to_20000_sessions_shares_one_copy_and_slow_consumers_are_cut_
         )
         .await;
     assert_eq!(status, 200, "{reply}");
-    let mut peak = rss_mib(&mcpod);
+    let mut peak = mcpod.rss_mib();
     // Every listener gets both.
     for stream in &mut streams {
         let mut seen = String::new();
@@ -675,7 +664,7 @@ async fn a_fan_out_to_20000_sessions_shares_one_copy_and_slow_consumers_are_cut_
                 .unwrap()
                 .expect("the stream stays open");
             seen.push_str(&String::from_utf8_lossy(&chunk));
-            peak = peak.max(rss_mib(&mcpod));
+            peak = peak.max(mcpod.rss_mib());
         }
     }
     drop(streams);
@@ -712,7 +701,7 @@ async fn a_fan_out_to_20000_sessions_shares_one_copy_and_slow_consumers_are_cut_
         )
         .await;
     assert_eq!(status, 200, "{reply}");
-    peak = peak.max(rss_mib(&mcpod));
+    peak = peak.max(mcpod.rss_mib());
     let fast_events = reader.await.unwrap();
     assert!(fast_events > 0, "the fast consumer kept receiving");
     // The stalled stream, read now: what was queued, then its end.
@@ -782,7 +771,7 @@ async fn post_raw(mcpod: &Mcpod, server: &str, body: String) -> (u16, Option<Str
 async fn four_concurrent_3_mb_batches_stay_within_the_memory_bound() {
     let mcpod = Mcpod::start(&files(&[fixture("batched", "")]), &[]);
     assert_eq!(echo(&mcpod, "batched", 1).await.0, 200);
-    let start = rss_mib(&mcpod);
+    let start = mcpod.rss_mib();
     let batch = |round: u64| {
         let calls: Vec<Value> = (0..100)
             .map(|n| {
@@ -800,7 +789,7 @@ async fn four_concurrent_3_mb_batches_stay_within_the_memory_bound() {
         let sampling = async {
             let mut peak: f64 = 0.0;
             for _ in 0..200 {
-                peak = peak.max(rss_mib(&mcpod));
+                peak = peak.max(mcpod.rss_mib());
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             peak
@@ -835,7 +824,7 @@ async fn a_server_that_stops_reading_stdin_is_refused_at_once_not_buffered() {
     let mcpod = Mcpod::start(&files(&[deaf]), &[]);
     let (status, started) = mcpod.post("/servers/stuck/start").await;
     assert_eq!(status, 200, "{started}");
-    let start = rss_mib(&mcpod);
+    let start = mcpod.rss_mib();
     // 160 requests of 1 MiB, 16 at a time: 160 MiB that cannot be written.
     use futures::StreamExt;
     let big = "s".repeat(1 << 20);
@@ -849,7 +838,7 @@ async fn a_server_that_stops_reading_stdin_is_refused_at_once_not_buffered() {
         .buffer_unordered(16)
         .collect()
         .await;
-    let peak = rss_mib(&mcpod);
+    let peak = mcpod.rss_mib();
     let refused: Vec<_> = outcomes.iter().filter(|(s, _)| *s == 503).collect();
     assert!(
         !refused.is_empty(),

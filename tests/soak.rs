@@ -27,16 +27,6 @@ fn setting(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kib / 1024.0
-}
-
 #[derive(Default)]
 struct Counts {
     sent: AtomicU64,
@@ -133,7 +123,7 @@ async fn run_phase(
     for server in servers {
         assert_eq!(mcpod.post(&format!("/servers/{server}/start")).await.0, 200);
     }
-    let before = rss_mib(mcpod.pid());
+    let before = mcpod.rss_mib();
     let phase = Arc::new(Phase {
         name,
         counts: Counts::default(),
@@ -163,10 +153,10 @@ async fn run_phase(
     drop(http);
     // Freed memory goes back to the system every 5 s: give it that long, and more.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut after = rss_mib(mcpod.pid());
+    let mut after = mcpod.rss_mib();
     while after > before + RSS_GROWTH_LIMIT_MIB && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        after = rss_mib(mcpod.pid());
+        after = mcpod.rss_mib();
     }
     (phase, before, after)
 }
@@ -187,7 +177,7 @@ async fn soak_1000_clients_on_one_server_and_on_ten() {
         .collect();
     let files: Vec<(&str, String)> = files.iter().map(|(f, t)| (f.as_str(), t.clone())).collect();
     let mcpod = Mcpod::start(&files, &["--max-connections", "4096"]);
-    let start_rss = rss_mib(mcpod.pid());
+    let start_rss = mcpod.rss_mib();
     let one = run_phase(&mcpod, "1 server", &names[..1]).await;
     let ten = run_phase(&mcpod, "10 servers", &names).await;
 

@@ -159,6 +159,17 @@ impl Mcpod {
         self.child.as_ref().expect("mcpod is running").id()
     }
 
+    /// mcpod's resident memory in MiB, from `/proc/PID/status`.
+    pub fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib / 1024.0
+    }
+
     pub fn container(&self, server: &str) -> String {
         format!("mcpod-{}-{server}", self.instance)
     }
