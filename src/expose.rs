@@ -101,13 +101,25 @@ impl Expose {
         }
     }
 
-    /// What a request names, as the list it is in and the param that names it.
-    fn subject(method: Method) -> Option<(List, &'static str, &'static str)> {
-        match method {
-            Method::ToolsCall => Some((List::Tools, "name", "tool")),
-            Method::PromptsGet => Some((List::Prompts, "name", "prompt")),
+    /// What a request names: the list it is in, where in the message its
+    /// name is (a JSON pointer), and what to call it in a refusal. A
+    /// completion names the prompt or resource template whose argument it
+    /// completes: hidden ones complete nothing either.
+    fn subject(message: &Value) -> Option<(List, &'static str, &'static str)> {
+        match Method::of(message) {
+            Method::ToolsCall => Some((List::Tools, "/params/name", "tool")),
+            Method::PromptsGet => Some((List::Prompts, "/params/name", "prompt")),
             Method::ResourcesRead | Method::ResourcesSubscribe => {
-                Some((List::Resources, "uri", "resource"))
+                Some((List::Resources, "/params/uri", "resource"))
+            }
+            Method::CompletionComplete => {
+                match message.pointer("/params/ref/type").and_then(Value::as_str) {
+                    Some("ref/prompt") => Some((List::Prompts, "/params/ref/name", "prompt")),
+                    Some("ref/resource") => {
+                        Some((List::ResourceTemplates, "/params/ref/uri", "resource"))
+                    }
+                    _ => None,
+                }
             }
             _ => None,
         }
@@ -119,16 +131,13 @@ impl Expose {
     /// that does not exist: the JSON-RPC error response MCP gives for an
     /// unknown tool (-32602), with the request's id.
     pub fn inbound(&self, catalog: Option<&Entry>, message: &mut Value) -> Result<(), Value> {
-        let Some((list, param, kind)) = Self::subject(Method::of(message)) else {
+        let Some((list, pointer, kind)) = Self::subject(message) else {
             return Ok(());
         };
         let Some((selection, key)) = self.for_list(list) else {
             return Ok(());
         };
-        let Some(public) = message
-            .pointer(&format!("/params/{param}"))
-            .and_then(Value::as_str)
-        else {
+        let Some(public) = message.pointer(pointer).and_then(Value::as_str) else {
             return Ok(());
         };
         let unknown = || {
@@ -138,7 +147,7 @@ impl Expose {
         let original = selection.original_of(public).ok_or_else(unknown)?;
         let known = catalog.and_then(|entry| entry.items(list));
         // Resources may be read by URIs no list names (templates): only names are checked.
-        if list != List::Resources {
+        if matches!(list, List::Tools | List::Prompts) {
             if let Some(items) = known {
                 if !items
                     .iter()
@@ -148,8 +157,10 @@ impl Expose {
                 }
             }
         }
-        let original = original.to_string();
-        message["params"][param] = Value::String(original);
+        let original = Value::String(original.to_string());
+        if let Some(name) = message.pointer_mut(pointer) {
+            *name = original;
+        }
         Ok(())
     }
 
@@ -251,6 +262,30 @@ mod tests {
         // Allowed but not in the catalog: unknown too.
         assert_eq!(refusal("sleep"), refusal("nonesuch"));
         assert!(refusal("nonesuch").contains("-32602"));
+    }
+
+    #[test]
+    fn completions_follow_the_prompts_and_templates_clients_see() {
+        let e = expose("prompts:\n  deny: [secret]\n  overrides:\n    greet: {name: hello}\nresources:\n  deny: [\"db://*\"]\n");
+        let complete = |reference: Value| {
+            json!({"id": 4, "method": "completion/complete",
+                   "params": {"ref": reference, "argument": {"name": "a", "value": ""}}})
+        };
+        let mut renamed = complete(json!({"type": "ref/prompt", "name": "hello"}));
+        e.inbound(None, &mut renamed).unwrap();
+        assert_eq!(renamed["params"]["ref"]["name"], "greet");
+        for hidden in [
+            json!({"type": "ref/prompt", "name": "secret"}),
+            json!({"type": "ref/prompt", "name": "greet"}),
+            json!({"type": "ref/resource", "uri": "db://{table}"}),
+        ] {
+            let error = e.inbound(None, &mut complete(hidden)).unwrap_err();
+            assert_eq!(error["error"]["code"], -32602);
+            assert_eq!(error["id"], 4);
+        }
+        let mut shown = complete(json!({"type": "ref/resource", "uri": "file:///{path}"}));
+        e.inbound(None, &mut shown).unwrap();
+        assert_eq!(shown["params"]["ref"]["uri"], "file:///{path}");
     }
 
     #[test]
