@@ -6,7 +6,7 @@
 //! pages, following `nextCursor`), relearned list by list on the
 //! `notifications/*/list_changed` the server sends, and written to
 //! a [`Store`]: on Podman `<catalog dir>/<key>.json` ([`DirStore`]), on
-//! Kubernetes a ConfigMap per MCPServer (`crate::kube::catalog`), from where a
+//! Kubernetes a ConfigMap per MCPServer (`src/kube/catalog.rs`), from where a
 //! restarted mcpod loads it. An entry is valid only for the container shape it
 //! was learned from (the workload's `spec_hash`): a new image, args or env
 //! make it stale, and the server is started once more to learn it again.

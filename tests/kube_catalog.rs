@@ -330,7 +330,7 @@ async fn fake_api_server(cluster: Arc<Mutex<Cluster>>) -> String {
         .unify()
         .or(delete_pod.map(|r: warp::reply::Json| r.into_response()))
         .unify()
-        .or(attach_pod.map(|r| warp::Reply::into_response(r)))
+        .or(attach_pod.map(warp::Reply::into_response))
         .unify()
         .or(maps)
         .unify()
