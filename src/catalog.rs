@@ -284,12 +284,15 @@ impl Catalog {
 
     /// An entry someone else recorded (another mcpod sharing the store, seen
     /// by the store's watch): held without writing it back. One recorded
-    /// before the entry held for the same spec is an echo of an older write,
-    /// and ignored.
+    /// before the entry held is an echo of an older write (of this spec or
+    /// the one before), and ignored.
     pub fn adopt(&self, entry: Entry) {
-        let older = self.entry.lock().unwrap().as_deref().is_some_and(|held| {
-            held.spec_hash == entry.spec_hash && held.recorded_at > entry.recorded_at
-        });
+        let older = self
+            .entry
+            .lock()
+            .unwrap()
+            .as_deref()
+            .is_some_and(|held| held.recorded_at > entry.recorded_at);
         if older {
             debug!("an older catalog than the one held: ignored");
             return;
@@ -541,12 +544,21 @@ mod tests {
         catalog.adopt(entry(5, "older"));
         assert_eq!(catalog.current("h1").unwrap().tools, entry(10, "now").tools);
         assert!(changes.try_recv().is_err(), "nothing changed");
-        let other_spec = Entry {
-            spec_hash: "h2".into(),
+        let old_spec = Entry {
+            spec_hash: "h0".into(),
             ..entry(1, "then")
         };
-        catalog.adopt(other_spec);
-        assert!(catalog.current("h2").is_some(), "another spec replaces it");
+        catalog.adopt(old_spec);
+        assert!(catalog.current("h0").is_none(), "an older spec's echo");
+        let new_spec = Entry {
+            spec_hash: "h2".into(),
+            ..entry(20, "next")
+        };
+        catalog.adopt(new_spec);
+        assert!(
+            catalog.current("h2").is_some(),
+            "a newer spec's replaces it"
+        );
     }
 
     #[test]
