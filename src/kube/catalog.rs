@@ -142,7 +142,6 @@ type Pending = (String, Entry);
 
 /// The catalogs of a router on Kubernetes: [`Store`] of every server's
 /// catalog, read from the watch of the ConfigMaps, written in the background.
-#[derive(Debug)]
 pub struct KubeCatalogs {
     /// What the watch last saw, by runtime key (`namespace/name`).
     seen: Mutex<HashMap<String, Entry>>,
@@ -217,6 +216,16 @@ impl KubeCatalogs {
         if let Some(server) = reconciler.server(&reconciler.key_for(namespace, name)) {
             server.catalog().adopt(entry);
         }
+    }
+}
+
+/// Counts, not contents: the settings holding it are printed whole.
+impl std::fmt::Debug for KubeCatalogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeCatalogs")
+            .field("seen", &self.seen.lock().unwrap().len())
+            .field("listed", &*self.listed.borrow())
+            .finish()
     }
 }
 
