@@ -20,7 +20,7 @@
 //! client lists next is already the new one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -60,6 +60,21 @@ struct AggregateSession {
     last_used: Instant,
 }
 
+/// Where a member is asked when not here: with several router replicas, the
+/// replica that owns it (`src/kube/members.rs`). Called wherever a member
+/// is asked; `None`: ask it here.
+#[async_trait::async_trait]
+pub trait MemberRoute: Send + Sync {
+    /// The member's answer to `message` (its own names), when given elsewhere.
+    async fn ask(&self, member: &Arc<Server>, message: &Value) -> Option<Value>;
+}
+
+tokio::task_local! {
+    /// The headers of the aggregated request being answered: a request a
+    /// [`MemberRoute`] sends elsewhere carries the client's credentials.
+    pub static REQUEST_HEADERS: HeaderMap;
+}
+
 /// The aggregated endpoint's state.
 pub struct Aggregate {
     reconciler: Arc<Reconciler>,
@@ -68,6 +83,8 @@ pub struct Aggregate {
     sessions: Mutex<HashMap<String, AggregateSession>>,
     /// Names two members would both answer to, by list: what `/health` shows.
     collisions: Mutex<BTreeMap<&'static str, Vec<String>>>,
+    /// Set with several router replicas: members another replica owns are asked there.
+    member_route: OnceLock<Arc<dyn MemberRoute>>,
 }
 
 impl Aggregate {
@@ -78,7 +95,13 @@ impl Aggregate {
             max_body_bytes: config.max_body_bytes,
             sessions: Mutex::default(),
             collisions: Mutex::default(),
+            member_route: OnceLock::new(),
         })
+    }
+
+    /// Asks members through `route` from now on (set once).
+    pub fn route_members(&self, route: Arc<dyn MemberRoute>) {
+        let _ = self.member_route.set(route);
     }
 
     /// Name collisions found when the aggregated lists were last made.
@@ -255,7 +278,8 @@ impl Aggregate {
             // Nothing for the members: they are asked statelessly.
             Some(Kind::Notification) | Some(Kind::Response) => status_only(StatusCode::ACCEPTED),
             Some(Kind::Request) => {
-                let response = self.answer(&caller, message).await;
+                let answer = self.answer(&caller, message);
+                let response = REQUEST_HEADERS.scope(headers.clone(), answer).await;
                 json_reply(StatusCode::OK, &response)
             }
         }
@@ -393,6 +417,9 @@ impl Aggregate {
     /// A request to one member, as a stateless client of its own endpoint.
     async fn forward(&self, server: &Arc<Server>, caller: &Caller, message: Value) -> Value {
         let id = jsonrpc::id(&message);
+        if let Some(answer) = ask_elsewhere(self.member_route.get(), server, &message).await {
+            return answer;
+        }
         if let Err(error) = access::rate_limit(server, caller, &message) {
             return error.to_jsonrpc(id);
         }
@@ -412,7 +439,7 @@ impl Aggregate {
         let members = self.members(caller);
         let lists = members
             .iter()
-            .map(|server| member_items(server, caller, list));
+            .map(|server| member_items(self.member_route.get(), server, caller, list));
         let lists = futures::future::join_all(lists).await;
         members
             .into_iter()
@@ -532,10 +559,27 @@ impl NotRouted {
     }
 }
 
+/// The answer of a member asked elsewhere through `route`, if it was.
+async fn ask_elsewhere(
+    route: Option<&Arc<dyn MemberRoute>>,
+    server: &Arc<Server>,
+    message: &Value,
+) -> Option<Value> {
+    route?.ask(server, message).await
+}
+
 /// All pages of one member's `list`, asked as a stateless client of its endpoint.
-async fn member_items(server: &Arc<Server>, caller: &Caller, list: List) -> Option<Vec<Value>> {
+async fn member_items(
+    route: Option<&Arc<dyn MemberRoute>>,
+    server: &Arc<Server>,
+    caller: &Caller,
+    list: List,
+) -> Option<Vec<Value>> {
     // A member without such a list (method not found) has none to add.
     catalog::all_pages(list, |request| async move {
+        if let Some(answer) = ask_elsewhere(route, server, &request).await {
+            return Some(answer);
+        }
         match call::request(server, caller, None, STANDALONE, request).await {
             Ok(response) => Some(response),
             Err(error) => {

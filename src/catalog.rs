@@ -5,10 +5,11 @@
 //! A server's catalog is learned in the background after each start (all
 //! pages, following `nextCursor`), relearned list by list on the
 //! `notifications/*/list_changed` the server sends, and written to
-//! `<catalog dir>/<key>.json`, from where a restarted mcpod loads it. An entry
-//! is valid only for the container shape it was learned from (the workload's
-//! `spec_hash`): a new image, args or env make it stale, and the server is
-//! started once more to learn it again.
+//! a [`Store`]: on Podman `<catalog dir>/<key>.json` ([`DirStore`]), on
+//! Kubernetes a ConfigMap per MCPServer (`src/kube/catalog.rs`), from where a
+//! restarted mcpod loads it. An entry is valid only for the container shape it
+//! was learned from (the workload's `spec_hash`): a new image, args or env
+//! make it stale, and the server is started once more to learn it again.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -171,11 +172,64 @@ pub enum CatalogError {
     },
 }
 
+/// Where catalogs outlive the process, by server key. Failures are the
+/// store's to log: a catalog that cannot be kept only means it is learned again.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// The entry recorded for `key` (read when the server is declared).
+    fn load(&self, key: &str) -> Option<Entry>;
+    /// Records `entry` as `key`'s (it may be written in the background).
+    fn save(&self, key: &str, entry: &Entry);
+    /// The spec of `key` changed: what was recorded describes another container.
+    fn remove(&self, key: &str);
+}
+
+/// Catalogs as files in one directory, `<key>.json` (mcpod on Podman).
+#[derive(Debug, Clone)]
+pub struct DirStore {
+    dir: PathBuf,
+}
+
+impl DirStore {
+    pub fn new(dir: impl Into<PathBuf>) -> DirStore {
+        DirStore { dir: dir.into() }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.json"))
+    }
+}
+
+impl Store for DirStore {
+    fn load(&self, key: &str) -> Option<Entry> {
+        load(&self.path(key)).unwrap_or_else(|error| {
+            warn!(%error, "catalog not loaded");
+            None
+        })
+    }
+
+    fn save(&self, key: &str, entry: &Entry) {
+        if let Err(error) = save(&self.path(key), entry) {
+            warn!(%error, "catalog not persisted");
+        }
+    }
+
+    fn remove(&self, key: &str) {
+        let path = self.path(key);
+        if let Err(error) = std::fs::remove_file(&path) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                warn!(path = %path.display(), %error, "removing a stale catalog failed");
+            }
+        }
+    }
+}
+
 /// One server's catalog, shared by its isolated instances.
 #[derive(Debug)]
 pub struct Catalog {
+    /// The server's key in `store`.
+    key: String,
     /// Where it is persisted (`None`: in memory only).
-    path: Option<PathBuf>,
+    store: Option<Arc<dyn Store>>,
     entry: Mutex<Option<Arc<Entry>>>,
     /// Each list whose recorded items changed, once stored (for `/mcp`'s `list_changed`).
     changed: tokio::sync::broadcast::Sender<List>,
@@ -184,18 +238,17 @@ pub struct Catalog {
 impl Catalog {
     /// The catalog of the server under `key`, loaded from `dir` when it was recorded there.
     pub fn open(dir: Option<&Path>, key: &str) -> Catalog {
-        let path = dir.map(|dir| dir.join(format!("{key}.json")));
-        let entry = match path.as_deref().map(load) {
-            Some(Ok(entry)) => entry.map(Arc::new),
-            Some(Err(error)) => {
-                warn!(%error, "catalog not loaded");
-                None
-            }
-            None => None,
-        };
+        let store = dir.map(|dir| Arc::new(DirStore::new(dir)) as Arc<dyn Store>);
+        Catalog::with_store(store, key)
+    }
+
+    /// The catalog of the server under `key`, loaded from `store` when it was recorded there.
+    pub fn with_store(store: Option<Arc<dyn Store>>, key: &str) -> Catalog {
+        let entry = store.as_ref().and_then(|store| store.load(key));
         Catalog {
-            path,
-            entry: Mutex::new(entry),
+            key: key.to_string(),
+            store,
+            entry: Mutex::new(entry.map(Arc::new)),
             changed: tokio::sync::broadcast::channel(16).0,
         }
     }
@@ -217,21 +270,38 @@ impl Catalog {
     /// The spec changed: what was learned describes another container.
     pub fn invalidate(&self) {
         *self.entry.lock().unwrap() = None;
-        if let Some(path) = &self.path {
-            if let Err(error) = std::fs::remove_file(path) {
-                if error.kind() != std::io::ErrorKind::NotFound {
-                    warn!(path = %path.display(), %error, "removing a stale catalog failed");
-                }
-            }
+        if let Some(store) = &self.store {
+            store.remove(&self.key);
         }
     }
 
     fn store(&self, entry: Entry) {
-        if let Some(path) = &self.path {
-            if let Err(error) = save(path, &entry) {
-                warn!(%error, "catalog not persisted");
-            }
+        if let Some(store) = &self.store {
+            store.save(&self.key, &entry);
         }
+        self.hold(entry);
+    }
+
+    /// An entry someone else recorded (another mcpod sharing the store, seen
+    /// by the store's watch): held without writing it back. One recorded
+    /// before the entry held is an echo of an older write (of this spec or
+    /// the one before), and ignored.
+    pub fn adopt(&self, entry: Entry) {
+        let older = self
+            .entry
+            .lock()
+            .unwrap()
+            .as_deref()
+            .is_some_and(|held| held.recorded_at > entry.recorded_at);
+        if older {
+            debug!("an older catalog than the one held: ignored");
+            return;
+        }
+        self.hold(entry);
+    }
+
+    /// Makes `entry` the current one, telling subscribers which lists changed.
+    fn hold(&self, entry: Entry) {
         let previous = self.entry.lock().unwrap().replace(Arc::new(entry.clone()));
         for list in List::ALL {
             let before = previous.as_deref().and_then(|p| p.items(list));
@@ -456,6 +526,39 @@ mod tests {
         assert!(Catalog::open(Some(dir.path()), "mcpod-x-time")
             .current("h1")
             .is_none());
+    }
+
+    #[test]
+    fn an_adopted_entry_is_held_unless_older_than_the_one_held() {
+        let catalog = Catalog::with_store(None, "ns/time");
+        let mut changes = catalog.subscribe();
+        let at = |seconds| DateTime::from_timestamp(seconds, 0);
+        let entry = |seconds, tool: &str| Entry {
+            spec_hash: "h1".into(),
+            recorded_at: at(seconds),
+            tools: Some(vec![json!({"name": tool})]),
+            ..Entry::default()
+        };
+        catalog.adopt(entry(10, "now"));
+        assert_eq!(changes.try_recv().unwrap(), List::Tools);
+        catalog.adopt(entry(5, "older"));
+        assert_eq!(catalog.current("h1").unwrap().tools, entry(10, "now").tools);
+        assert!(changes.try_recv().is_err(), "nothing changed");
+        let old_spec = Entry {
+            spec_hash: "h0".into(),
+            ..entry(1, "then")
+        };
+        catalog.adopt(old_spec);
+        assert!(catalog.current("h0").is_none(), "an older spec's echo");
+        let new_spec = Entry {
+            spec_hash: "h2".into(),
+            ..entry(20, "next")
+        };
+        catalog.adopt(new_spec);
+        assert!(
+            catalog.current("h2").is_some(),
+            "a newer spec's replaces it"
+        );
     }
 
     #[test]

@@ -825,8 +825,10 @@ mod backup_cli {
 /// The Kubernetes commands: `operator`, `router`, and `export` (which needs no cluster).
 mod kube_cli {
     use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
     use kube::{Api, Client};
     use mcpod::crd::MCPServer;
+    use mcpod::kube::catalog::KubeCatalogs;
     use mcpod::kube::election::{self, Election};
     use mcpod::kube::lease::LeaseSettings;
     use mcpod::kube::operator::{self, Scope};
@@ -835,7 +837,11 @@ mod kube_cli {
     use mcpod::kube::runtime::{sync_servers, KubeRuntime};
     use mcpod::workload::{Target, Workload};
     use mcpod::Error;
+    use tracing::warn;
     use warp::Filter;
+
+    /// How long the router waits for the catalog ConfigMaps before serving.
+    const CATALOG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
     async fn connect(scope: &ScopeArgs) -> mcpod::Result<(Client, String)> {
         let client = Client::try_default().await.map_err(Error::kube(
@@ -952,9 +958,11 @@ mod kube_cli {
             runtime = runtime.with_ownership(ownership.clone());
         }
         let runtime = Arc::new(runtime);
+        let catalogs = KubeCatalogs::new(client.clone());
         let settings = Settings {
             max_message_bytes: args.max_message_bytes,
             access,
+            catalog_store: Some(catalogs.clone()),
             ..Settings::default()
         };
         let reconciler =
@@ -962,12 +970,20 @@ mod kube_cli {
         if let Some(ownership) = &ownership {
             mcpod::kube::replicas::track_usage(ownership, &reconciler);
         }
-        let servers: Api<MCPServer> = if args.scope.all_namespaces {
-            Api::all(client)
+        let (servers, maps): (Api<MCPServer>, Api<ConfigMap>) = if args.scope.all_namespaces {
+            (Api::all(client.clone()), Api::all(client))
         } else {
-            Api::namespaced(client, &namespace)
+            (
+                Api::namespaced(client.clone(), &namespace),
+                Api::namespaced(client, &namespace),
+            )
         };
+        tokio::spawn(catalogs.clone().watch(maps, Arc::downgrade(&reconciler)));
         tokio::spawn(sync_servers(servers, reconciler.clone()));
+        // Listing before the catalogs are read would start servers to list them.
+        if !catalogs.wait_listed(CATALOG_WAIT).await {
+            warn!(waited = ?CATALOG_WAIT, "catalog ConfigMaps not listed yet; serving anyway");
+        }
         if let Some(address) = args.health_listen {
             let probes = bind(address).await?;
             info!(%address, "health and metrics listening (unauthenticated: GET /health, /metrics)");

@@ -100,6 +100,10 @@ pub fn routes(
     );
     let dashboard = crate::dashboard::routes(reconciler.clone(), caller.clone());
     let aggregate = crate::aggregate::Aggregate::new(reconciler.clone(), &config.endpoint);
+    if let Some(ownership) = &config.ownership {
+        // With several replicas, a member is asked on the replica that owns it.
+        aggregate.route_members(crate::kube::members::OwnerReplicas::new(ownership.clone()));
+    }
     let aggregated = crate::aggregate::routes(aggregate.clone(), caller.clone()).boxed();
     let state = State {
         reconciler,

@@ -67,6 +67,8 @@ pub struct Settings {
     /// Where each server's catalog is kept across restarts (`<key>.json`);
     /// `None` keeps it in memory only.
     pub catalog_dir: Option<std::path::PathBuf>,
+    /// Where catalogs are kept instead of `catalog_dir` (on Kubernetes, ConfigMaps).
+    pub catalog_store: Option<Arc<dyn catalog::Store>>,
 }
 
 impl Default for Settings {
@@ -85,6 +87,7 @@ impl Default for Settings {
             builder: None,
             access: Arc::default(),
             catalog_dir: None,
+            catalog_store: None,
         }
     }
 }
@@ -245,7 +248,10 @@ impl Server {
         runtime: Arc<dyn Runtime>,
         settings: Settings,
     ) -> Arc<Server> {
-        let catalog = Arc::new(Catalog::open(settings.catalog_dir.as_deref(), key));
+        let catalog = Arc::new(match &settings.catalog_store {
+            Some(store) => Catalog::with_store(Some(store.clone()), key),
+            None => Catalog::open(settings.catalog_dir.as_deref(), key),
+        });
         Server::with_metrics(
             key,
             workload,

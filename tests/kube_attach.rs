@@ -1105,3 +1105,58 @@ async fn kube_only_the_owner_keeps_an_always_on_server_running() {
         "the other replica did not try: {status:?}"
     );
 }
+
+/// One JSON-RPC request to a replica's aggregated endpoint `/mcp`, as a plain JSON client.
+async fn aggregated_call(replica: &Replica, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/mcp", replica.address))
+        .header("accept", "application/json")
+        .json(body)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("the replica answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn kube_mcp_asks_each_member_on_the_replica_that_owns_it() {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let api_server = fake_api_server(seen.clone()).await;
+    let a = replica(&api_server, "router-a").await;
+    let b = replica(&api_server, "router-b").await;
+    // A owns `fix`: it took the Lease and attached.
+    let (status, _, _) = http_call(&a.url(), &call("on a")).await;
+    assert_eq!(status, 200);
+    assert_eq!(a.forwarded_here(), 0);
+
+    // B's /mcp asks `fix` on A, in fix's own names: a call...
+    let namespaced = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "fix__echo", "arguments": {"text": "via b's /mcp"}}});
+    let (status, body) = aggregated_call(&b, &namespaced).await;
+    assert_eq!((status, echoed(&body)), (200, "via b's /mcp"), "{body}");
+    assert_eq!(body["id"], 9, "{body}");
+    assert_eq!(a.forwarded_here(), 1, "one request went to the owner");
+    // ...and a listing (B has no catalog of `fix`: A answers it from its pod).
+    let (status, body) = aggregated_call(
+        &b,
+        &json!({"jsonrpc": "2.0", "id": 10, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools in {body}"))
+        .iter()
+        .map(|tool| tool["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"fix__echo"), "{names:?}");
+    assert_eq!(a.forwarded_here(), 2);
+    assert_eq!(b.requests_served(), 0, "B never asked the member itself");
+    assert_eq!(a.requests_served(), 3, "A served the three requests");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.attaches.len(), 1, "only the owner attached");
+    assert_eq!(seen.wakes, 1);
+    assert_eq!(seen.lease_holder().as_deref(), Some("router-a"));
+}

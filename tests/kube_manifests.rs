@@ -350,6 +350,11 @@ const CALLS: &[(&str, &str, &str)] = &[
     ("", "pods", "delete"), // scale to zero, cleanup
     ("", "pods/attach", "get"),
     ("", "pods/attach", "create"),
+    ("", "configmaps", "list"), // the router's catalogs of servers
+    ("", "configmaps", "watch"),
+    ("", "configmaps", "create"), // server-side apply of a new one
+    ("", "configmaps", "patch"),
+    ("", "configmaps", "delete"), // a catalog too large to keep
     ("events.k8s.io", "events", "create"),
     ("events.k8s.io", "events", "patch"), // repeated events become a series
     ("networking.k8s.io", "networkpolicies", "get"),

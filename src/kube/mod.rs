@@ -6,6 +6,10 @@
 //!   them to zero; with several replicas, only the [`election`] winner reconciles.
 //! - [`runtime`]: `mcpod router`'s [`crate::runtime::Runtime`] for pods: asks the
 //!   operator for a pod, waits for it, attaches to its stdio, reports activity.
+//! - [`members`]: `/mcp`'s requests for a member another replica owns go to
+//!   that replica (the aggregated endpoint's counterpart of [`replicas`]).
+//! - [`catalog`]: the router's catalogs of servers, kept in ConfigMaps so a
+//!   restarted router and every replica list a stopped server without its pod.
 //! - [`replicas`]: several router replicas behind one Service; a request for a
 //!   server goes to the replica that owns it ([`ownership`]).
 //! - [`election`] and [`ownership`]: the two uses of Kubernetes Leases, thin
@@ -15,8 +19,10 @@
 //!   (reading a pod's status back): pure data, no API calls.
 
 pub mod annotations;
+pub mod catalog;
 pub mod election;
 pub mod lease;
+pub mod members;
 pub mod operator;
 pub mod ownership;
 pub mod pod;

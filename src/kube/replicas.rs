@@ -43,7 +43,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Response chunks buffered between the owner's connection and the client's.
 const RESPONSE_CHUNKS: usize = 16;
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
+pub(super) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -57,7 +57,7 @@ const HOP_BY_HOP: &[&str] = &[
     "content-length",
 ];
 
-type ForwardBody =
+pub(super) type ForwardBody =
     StreamBody<futures::stream::BoxStream<'static, Result<Frame<Bytes>, warp::Error>>>;
 
 /// What the router needs to decide where a request is served.
@@ -334,7 +334,7 @@ pub fn track_usage(ownership: &Ownership, reconciler: &Arc<Reconciler>) {
 }
 
 /// Opens an HTTP/1 connection to `address`, driven by a task of its own.
-async fn connect(address: &str) -> Result<SendRequest<ForwardBody>, String> {
+pub(super) async fn connect(address: &str) -> Result<SendRequest<ForwardBody>, String> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
         .await
         .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
