@@ -34,6 +34,8 @@ pub const ROUTES: &[Route] = &[
     Route::router("/servers"),
     // One MCP endpoint over every server (src/aggregate.rs).
     Route::router("/mcp"),
+    Route::router("/sse"),
+    Route::router("/messages"),
     Route::server("/servers/{name}"),
     Route::server("/servers/{name}/logs"),
     Route::server("/servers/{name}/start"),
