@@ -296,3 +296,58 @@ async fn delete_ends_every_member_session() {
     let (status, _) = client.post(&call(json!(2), "alpha__echo", json!({}))).await;
     assert_eq!(status, 404, "the aggregated session is gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_level_is_remembered_and_applied_when_a_member_session_begins() {
+    let mcpod = Mcpod::start(&[server("alpha", "")]).await;
+    let mut client = aggregated(&mcpod);
+    client.initialize(json!({})).await;
+    let starts = mcpod.runtime.starts("alpha");
+    let level = json!({"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel", "params": {"level": "debug"}});
+    let (status, answers) = client.post(&level).await;
+    assert_eq!((status, &answers[0]["result"]), (200, &json!({})));
+    assert_eq!(mcpod.runtime.starts("alpha"), starts, "setLevel started nothing");
+    let messages = Stream::post(&client, &call(json!(2), "alpha__log", json!({"text": "hello"})))
+        .await
+        .rest()
+        .await;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0]["method"], "notifications/message");
+    assert_eq!(messages[0]["params"]["data"], "hello");
+    let received = mcpod.runtime.instances("alpha").last().unwrap().received.clone();
+    let set = received
+        .iter()
+        .position(|m| m["method"] == "logging/setLevel" && m["params"]["level"] == "debug");
+    let called = received.iter().position(|m| m["method"] == "tools/call");
+    assert!(set.is_some() && set < called, "setLevel came first: {received:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_and_declared_again_gets_a_new_member_session() {
+    let mcpod = Mcpod::start(&[server("alpha", ""), server("beta", "")]).await;
+    let mut client = aggregated(&mcpod);
+    client.initialize(json!({})).await;
+    let echo = async |id: i64| {
+        let (_, answers) = client
+            .post(&call(json!(id), "alpha__echo", json!({"text": "x"})))
+            .await;
+        text_of(&answers[0])
+    };
+    assert_eq!(echo(1).await, "x");
+    // Stopped and started again: the same server keeps its sessions.
+    assert_eq!(mcpod.admin("/servers/alpha/stop").await, 200);
+    assert_eq!(echo(2).await, "x");
+    let before = mcpod.reconciler.server("alpha").unwrap();
+    mcpod.apply(&[server("beta", "")]).await;
+    wait_for(PATIENCE, "alpha removed", async || {
+        mcpod.apply(&[server("beta", "")]).await;
+        mcpod.reconciler.server("alpha").is_none()
+    })
+    .await;
+    assert_eq!(before.sessions().len(), 0, "its sessions ended with it");
+    mcpod.apply(&[server("alpha", ""), server("beta", "")]).await;
+    let alpha = mcpod.reconciler.server("alpha").unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&before, &alpha));
+    assert_eq!(echo(3).await, "x", "a new member session on the new server");
+    assert_eq!(alpha.sessions().len(), 1);
+}
