@@ -65,8 +65,6 @@ pub use crate::mcp::http::DEFAULT_SEPARATOR;
 const MAX_SESSIONS: usize = 10_000;
 /// An aggregated session unused for this long is forgotten (the client re-initializes).
 const SESSION_TTL: Duration = Duration::from_secs(3600);
-/// Messages one JSON-RPC batch may hold (2025-03-26).
-const MAX_BATCH_MESSAGES: usize = 100;
 
 /// The aggregated endpoint's state.
 pub struct Aggregate {
@@ -340,65 +338,24 @@ impl Aggregate {
 
     /// JSON-RPC batches exist only in protocol version 2025-03-26.
     async fn batch(
-        self: Arc<Self>,
+        &self,
         caller: &Caller,
         session: Option<Arc<AggregateSession>>,
         headers: &HeaderMap,
         batch: Vec<Value>,
     ) -> HttpResponse {
-        let version = session
-            .as_ref()
-            .map(|s| s.protocol_version())
-            .or_else(|| header(headers, VERSION_HEADER).map(str::to_string))
-            .unwrap_or_else(|| version::ASSUMED_WITHOUT_HEADER.to_string());
-        if !version::allows_batches(&version) {
-            return refuse(RequestError::Invalid(format!(
-                "JSON-RPC batches are not part of protocol version {version}"
-            )));
-        }
-        if batch.is_empty() || batch.len() > MAX_BATCH_MESSAGES {
-            return refuse(RequestError::Invalid(format!(
-                "a batch holds 1 to {MAX_BATCH_MESSAGES} messages; this one holds {}",
-                batch.len()
-            )));
-        }
-        let answers = batch.into_iter().map(|message| {
+        let version =
+            streamable::batch_version(session.as_ref().map(|s| s.protocol_version()), headers);
+        let request = |message| {
             let session = session.clone();
-            let aggregate = self.clone();
-            async move {
-                match jsonrpc::classify(&message) {
-                    None => Some(streamable::invalid_request(&message)),
-                    Some(Kind::Request) if Method::of(&message) == Method::Initialize => {
-                        Some(jsonrpc::error(
-                            jsonrpc::id(&message),
-                            jsonrpc::INVALID_REQUEST,
-                            "initialize cannot be part of a batch",
-                        ))
-                    }
-                    Some(Kind::Request) => Some(
-                        aggregate
-                            .answer(caller, session.as_ref(), message, None)
-                            .await,
-                    ),
-                    _ => {
-                        if let Some(session) = session {
-                            session.one_way(message);
-                        }
-                        None
-                    }
-                }
+            async move { self.answer(caller, session.as_ref(), message, None).await }
+        };
+        let one_way = |message| {
+            if let Some(session) = &session {
+                session.one_way(message);
             }
-        });
-        let responses: Vec<Value> = futures::future::join_all(answers)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        if responses.is_empty() {
-            status_only(StatusCode::ACCEPTED)
-        } else {
-            json_reply(StatusCode::OK, &Value::Array(responses))
-        }
+        };
+        streamable::answer_batch(&version, batch, request, one_way).await
     }
 
     /// A 2026-07-28 request: lists and `server/discover` answered here, a
@@ -414,7 +371,7 @@ impl Aggregate {
         let (id, method) = match per_request::envelope(headers, message.clone()) {
             Ok(Some(checked)) => checked,
             Ok(None) => return status_only(StatusCode::ACCEPTED),
-            Err(refused) => return refused,
+            Err((id, error)) => return error.reply(id),
         };
         let response = match method {
             Method::ServerDiscover => {
@@ -606,11 +563,9 @@ impl Aggregate {
                         message["params"]["name"] = json!(own);
                         Routed::Member(server, message)
                     }
-                    Some(Err(why)) => Routed::Answered(jsonrpc::error(
-                        id,
-                        jsonrpc::INVALID_PARAMS,
-                        why.of(kind),
-                    )),
+                    Some(Err(why)) => {
+                        Routed::Answered(jsonrpc::error(id, jsonrpc::INVALID_PARAMS, why.of(kind)))
+                    }
                     None => Routed::Answered(jsonrpc::error(
                         id,
                         jsonrpc::INVALID_PARAMS,
@@ -890,7 +845,10 @@ pub fn routes(
         .then(
             |aggregate: Arc<Aggregate>, caller: Caller, headers: HeaderMap, body| async move {
                 let span = tracing::info_span!("mcp", server = "*", caller = %caller);
-                aggregate.post(caller, &headers, body).instrument(span).await
+                aggregate
+                    .post(caller, &headers, body)
+                    .instrument(span)
+                    .await
             },
         );
     let get = warp::path!("mcp")
@@ -919,10 +877,5 @@ pub fn routes(
                 None => refuse(RequestError::MissingSession),
             },
         );
-    post.or(get)
-        .unify()
-        .or(delete)
-        .unify()
-        .or(legacy)
-        .unify()
+    post.or(get).unify().or(delete).unify().or(legacy).unify()
 }

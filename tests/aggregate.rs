@@ -170,14 +170,13 @@ async fn sdk_clients_get_members_requests_progress_updates_and_new_members_throu
     ];
     let out = sdk_client_with("typescript", "aggregate-session", &url, &env);
     assert!(
-        out["sampling"].to_string().contains("sampled by ts-aggregate-session"),
+        out["sampling"]
+            .to_string()
+            .contains("sampled by ts-aggregate-session"),
         "the client's sampling answer reached the tool's result: {out}"
     );
     assert_eq!(out["elicited"], 1, "{out}");
-    assert!(
-        out["elicitation"].to_string().contains("declined"),
-        "{out}"
-    );
+    assert!(out["elicitation"].to_string().contains("declined"), "{out}");
     assert_eq!(out["progress"], json!([1, 2, 3]), "{out}");
     assert_eq!(out["cancelled"], true, "{out}");
     assert!(out["cancelledWithinMs"].as_u64().unwrap() < 30_000, "{out}");
@@ -196,7 +195,9 @@ async fn sdk_clients_get_members_requests_progress_updates_and_new_members_throu
     let legacy = sdk_client("python", "aggregate-legacy", &format!("{}/sse", mcpod.url));
     assert_eq!(legacy["server"], "mcpod", "{legacy}");
     assert_eq!(legacy["echo"], json!(["Echo: over legacy sse"]), "{legacy}");
-    assert!(legacy["tools"].to_string().contains("time__get_current_time"));
+    assert!(legacy["tools"]
+        .to_string()
+        .contains("time__get_current_time"));
 
     // The Python SDK in protocol 2026-07-28 on /mcp.
     let modern = sdk_client("python", "aggregate-modern", &url);

@@ -205,7 +205,8 @@ impl AggregateSession {
         };
         if let Some(level) = log_level {
             let message = set_level_request(level);
-            if let Err(error) = call::request(server, caller, Some(&session), STANDALONE, message).await
+            if let Err(error) =
+                call::request(server, caller, Some(&session), STANDALONE, message).await
             {
                 warn!(member = server.name(), %error, "logging/setLevel on a new member session failed");
             }
@@ -389,7 +390,10 @@ mod tests {
         assert_eq!(out["id"], "everything#mcpod-s3");
         let answer = json!({"jsonrpc": "2.0", "id": out["id"], "result": {}});
         let (member, back) = inbound_response(answer).unwrap();
-        assert_eq!((member.as_str(), &back["id"]), ("everything", &json!("mcpod-s3")));
+        assert_eq!(
+            (member.as_str(), &back["id"]),
+            ("everything", &json!("mcpod-s3"))
+        );
         let withdrawn = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "mcpod-s3"}});
         assert_eq!(
             outbound("a", &withdrawn)["params"]["requestId"],

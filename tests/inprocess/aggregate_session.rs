@@ -77,18 +77,25 @@ async fn members_questions_get_ids_unique_across_members_and_answers_return_to_t
     assert!(beta_id.starts_with("beta#"), "{asked_beta}");
     assert_ne!(alpha_id, beta_id);
     // Each member numbers its questions alike: without the prefix they would collide.
-    assert_eq!(alpha_id.split_once('#').unwrap().1, beta_id.split_once('#').unwrap().1);
+    assert_eq!(
+        alpha_id.split_once('#').unwrap().1,
+        beta_id.split_once('#').unwrap().1
+    );
 
     // Answered in the other order, each answer reaches the member that asked.
     let elicited = json!({"action": "accept", "content": {"answer": "blue"}});
-    let sampled = json!({"role": "assistant", "model": "m", "content": {"type": "text", "text": "4"}});
+    let sampled =
+        json!({"role": "assistant", "model": "m", "content": {"type": "text", "text": "4"}});
     for (id, result) in [(beta_id, &elicited), (alpha_id, &sampled)] {
         let reply = json!({"jsonrpc": "2.0", "id": id, "result": result});
         assert_eq!(client.post(&reply).await.0, 202);
     }
     let alpha_done = on_alpha.next().await.expect("alpha's response");
     let beta_done = on_beta.next().await.expect("beta's response");
-    assert_eq!((&alpha_done["id"], &beta_done["id"]), (&json!("a"), &json!("b")));
+    assert_eq!(
+        (&alpha_done["id"], &beta_done["id"]),
+        (&json!("a"), &json!("b"))
+    );
     assert_eq!(answer_seen_by_server(&alpha_done)["result"], sampled);
     assert_eq!(answer_seen_by_server(&beta_done)["result"], elicited);
 }
@@ -101,7 +108,11 @@ async fn progress_reaches_the_request_stream_under_the_clients_token() {
     let request = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
         "name": "alpha__progress", "arguments": {"count": 3}, "_meta": {"progressToken": "mine"}}});
     let messages = Stream::post(&client, &request).await.rest().await;
-    assert_eq!(messages.len(), 4, "3 progress then the response: {messages:?}");
+    assert_eq!(
+        messages.len(),
+        4,
+        "3 progress then the response: {messages:?}"
+    );
     for (n, message) in messages[..3].iter().enumerate() {
         assert_eq!(message["method"], "notifications/progress");
         assert_eq!(message["params"]["progressToken"], "mine");
@@ -117,11 +128,20 @@ async fn a_cancellation_goes_to_the_member_handling_the_request() {
     let mut client = aggregated(&mcpod);
     client.initialize(json!({})).await;
     // alpha has a session too, with a request of its own in flight.
-    let _alpha = Stream::post(&client, &call(json!(4), "alpha__sleep", json!({"ms": 60_000}))).await;
-    let _beta = Stream::post(&client, &call(json!(5), "beta__sleep", json!({"ms": 60_000}))).await;
+    let _alpha = Stream::post(
+        &client,
+        &call(json!(4), "alpha__sleep", json!({"ms": 60_000})),
+    )
+    .await;
+    let _beta = Stream::post(
+        &client,
+        &call(json!(5), "beta__sleep", json!({"ms": 60_000})),
+    )
+    .await;
     let beta_wire_id = mcpod.wait_received_call("beta", "sleep").await;
     mcpod.wait_received_call("alpha", "sleep").await;
-    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5}});
+    let cancel =
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5}});
     assert_eq!(client.post(&cancel).await.0, 202);
     let cancelled = |name: &str| {
         mcpod.runtime.instances(name)[0]
@@ -135,7 +155,10 @@ async fn a_cancellation_goes_to_the_member_handling_the_request() {
         cancelled("beta") == [beta_wire_id.clone()]
     })
     .await;
-    assert!(cancelled("alpha").is_empty(), "alpha was not asked to cancel");
+    assert!(
+        cancelled("alpha").is_empty(),
+        "alpha was not asked to cancel"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,10 +166,16 @@ async fn every_request_gets_exactly_one_response_when_a_member_crashes_mid_reque
     let mcpod = Mcpod::start(&[server("alpha", ""), server("beta", "")]).await;
     let mut client = aggregated(&mcpod);
     client.initialize(json!({})).await;
-    let mut crashing =
-        Stream::post(&client, &call(json!("c"), "alpha__crash", json!({"code": 5}))).await;
-    let mut sleeping =
-        Stream::post(&client, &call(json!("s"), "beta__sleep", json!({"ms": 200}))).await;
+    let mut crashing = Stream::post(
+        &client,
+        &call(json!("c"), "alpha__crash", json!({"code": 5})),
+    )
+    .await;
+    let mut sleeping = Stream::post(
+        &client,
+        &call(json!("s"), "beta__sleep", json!({"ms": 200})),
+    )
+    .await;
     let (crashed, slept) = tokio::join!(crashing.rest(), sleeping.rest());
     let responses = |messages: &[Value]| -> Vec<Value> {
         messages
@@ -160,7 +189,10 @@ async fn every_request_gets_exactly_one_response_when_a_member_crashes_mid_reque
     assert_eq!(crashed[0]["id"], "c");
     assert!(crashed[0]["error"].is_object(), "{crashed:?}");
     assert_eq!(slept.len(), 1, "{slept:?}");
-    assert_eq!((&slept[0]["id"], text_of(&slept[0])), (&json!("s"), "slept".to_string()));
+    assert_eq!(
+        (&slept[0]["id"], text_of(&slept[0])),
+        (&json!("s"), "slept".to_string())
+    );
     // A JSON-only client gets its one response too, and the member restarts for it.
     let response: Value = client
         .json_only_post(&call(json!(7), "alpha__echo", json!({"text": "back"})))
@@ -170,7 +202,10 @@ async fn every_request_gets_exactly_one_response_when_a_member_crashes_mid_reque
         .json()
         .await
         .unwrap();
-    assert_eq!((&response["id"], text_of(&response)), (&json!(7), "back".to_string()));
+    assert_eq!(
+        (&response["id"], text_of(&response)),
+        (&json!(7), "back".to_string())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,9 +258,16 @@ async fn legacy_sse_on_the_aggregated_endpoint_answers_on_its_stream() {
     assert_eq!(post(init).await, 202);
     let introduced = next_response(&mut stream, &mut buffer).await;
     assert_eq!(introduced["result"]["protocolVersion"], "2024-11-05");
-    assert_eq!(post(call(json!(1), "alpha__echo", json!({"text": "old"}))).await, 202);
+    assert_eq!(
+        post(call(json!(1), "alpha__echo", json!({"text": "old"}))).await,
+        202
+    );
     let answered = next_response(&mut stream, &mut buffer).await;
-    assert_eq!((&answered["id"], text_of(&answered)), (&json!(1), "old".to_string()), "{answered}");
+    assert_eq!(
+        (&answered["id"], text_of(&answered)),
+        (&json!(1), "old".to_string()),
+        "{answered}"
+    );
     // Another session's id, or none: not found.
     let stranger = http
         .post(format!("{}/messages?sessionId=nope", mcpod.url))
@@ -268,10 +310,17 @@ async fn a_2026_request_on_the_aggregated_endpoint_lists_and_calls_by_namespaced
         json!({"name": "alpha__echo", "arguments": {"text": "new era"}}),
     )
     .await;
-    assert_eq!((status, text_of(&called)), (200, "new era".to_string()), "{called}");
+    assert_eq!(
+        (status, text_of(&called)),
+        (200, "new era".to_string()),
+        "{called}"
+    );
     let (status, discovered) = send("server/discover", None, json!({})).await;
     assert_eq!(status, 200);
-    assert_eq!(discovered["result"]["supportedVersions"], json!(["2026-07-28"]));
+    assert_eq!(
+        discovered["result"]["supportedVersions"],
+        json!(["2026-07-28"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,7 +329,9 @@ async fn delete_ends_every_member_session() {
     let mut client = aggregated(&mcpod);
     client.initialize(json!({})).await;
     for tool in ["alpha__echo", "beta__echo"] {
-        let (_, answers) = client.post(&call(json!(1), tool, json!({"text": "x"}))).await;
+        let (_, answers) = client
+            .post(&call(json!(1), tool, json!({"text": "x"})))
+            .await;
         assert_eq!(text_of(&answers[0]), "x", "{answers:?}");
     }
     let sessions = |name: &str| mcpod.reconciler.server(name).unwrap().sessions().len();
@@ -306,20 +357,36 @@ async fn the_log_level_is_remembered_and_applied_when_a_member_session_begins() 
     let level = json!({"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel", "params": {"level": "debug"}});
     let (status, answers) = client.post(&level).await;
     assert_eq!((status, &answers[0]["result"]), (200, &json!({})));
-    assert_eq!(mcpod.runtime.starts("alpha"), starts, "setLevel started nothing");
-    let messages = Stream::post(&client, &call(json!(2), "alpha__log", json!({"text": "hello"})))
-        .await
-        .rest()
-        .await;
+    assert_eq!(
+        mcpod.runtime.starts("alpha"),
+        starts,
+        "setLevel started nothing"
+    );
+    let messages = Stream::post(
+        &client,
+        &call(json!(2), "alpha__log", json!({"text": "hello"})),
+    )
+    .await
+    .rest()
+    .await;
     assert_eq!(messages.len(), 2, "{messages:?}");
     assert_eq!(messages[0]["method"], "notifications/message");
     assert_eq!(messages[0]["params"]["data"], "hello");
-    let received = mcpod.runtime.instances("alpha").last().unwrap().received.clone();
+    let received = mcpod
+        .runtime
+        .instances("alpha")
+        .last()
+        .unwrap()
+        .received
+        .clone();
     let set = received
         .iter()
         .position(|m| m["method"] == "logging/setLevel" && m["params"]["level"] == "debug");
     let called = received.iter().position(|m| m["method"] == "tools/call");
-    assert!(set.is_some() && set < called, "setLevel came first: {received:?}");
+    assert!(
+        set.is_some() && set < called,
+        "setLevel came first: {received:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,9 +412,32 @@ async fn a_member_removed_and_declared_again_gets_a_new_member_session() {
     })
     .await;
     assert_eq!(before.sessions().len(), 0, "its sessions ended with it");
-    mcpod.apply(&[server("alpha", ""), server("beta", "")]).await;
+    mcpod
+        .apply(&[server("alpha", ""), server("beta", "")])
+        .await;
     let alpha = mcpod.reconciler.server("alpha").unwrap();
     assert!(!std::sync::Arc::ptr_eq(&before, &alpha));
     assert_eq!(echo(3).await, "x", "a new member session on the new server");
     assert_eq!(alpha.sessions().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2025_03_26_batch_gets_one_response_per_request() {
+    let mcpod = Mcpod::start(&[server("alpha", ""), server("beta", "")]).await;
+    let mut client = aggregated(&mcpod);
+    client.version = "2025-03-26".into();
+    client.initialize(json!({})).await;
+    let batch = json!([
+        call(json!(1), "alpha__echo", json!({"text": "a"})),
+        call(json!(2), "beta__crash", json!({})),
+        {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"},
+        call(json!(3), "nobody__echo", json!({})),
+    ]);
+    let (status, answers) = client.post(&batch).await;
+    assert_eq!(status, 200, "{answers:?}");
+    let answers = answers[0].as_array().unwrap();
+    let ids: Vec<&Value> = answers.iter().map(|a| &a["id"]).collect();
+    assert_eq!(ids, [&json!(1), &json!(2), &json!(3)], "{answers:?}");
+    assert_eq!(text_of(&answers[0]), "a");
+    assert!(answers[1]["error"].is_object() && answers[2]["error"].is_object());
 }

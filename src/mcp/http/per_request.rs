@@ -184,16 +184,12 @@ pub async fn post(
 
 /// The envelope checks of [`post`] for an endpoint that answers some requests
 /// itself (the aggregated `/mcp`): the request's id and method, `None` for a
-/// notification, or the reply refusing it.
+/// notification, or the error refusing it (with the id it answers).
 pub fn envelope(
     headers: &HeaderMap,
     message: Value,
-) -> Result<Option<(Value, Method)>, HttpResponse> {
-    match check(headers, message) {
-        Ok(Some(request)) => Ok(Some((request.id, request.kind))),
-        Ok(None) => Ok(None),
-        Err((id, error)) => Err(error.reply(id)),
-    }
+) -> Result<Option<(Value, Method)>, (Value, RequestError)> {
+    check(headers, message).map(|checked| checked.map(|request| (request.id, request.kind)))
 }
 
 /// A response mcpod made itself, as this era answers it: a result with
