@@ -163,6 +163,18 @@ impl Aggregate {
         Some(session)
     }
 
+    /// DELETE: the client ends its session, and with it every member session.
+    fn delete(&self, caller: &Caller, headers: &HeaderMap) -> HttpResponse {
+        if per_request::requested(headers) {
+            return reply::method_not_allowed("POST");
+        }
+        match header(headers, SESSION_HEADER) {
+            Some(id) if self.end_session(id, caller) => status_only(StatusCode::OK),
+            Some(_) => refuse(RequestError::SessionNotFound),
+            None => refuse(RequestError::MissingSession),
+        }
+    }
+
     fn end_session(&self, id: &str, caller: &Caller) -> bool {
         let Some(session) = self.session(id, caller) else {
             return false;
@@ -176,6 +188,10 @@ impl Aggregate {
     /// (server→client requests, resource updates, log messages), and
     /// `list_changed` when a member's list or the set of members changes.
     fn listen(self: Arc<Self>, caller: Caller, headers: &HeaderMap) -> HttpResponse {
+        // 2026-07-28 has no GET stream: `subscriptions/listen` is a POST.
+        if per_request::requested(headers) {
+            return reply::method_not_allowed("POST");
+        }
         if !accepts(headers).sse {
             return refuse(RequestError::NotAcceptable(
                 "GET needs Accept: text/event-stream",
@@ -868,13 +884,8 @@ pub fn routes(
         .and(caller)
         .and(warp::header::headers_cloned())
         .map(
-            |aggregate: Arc<Aggregate>, caller: Caller, headers: HeaderMap| match header(
-                &headers,
-                SESSION_HEADER,
-            ) {
-                Some(id) if aggregate.end_session(id, &caller) => status_only(StatusCode::OK),
-                Some(_) => refuse(RequestError::SessionNotFound),
-                None => refuse(RequestError::MissingSession),
+            |aggregate: Arc<Aggregate>, caller: Caller, headers: HeaderMap| {
+                aggregate.delete(&caller, &headers)
             },
         );
     post.or(get).unify().or(delete).unify().or(legacy).unify()

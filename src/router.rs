@@ -49,6 +49,8 @@ pub const ROUTES: &[Route] = &[
     // OAuth Protected Resource Metadata (RFC 9728) of mcpod and of each MCP endpoint.
     Route::router("/.well-known/oauth-protected-resource"),
     Route::router("/.well-known/oauth-protected-resource/mcp"),
+    Route::router("/.well-known/oauth-protected-resource/sse"),
+    Route::router("/.well-known/oauth-protected-resource/messages"),
     Route::server("/.well-known/oauth-protected-resource/mcp/{name}"),
     Route::server("/.well-known/oauth-protected-resource/mcp/{namespace}/{name}"),
     Route::server("/.well-known/oauth-protected-resource/servers/{name}/mcp"),
