@@ -234,27 +234,23 @@ where
     if batch.is_empty() {
         return json_reply(StatusCode::BAD_REQUEST, &invalid_request(&Value::Null));
     }
-    let answers = batch.into_iter().map(|message| {
-        let id = jsonrpc::id(&message);
-        let answer = match jsonrpc::classify(&message) {
-            None => Err(Some(invalid_request(&message))),
+    let (request, one_way) = (&request, &one_way);
+    // Each message is handled when its turn comes in the joined futures, in
+    // the batch's order, as when the batch was answered one message at a time.
+    let answers = batch.into_iter().map(|message| async move {
+        match jsonrpc::classify(&message) {
+            None => Some(invalid_request(&message)),
             Some(Kind::Request) if Method::of(&message) == Method::Initialize => {
-                Err(Some(jsonrpc::error(
-                    id,
+                Some(jsonrpc::error(
+                    jsonrpc::id(&message),
                     jsonrpc::INVALID_REQUEST,
                     "initialize cannot be part of a batch",
-                )))
+                ))
             }
-            Some(Kind::Request) => Ok(request(message)),
+            Some(Kind::Request) => Some(request(message).await),
             _ => {
                 one_way(message);
-                Err(None)
-            }
-        };
-        async move {
-            match answer {
-                Ok(pending) => Some(pending.await),
-                Err(now) => now,
+                None
             }
         }
     });
