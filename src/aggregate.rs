@@ -212,43 +212,47 @@ impl Aggregate {
 
     /// Sends `list_changed` on `outlet` when a member's recorded list changes
     /// or members come or go, until the session or its stream ends.
-    async fn watch_lists(
+    /// Subscribes at once (a change right after the stream opens counts);
+    /// the returned task sends.
+    fn watch_lists(
         self: Arc<Self>,
         caller: Caller,
         outlet: mpsc::Sender<Value>,
-        ended: impl std::future::Future<Output = ()>,
-    ) {
+        ended: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut members = self.members(&caller);
         let (changed, mut changes) = mpsc::channel::<Value>(16);
         for member in &members {
-            tokio::spawn(catalog_changes(member.clone(), changed.clone()));
+            tokio::spawn(catalog_changes(member, changed.clone()));
         }
         let mut servers = self.reconciler.changes();
-        tokio::pin!(ended);
-        loop {
-            let note = tokio::select! {
-                _ = &mut ended => return,
-                _ = outlet.closed() => return,
-                Some(note) = changes.recv() => vec![note],
-                Ok(()) = servers.changed() => {
-                    let now = self.members(&caller);
-                    let names = |m: &[Arc<Server>]| m.iter().map(|s| s.name().to_string()).collect::<Vec<_>>();
-                    if names(&now) == names(&members) {
-                        continue;
+        async move {
+            tokio::pin!(ended);
+            loop {
+                let note = tokio::select! {
+                    _ = &mut ended => return,
+                    _ = outlet.closed() => return,
+                    Some(note) = changes.recv() => vec![note],
+                    Ok(()) = servers.changed() => {
+                        let now = self.members(&caller);
+                        let names = |m: &[Arc<Server>]| m.iter().map(|s| s.name().to_string()).collect::<Vec<_>>();
+                        if names(&now) == names(&members) {
+                            continue;
+                        }
+                        for member in now.iter().filter(|m| !members.iter().any(|old| Arc::ptr_eq(old, m))) {
+                            tokio::spawn(catalog_changes(member, changed.clone()));
+                        }
+                        members = now;
+                        [List::Tools, List::Prompts, List::Resources]
+                            .into_iter()
+                            .map(|list| jsonrpc::notification(list.changed_notification(), None))
+                            .collect()
                     }
-                    for member in now.iter().filter(|m| !members.iter().any(|old| Arc::ptr_eq(old, m))) {
-                        tokio::spawn(catalog_changes(member.clone(), changed.clone()));
+                };
+                for note in note {
+                    if outlet.send(note).await.is_err() {
+                        return;
                     }
-                    members = now;
-                    [List::Tools, List::Prompts, List::Resources]
-                        .into_iter()
-                        .map(|list| jsonrpc::notification(list.changed_notification(), None))
-                        .collect()
-                }
-            };
-            for note in note {
-                if outlet.send(note).await.is_err() {
-                    return;
                 }
             }
         }
@@ -826,9 +830,19 @@ fn events_of(messages: mpsc::Receiver<Value>) -> HttpResponse {
 }
 
 /// Sends `list_changed` to `changed` whenever `member`'s recorded list
-/// changes, until nobody listens.
-async fn catalog_changes(member: Arc<Server>, changed: mpsc::Sender<Value>) {
-    let mut changes = member.catalog().subscribe();
+/// changes, until nobody listens (subscribed at once, sent by the task).
+fn catalog_changes(
+    member: &Arc<Server>,
+    changed: mpsc::Sender<Value>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let changes = member.catalog().subscribe();
+    send_catalog_changes(changes, changed)
+}
+
+async fn send_catalog_changes(
+    mut changes: tokio::sync::broadcast::Receiver<List>,
+    changed: mpsc::Sender<Value>,
+) {
     loop {
         let list = tokio::select! {
             _ = changed.closed() => return,
