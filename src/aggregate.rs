@@ -1,31 +1,43 @@
-//! `/mcp`: one MCP endpoint (Streamable HTTP) over every server mcpod serves.
+//! `/mcp`: one MCP endpoint over every server mcpod serves, in every
+//! transport the per-server endpoints speak: Streamable HTTP (handshake era,
+//! 2025-03-26 batches included), the 2026-07-28 per-request era on the same
+//! path, and legacy HTTP+SSE (2024-11-05) at `GET /sse` + `POST /messages`
+//! ([`legacy`]).
 //!
 //! Tools and prompts are namespaced `<server><separator><name>` (default
 //! separator `__`; server names never hold `_`, so the default cannot be
 //! ambiguous); resources keep their URIs and are routed by the member that
-//! lists them. Lists are the union of the members' lists, each answered as on
-//! the member's own endpoint — from its catalog while it is stopped, so
-//! listing starts no container — with access rules and `spec.expose` applied
-//! per member. A call goes to its member only, through [`call::request`] with
-//! the caller, starting that member alone. A name two members would both
-//! answer to is listed by neither and refused, and `/health` names it.
+//! lists them (or a URI template of it). Lists are the union of the members'
+//! lists, each answered as on the member's own endpoint — from its catalog
+//! while it is stopped, so listing starts no container — with access rules
+//! and `spec.expose` applied per member. A call goes to its member only,
+//! through [`call::request`] with the caller, starting that member alone. A
+//! name two members would both answer to is listed by neither and refused,
+//! and `/health` names it.
 //!
 //! Members are the servers the caller may use, except `Disabled` ones and
 //! `sessionMode: Isolated` ones (a container per session has no place in a
-//! shared endpoint). Members are asked statelessly: a member's own requests to
-//! the client (sampling, elicitation), progress and log messages do not reach
-//! the aggregated session. What does is `list_changed`: a session's GET stream
-//! carries one whenever a member's recorded list changes (the member said so,
-//! or it started with other tools than the catalog had), so the union the
-//! client lists next is already the new one.
+//! shared endpoint). An aggregated session holds a real session on each
+//! member it sent a request to ([`session`]), with the client's version and
+//! capabilities: a member's requests to the client (sampling, elicitation,
+//! roots), progress and log messages reach the client on the request's SSE
+//! stream or the GET stream, its request ids prefixed with its name;
+//! cancellations, answers, `roots/list_changed`, resource subscriptions and
+//! `logging/setLevel` reach the members they concern. The GET stream also
+//! carries `list_changed` whenever a member's recorded list changes or
+//! members come or go, so the union the client lists next is already the new one.
+
+mod legacy;
+mod session;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::Stream;
 use serde_json::{json, Value};
-use tracing::{debug, warn};
+use tokio::sync::mpsc;
+use tracing::{debug, warn, Instrument};
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Buf, Filter};
@@ -38,27 +50,21 @@ use crate::mcp::call;
 use crate::mcp::error::RequestError;
 use crate::mcp::http::reply::{self, json_reply, status_only, HttpResponse};
 use crate::mcp::http::{
-    accepts, body, header, refuse, streamable, EndpointConfig, SESSION_HEADER, VERSION_HEADER,
+    accepts, body, header, per_request, refuse, streamable, EndpointConfig, SESSION_HEADER,
+    VERSION_HEADER,
 };
 use crate::mcp::message::{self as jsonrpc, Kind, Method};
-use crate::mcp::sessions::STANDALONE;
+use crate::mcp::sessions::{ClientCapabilities, STANDALONE};
 use crate::mcp::version;
 use crate::reconcile::Reconciler;
 use crate::server::Server;
+use session::AggregateSession;
 
 pub use crate::mcp::http::DEFAULT_SEPARATOR;
 /// Aggregated sessions kept at most; the least recently used goes first.
 const MAX_SESSIONS: usize = 10_000;
 /// An aggregated session unused for this long is forgotten (the client re-initializes).
 const SESSION_TTL: Duration = Duration::from_secs(3600);
-
-/// One client's session of the aggregated endpoint: only who owns it and
-/// when it was last used (members are asked statelessly).
-struct AggregateSession {
-    subject: String,
-    via: crate::auth::Via,
-    last_used: Instant,
-}
 
 /// Where a member is asked when not here: with several router replicas, the
 /// replica that owns it (`src/kube/members.rs`). Called wherever a member
@@ -80,11 +86,18 @@ pub struct Aggregate {
     reconciler: Arc<Reconciler>,
     separator: String,
     max_body_bytes: usize,
-    sessions: Mutex<HashMap<String, AggregateSession>>,
+    sessions: Mutex<HashMap<String, Arc<AggregateSession>>>,
     /// Names two members would both answer to, by list: what `/health` shows.
     collisions: Mutex<BTreeMap<&'static str, Vec<String>>>,
     /// Set with several router replicas: members another replica owns are asked there.
     member_route: OnceLock<Arc<dyn MemberRoute>>,
+}
+
+/// Where a request that one member answers goes, with the member's own names.
+enum Routed {
+    Member(Arc<Server>, Value),
+    /// mcpod's own answer (the name reaches no member).
+    Answered(Value),
 }
 
 impl Aggregate {
@@ -132,113 +145,155 @@ impl Aggregate {
         members
     }
 
-    fn open_session(&self, caller: &Caller) -> String {
-        let bytes: [u8; 16] = rand::random();
-        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let mut sessions = self.sessions.lock().unwrap();
-        sessions.retain(|_, s| s.last_used.elapsed() < SESSION_TTL);
-        if sessions.len() >= MAX_SESSIONS {
-            let oldest = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.last_used)
-                .map(|(id, _)| id.clone());
-            if let Some(oldest) = oldest {
-                sessions.remove(&oldest);
+    /// Keeps a new session; expired ones (and the least recently used one
+    /// past the limit) end, with their member sessions.
+    fn keep_session(&self, session: Arc<AggregateSession>) {
+        let ended = {
+            let mut sessions = self.sessions.lock().unwrap();
+            let mut ended: Vec<Arc<AggregateSession>> = vec![];
+            sessions.retain(|_, s| {
+                let keep = s.idle() < SESSION_TTL;
+                if !keep {
+                    ended.push(s.clone());
+                }
+                keep
+            });
+            if sessions.len() >= MAX_SESSIONS {
+                let oldest = sessions
+                    .values()
+                    .min_by_key(|s| s.last_used())
+                    .map(|s| s.id.clone());
+                ended.extend(oldest.and_then(|id| sessions.remove(&id)));
             }
-        }
-        sessions.insert(
-            id.clone(),
-            AggregateSession {
-                subject: caller.subject.clone(),
-                via: caller.via.clone(),
-                last_used: Instant::now(),
-            },
-        );
-        id
-    }
-
-    /// Whether `id` is a live session of `caller` (someone else's is not found).
-    fn use_session(&self, id: &str, caller: &Caller) -> bool {
-        let mut sessions = self.sessions.lock().unwrap();
-        match sessions.get_mut(id) {
-            Some(s) if s.subject == caller.subject && s.via == caller.via => {
-                s.last_used = Instant::now();
-                true
-            }
-            _ => false,
+            sessions.insert(session.id.clone(), session);
+            ended
+        };
+        for session in ended {
+            session.close();
         }
     }
 
-    /// GET: the session's stream of `list_changed` notifications, from the
-    /// members' catalogs (the members of when it opened).
+    /// `caller`'s live session `id` (someone else's is not found).
+    fn session(&self, id: &str, caller: &Caller) -> Option<Arc<AggregateSession>> {
+        let session = self
+            .sessions
+            .lock()
+            .unwrap()
+            .get(id)
+            .filter(|s| s.belongs_to(caller))
+            .cloned()?;
+        session.touch();
+        Some(session)
+    }
+
+    /// DELETE: the client ends its session, and with it every member session.
+    fn delete(&self, caller: &Caller, headers: &HeaderMap) -> HttpResponse {
+        if per_request::requested(headers) {
+            return reply::method_not_allowed("POST");
+        }
+        match header(headers, SESSION_HEADER) {
+            Some(id) if self.end_session(id, caller) => status_only(StatusCode::OK),
+            Some(_) => refuse(RequestError::SessionNotFound),
+            None => refuse(RequestError::MissingSession),
+        }
+    }
+
+    fn end_session(&self, id: &str, caller: &Caller) -> bool {
+        let Some(session) = self.session(id, caller) else {
+            return false;
+        };
+        self.sessions.lock().unwrap().remove(id);
+        session.close();
+        true
+    }
+
+    /// GET: the session's stream of what its members send on their own
+    /// (server→client requests, resource updates, log messages), and
+    /// `list_changed` when a member's list or the set of members changes.
     fn listen(self: Arc<Self>, caller: Caller, headers: &HeaderMap) -> HttpResponse {
+        // 2026-07-28 has no GET stream: `subscriptions/listen` is a POST.
+        if per_request::requested(headers) {
+            return reply::method_not_allowed("POST");
+        }
         if !accepts(headers).sse {
             return refuse(RequestError::NotAcceptable(
                 "GET needs Accept: text/event-stream",
             ));
         }
-        let Some(id) = header(headers, SESSION_HEADER).map(str::to_string) else {
+        let Some(id) = header(headers, SESSION_HEADER) else {
             return refuse(RequestError::MissingSession);
         };
-        if !self.use_session(&id, &caller) {
+        let Some(session) = self.session(id, &caller) else {
             return refuse(RequestError::SessionNotFound);
+        };
+        let (outlet, messages) = mpsc::channel(session::STREAM_QUEUE);
+        session.attach(outlet.clone());
+        tokio::spawn(self.watch_lists(caller, outlet, session.ended()));
+        debug!(session = %session.id, "aggregated GET stream opened");
+        events_of(messages)
+    }
+
+    /// Sends `list_changed` on `outlet` when a member's recorded list changes
+    /// or members come or go, until the session or its stream ends.
+    /// Subscribes at once (a change right after the stream opens counts);
+    /// the returned task sends.
+    fn watch_lists(
+        self: Arc<Self>,
+        caller: Caller,
+        outlet: mpsc::Sender<Value>,
+        ended: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut members = self.members(&caller);
+        let (changed, mut changes) = mpsc::channel::<Value>(16);
+        for member in &members {
+            tokio::spawn(catalog_changes(member, changed.clone()));
         }
-        let (sender, notifications) = tokio::sync::mpsc::channel::<Value>(64);
-        for member in self.members(&caller) {
-            let mut changes = member.catalog().subscribe();
-            let sender = sender.clone();
-            let (aggregate, id) = (Arc::downgrade(&self), id.clone());
-            tokio::spawn(async move {
-                loop {
-                    let list = match changes.recv().await {
-                        Ok(list) => list,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    };
-                    // The session ended: so does its stream.
-                    let alive = aggregate
-                        .upgrade()
-                        .is_some_and(|a| a.sessions.lock().unwrap().contains_key(&id));
-                    let note = jsonrpc::notification(list.changed_notification(), None);
-                    if !alive || sender.send(note).await.is_err() {
+        let mut servers = self.reconciler.changes();
+        async move {
+            tokio::pin!(ended);
+            loop {
+                let note = tokio::select! {
+                    _ = &mut ended => return,
+                    _ = outlet.closed() => return,
+                    Some(note) = changes.recv() => vec![note],
+                    Ok(()) = servers.changed() => {
+                        let now = self.members(&caller);
+                        let names = |m: &[Arc<Server>]| m.iter().map(|s| s.name().to_string()).collect::<Vec<_>>();
+                        if names(&now) == names(&members) {
+                            continue;
+                        }
+                        for member in now.iter().filter(|m| !members.iter().any(|old| Arc::ptr_eq(old, m))) {
+                            tokio::spawn(catalog_changes(member, changed.clone()));
+                        }
+                        members = now;
+                        [List::Tools, List::Prompts, List::Resources]
+                            .into_iter()
+                            .map(|list| jsonrpc::notification(list.changed_notification(), None))
+                            .collect()
+                    }
+                };
+                for note in note {
+                    if outlet.send(note).await.is_err() {
                         return;
                     }
                 }
-            });
+            }
         }
-        drop(sender);
-        debug!(session = %id, "aggregated GET stream opened");
-        let events = futures::stream::unfold(notifications, |mut notifications| async move {
-            let note = notifications.recv().await?;
-            Some((reply::message_event(None, &note), notifications))
-        });
-        reply::sse(events)
     }
 
-    fn end_session(&self, id: &str, caller: &Caller) -> bool {
-        let owned = self.use_session(id, caller);
-        if owned {
-            self.sessions.lock().unwrap().remove(id);
-        }
-        owned
-    }
-
-    async fn post<S, B>(&self, caller: Caller, headers: &HeaderMap, body: S) -> HttpResponse
+    async fn post<S, B>(
+        self: Arc<Self>,
+        caller: Caller,
+        headers: &HeaderMap,
+        body: S,
+    ) -> HttpResponse
     where
         S: Stream<Item = Result<B, warp::Error>> + Unpin,
         B: Buf,
     {
         if let Some(requested) = header(headers, VERSION_HEADER) {
-            if !version::is_known(requested) || version::is_per_request(requested) {
-                return refuse(RequestError::UnsupportedVersion {
-                    requested: requested.to_string(),
-                    supported: version::HANDSHAKE.to_vec(),
-                    message: format!(
-                        "the aggregated endpoint /mcp speaks the handshake versions {}; \
-                         {requested} is served on each server's own endpoint",
-                        version::HANDSHAKE.join(", ")
-                    ),
-                });
+            if !version::is_known(requested) {
+                return refuse(RequestError::unsupported_version(requested, version::all()));
             }
         }
         let accept = accepts(headers);
@@ -251,48 +306,175 @@ impl Aggregate {
             Ok(message) => message,
             Err(error) => return refuse(error),
         };
+        // 2026-07-28 and later: one self-contained request, no session.
+        if per_request::requested(headers) {
+            return self.per_request(caller, headers, accept.sse, message).await;
+        }
         let kind = jsonrpc::classify(&message);
         if kind == Some(Kind::Request) && Method::of(&message) == Method::Initialize {
             let response = self.initialize(&caller, &message).await;
             let mut reply = json_reply(StatusCode::OK, &response);
-            let id = self.open_session(&caller);
+            let session = AggregateSession::new(
+                Arc::new(caller),
+                streamable::negotiate_version(&message),
+                ClientCapabilities::from_initialize(&message),
+                false,
+            );
             reply.headers_mut().insert(
                 SESSION_HEADER,
-                id.parse().expect("hex is a valid header value"),
+                session.id.parse().expect("hex is a valid header value"),
             );
+            self.keep_session(session);
             return reply;
         }
-        match header(headers, SESSION_HEADER) {
-            Some(id) if !self.use_session(id, &caller) => {
-                return refuse(RequestError::SessionNotFound)
-            }
+        let session = match header(headers, SESSION_HEADER) {
+            Some(id) => match self.session(id, &caller) {
+                Some(session) => Some(session),
+                None => return refuse(RequestError::SessionNotFound),
+            },
             // A Streamable HTTP client must use its session; a plain JSON one may go without.
             None if accept.sse => return refuse(RequestError::MissingSession),
-            _ => {}
+            None => None,
+        };
+        if let Value::Array(batch) = message {
+            return self.batch(&caller, session, headers, batch).await;
         }
         match kind {
             None => json_reply(
                 StatusCode::BAD_REQUEST,
                 &streamable::invalid_request(&message),
             ),
-            // Nothing for the members: they are asked statelessly.
-            Some(Kind::Notification) | Some(Kind::Response) => status_only(StatusCode::ACCEPTED),
-            Some(Kind::Request) => {
-                let answer = self.answer(&caller, message);
-                let response = REQUEST_HEADERS.scope(headers.clone(), answer).await;
-                json_reply(StatusCode::OK, &response)
+            Some(Kind::Notification) | Some(Kind::Response) => {
+                if let Some(session) = session {
+                    session.one_way(message);
+                }
+                status_only(StatusCode::ACCEPTED)
             }
+            Some(Kind::Request) => match session {
+                Some(session) if accept.sse => self.sse_answer(caller, session, message),
+                session => {
+                    let response = self.answer(&caller, session.as_ref(), message, None).await;
+                    json_reply(StatusCode::OK, &response)
+                }
+            },
         }
+    }
+
+    /// Answers one request with an SSE stream: what its member sends about
+    /// it (questions for the client, progress, log messages), then the response.
+    fn sse_answer(
+        self: Arc<Self>,
+        caller: Caller,
+        session: Arc<AggregateSession>,
+        message: Value,
+    ) -> HttpResponse {
+        let (events, messages) = mpsc::channel(session::STREAM_QUEUE);
+        let task = async move {
+            let response = self
+                .answer(&caller, Some(&session), message, Some(&events))
+                .await;
+            let _ = events.send(response).await;
+        };
+        spawn_for_request(task);
+        events_of(messages)
+    }
+
+    /// JSON-RPC batches exist only in protocol version 2025-03-26.
+    async fn batch(
+        &self,
+        caller: &Caller,
+        session: Option<Arc<AggregateSession>>,
+        headers: &HeaderMap,
+        batch: Vec<Value>,
+    ) -> HttpResponse {
+        let version =
+            streamable::batch_version(session.as_ref().map(|s| s.protocol_version()), headers);
+        let request = |message| {
+            let session = session.clone();
+            async move { self.answer(caller, session.as_ref(), message, None).await }
+        };
+        let one_way = |message| {
+            if let Some(session) = &session {
+                session.one_way(message);
+            }
+        };
+        streamable::answer_batch(&version, batch, request, one_way).await
+    }
+
+    /// A 2026-07-28 request: lists and `server/discover` answered here, a
+    /// request for one member handed to that member's per-request endpoint
+    /// under its own names.
+    async fn per_request(
+        &self,
+        caller: Caller,
+        headers: &HeaderMap,
+        sse: bool,
+        message: Value,
+    ) -> HttpResponse {
+        let (id, method) = match per_request::envelope(headers, message.clone()) {
+            Ok(Some(checked)) => checked,
+            Ok(None) => return status_only(StatusCode::ACCEPTED),
+            Err((id, error)) => return error.reply(id),
+        };
+        let response = match method {
+            Method::ServerDiscover => {
+                let mut intro = self.introduction(&caller).await;
+                intro.remove("protocolVersion");
+                intro.insert("supportedVersions".into(), json!(version::PER_REQUEST));
+                jsonrpc::result(id, Value::Object(intro))
+            }
+            Method::ToolsList
+            | Method::PromptsList
+            | Method::ResourcesList
+            | Method::ResourcesTemplatesList => self.list(&caller, message).await,
+            Method::ToolsCall
+            | Method::PromptsGet
+            | Method::ResourcesRead
+            | Method::CompletionComplete => match self.route(&caller, message).await {
+                Routed::Member(server, message) => {
+                    let mut headers = headers.clone();
+                    if let Some(name) = message.pointer("/params/name").and_then(Value::as_str) {
+                        if let Ok(name) = name.parse() {
+                            headers.insert(per_request::NAME_HEADER, name);
+                        }
+                    }
+                    return per_request::post(server, Arc::new(caller), &headers, sse, message)
+                        .await;
+                }
+                Routed::Answered(response) => response,
+            },
+            _ => jsonrpc::error(
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                format!(
+                    "{} is not served by the aggregated endpoint /mcp in protocol version \
+                     2026-07-28; use the server's own endpoint /mcp/{{name}}",
+                    jsonrpc::method(&message).unwrap_or_default()
+                ),
+            ),
+        };
+        per_request::local_reply(method, response)
+    }
+
+    /// `initialize`: the members' introductions as one.
+    async fn initialize(&self, caller: &Caller, message: &Value) -> Value {
+        let mut intro = self.introduction(caller).await;
+        intro.insert(
+            "protocolVersion".into(),
+            json!(streamable::negotiate_version(message)),
+        );
+        jsonrpc::result(jsonrpc::id(message), Value::Object(intro))
     }
 
     /// The union of the members' introductions (from their catalogs while
     /// stopped; a member never seen running is started once to learn it).
-    async fn initialize(&self, caller: &Caller, message: &Value) -> Value {
+    async fn introduction(&self, caller: &Caller) -> serde_json::Map<String, Value> {
         let members = self.members(caller);
         let intros =
             futures::future::join_all(members.iter().map(|member| member.initialize_result()))
                 .await;
-        let mut capabilities = serde_json::Map::new();
+        // Logging is mcpod's own: it remembers the level for every member.
+        let mut capabilities = serde_json::Map::from_iter([("logging".to_string(), json!({}))]);
         let mut instructions = vec![];
         for (server, intro) in members.iter().zip(intros) {
             let intro = match intro {
@@ -305,7 +487,16 @@ impl Aggregate {
             let offered = intro.get("capabilities").and_then(Value::as_object);
             for name in ["tools", "prompts", "resources"] {
                 if offered.is_some_and(|c| c.contains_key(name)) {
-                    capabilities.insert(name.to_string(), json!({"listChanged": true}));
+                    let entry = capabilities
+                        .entry(name)
+                        .or_insert_with(|| json!({"listChanged": true}));
+                    let subscribe = offered
+                        .and_then(|c| c.get(name))
+                        .and_then(|c| c.get("subscribe"))
+                        .and_then(Value::as_bool);
+                    if name == "resources" && subscribe == Some(true) {
+                        entry["subscribe"] = json!(true);
+                    }
                 }
             }
             if offered.is_some_and(|c| c.contains_key("completions")) {
@@ -315,66 +506,56 @@ impl Aggregate {
                 instructions.push(format!("## {}\n{text}", server.name()));
             }
         }
-        let mut result = json!({
-            "protocolVersion": streamable::negotiate_version(message),
-            "capabilities": capabilities,
-            "serverInfo": {"name": "mcpod", "version": env!("CARGO_PKG_VERSION")},
-        });
+        let mut result = serde_json::Map::from_iter([
+            ("capabilities".to_string(), Value::Object(capabilities)),
+            (
+                "serverInfo".to_string(),
+                json!({"name": "mcpod", "version": env!("CARGO_PKG_VERSION")}),
+            ),
+        ]);
         if !instructions.is_empty() {
-            result["instructions"] = json!(instructions.join("\n\n"));
+            result.insert("instructions".into(), json!(instructions.join("\n\n")));
         }
-        jsonrpc::result(jsonrpc::id(message), result)
+        result
     }
 
-    /// One request of the aggregated session: its response.
-    async fn answer(&self, caller: &Caller, message: Value) -> Value {
+    /// One request of the aggregated session (none: a stateless client): its
+    /// response, always one, with the request's id. With `events`, what the
+    /// member sends about it goes there first.
+    async fn answer(
+        &self,
+        caller: &Caller,
+        session: Option<&Arc<AggregateSession>>,
+        message: Value,
+        events: Option<&mpsc::Sender<Value>>,
+    ) -> Value {
         let id = jsonrpc::id(&message);
-        let method = Method::of(&message);
-        match method {
-            Method::Ping | Method::LoggingSetLevel => jsonrpc::result(id, json!({})),
-            Method::ToolsList | Method::PromptsList => {
-                let list = List::of(method).expect("a list method");
-                jsonrpc::result(id, self.namespaced_list(caller, list).await)
-            }
-            Method::ResourcesList | Method::ResourcesTemplatesList => {
-                let list = List::of(method).expect("a list method");
-                let items: Vec<Value> = self
-                    .lists(caller, list)
-                    .await
-                    .into_iter()
-                    .flat_map(|(_, items)| items)
-                    .collect();
-                jsonrpc::result(id, json!({ list.key(): items }))
-            }
-            Method::ToolsCall | Method::PromptsGet => {
-                let kind = if method == Method::ToolsCall { "tool" } else { "prompt" };
-                let name = message.pointer("/params/name").and_then(Value::as_str);
-                match name.map(|name| self.owner_by_name(caller, name)) {
-                    Some(Ok((server, own))) => {
-                        let mut message = message.clone();
-                        message["params"]["name"] = json!(own);
-                        self.forward(&server, caller, message).await
-                    }
-                    Some(Err(why)) => jsonrpc::error(id, jsonrpc::INVALID_PARAMS, why.of(kind)),
-                    None => jsonrpc::error(id, jsonrpc::INVALID_PARAMS, format!("{kind} name required")),
+        match (Method::of(&message), session) {
+            (Method::Ping, _) => jsonrpc::result(id, json!({})),
+            (Method::LoggingSetLevel, Some(session)) => session.set_level(caller, &message).await,
+            (Method::LoggingSetLevel, None) => jsonrpc::result(id, json!({})),
+            (
+                Method::ToolsList
+                | Method::PromptsList
+                | Method::ResourcesList
+                | Method::ResourcesTemplatesList,
+                _,
+            ) => self.list(caller, message).await,
+            (
+                Method::ToolsCall
+                | Method::PromptsGet
+                | Method::ResourcesRead
+                | Method::ResourcesSubscribe
+                | Method::ResourcesUnsubscribe
+                | Method::CompletionComplete,
+                _,
+            ) => match self.route(caller, message).await {
+                Routed::Member(server, message) => {
+                    self.forward(&server, caller, session, message, events)
+                        .await
                 }
-            }
-            Method::ResourcesRead => {
-                let uri = message.pointer("/params/uri").and_then(Value::as_str);
-                let owner = match uri {
-                    Some(uri) => self.owner_by_uri(caller, uri).await,
-                    None => None,
-                };
-                match owner {
-                    Some(server) => self.forward(&server, caller, message).await,
-                    None => jsonrpc::error(
-                        id,
-                        jsonrpc::INVALID_PARAMS,
-                        format!("Unknown resource: {}", uri.unwrap_or_default()),
-                    ),
-                }
-            }
-            Method::CompletionComplete => self.complete(caller, message).await,
+                Routed::Answered(response) => response,
+            },
             _ => jsonrpc::error(
                 id,
                 jsonrpc::METHOD_NOT_FOUND,
@@ -386,9 +567,78 @@ impl Aggregate {
         }
     }
 
+    /// A list request: the union of the members' lists.
+    async fn list(&self, caller: &Caller, message: Value) -> Value {
+        let id = jsonrpc::id(&message);
+        let Some(list) = List::of(Method::of(&message)) else {
+            return jsonrpc::error(id, jsonrpc::METHOD_NOT_FOUND, "not a list");
+        };
+        let result = match list {
+            List::Tools | List::Prompts => self.namespaced_list(caller, list).await,
+            List::Resources | List::ResourceTemplates => {
+                let items: Vec<Value> = self
+                    .lists(caller, list)
+                    .await
+                    .into_iter()
+                    .flat_map(|(_, items)| items)
+                    .collect();
+                json!({ list.key(): items })
+            }
+        };
+        jsonrpc::result(id, result)
+    }
+
+    /// The member a request for one tool, prompt, resource or completion goes
+    /// to, and the request under the member's own names.
+    async fn route(&self, caller: &Caller, mut message: Value) -> Routed {
+        let id = jsonrpc::id(&message);
+        let method = Method::of(&message);
+        match method {
+            Method::ToolsCall | Method::PromptsGet => {
+                let kind = if method == Method::ToolsCall {
+                    "tool"
+                } else {
+                    "prompt"
+                };
+                let name = message.pointer("/params/name").and_then(Value::as_str);
+                match name.map(|name| self.owner_by_name(caller, name)) {
+                    Some(Ok((server, own))) => {
+                        message["params"]["name"] = json!(own);
+                        Routed::Member(server, message)
+                    }
+                    Some(Err(why)) => {
+                        Routed::Answered(jsonrpc::error(id, jsonrpc::INVALID_PARAMS, why.of(kind)))
+                    }
+                    None => Routed::Answered(jsonrpc::error(
+                        id,
+                        jsonrpc::INVALID_PARAMS,
+                        format!("{kind} name required"),
+                    )),
+                }
+            }
+            Method::CompletionComplete => self.complete(caller, message).await,
+            // resources/read, subscribe and unsubscribe: to the URI's owner.
+            _ => {
+                let uri = message.pointer("/params/uri").and_then(Value::as_str);
+                let owner = match uri {
+                    Some(uri) => self.owner_by_uri(caller, uri).await,
+                    None => None,
+                };
+                match owner {
+                    Some(server) => Routed::Member(server, message),
+                    None => Routed::Answered(jsonrpc::error(
+                        id,
+                        jsonrpc::INVALID_PARAMS,
+                        format!("Unknown resource: {}", uri.unwrap_or_default()),
+                    )),
+                }
+            }
+        }
+    }
+
     /// `completion/complete`: a prompt argument goes to the prompt's member,
     /// a resource template's to the template's.
-    async fn complete(&self, caller: &Caller, mut message: Value) -> Value {
+    async fn complete(&self, caller: &Caller, mut message: Value) -> Routed {
         let id = jsonrpc::id(&message);
         let reference = message.pointer("/params/ref").cloned().unwrap_or_default();
         let owner = match reference["type"].as_str() {
@@ -409,13 +659,26 @@ impl Aggregate {
             _ => None,
         };
         match owner {
-            Some(server) => self.forward(&server, caller, message).await,
-            None => jsonrpc::error(id, jsonrpc::INVALID_PARAMS, "Unknown completion reference"),
+            Some(server) => Routed::Member(server, message),
+            None => Routed::Answered(jsonrpc::error(
+                id,
+                jsonrpc::INVALID_PARAMS,
+                "Unknown completion reference",
+            )),
         }
     }
 
-    /// A request to one member, as a stateless client of its own endpoint.
-    async fn forward(&self, server: &Arc<Server>, caller: &Caller, message: Value) -> Value {
+    /// A request to one member: in the member session of `session`, or as a
+    /// stateless client of the member's endpoint. Whatever happens to the
+    /// member, the answer is one response with the request's id.
+    async fn forward(
+        &self,
+        server: &Arc<Server>,
+        caller: &Caller,
+        session: Option<&Arc<AggregateSession>>,
+        message: Value,
+        events: Option<&mpsc::Sender<Value>>,
+    ) -> Value {
         let id = jsonrpc::id(&message);
         if let Some(answer) = ask_elsewhere(self.member_route.get(), server, &message).await {
             return answer;
@@ -428,9 +691,14 @@ impl Aggregate {
             method = jsonrpc::method(&message).unwrap_or_default(),
             "aggregated request"
         );
-        call::request(server, caller, None, STANDALONE, message)
-            .await
-            .unwrap_or_else(|error| error.to_jsonrpc(id))
+        let outcome = match session {
+            Some(session) => session.forward(server, caller, message, events).await,
+            None => call::request(server, caller, None, STANDALONE, message).await,
+        };
+        let mut response = outcome.unwrap_or_else(|error| error.to_jsonrpc(id.clone()));
+        // The member's answer carries the client's id already; made sure of.
+        response["id"] = id;
+        response
     }
 
     /// Each member's items of `list`, all pages, as its own endpoint lists
@@ -559,6 +827,18 @@ impl NotRouted {
     }
 }
 
+/// Spawns the task that answers a request, in the request's span and with
+/// its headers (task-locals do not cross `tokio::spawn`).
+fn spawn_for_request<F>(task: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let headers = REQUEST_HEADERS
+        .try_with(HeaderMap::clone)
+        .unwrap_or_default();
+    tokio::spawn(REQUEST_HEADERS.scope(headers, task).in_current_span());
+}
+
 /// The answer of a member asked elsewhere through `route`, if it was.
 async fn ask_elsewhere(
     route: Option<&Arc<dyn MemberRoute>>,
@@ -591,11 +871,55 @@ async fn member_items(
     .await
 }
 
-/// `POST|GET|DELETE /mcp`.
+/// An SSE response of one aggregated stream's messages, each with its own
+/// event id (these streams are not resumed: a client re-sends or re-opens).
+fn events_of(messages: mpsc::Receiver<Value>) -> HttpResponse {
+    let events = futures::stream::unfold((messages, 0u64), |(mut messages, n)| async move {
+        let message = messages.recv().await?;
+        Some((
+            reply::message_event(Some(n + 1), &message),
+            (messages, n + 1),
+        ))
+    });
+    reply::sse(events)
+}
+
+/// Sends `list_changed` to `changed` whenever `member`'s recorded list
+/// changes, until nobody listens (subscribed at once, sent by the task).
+fn catalog_changes(
+    member: &Arc<Server>,
+    changed: mpsc::Sender<Value>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let changes = member.catalog().subscribe();
+    send_catalog_changes(changes, changed)
+}
+
+async fn send_catalog_changes(
+    mut changes: tokio::sync::broadcast::Receiver<List>,
+    changed: mpsc::Sender<Value>,
+) {
+    loop {
+        let list = tokio::select! {
+            _ = changed.closed() => return,
+            list = changes.recv() => match list {
+                Ok(list) => list,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        let note = jsonrpc::notification(list.changed_notification(), None);
+        if changed.send(note).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `POST|GET|DELETE /mcp`, and the legacy `GET /sse` + `POST /messages`.
 pub fn routes(
     aggregate: Arc<Aggregate>,
     caller: BoxedFilter<(Caller,)>,
 ) -> impl Filter<Extract = (HttpResponse,), Error = warp::Rejection> + Clone {
+    let aggregate_for_legacy = aggregate.clone();
     let with = warp::any().map(move || aggregate.clone());
     let post = warp::path!("mcp")
         .and(warp::post())
@@ -606,7 +930,8 @@ pub fn routes(
         .then(
             |aggregate: Arc<Aggregate>, caller: Caller, headers: HeaderMap, body| async move {
                 let span = tracing::info_span!("mcp", server = "*", caller = %caller);
-                tracing::Instrument::instrument(aggregate.post(caller, &headers, body), span).await
+                let answer = aggregate.post(caller, &headers, body).instrument(span);
+                REQUEST_HEADERS.scope(headers.clone(), answer).await
             },
         );
     let get = warp::path!("mcp")
@@ -619,20 +944,16 @@ pub fn routes(
                 aggregate.listen(caller, &headers)
             },
         );
+    let legacy = legacy::routes(aggregate_for_legacy, caller.clone());
     let delete = warp::path!("mcp")
         .and(warp::delete())
         .and(with)
         .and(caller)
         .and(warp::header::headers_cloned())
         .map(
-            |aggregate: Arc<Aggregate>, caller: Caller, headers: HeaderMap| match header(
-                &headers,
-                SESSION_HEADER,
-            ) {
-                Some(id) if aggregate.end_session(id, &caller) => status_only(StatusCode::OK),
-                Some(_) => refuse(RequestError::SessionNotFound),
-                None => refuse(RequestError::MissingSession),
+            |aggregate: Arc<Aggregate>, caller: Caller, headers: HeaderMap| {
+                aggregate.delete(&caller, &headers)
             },
         );
-    post.or(get).unify().or(delete).unify()
+    post.or(get).unify().or(delete).unify().or(legacy).unify()
 }

@@ -31,6 +31,9 @@ pub struct Reconciler {
     /// only once it stays so for [`REMOVAL_DEBOUNCE`] (a file rewritten in
     /// place is empty for a moment).
     vanishing: RwLock<BTreeMap<String, Instant>>,
+    /// Counts the changes to the set of servers or their specs (the
+    /// aggregated endpoint tells its clients when its members change).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 pub use crate::server::REMOVAL_DEBOUNCE;
@@ -76,6 +79,7 @@ impl Reconciler {
             target: Target::Podman,
             home_namespace: None,
             vanishing: RwLock::new(BTreeMap::new()),
+            changes: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -97,6 +101,7 @@ impl Reconciler {
             target: Target::Kubernetes,
             home_namespace: Some(home_namespace.to_string()),
             vanishing: RwLock::new(BTreeMap::new()),
+            changes: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -134,6 +139,11 @@ impl Reconciler {
             .values()
             .map(|e| e.server.clone())
             .collect()
+    }
+
+    /// Changes when a server is declared, changed or removed.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn problems(&self) -> Vec<String> {
@@ -176,6 +186,7 @@ impl Reconciler {
                 Some(server) => {
                     info!(server = %key, "spec changed");
                     server.update(workload).await;
+                    self.changes.send_modify(|n| *n += 1);
                 }
                 None => {
                     info!(server = %key, file = %loaded.file.display(), "declared");
@@ -192,6 +203,7 @@ impl Reconciler {
                             file: loaded.file,
                         },
                     );
+                    self.changes.send_modify(|n| *n += 1);
                 }
             }
         }
@@ -215,6 +227,7 @@ impl Reconciler {
         for (name, server) in gone {
             info!(server = %name, "no longer declared: removing");
             server.remove().await;
+            self.changes.send_modify(|n| *n += 1);
         }
         *self.problems.write().unwrap() = problems;
     }

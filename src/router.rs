@@ -34,6 +34,8 @@ pub const ROUTES: &[Route] = &[
     Route::router("/servers"),
     // One MCP endpoint over every server (src/aggregate.rs).
     Route::router("/mcp"),
+    Route::router("/sse"),
+    Route::router("/messages"),
     Route::server("/servers/{name}"),
     Route::server("/servers/{name}/logs"),
     Route::server("/servers/{name}/start"),
@@ -47,6 +49,8 @@ pub const ROUTES: &[Route] = &[
     // OAuth Protected Resource Metadata (RFC 9728) of mcpod and of each MCP endpoint.
     Route::router("/.well-known/oauth-protected-resource"),
     Route::router("/.well-known/oauth-protected-resource/mcp"),
+    Route::router("/.well-known/oauth-protected-resource/sse"),
+    Route::router("/.well-known/oauth-protected-resource/messages"),
     Route::server("/.well-known/oauth-protected-resource/mcp/{name}"),
     Route::server("/.well-known/oauth-protected-resource/mcp/{namespace}/{name}"),
     Route::server("/.well-known/oauth-protected-resource/servers/{name}/mcp"),

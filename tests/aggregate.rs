@@ -1,14 +1,17 @@
 //! The aggregated endpoint `/mcp` over real containers, driven by the official
 //! SDK clients: with every container stopped, listing the namespaced union of
 //! everything, time and memory starts none (counted with Podman), and one call
-//! starts exactly one — its own server's.
+//! starts exactly one — its own server's. An aggregated session carries a
+//! member's sampling and elicitation requests, progress, cancellation and
+//! resource updates, and hears of a member added; legacy SSE and 2026-07-28
+//! clients use the same union.
 
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{manifest, sdk_client, wait_until, Mcpod, TIME_IMAGE};
+use common::{manifest, sdk_client, sdk_client_with, wait_until, Mcpod, TIME_IMAGE};
 use serde_json::{json, Value};
 
 const SERVERS: [&str; 3] = ["everything", "time", "memory"];
@@ -152,4 +155,57 @@ async fn sdk_clients_list_the_union_with_no_container_and_one_call_starts_one() 
     // The union's health: no collisions.
     let (_, health) = mcpod.get("/health").await;
     assert!(!health["problems"].to_string().contains("/mcp"), "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_clients_get_members_requests_progress_updates_and_new_members_through_mcp() {
+    let everything = manifest("everything", "localhost/mcpod/everything:latest", "");
+    let mcpod = Mcpod::start(&[("everything.yaml", everything)], &[]);
+    let url = format!("{}/mcp", mcpod.url);
+    let added = manifest("time", TIME_IMAGE, "args: [--local-timezone, UTC]");
+    let added_path = mcpod.manifests.path().join("time.yaml");
+    let env = [
+        ("MCPOD_NEW_MANIFEST", added.as_str()),
+        ("MCPOD_NEW_MANIFEST_PATH", added_path.to_str().unwrap()),
+    ];
+    let out = sdk_client_with("typescript", "aggregate-session", &url, &env);
+    assert!(
+        out["sampling"]
+            .to_string()
+            .contains("sampled by ts-aggregate-session"),
+        "the client's sampling answer reached the tool's result: {out}"
+    );
+    assert_eq!(out["elicited"], 1, "{out}");
+    assert!(out["elicitation"].to_string().contains("declined"), "{out}");
+    assert_eq!(out["progress"], json!([1, 2, 3]), "{out}");
+    assert_eq!(out["cancelled"], true, "{out}");
+    assert!(out["cancelledWithinMs"].as_u64().unwrap() < 30_000, "{out}");
+    assert_eq!(out["echoAfterCancel"], json!(["Echo: still here"]), "{out}");
+    assert_eq!(out["updated"], out["subscribed"], "{out}");
+    assert_eq!(out["listChanged"], true, "{out}");
+    assert!(
+        out["tools"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("time__get_current_time")),
+        "{out}"
+    );
+
+    // The Python SDK over legacy HTTP+SSE on the aggregated endpoint.
+    let legacy = sdk_client("python", "aggregate-legacy", &format!("{}/sse", mcpod.url));
+    assert_eq!(legacy["server"], "mcpod", "{legacy}");
+    assert_eq!(legacy["echo"], json!(["Echo: over legacy sse"]), "{legacy}");
+    assert!(legacy["tools"]
+        .to_string()
+        .contains("time__get_current_time"));
+
+    // The Python SDK in protocol 2026-07-28 on /mcp.
+    let modern = sdk_client("python", "aggregate-modern", &url);
+    assert_eq!(modern["protocol"], "2026-07-28", "{modern}");
+    assert_eq!(modern["echo"], json!(["Echo: hello from 2026"]), "{modern}");
+    assert!(modern["tools"].to_string().contains("everything__echo"));
+    assert!(
+        modern["sampling"].to_string().contains("sampled"),
+        "{modern}"
+    );
 }

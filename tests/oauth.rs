@@ -273,8 +273,10 @@ async fn without_a_token_the_challenge_leads_to_the_metadata_and_the_issuer() {
         "/servers/fake/sse",
         "/messages/fake",
         "/mcp/default/fake",
-        // The aggregated endpoint over every server.
+        // The aggregated endpoint over every server, and its legacy SSE paths.
         "/mcp",
+        "/sse",
+        "/messages",
         "",
     ] {
         let (status, metadata) = mcpod

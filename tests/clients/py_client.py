@@ -73,6 +73,27 @@ async def aggregate_list(session, out):
     out["prompts"] = sorted(p.name for p in (await session.list_prompts()).prompts)
 
 
+async def aggregate_legacy(session, out):
+    """The aggregated endpoint over legacy HTTP+SSE (2024-11-05): list the union, call one member."""
+    init = await session.initialize()
+    out["server"] = init.server_info.name
+    out["protocol"] = init.protocol_version
+    out["tools"] = sorted(t.name for t in (await session.list_tools()).tools)
+    out["echo"] = texts(await session.call_tool("everything__echo", {"message": "over legacy sse"}))
+
+
+async def aggregate_modern(url, out):
+    """The aggregated endpoint in protocol 2026-07-28: discover, list the union, call one member."""
+    client = Client(url, sampling_callback=sample, list_roots_callback=list_roots, elicitation_callback=elicit)
+    async with client:
+        out["protocol"] = client.protocol_version
+        out["server"] = client.server_info.name if client.server_info else None
+        out["tools"] = sorted(t.name for t in (await client.list_tools()).tools)
+        out["echo"] = texts(await client.call_tool("everything__echo", {"message": "hello from 2026"}))
+        out["sampling"] = texts(await client.call_tool("everything__trigger-sampling-request",
+                                                       {"prompt": "tell me", "maxTokens": 20}))
+
+
 async def elicit(context, params):
     return types.ElicitResult(action="decline")
 
@@ -118,8 +139,8 @@ async def modern(url, out):
 async def main():
     scenario, url = sys.argv[1], sys.argv[2]
     out = {}
-    if scenario == "modern":
-        await modern(url, out)
+    if scenario in ("modern", "aggregate-modern"):
+        await (modern if scenario == "modern" else aggregate_modern)(url, out)
         print(json.dumps(out))
         return
     transport = sse_client(url) if scenario.endswith("-legacy") else streamable_http_client(url)
@@ -130,6 +151,8 @@ async def main():
                 await everything(session, out)
             elif scenario == "aggregate-list":
                 await aggregate_list(session, out)
+            elif scenario == "aggregate-legacy":
+                await aggregate_legacy(session, out)
             else:
                 await time(session, out)
     print(json.dumps(out))

@@ -3,7 +3,14 @@
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
-import { CreateMessageRequestSchema, ListRootsRequestSchema } from "@modelcontextprotocol/sdk/types.js";
+import {
+  CreateMessageRequestSchema,
+  ElicitRequestSchema,
+  ListRootsRequestSchema,
+  ResourceUpdatedNotificationSchema,
+  ToolListChangedNotificationSchema,
+} from "@modelcontextprotocol/sdk/types.js";
+import { writeFileSync } from "node:fs";
 
 const [scenario, url] = process.argv.slice(2);
 const texts = (result) => result.content.filter((c) => c.type === "text").map((c) => c.text);
@@ -134,12 +141,74 @@ async function aggregateCall() {
   return out;
 }
 
+// The aggregated endpoint /mcp as a session: a member's sampling and
+// elicitation requests reach this client, progress and a cancellation, a
+// resource subscription's updates, and list_changed when a member is added
+// (the manifest in MCPOD_NEW_MANIFEST is written to MCPOD_NEW_MANIFEST_PATH).
+async function aggregateSession() {
+  const client = newClient("ts-aggregate-session");
+  client.registerCapabilities({ elicitation: {} });
+  const elicited = [];
+  client.setRequestHandler(ElicitRequestSchema, async (request) => {
+    elicited.push(request.params.message);
+    return { action: "decline" };
+  });
+  let onUpdated;
+  const updated = new Promise((resolve) => (onUpdated = resolve));
+  client.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => onUpdated(n.params.uri));
+  let onListChanged = () => {};
+  client.setNotificationHandler(ToolListChangedNotificationSchema, () => onListChanged(true));
+  await client.connect(new StreamableHTTPClientTransport(new URL(url)));
+  const within = (promise, ms, what) =>
+    Promise.race([promise, new Promise((_, reject) => setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms))]);
+  const out = {};
+  out.sampling = texts(
+    await client.callTool({ name: "everything__trigger-sampling-request", arguments: { prompt: "hi", maxTokens: 10 } }),
+  );
+  out.elicitation = texts(await client.callTool({ name: "everything__trigger-elicitation-request", arguments: {} }));
+  out.elicited = elicited.length;
+  const progress = [];
+  await client.callTool(
+    { name: "everything__trigger-long-running-operation", arguments: { duration: 1, steps: 3 } },
+    undefined,
+    { onprogress: (p) => progress.push(p.progress) },
+  );
+  out.progress = progress;
+  // Cancelled after its first progress notification: the call ends at once.
+  const abort = new AbortController();
+  const began = Date.now();
+  out.cancelled = await client
+    .callTool(
+      { name: "everything__trigger-long-running-operation", arguments: { duration: 60, steps: 60 } },
+      undefined,
+      { signal: abort.signal, onprogress: () => abort.abort("enough") },
+    )
+    .then(() => false, () => true);
+  out.cancelledWithinMs = Date.now() - began;
+  out.echoAfterCancel = texts(await client.callTool({ name: "everything__echo", arguments: { message: "still here" } }));
+  const uri = (await client.listResources()).resources[0].uri;
+  await client.subscribeResource({ uri });
+  await client.callTool({ name: "everything__toggle-subscriber-updates", arguments: {} });
+  out.subscribed = uri;
+  out.updated = await within(updated, 30000, "resource update");
+  await client.callTool({ name: "everything__toggle-subscriber-updates", arguments: {} });
+  // Only a list_changed after the manifest is written counts (a member's
+  // catalog, recorded when it first ran, sends one too).
+  const listChanged = new Promise((resolve) => (onListChanged = resolve));
+  writeFileSync(process.env.MCPOD_NEW_MANIFEST_PATH, process.env.MCPOD_NEW_MANIFEST);
+  out.listChanged = await within(listChanged, 30000, "tools/list_changed");
+  out.tools = (await client.listTools()).tools.map((t) => t.name).sort();
+  await client.close();
+  return out;
+}
+
 const scenarios = {
   everything,
   concurrent,
   legacy,
   "concurrent-sampling": concurrentSampling,
   "aggregate-call": aggregateCall,
+  "aggregate-session": aggregateSession,
 };
 scenarios[scenario]()
   .then((out) => {

@@ -350,6 +350,11 @@ pub fn text_of(response: &Value) -> String {
 
 /// Runs one scenario of an official SDK client (tests/clients), returning the JSON it printed.
 pub fn sdk_client(language: &str, scenario: &str, url: &str) -> Value {
+    sdk_client_with(language, scenario, url, &[])
+}
+
+/// [`sdk_client`] with extra environment variables for the scenario.
+pub fn sdk_client_with(language: &str, scenario: &str, url: &str, env: &[(&str, &str)]) -> Value {
     let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
     let mut command = match language {
         "python" => {
@@ -372,6 +377,7 @@ pub fn sdk_client(language: &str, scenario: &str, url: &str) -> Value {
     };
     let output = command
         .args([scenario, url])
+        .envs(env.iter().copied())
         .output()
         .expect("test clients are installed (make test-clients)");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -6,6 +6,7 @@
 
 mod access;
 mod aggregate;
+mod aggregate_session;
 mod catalog;
 #[path = "../common/mod.rs"]
 mod common;

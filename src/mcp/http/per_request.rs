@@ -48,7 +48,7 @@ const LOG_LEVEL_KEY: &str = "io.modelcontextprotocol/logLevel";
 const SERVER_INFO_KEY: &str = "io.modelcontextprotocol/serverInfo";
 
 const METHOD_HEADER: &str = "mcp-method";
-const NAME_HEADER: &str = "mcp-name";
+pub const NAME_HEADER: &str = "mcp-name";
 
 /// Methods of the handshake era that 2026-07-28 removed.
 const REMOVED_METHODS: &[Method] = &[
@@ -180,6 +180,27 @@ pub async fn post(
         .reply(request.id),
         _ => exchange(server, caller, request, sse).await,
     }
+}
+
+/// The envelope checks of [`post`] for an endpoint that answers some requests
+/// itself (the aggregated `/mcp`): the request's id and method, `None` for a
+/// notification, or the error refusing it (with the id it answers).
+pub fn envelope(
+    headers: &HeaderMap,
+    message: Value,
+) -> Result<Option<(Value, Method)>, (Value, RequestError)> {
+    check(headers, message).map(|checked| checked.map(|request| (request.id, request.kind)))
+}
+
+/// A response mcpod made itself, as this era answers it: a result with
+/// `resultType` and cache hints, an error with its HTTP status.
+pub fn local_reply(method: Method, mut response: Value) -> HttpResponse {
+    if let Some(code) = response.pointer("/error/code").and_then(Value::as_i64) {
+        return json_reply(status_for(code), &response);
+    }
+    let result = response["result"].take();
+    response["result"] = complete(method, result, &Value::Null);
+    json_reply(StatusCode::OK, &response)
 }
 
 /// The envelope checks, in the specification's order: one request or

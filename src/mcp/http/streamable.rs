@@ -187,12 +187,40 @@ async fn batch(
     headers: &HeaderMap,
     batch: Vec<Value>,
 ) -> HttpResponse {
-    let version = session
-        .as_ref()
-        .map(|s| s.protocol_version())
+    let version = batch_version(session.as_ref().map(|s| s.protocol_version()), headers);
+    let request = |message| {
+        let session = session.clone();
+        async move {
+            let id = jsonrpc::id(&message);
+            call::request(server, caller, session.as_ref(), STANDALONE, message)
+                .await
+                .unwrap_or_else(|e| e.to_jsonrpc(id))
+        }
+    };
+    let one_way = |message| call::one_way(server, session.as_deref(), message);
+    answer_batch(&version, batch, request, one_way).await
+}
+
+/// The protocol version a batch is judged by: the session's, else the header's.
+pub fn batch_version(session_version: Option<String>, headers: &HeaderMap) -> String {
+    session_version
         .or_else(|| header(headers, VERSION_HEADER).map(str::to_string))
-        .unwrap_or_else(|| version::ASSUMED_WITHOUT_HEADER.to_string());
-    if !version::allows_batches(&version) {
+        .unwrap_or_else(|| version::ASSUMED_WITHOUT_HEADER.to_string())
+}
+
+/// Answers a batch in protocol `version`: each request by `request`, each
+/// notification or response handed to `one_way`; the responses in one reply.
+pub async fn answer_batch<R, F>(
+    version: &str,
+    batch: Vec<Value>,
+    request: R,
+    one_way: impl Fn(Value),
+) -> HttpResponse
+where
+    R: Fn(Value) -> F,
+    F: std::future::Future<Output = Value>,
+{
+    if !version::allows_batches(version) {
         return refuse(RequestError::Invalid(format!(
             "JSON-RPC batches are not part of protocol version {version}"
         )));
@@ -206,10 +234,25 @@ async fn batch(
     if batch.is_empty() {
         return json_reply(StatusCode::BAD_REQUEST, &invalid_request(&Value::Null));
     }
-    let answers = batch.into_iter().map(|message| {
-        let server = server.clone();
-        let session = session.clone();
-        async move { batch_member(&server, caller, session.as_ref(), message).await }
+    let (request, one_way) = (&request, &one_way);
+    // Each message is handled when its turn comes in the joined futures, in
+    // the batch's order, as when the batch was answered one message at a time.
+    let answers = batch.into_iter().map(|message| async move {
+        match jsonrpc::classify(&message) {
+            None => Some(invalid_request(&message)),
+            Some(Kind::Request) if Method::of(&message) == Method::Initialize => {
+                Some(jsonrpc::error(
+                    jsonrpc::id(&message),
+                    jsonrpc::INVALID_REQUEST,
+                    "initialize cannot be part of a batch",
+                ))
+            }
+            Some(Kind::Request) => Some(request(message).await),
+            _ => {
+                one_way(message);
+                None
+            }
+        }
     });
     let responses: Vec<Value> = futures::future::join_all(answers)
         .await
@@ -220,33 +263,6 @@ async fn batch(
         status_only(StatusCode::ACCEPTED)
     } else {
         json_reply(StatusCode::OK, &Value::Array(responses))
-    }
-}
-
-/// One message of a batch: its response, if it is a request.
-async fn batch_member(
-    server: &Arc<Server>,
-    caller: &Caller,
-    session: Option<&Arc<Session>>,
-    message: Value,
-) -> Option<Value> {
-    let id = jsonrpc::id(&message);
-    match jsonrpc::classify(&message) {
-        None => Some(invalid_request(&message)),
-        Some(Kind::Request) if Method::of(&message) == Method::Initialize => Some(jsonrpc::error(
-            id,
-            jsonrpc::INVALID_REQUEST,
-            "initialize cannot be part of a batch",
-        )),
-        Some(Kind::Request) => Some(
-            call::request(server, caller, session, STANDALONE, message)
-                .await
-                .unwrap_or_else(|e| e.to_jsonrpc(id)),
-        ),
-        _ => {
-            call::one_way(server, session.map(|s| &**s), message);
-            None
-        }
     }
 }
 
