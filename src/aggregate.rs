@@ -60,9 +60,20 @@ struct AggregateSession {
     last_used: Instant,
 }
 
+/// Which servers an aggregated endpoint serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// `/mcp`: every server, each prefixed with its name.
+    All,
+    /// `/groups/…/mcp`: the members of the MCPServerGroup with this key (as
+    /// `Reconciler::group` finds it), under the group's prefixes and separator.
+    Group(String),
+}
+
 /// The aggregated endpoint's state.
 pub struct Aggregate {
     reconciler: Arc<Reconciler>,
+    scope: Scope,
     separator: String,
     max_body_bytes: usize,
     sessions: Mutex<HashMap<String, AggregateSession>>,
@@ -72,8 +83,18 @@ pub struct Aggregate {
 
 impl Aggregate {
     pub fn new(reconciler: Arc<Reconciler>, config: &EndpointConfig) -> Arc<Aggregate> {
+        Self::scoped(reconciler, config, Scope::All)
+    }
+
+    /// An endpoint over `scope`'s servers only.
+    pub fn scoped(
+        reconciler: Arc<Reconciler>,
+        config: &EndpointConfig,
+        scope: Scope,
+    ) -> Arc<Aggregate> {
         Arc::new(Aggregate {
             reconciler,
+            scope,
             separator: config.tool_separator.clone(),
             max_body_bytes: config.max_body_bytes,
             sessions: Mutex::default(),
@@ -92,11 +113,22 @@ impl Aggregate {
             .collect()
     }
 
-    /// The servers `caller` reaches through `/mcp`, by name.
+    /// The servers `caller` reaches through this endpoint, by name: the one
+    /// place membership is decided (a group's is read anew on every call, so
+    /// a server relabelled in or out counts at once).
     fn members(&self, caller: &Caller) -> Vec<Arc<Server>> {
-        let mut members: Vec<Arc<Server>> = self
-            .reconciler
-            .servers()
+        let servers = match &self.scope {
+            Scope::All => self.reconciler.servers(),
+            Scope::Group(key) => match self.reconciler.group(key) {
+                Some((group, membership)) => membership
+                    .members
+                    .iter()
+                    .filter_map(|m| self.reconciler.group_member(&group, &m.server))
+                    .collect(),
+                None => vec![],
+            },
+        };
+        let mut members: Vec<Arc<Server>> = servers
             .into_iter()
             .filter(|server| {
                 let workload = server.workload();
@@ -107,6 +139,38 @@ impl Aggregate {
             .collect();
         members.sort_by(|a, b| a.name().cmp(b.name()));
         members
+    }
+
+    /// What `server`'s tools and prompts are prefixed with here.
+    fn prefix(&self, server: &Server) -> String {
+        let Scope::Group(key) = &self.scope else {
+            return server.name().to_string();
+        };
+        let own = server.name().rsplit('/').next().unwrap_or_default();
+        self.reconciler
+            .group(key)
+            .and_then(|(_, membership)| membership.prefix_of(own).map(str::to_string))
+            .unwrap_or_else(|| own.to_string())
+    }
+
+    /// The separator between a prefix and a member's own name here.
+    fn separator(&self) -> String {
+        match &self.scope {
+            Scope::All => self.separator.clone(),
+            Scope::Group(key) => self
+                .reconciler
+                .group(key)
+                .map(|(group, _)| group.spec.separator().to_string())
+                .unwrap_or_else(|| self.separator.clone()),
+        }
+    }
+
+    /// The group's own instructions, put before its members'.
+    fn scope_instructions(&self) -> Option<String> {
+        let Scope::Group(key) = &self.scope else {
+            return None;
+        };
+        self.reconciler.group(key)?.0.spec.instructions
     }
 
     fn open_session(&self, caller: &Caller) -> String {
@@ -148,7 +212,7 @@ impl Aggregate {
 
     /// GET: the session's stream of `list_changed` notifications, from the
     /// members' catalogs (the members of when it opened).
-    fn listen(self: Arc<Self>, caller: Caller, headers: &HeaderMap) -> HttpResponse {
+    pub(crate) fn listen(self: Arc<Self>, caller: Caller, headers: &HeaderMap) -> HttpResponse {
         if !accepts(headers).sse {
             return refuse(RequestError::NotAcceptable(
                 "GET needs Accept: text/event-stream",
@@ -192,7 +256,7 @@ impl Aggregate {
         reply::sse(events)
     }
 
-    fn end_session(&self, id: &str, caller: &Caller) -> bool {
+    pub(crate) fn end_session(&self, id: &str, caller: &Caller) -> bool {
         let owned = self.use_session(id, caller);
         if owned {
             self.sessions.lock().unwrap().remove(id);
@@ -200,7 +264,12 @@ impl Aggregate {
         owned
     }
 
-    async fn post<S, B>(&self, caller: Caller, headers: &HeaderMap, body: S) -> HttpResponse
+    pub(crate) async fn post<S, B>(
+        &self,
+        caller: Caller,
+        headers: &HeaderMap,
+        body: S,
+    ) -> HttpResponse
     where
         S: Stream<Item = Result<B, warp::Error>> + Unpin,
         B: Buf,
@@ -269,7 +338,7 @@ impl Aggregate {
             futures::future::join_all(members.iter().map(|member| member.initialize_result()))
                 .await;
         let mut capabilities = serde_json::Map::new();
-        let mut instructions = vec![];
+        let mut instructions: Vec<String> = self.scope_instructions().into_iter().collect();
         for (server, intro) in members.iter().zip(intros) {
             let intro = match intro {
                 Ok(intro) => intro,
@@ -430,7 +499,7 @@ impl Aggregate {
                 let Some(own) = item.get("name").and_then(Value::as_str) else {
                     continue;
                 };
-                let name = format!("{}{}{own}", server.name(), self.separator);
+                let name = format!("{}{}{own}", self.prefix(&server), self.separator());
                 item["name"] = json!(name);
                 by_name
                     .entry(name)
@@ -475,7 +544,7 @@ impl Aggregate {
             .members(caller)
             .into_iter()
             .filter_map(|server| {
-                let prefix = format!("{}{}", server.name(), self.separator);
+                let prefix = format!("{}{}", self.prefix(&server), self.separator());
                 let own = name.strip_prefix(&prefix)?.to_string();
                 (!own.is_empty()).then_some((server, own))
             })

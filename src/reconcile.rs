@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use crate::crd::MCPServer;
+use crate::crd::{MCPServer, MCPServerGroup};
+use crate::group::{self, Candidate, Membership};
 use crate::manifests::{self, Manifests};
 use crate::runtime::Runtime;
 use crate::server::{Server, Settings};
@@ -31,6 +32,11 @@ pub struct Reconciler {
     /// only once it stays so for [`REMOVAL_DEBOUNCE`] (a file rewritten in
     /// place is empty for a moment).
     vanishing: RwLock<BTreeMap<String, Instant>>,
+    /// Declared MCPServerGroups, by the key `server` would find a server of
+    /// the same name and namespace by. Membership is decided on every use
+    /// (from the servers' labels of the moment), so relabelling a server
+    /// moves it in or out of a group at once.
+    groups: RwLock<BTreeMap<String, MCPServerGroup>>,
 }
 
 pub use crate::server::REMOVAL_DEBOUNCE;
@@ -38,6 +44,10 @@ pub use crate::server::REMOVAL_DEBOUNCE;
 struct Entry {
     server: Arc<Server>,
     file: PathBuf,
+    /// What groups select it by; changing them does not touch the server.
+    labels: BTreeMap<String, String>,
+    /// Kubernetes: the MCPServer's namespace (its name is the server's own).
+    namespace: Option<String>,
 }
 
 /// A declared server's workload, or the problem `apply` reports for it (the
@@ -62,7 +72,47 @@ pub fn problems_in(manifests: &Manifests, defaults: &Defaults, target: Target) -
             .iter()
             .filter_map(|loaded| resolve_declared(loaded, defaults, target).err()),
     );
+    problems.extend(manifests.groups.iter().flat_map(|loaded| {
+        let name = loaded.group.metadata.name.clone().unwrap_or_default();
+        group::resolve(&loaded.group.spec, None, declared_candidates(manifests))
+            .collisions
+            .into_iter()
+            .map(move |c| {
+                format!(
+                    "{}: MCPServerGroup {name}: {}",
+                    loaded.file.display(),
+                    c.message
+                )
+            })
+    }));
     problems
+}
+
+/// Each declared group (Podman: one namespace) and its members among the declared servers.
+pub fn declared_groups(manifests: &Manifests) -> Vec<(String, Membership)> {
+    manifests
+        .groups
+        .iter()
+        .map(|loaded| {
+            let name = loaded.group.metadata.name.clone().unwrap_or_default();
+            let membership =
+                group::resolve(&loaded.group.spec, None, declared_candidates(manifests));
+            (name, membership)
+        })
+        .collect()
+}
+
+fn declared_candidates(manifests: &Manifests) -> impl Iterator<Item = Candidate<'_>> {
+    manifests.servers.iter().map(|loaded| Candidate {
+        name: loaded.server.metadata.name.as_deref().unwrap_or_default(),
+        namespace: None,
+        labels: empty_if_none(&loaded.server.metadata.labels),
+    })
+}
+
+fn empty_if_none(labels: &Option<BTreeMap<String, String>>) -> &BTreeMap<String, String> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    labels.as_ref().unwrap_or(&EMPTY)
 }
 
 impl Reconciler {
@@ -76,6 +126,7 @@ impl Reconciler {
             target: Target::Podman,
             home_namespace: None,
             vanishing: RwLock::new(BTreeMap::new()),
+            groups: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -97,6 +148,7 @@ impl Reconciler {
             target: Target::Kubernetes,
             home_namespace: Some(home_namespace.to_string()),
             vanishing: RwLock::new(BTreeMap::new()),
+            groups: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -137,12 +189,89 @@ impl Reconciler {
     }
 
     pub fn problems(&self) -> Vec<String> {
-        self.problems.read().unwrap().clone()
+        let mut problems = self.problems.read().unwrap().clone();
+        for (key, _, membership) in self.groups() {
+            for collision in membership.collisions {
+                problems.push(format!("MCPServerGroup {key}: {}", collision.message));
+            }
+        }
+        problems
+    }
+
+    /// Replaces the declared groups (the manifest directory's, or the
+    /// cluster's as the router watches them).
+    pub fn set_groups(&self, groups: Vec<MCPServerGroup>) {
+        let groups = groups
+            .into_iter()
+            .map(|group| {
+                let name = group.metadata.name.clone().unwrap_or_default();
+                let key = match (self.target, group.metadata.namespace.as_deref()) {
+                    (Target::Kubernetes, Some(namespace)) => self.key_for(namespace, &name),
+                    _ => name,
+                };
+                (key, group)
+            })
+            .collect();
+        *self.groups.write().unwrap() = groups;
+    }
+
+    /// One group, by key, with its members of the moment.
+    pub fn group(&self, key: &str) -> Option<(MCPServerGroup, Membership)> {
+        let group = self.groups.read().unwrap().get(key)?.clone();
+        let membership = self.membership(&group);
+        Some((group, membership))
+    }
+
+    /// Every group (key, resource, members of the moment), by key.
+    pub fn groups(&self) -> Vec<(String, MCPServerGroup, Membership)> {
+        let groups: Vec<(String, MCPServerGroup)> = self
+            .groups
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(key, group)| (key.clone(), group.clone()))
+            .collect();
+        groups
+            .into_iter()
+            .map(|(key, group)| {
+                let membership = self.membership(&group);
+                (key, group, membership)
+            })
+            .collect()
+    }
+
+    /// The servers `group` selects now (Kubernetes: in its namespace).
+    fn membership(&self, group: &MCPServerGroup) -> Membership {
+        let servers = self.servers.read().unwrap();
+        let candidates = servers.values().map(|entry| Candidate {
+            // The MCPServer's own name: what `spec.prefixes` is keyed by.
+            name: entry.server.name().rsplit('/').next().unwrap_or_default(),
+            namespace: entry.namespace.as_deref(),
+            labels: &entry.labels,
+        });
+        let namespace = match self.target {
+            Target::Kubernetes => group.metadata.namespace.as_deref(),
+            Target::Podman => None,
+        };
+        group::resolve(&group.spec, namespace, candidates)
+    }
+
+    /// A member of a group by its MCPServer name, in the group's namespace.
+    pub fn group_member(&self, group: &MCPServerGroup, name: &str) -> Option<Arc<Server>> {
+        match (self.target, group.metadata.namespace.as_deref()) {
+            (Target::Kubernetes, Some(namespace)) => self.server(&self.key_for(namespace, name)),
+            _ => self.server(name),
+        }
     }
 
     /// Makes the set of servers match `manifests`. A server whose file or spec
     /// became invalid keeps running as it was; the problem is reported.
     pub async fn apply(&self, manifests: Manifests) {
+        // On Kubernetes the router watches groups on their own (`sync_groups`).
+        if self.target == Target::Podman {
+            let groups = manifests.groups.iter().map(|l| l.group.clone()).collect();
+            self.set_groups(groups);
+        }
         let mut problems: Vec<String> = manifests.broken_files.values().cloned().collect();
         let mut declared = BTreeSet::new();
         let declaring_files: BTreeSet<PathBuf> =
@@ -164,11 +293,15 @@ impl Reconciler {
                     continue;
                 }
             };
+            let labels = loaded.server.metadata.labels.clone().unwrap_or_default();
+            let namespace = loaded.server.metadata.namespace.clone();
             let existing = self.server(&key);
             if existing.is_some() {
                 // A declaration moved to another file: that file owns it now.
                 if let Some(entry) = self.servers.write().unwrap().get_mut(&key) {
                     entry.file = loaded.file.clone();
+                    entry.labels = labels.clone();
+                    entry.namespace = namespace.clone();
                 }
             }
             match existing {
@@ -190,6 +323,8 @@ impl Reconciler {
                         Entry {
                             server,
                             file: loaded.file,
+                            labels,
+                            namespace,
                         },
                     );
                 }
