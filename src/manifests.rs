@@ -427,5 +427,25 @@ mod example_tests {
                 "time"
             ]
         );
+        let groups = crate::reconcile::declared_groups(&manifests);
+        let members = |name: &str| -> Vec<(String, String)> {
+            let (_, membership) = groups.iter().find(|(n, _)| n == name).unwrap();
+            assert!(membership.collisions.is_empty(), "{membership:?}");
+            membership
+                .members
+                .iter()
+                .map(|m| (m.server.clone(), m.prefix.clone()))
+                .collect()
+        };
+        let pair = |s: &str, p: &str| (s.to_string(), p.to_string());
+        assert_eq!(
+            members("starter"),
+            [
+                pair("everything", "demo"),
+                pair("memory", "memory"),
+                pair("time", "time")
+            ]
+        );
+        assert_eq!(members("all").len(), 7);
     }
 }

@@ -6,6 +6,8 @@
 //!   them to zero; with several replicas, only the [`election`] winner reconciles.
 //! - [`runtime`]: `mcpod router`'s [`crate::runtime::Runtime`] for pods: asks the
 //!   operator for a pod, waits for it, attaches to its stdio, reports activity.
+//! - [`groups`]: the operator's second controller, writing MCPServerGroups'
+//!   status (members, collisions) and a collision condition on their servers.
 //! - [`replicas`]: several router replicas behind one Service; a request for a
 //!   server goes to the replica that owns it ([`ownership`]).
 //! - [`election`] and [`ownership`]: the two uses of Kubernetes Leases, thin
@@ -16,6 +18,7 @@
 
 pub mod annotations;
 pub mod election;
+pub mod groups;
 pub mod lease;
 pub mod operator;
 pub mod ownership;
