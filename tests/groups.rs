@@ -266,6 +266,31 @@ async fn a_group_lists_its_members_union_with_no_container_and_one_call_starts_o
             .contains("MCPServerGroup clash"),
         "{health}"
     );
+    // `mcpod get` shows the groups after the servers, and why time is left out of one.
+    let get = Command::new(env!("CARGO_BIN_EXE_mcpod"))
+        .args(["get", "--url", &mcpod.url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&get.stdout);
+    assert!(get.status.success(), "{table}");
+    let row = |start: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no {start} row in:\n{table}"))
+            .to_string()
+    };
+    assert!(row("time ").contains("MCPServerGroup clash"), "{table}");
+    let clash_row = row("clash ");
+    assert!(
+        clash_row.contains("/groups/clash/mcp") && clash_row.contains("memory+time"),
+        "{table}"
+    );
+    assert!(
+        row("starter ").contains("everything,memory,time"),
+        "{table}"
+    );
+
     // Neither colliding member is served by the clashing group.
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
     let (_, answer) = rpc(&mcpod, "/groups/clash/mcp", list.clone()).await;
@@ -294,5 +319,53 @@ async fn a_group_lists_its_members_union_with_no_container_and_one_call_starts_o
         mcpod.status("memory").await["starts"],
         before[2],
         "relabelling did not start memory"
+    );
+}
+
+/// `mcpod validate` checks groups too: their members, and a collision is a problem.
+#[test]
+fn validate_names_group_members_and_refuses_a_collision() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["time", "memory"] {
+        let text = labelled_if(manifest(name, TIME_IMAGE, ""), true);
+        std::fs::write(dir.path().join(format!("{name}.yaml")), text).unwrap();
+    }
+    let starter = GROUPS.split("---").next().unwrap();
+    std::fs::write(dir.path().join("groups.yaml"), starter).unwrap();
+    let validate = |path: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_mcpod"))
+            .arg("validate")
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let valid = validate(dir.path());
+    let out = String::from_utf8_lossy(&valid.stdout);
+    assert!(
+        valid.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&valid.stderr)
+    );
+    assert!(
+        out.contains("valid MCPServerGroup starter: 2 members (memory, time)"),
+        "{out}"
+    );
+    std::fs::write(dir.path().join("groups.yaml"), GROUPS).unwrap();
+    let clashing = validate(dir.path());
+    let err = String::from_utf8_lossy(&clashing.stderr);
+    assert!(!clashing.status.success());
+    assert!(
+        err.contains("MCPServerGroup clash") && err.contains("memory and time"),
+        "{err}"
+    );
+    let bad = "apiVersion: mcpod.dev/v1alpha1\nkind: MCPServerGroup\nmetadata: {name: bad}\n\
+               spec: {selector: {matchExpressions: [{key: group, operator: In}]}}\n";
+    std::fs::write(dir.path().join("groups.yaml"), bad).unwrap();
+    let refused = validate(dir.path());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        err.contains("matchExpressions[0]") && err.contains("groups.yaml"),
+        "{err}"
     );
 }

@@ -1,4 +1,4 @@
-//! `mcpod validate DIR|FILE...`: checks MCPServer manifests offline with the
+//! `mcpod validate DIR|FILE...`: checks MCPServer and MCPServerGroup manifests offline with the
 //! very checks `mcpod serve` applies (`reconcile::problems_in`: parsing,
 //! duplicates, then the spec→workload step), so CI and pre-commit hooks reject
 //! what `serve` would report in `/health`. Exit status 0 when all are valid.
