@@ -480,3 +480,87 @@ impl Reconciler {
             .await;
     }
 }
+
+#[cfg(test)]
+mod group_tests {
+    use super::*;
+    use crate::manifests::Loaded;
+    use crate::runtime::memory::MemoryRuntime;
+
+    fn server(namespace: &str, name: &str, team: &str) -> Loaded {
+        let yaml = format!(
+            "apiVersion: mcpod.dev/v1alpha1\nkind: MCPServer\n\
+             metadata: {{name: {name}, namespace: {namespace}, labels: {{team: {team}}}}}\n\
+             spec: {{image: localhost/x}}\n"
+        );
+        Loaded {
+            file: PathBuf::from(format!("mcpservers/{namespace}/{name}")),
+            server: serde_yaml::from_str(&yaml).unwrap(),
+        }
+    }
+
+    fn group(namespace: &str, team: &str) -> MCPServerGroup {
+        serde_yaml::from_str(&format!(
+            "apiVersion: mcpod.dev/v1alpha1\nkind: MCPServerGroup\n\
+             metadata: {{name: team, namespace: {namespace}}}\n\
+             spec: {{selector: {{matchLabels: {{team: {team}}}}}}}\n"
+        ))
+        .unwrap()
+    }
+
+    fn members(reconciler: &Reconciler, key: &str) -> Vec<String> {
+        let (group, membership) = reconciler.group(key).unwrap();
+        membership
+            .members
+            .iter()
+            .map(|m| {
+                let server = reconciler.group_member(&group, &m.server).unwrap();
+                server.key().to_string()
+            })
+            .collect()
+    }
+
+    /// On Kubernetes a group selects in its own namespace only, and is found
+    /// by `name` at home and `namespace/name` elsewhere, as servers are; a
+    /// relabelled server changes membership with no restart.
+    #[tokio::test]
+    async fn kube_groups_select_in_their_namespace_and_follow_labels() {
+        let reconciler = Reconciler::for_kubernetes(
+            Arc::new(MemoryRuntime::new()),
+            Defaults::default(),
+            Settings::default(),
+            "home",
+        );
+        let servers = vec![
+            server("home", "time", "a"),
+            server("home", "git", "b"),
+            server("other", "time", "a"),
+            server("other", "memory", "a"),
+        ];
+        reconciler
+            .apply(Manifests {
+                servers: servers.clone(),
+                ..Default::default()
+            })
+            .await;
+        reconciler.set_groups(vec![group("home", "a"), group("other", "a")]);
+        assert_eq!(members(&reconciler, "team"), ["home/time"]);
+        assert_eq!(
+            members(&reconciler, "other/team"),
+            ["other/memory", "other/time"]
+        );
+        assert!(reconciler.group("home/team").is_none());
+        // git is relabelled into the home group: the same server, now a member.
+        let git = reconciler.server("git").unwrap();
+        let mut servers = servers;
+        servers[1] = server("home", "git", "a");
+        reconciler
+            .apply(Manifests {
+                servers,
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(members(&reconciler, "team"), ["home/git", "home/time"]);
+        assert!(Arc::ptr_eq(&git, &reconciler.server("git").unwrap()));
+    }
+}
