@@ -58,7 +58,7 @@ pub struct MCPServerGroupSpec {
     /// instead of its name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub prefixes: BTreeMap<String, String>,
-    /// What the group's `initialize` says it is (`serverInfo.title`).
+    /// What the group is for, in words: shown by `GET /groups`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Put before the members' own instructions in the group's `initialize`.
