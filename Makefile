@@ -72,12 +72,17 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 crd:
-	$(CARGO) run -q -- crd > crds/mcpserver.yaml
+	$(CARGO) run -q -- crd mcpserver > crds/mcpserver.yaml
+	$(CARGO) run -q -- crd mcpservergroup > crds/mcpservergroup.yaml
 	cp crds/mcpserver.yaml charts/mcpod/crds/mcpserver.yaml
+	cp crds/mcpservergroup.yaml charts/mcpod/crds/mcpservergroup.yaml
 	cp crds/mcpserver.yaml manifests/kubernetes/01-crd.yaml
+	cp crds/mcpservergroup.yaml manifests/kubernetes/01-crd-mcpservergroup.yaml
 
 crd-check:
-	$(CARGO) run -q -- crd | diff -u crds/mcpserver.yaml - || \
+	$(CARGO) run -q -- crd mcpserver | diff -u crds/mcpserver.yaml - || \
+	  (echo "crds/ is stale: run 'make crd'" >&2; exit 1)
+	$(CARGO) run -q -- crd mcpservergroup | diff -u crds/mcpservergroup.yaml - || \
 	  (echo "crds/ is stale: run 'make crd'" >&2; exit 1)
 
 bench: test-images

@@ -81,9 +81,20 @@ tokio::task_local! {
     pub static REQUEST_HEADERS: HeaderMap;
 }
 
+/// Which servers an aggregated endpoint serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// `/mcp`: every server, each prefixed with its name.
+    All,
+    /// `/groups/…/mcp`: the members of the MCPServerGroup with this key (as
+    /// `Reconciler::group` finds it), under the group's prefixes and separator.
+    Group(String),
+}
+
 /// The aggregated endpoint's state.
 pub struct Aggregate {
     reconciler: Arc<Reconciler>,
+    scope: Scope,
     separator: String,
     max_body_bytes: usize,
     sessions: Mutex<HashMap<String, Arc<AggregateSession>>>,
@@ -102,8 +113,18 @@ enum Routed {
 
 impl Aggregate {
     pub fn new(reconciler: Arc<Reconciler>, config: &EndpointConfig) -> Arc<Aggregate> {
+        Self::scoped(reconciler, config, Scope::All)
+    }
+
+    /// An endpoint over `scope`'s servers only.
+    pub fn scoped(
+        reconciler: Arc<Reconciler>,
+        config: &EndpointConfig,
+        scope: Scope,
+    ) -> Arc<Aggregate> {
         Arc::new(Aggregate {
             reconciler,
+            scope,
             separator: config.tool_separator.clone(),
             max_body_bytes: config.max_body_bytes,
             sessions: Mutex::default(),
@@ -128,11 +149,22 @@ impl Aggregate {
             .collect()
     }
 
-    /// The servers `caller` reaches through `/mcp`, by name.
+    /// The servers `caller` reaches through this endpoint, by name: the one
+    /// place membership is decided (a group's is read anew on every call, so
+    /// a server relabelled in or out counts at once).
     fn members(&self, caller: &Caller) -> Vec<Arc<Server>> {
-        let mut members: Vec<Arc<Server>> = self
-            .reconciler
-            .servers()
+        let servers = match &self.scope {
+            Scope::All => self.reconciler.servers(),
+            Scope::Group(key) => match self.reconciler.group(key) {
+                Some((group, membership)) => membership
+                    .members
+                    .iter()
+                    .filter_map(|m| self.reconciler.group_member(&group, &m.server))
+                    .collect(),
+                None => vec![],
+            },
+        };
+        let mut members: Vec<Arc<Server>> = servers
             .into_iter()
             .filter(|server| {
                 let workload = server.workload();
@@ -143,6 +175,38 @@ impl Aggregate {
             .collect();
         members.sort_by(|a, b| a.name().cmp(b.name()));
         members
+    }
+
+    /// What `server`'s tools and prompts are prefixed with here.
+    fn prefix(&self, server: &Server) -> String {
+        let Scope::Group(key) = &self.scope else {
+            return server.name().to_string();
+        };
+        let own = server.name().rsplit('/').next().unwrap_or_default();
+        self.reconciler
+            .group(key)
+            .and_then(|(_, membership)| membership.prefix_of(own).map(str::to_string))
+            .unwrap_or_else(|| own.to_string())
+    }
+
+    /// The separator between a prefix and a member's own name here.
+    fn separator(&self) -> String {
+        match &self.scope {
+            Scope::All => self.separator.clone(),
+            Scope::Group(key) => self
+                .reconciler
+                .group(key)
+                .map(|(group, _)| group.spec.separator().to_string())
+                .unwrap_or_else(|| self.separator.clone()),
+        }
+    }
+
+    /// The group's own instructions, put before its members'.
+    fn scope_instructions(&self) -> Option<String> {
+        let Scope::Group(key) = &self.scope else {
+            return None;
+        };
+        self.reconciler.group(key)?.0.spec.instructions
     }
 
     /// Keeps a new session; expired ones (and the least recently used one
@@ -187,7 +251,7 @@ impl Aggregate {
     }
 
     /// DELETE: the client ends its session, and with it every member session.
-    fn delete(&self, caller: &Caller, headers: &HeaderMap) -> HttpResponse {
+    pub(crate) fn delete(&self, caller: &Caller, headers: &HeaderMap) -> HttpResponse {
         if per_request::requested(headers) {
             return reply::method_not_allowed("POST");
         }
@@ -210,7 +274,7 @@ impl Aggregate {
     /// GET: the session's stream of what its members send on their own
     /// (server→client requests, resource updates, log messages), and
     /// `list_changed` when a member's list or the set of members changes.
-    fn listen(self: Arc<Self>, caller: Caller, headers: &HeaderMap) -> HttpResponse {
+    pub(crate) fn listen(self: Arc<Self>, caller: Caller, headers: &HeaderMap) -> HttpResponse {
         // 2026-07-28 has no GET stream: `subscriptions/listen` is a POST.
         if per_request::requested(headers) {
             return reply::method_not_allowed("POST");
@@ -281,7 +345,7 @@ impl Aggregate {
         }
     }
 
-    async fn post<S, B>(
+    pub(crate) async fn post<S, B>(
         self: Arc<Self>,
         caller: Caller,
         headers: &HeaderMap,
@@ -475,7 +539,7 @@ impl Aggregate {
                 .await;
         // Logging is mcpod's own: it remembers the level for every member.
         let mut capabilities = serde_json::Map::from_iter([("logging".to_string(), json!({}))]);
-        let mut instructions = vec![];
+        let mut instructions: Vec<String> = self.scope_instructions().into_iter().collect();
         for (server, intro) in members.iter().zip(intros) {
             let intro = match intro {
                 Ok(intro) => intro,
@@ -725,7 +789,7 @@ impl Aggregate {
                 let Some(own) = item.get("name").and_then(Value::as_str) else {
                     continue;
                 };
-                let name = format!("{}{}{own}", server.name(), self.separator);
+                let name = format!("{}{}{own}", self.prefix(&server), self.separator());
                 item["name"] = json!(name);
                 by_name
                     .entry(name)
@@ -770,7 +834,7 @@ impl Aggregate {
             .members(caller)
             .into_iter()
             .filter_map(|server| {
-                let prefix = format!("{}{}", server.name(), self.separator);
+                let prefix = format!("{}{}", self.prefix(&server), self.separator());
                 let own = name.strip_prefix(&prefix)?.to_string();
                 (!own.is_empty()).then_some((server, own))
             })

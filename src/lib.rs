@@ -24,6 +24,8 @@ pub mod datadir;
 pub mod duration;
 pub mod error;
 pub mod expose;
+pub mod group;
+pub mod group_endpoint;
 pub mod kube;
 pub mod limits;
 pub mod listener;

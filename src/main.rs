@@ -43,8 +43,8 @@ struct Cli {
 enum Command {
     /// Serve every MCPServer in a directory of YAML files from local Podman.
     Serve(Box<ServeArgs>),
-    /// Print the MCPServer CustomResourceDefinition as YAML.
-    Crd,
+    /// Print the CustomResourceDefinitions (MCPServer, MCPServerGroup) as YAML.
+    Crd(CrdArgs),
     /// Print a server's log (its stderr and lifecycle) from the data dir.
     Logs(LogsArgs),
     /// Kubernetes: run the operator (one pod per running MCPServer, none while idle).
@@ -71,6 +71,19 @@ enum Command {
     /// Authentication: `mcpod auth add-key SUBJECT --keys-file FILE`.
     #[command(subcommand)]
     Auth(cli::auth::AuthCommand),
+}
+
+#[derive(Args)]
+struct CrdArgs {
+    /// Only this one (default: all, as one multi-document YAML).
+    #[arg(value_enum)]
+    kind: Option<CrdKind>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CrdKind {
+    Mcpserver,
+    Mcpservergroup,
 }
 
 #[derive(Args)]
@@ -584,8 +597,13 @@ async fn main() {
     let traces = matches!(cli.command, Command::Serve(_) | Command::Router(_));
     init_logging(log_file, cli.log_format, traces);
     let result = match cli.command {
-        Command::Crd => {
-            print!("{}", crd::crd_yaml());
+        Command::Crd(args) => {
+            let yaml = match args.kind {
+                None => crd::all_crds_yaml(),
+                Some(CrdKind::Mcpserver) => crd::crd_yaml(),
+                Some(CrdKind::Mcpservergroup) => crd::group::crd_yaml(),
+            };
+            print!("{yaml}");
             Ok(())
         }
         Command::Serve(args) => serve(*args).await,
@@ -827,14 +845,14 @@ mod kube_cli {
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::{Api, Client};
-    use mcpod::crd::MCPServer;
+    use mcpod::crd::{MCPServer, MCPServerGroup};
     use mcpod::kube::catalog::KubeCatalogs;
     use mcpod::kube::election::{self, Election};
     use mcpod::kube::lease::LeaseSettings;
     use mcpod::kube::operator::{self, Scope};
     use mcpod::kube::ownership::Ownership;
     use mcpod::kube::pod;
-    use mcpod::kube::runtime::{sync_servers, KubeRuntime};
+    use mcpod::kube::runtime::{sync_groups, sync_servers, KubeRuntime};
     use mcpod::workload::{Target, Workload};
     use mcpod::Error;
     use tracing::warn;
@@ -970,16 +988,23 @@ mod kube_cli {
         if let Some(ownership) = &ownership {
             mcpod::kube::replicas::track_usage(ownership, &reconciler);
         }
-        let (servers, maps): (Api<MCPServer>, Api<ConfigMap>) = if args.scope.all_namespaces {
-            (Api::all(client.clone()), Api::all(client))
+        type Apis = (Api<MCPServer>, Api<MCPServerGroup>, Api<ConfigMap>);
+        let (servers, groups, maps): Apis = if args.scope.all_namespaces {
+            (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client),
+            )
         } else {
             (
+                Api::namespaced(client.clone(), &namespace),
                 Api::namespaced(client.clone(), &namespace),
                 Api::namespaced(client, &namespace),
             )
         };
         tokio::spawn(catalogs.clone().watch(maps, Arc::downgrade(&reconciler)));
         tokio::spawn(sync_servers(servers, reconciler.clone()));
+        tokio::spawn(sync_groups(groups, reconciler.clone()));
         // Listing before the catalogs are read would start servers to list them.
         if !catalogs.wait_listed(CATALOG_WAIT).await {
             warn!(waited = ?CATALOG_WAIT, "catalog ConfigMaps not listed yet; serving anyway");

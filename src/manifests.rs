@@ -1,5 +1,5 @@
-//! Reading MCPServer resources from a directory of YAML files (the embedded
-//! mode), and noticing when the directory changes. All YAML parsing of
+//! Reading MCPServer and MCPServerGroup resources from a directory of YAML
+//! files (the embedded mode), and noticing when the directory changes. All YAML parsing of
 //! manifests lives here, so the parser can be swapped in one place.
 
 use std::collections::BTreeMap;
@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 
-use crate::crd::MCPServer;
+use crate::crd::{MCPServer, MCPServerGroup};
 use crate::{Error, Result};
 
 pub const API_VERSION: &str = "mcpod.dev/v1alpha1";
@@ -20,10 +20,25 @@ pub struct Loaded {
     pub server: MCPServer,
 }
 
-/// What a directory holds: the servers that parsed, the files that did not.
+/// One MCPServerGroup and the file it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedGroup {
+    pub file: PathBuf,
+    pub group: MCPServerGroup,
+}
+
+/// The documents of one file, by kind.
+#[derive(Debug, Default)]
+pub struct Documents {
+    pub servers: Vec<MCPServer>,
+    pub groups: Vec<MCPServerGroup>,
+}
+
+/// What a directory holds: the servers and groups that parsed, the files that did not.
 #[derive(Debug, Default)]
 pub struct Manifests {
     pub servers: Vec<Loaded>,
+    pub groups: Vec<LoadedGroup>,
     /// Files that could not be read or parsed, with the error.
     pub broken_files: BTreeMap<PathBuf, String>,
 }
@@ -50,12 +65,20 @@ pub fn load_dir_preferring(
     let mut manifests = Manifests::default();
     for file in yaml_files(dir)? {
         match load_file(&file) {
-            Ok(servers) => manifests
-                .servers
-                .extend(servers.into_iter().map(|server| Loaded {
-                    file: file.clone(),
-                    server,
-                })),
+            Ok(documents) => {
+                manifests
+                    .servers
+                    .extend(documents.servers.into_iter().map(|server| Loaded {
+                        file: file.clone(),
+                        server,
+                    }));
+                manifests
+                    .groups
+                    .extend(documents.groups.into_iter().map(|group| LoadedGroup {
+                        file: file.clone(),
+                        group,
+                    }));
+            }
             Err(e) => {
                 manifests.broken_files.insert(file, e.to_string());
             }
@@ -87,7 +110,35 @@ pub fn load_dir_preferring(
         );
         false
     });
+    keep_first_group_of_each_name(&mut manifests);
     Ok(manifests)
+}
+
+/// A group name declared twice is kept from the first file (groups hold no
+/// running state a later file could take over).
+fn keep_first_group_of_each_name(manifests: &mut Manifests) {
+    let mut first: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let broken = &mut manifests.broken_files;
+    manifests.groups.retain(|loaded| {
+        let name = loaded.group.metadata.name.clone().unwrap_or_default();
+        match first.get(&name) {
+            None => {
+                first.insert(name, loaded.file.clone());
+                true
+            }
+            Some(kept) => {
+                broken.insert(
+                    loaded.file.clone(),
+                    format!(
+                        "{}: conflict: MCPServerGroup '{name}' is already declared in {}; this declaration is ignored",
+                        loaded.file.display(),
+                        kept.display()
+                    ),
+                );
+                false
+            }
+        }
+    });
 }
 
 fn name_of(loaded: &Loaded) -> String {
@@ -113,8 +164,8 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Parses one file of MCPServer documents.
-pub fn load_file(file: &Path) -> Result<Vec<MCPServer>> {
+/// Parses one file of MCPServer and MCPServerGroup documents.
+pub fn load_file(file: &Path) -> Result<Documents> {
     use std::io::Read;
     let io = |source| Error::Io {
         path: file.to_path_buf(),
@@ -142,15 +193,27 @@ pub fn load_file(file: &Path) -> Result<Vec<MCPServer>> {
     if text.len() as u64 > MAX_MANIFEST_BYTES {
         return Err(too_big(text.len() as u64));
     }
-    parse(&text).map_err(|message| Error::Manifest {
+    parse_documents(&text).map_err(|message| Error::Manifest {
         file: file.to_path_buf(),
         message,
     })
 }
 
-/// Parses the documents of one YAML text; errors say which document and why.
+/// Parses the MCPServer documents of one YAML text (a group is an error here).
 pub fn parse(text: &str) -> std::result::Result<Vec<MCPServer>, String> {
-    let mut servers = vec![];
+    let documents = parse_documents(text)?;
+    match documents.groups.first() {
+        Some(group) => Err(format!(
+            "expected MCPServer documents only, found MCPServerGroup {}",
+            group.metadata.name.as_deref().unwrap_or_default()
+        )),
+        None => Ok(documents.servers),
+    }
+}
+
+/// Parses the documents of one YAML text; errors say which document and why.
+pub fn parse_documents(text: &str) -> std::result::Result<Documents, String> {
+    let mut documents = Documents::default();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml::Value::deserialize(document)
             .map_err(|e| format!("document {}: invalid YAML: {e}", index + 1))?;
@@ -159,9 +222,27 @@ pub fn parse(text: &str) -> std::result::Result<Vec<MCPServer>, String> {
         }
         let api_version = value.get("apiVersion").and_then(|v| v.as_str());
         let kind = value.get("kind").and_then(|v| v.as_str());
+        if kind == Some("MCPServerGroup") && api_version == Some(API_VERSION) {
+            let group: MCPServerGroup = serde_yaml::from_value(value)
+                .map_err(|e| format!("document {}: {e}", index + 1))?;
+            if group.metadata.name.as_deref().unwrap_or("").is_empty() {
+                return Err(format!("document {}: metadata.name is required", index + 1));
+            }
+            let problems = crate::group::problems(&group.spec);
+            if !problems.is_empty() {
+                return Err(format!(
+                    "document {}: MCPServerGroup {}: {}",
+                    index + 1,
+                    group.metadata.name.as_deref().unwrap_or_default(),
+                    problems.join("; ")
+                ));
+            }
+            documents.groups.push(group);
+            continue;
+        }
         if kind != Some("MCPServer") || api_version != Some(API_VERSION) {
             return Err(format!(
-                "document {}: expected apiVersion: {API_VERSION} and kind: MCPServer, found {} {}",
+                "document {}: expected apiVersion: {API_VERSION} and kind: MCPServer or MCPServerGroup, found {} {}",
                 index + 1,
                 api_version.unwrap_or("(no apiVersion)"),
                 kind.unwrap_or("(no kind)")
@@ -172,9 +253,9 @@ pub fn parse(text: &str) -> std::result::Result<Vec<MCPServer>, String> {
         if server.metadata.name.as_deref().unwrap_or("").is_empty() {
             return Err(format!("document {}: metadata.name is required", index + 1));
         }
-        servers.push(server);
+        documents.servers.push(server);
     }
-    Ok(servers)
+    Ok(documents)
 }
 
 /// What changes in a directory when a YAML file is added, edited or removed.
@@ -346,5 +427,25 @@ mod example_tests {
                 "time"
             ]
         );
+        let groups = crate::reconcile::declared_groups(&manifests);
+        let members = |name: &str| -> Vec<(String, String)> {
+            let (_, membership) = groups.iter().find(|(n, _)| n == name).unwrap();
+            assert!(membership.collisions.is_empty(), "{membership:?}");
+            membership
+                .members
+                .iter()
+                .map(|m| (m.server.clone(), m.prefix.clone()))
+                .collect()
+        };
+        let pair = |s: &str, p: &str| (s.to_string(), p.to_string());
+        assert_eq!(
+            members("starter"),
+            [
+                pair("everything", "demo"),
+                pair("memory", "memory"),
+                pair("time", "time")
+            ]
+        );
+        assert_eq!(members("all").len(), 7);
     }
 }

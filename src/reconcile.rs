@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use crate::crd::MCPServer;
+use crate::crd::{MCPServer, MCPServerGroup};
+use crate::group::{self, Candidate, Membership};
 use crate::manifests::{self, Manifests};
 use crate::runtime::Runtime;
 use crate::server::{Server, Settings};
@@ -34,6 +35,11 @@ pub struct Reconciler {
     /// Counts the changes to the set of servers or their specs (the
     /// aggregated endpoint tells its clients when its members change).
     changes: tokio::sync::watch::Sender<u64>,
+    /// Declared MCPServerGroups, by the key `server` would find a server of
+    /// the same name and namespace by. Membership is decided on every use
+    /// (from the servers' labels of the moment), so relabelling a server
+    /// moves it in or out of a group at once.
+    groups: RwLock<BTreeMap<String, MCPServerGroup>>,
 }
 
 pub use crate::server::REMOVAL_DEBOUNCE;
@@ -41,6 +47,10 @@ pub use crate::server::REMOVAL_DEBOUNCE;
 struct Entry {
     server: Arc<Server>,
     file: PathBuf,
+    /// What groups select it by; changing them does not touch the server.
+    labels: BTreeMap<String, String>,
+    /// Kubernetes: the MCPServer's namespace (its name is the server's own).
+    namespace: Option<String>,
 }
 
 /// A declared server's workload, or the problem `apply` reports for it (the
@@ -65,7 +75,47 @@ pub fn problems_in(manifests: &Manifests, defaults: &Defaults, target: Target) -
             .iter()
             .filter_map(|loaded| resolve_declared(loaded, defaults, target).err()),
     );
+    problems.extend(manifests.groups.iter().flat_map(|loaded| {
+        let name = loaded.group.metadata.name.clone().unwrap_or_default();
+        group::resolve(&loaded.group.spec, None, declared_candidates(manifests))
+            .collisions
+            .into_iter()
+            .map(move |c| {
+                format!(
+                    "{}: MCPServerGroup {name}: {}",
+                    loaded.file.display(),
+                    c.message
+                )
+            })
+    }));
     problems
+}
+
+/// Each declared group (Podman: one namespace) and its members among the declared servers.
+pub fn declared_groups(manifests: &Manifests) -> Vec<(String, Membership)> {
+    manifests
+        .groups
+        .iter()
+        .map(|loaded| {
+            let name = loaded.group.metadata.name.clone().unwrap_or_default();
+            let membership =
+                group::resolve(&loaded.group.spec, None, declared_candidates(manifests));
+            (name, membership)
+        })
+        .collect()
+}
+
+fn declared_candidates(manifests: &Manifests) -> impl Iterator<Item = Candidate<'_>> {
+    manifests.servers.iter().map(|loaded| Candidate {
+        name: loaded.server.metadata.name.as_deref().unwrap_or_default(),
+        namespace: None,
+        labels: empty_if_none(&loaded.server.metadata.labels),
+    })
+}
+
+fn empty_if_none(labels: &Option<BTreeMap<String, String>>) -> &BTreeMap<String, String> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    labels.as_ref().unwrap_or(&EMPTY)
 }
 
 impl Reconciler {
@@ -80,6 +130,7 @@ impl Reconciler {
             home_namespace: None,
             vanishing: RwLock::new(BTreeMap::new()),
             changes: tokio::sync::watch::channel(0).0,
+            groups: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -102,6 +153,7 @@ impl Reconciler {
             home_namespace: Some(home_namespace.to_string()),
             vanishing: RwLock::new(BTreeMap::new()),
             changes: tokio::sync::watch::channel(0).0,
+            groups: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -147,12 +199,95 @@ impl Reconciler {
     }
 
     pub fn problems(&self) -> Vec<String> {
-        self.problems.read().unwrap().clone()
+        let mut problems = self.problems.read().unwrap().clone();
+        for (key, _, membership) in self.groups() {
+            for collision in membership.collisions {
+                problems.push(format!("MCPServerGroup {key}: {}", collision.message));
+            }
+        }
+        problems
+    }
+
+    /// Replaces the declared groups (the manifest directory's, or the
+    /// cluster's as the router watches them).
+    pub fn set_groups(&self, groups: Vec<MCPServerGroup>) {
+        let groups = groups
+            .into_iter()
+            .map(|group| {
+                let name = group.metadata.name.clone().unwrap_or_default();
+                let key = match (self.target, group.metadata.namespace.as_deref()) {
+                    (Target::Kubernetes, Some(namespace)) => self.key_for(namespace, &name),
+                    _ => name,
+                };
+                (key, group)
+            })
+            .collect();
+        let mut declared = self.groups.write().unwrap();
+        // Compared as JSON: the generated resource type has no `PartialEq`.
+        if serde_json::to_value(&*declared).ok() != serde_json::to_value(&groups).ok() {
+            *declared = groups;
+            // The groups' members may have changed.
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// One group, by key, with its members of the moment.
+    pub fn group(&self, key: &str) -> Option<(MCPServerGroup, Membership)> {
+        let group = self.groups.read().unwrap().get(key)?.clone();
+        let membership = self.membership(&group);
+        Some((group, membership))
+    }
+
+    /// Every group (key, resource, members of the moment), by key.
+    pub fn groups(&self) -> Vec<(String, MCPServerGroup, Membership)> {
+        let groups: Vec<(String, MCPServerGroup)> = self
+            .groups
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(key, group)| (key.clone(), group.clone()))
+            .collect();
+        groups
+            .into_iter()
+            .map(|(key, group)| {
+                let membership = self.membership(&group);
+                (key, group, membership)
+            })
+            .collect()
+    }
+
+    /// The servers `group` selects now (Kubernetes: in its namespace).
+    fn membership(&self, group: &MCPServerGroup) -> Membership {
+        let servers = self.servers.read().unwrap();
+        let candidates = servers.values().map(|entry| Candidate {
+            // The MCPServer's own name: what `spec.prefixes` is keyed by.
+            name: entry.server.name().rsplit('/').next().unwrap_or_default(),
+            namespace: entry.namespace.as_deref(),
+            labels: &entry.labels,
+        });
+        let namespace = match self.target {
+            Target::Kubernetes => group.metadata.namespace.as_deref(),
+            Target::Podman => None,
+        };
+        group::resolve(&group.spec, namespace, candidates)
+    }
+
+    /// A member of a group by its MCPServer name, in the group's namespace.
+    pub fn group_member(&self, group: &MCPServerGroup, name: &str) -> Option<Arc<Server>> {
+        match (self.target, group.metadata.namespace.as_deref()) {
+            (Target::Kubernetes, Some(namespace)) => self.server(&self.key_for(namespace, name)),
+            _ => self.server(name),
+        }
     }
 
     /// Makes the set of servers match `manifests`. A server whose file or spec
     /// became invalid keeps running as it was; the problem is reported.
     pub async fn apply(&self, manifests: Manifests) {
+        // On Kubernetes the router watches groups on their own (`sync_groups`).
+        if self.target == Target::Podman {
+            let groups = manifests.groups.iter().map(|l| l.group.clone()).collect();
+            self.set_groups(groups);
+        }
         let mut problems: Vec<String> = manifests.broken_files.values().cloned().collect();
         let mut declared = BTreeSet::new();
         let declaring_files: BTreeSet<PathBuf> =
@@ -174,11 +309,19 @@ impl Reconciler {
                     continue;
                 }
             };
+            let labels = loaded.server.metadata.labels.clone().unwrap_or_default();
+            let namespace = loaded.server.metadata.namespace.clone();
             let existing = self.server(&key);
             if existing.is_some() {
                 // A declaration moved to another file: that file owns it now.
                 if let Some(entry) = self.servers.write().unwrap().get_mut(&key) {
                     entry.file = loaded.file.clone();
+                    if entry.labels != labels {
+                        // Relabelled: group memberships may change.
+                        self.changes.send_modify(|n| *n += 1);
+                    }
+                    entry.labels = labels.clone();
+                    entry.namespace = namespace.clone();
                 }
             }
             match existing {
@@ -201,6 +344,8 @@ impl Reconciler {
                         Entry {
                             server,
                             file: loaded.file,
+                            labels,
+                            namespace,
                         },
                     );
                     self.changes.send_modify(|n| *n += 1);
@@ -356,5 +501,89 @@ impl Reconciler {
         let servers = self.servers();
         futures::future::join_all(servers.iter().map(|s| s.stop("mcpod shutting down", true)))
             .await;
+    }
+}
+
+#[cfg(test)]
+mod group_tests {
+    use super::*;
+    use crate::manifests::Loaded;
+    use crate::runtime::memory::MemoryRuntime;
+
+    fn server(namespace: &str, name: &str, team: &str) -> Loaded {
+        let yaml = format!(
+            "apiVersion: mcpod.dev/v1alpha1\nkind: MCPServer\n\
+             metadata: {{name: {name}, namespace: {namespace}, labels: {{team: {team}}}}}\n\
+             spec: {{image: localhost/x}}\n"
+        );
+        Loaded {
+            file: PathBuf::from(format!("mcpservers/{namespace}/{name}")),
+            server: serde_yaml::from_str(&yaml).unwrap(),
+        }
+    }
+
+    fn group(namespace: &str, team: &str) -> MCPServerGroup {
+        serde_yaml::from_str(&format!(
+            "apiVersion: mcpod.dev/v1alpha1\nkind: MCPServerGroup\n\
+             metadata: {{name: team, namespace: {namespace}}}\n\
+             spec: {{selector: {{matchLabels: {{team: {team}}}}}}}\n"
+        ))
+        .unwrap()
+    }
+
+    fn members(reconciler: &Reconciler, key: &str) -> Vec<String> {
+        let (group, membership) = reconciler.group(key).unwrap();
+        membership
+            .members
+            .iter()
+            .map(|m| {
+                let server = reconciler.group_member(&group, &m.server).unwrap();
+                server.key().to_string()
+            })
+            .collect()
+    }
+
+    /// On Kubernetes a group selects in its own namespace only, and is found
+    /// by `name` at home and `namespace/name` elsewhere, as servers are; a
+    /// relabelled server changes membership with no restart.
+    #[tokio::test]
+    async fn kube_groups_select_in_their_namespace_and_follow_labels() {
+        let reconciler = Reconciler::for_kubernetes(
+            Arc::new(MemoryRuntime::new()),
+            Defaults::default(),
+            Settings::default(),
+            "home",
+        );
+        let servers = vec![
+            server("home", "time", "a"),
+            server("home", "git", "b"),
+            server("other", "time", "a"),
+            server("other", "memory", "a"),
+        ];
+        reconciler
+            .apply(Manifests {
+                servers: servers.clone(),
+                ..Default::default()
+            })
+            .await;
+        reconciler.set_groups(vec![group("home", "a"), group("other", "a")]);
+        assert_eq!(members(&reconciler, "team"), ["home/time"]);
+        assert_eq!(
+            members(&reconciler, "other/team"),
+            ["other/memory", "other/time"]
+        );
+        assert!(reconciler.group("home/team").is_none());
+        // git is relabelled into the home group: the same server, now a member.
+        let git = reconciler.server("git").unwrap();
+        let mut servers = servers;
+        servers[1] = server("home", "git", "a");
+        reconciler
+            .apply(Manifests {
+                servers,
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(members(&reconciler, "team"), ["home/git", "home/time"]);
+        assert!(Arc::ptr_eq(&git, &reconciler.server("git").unwrap()));
     }
 }

@@ -7,8 +7,9 @@
 //! forwarded.
 //!
 //! Patterns are paths whose segments are literals or placeholders: `{name}`
-//! (the server's name) and `{namespace}` (on Kubernetes, a server outside the
-//! router's own namespace). A path matches as warp's `path!` does: segment by
+//! (the server's name), `{group}` (an MCPServerGroup's: a router route, since
+//! a group spans servers) and `{namespace}` (on Kubernetes, a server or group
+//! outside the router's own namespace). A path matches as warp's `path!` does: segment by
 //! segment, placeholders never empty, one trailing slash allowed.
 
 use warp::path::FullPath;
@@ -92,6 +93,7 @@ impl Route {
             match part {
                 "{name}" if !segment.is_empty() => matched.name = Some(segment),
                 "{namespace}" if !segment.is_empty() => matched.namespace = Some(segment),
+                "{group}" if !segment.is_empty() => {}
                 literal if literal == segment && !literal.starts_with('{') => {}
                 _ => return None,
             }
@@ -104,6 +106,7 @@ impl Route {
         self.pattern
             .replace("{namespace}", namespace)
             .replace("{name}", name)
+            .replace("{group}", name)
     }
 }
 
@@ -143,6 +146,7 @@ mod tests {
         Route::server("/servers/{name}/logs"),
         Route::server("/mcp/{name}"),
         Route::server("/mcp/{namespace}/{name}"),
+        Route::router("/groups/{group}/mcp"),
     ];
 
     fn server(path: &str) -> Option<(Option<&str>, &str)> {
@@ -160,6 +164,11 @@ mod tests {
         assert_eq!(server("/servers/time/logs"), Some((None, "time")));
         assert_eq!(server("/mcp/time"), Some((None, "time")));
         assert_eq!(server("/mcp/tools/time"), Some((Some("tools"), "time")));
+        // A group's endpoint is the router's: it names no one server.
+        let group = find(TABLE, "/groups/all/mcp").unwrap();
+        assert_eq!(group.route.pattern, "/groups/{group}/mcp");
+        assert_eq!(server("/groups/all/mcp"), None);
+        assert!(find(TABLE, "/groups//mcp").is_none());
     }
 
     #[test]
@@ -186,6 +195,10 @@ mod tests {
             "/mcp/ns/fix"
         );
         assert_eq!(Route::router("/health").path_for("ns", "fix"), "/health");
+        assert_eq!(
+            Route::router("/groups/{namespace}/{group}/mcp").path_for("ns", "fix"),
+            "/groups/ns/fix/mcp"
+        );
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::access::{self, Operation};
 use crate::auth::{self, Auth, Caller};
+use crate::group_endpoint::{self, GroupEndpoints};
 use crate::kube::ownership::Ownership;
 use crate::kube::replicas::{self, ReplicaGate};
 use crate::logs;
@@ -32,10 +33,14 @@ pub const ROUTES: &[Route] = &[
     Route::router("/dashboard/data"),
     Route::router("/metrics"),
     Route::router("/servers"),
-    // One MCP endpoint over every server (src/aggregate.rs).
+    // One MCP endpoint over every server (src/aggregate.rs), and one per
+    // MCPServerGroup (src/group_endpoint.rs): any replica serves them.
     Route::router("/mcp"),
     Route::router("/sse"),
     Route::router("/messages"),
+    Route::router("/groups"),
+    Route::router("/groups/{group}/mcp"),
+    Route::router("/groups/{namespace}/{group}/mcp"),
     Route::server("/servers/{name}"),
     Route::server("/servers/{name}/logs"),
     Route::server("/servers/{name}/start"),
@@ -51,6 +56,8 @@ pub const ROUTES: &[Route] = &[
     Route::router("/.well-known/oauth-protected-resource/mcp"),
     Route::router("/.well-known/oauth-protected-resource/sse"),
     Route::router("/.well-known/oauth-protected-resource/messages"),
+    Route::router("/.well-known/oauth-protected-resource/groups/{group}/mcp"),
+    Route::router("/.well-known/oauth-protected-resource/groups/{namespace}/{group}/mcp"),
     Route::server("/.well-known/oauth-protected-resource/mcp/{name}"),
     Route::server("/.well-known/oauth-protected-resource/mcp/{namespace}/{name}"),
     Route::server("/.well-known/oauth-protected-resource/servers/{name}/mcp"),
@@ -75,15 +82,26 @@ pub struct RouterConfig {
 struct State {
     reconciler: Arc<Reconciler>,
     aggregate: Arc<crate::aggregate::Aggregate>,
+    groups: Arc<GroupEndpoints>,
 }
 
 impl State {
-    fn statuses(&self) -> Vec<crate::server::Status> {
+    fn statuses(&self) -> Vec<serde_json::Value> {
         self.reconciler
             .servers()
             .iter()
-            .map(|s| s.status())
+            .map(|s| self.status(s))
             .collect()
+    }
+
+    /// A server's status, with the group collisions that leave it out of a group.
+    fn status(&self, server: &crate::server::Server) -> serde_json::Value {
+        let mut status = json!(server.status());
+        let collisions = group_endpoint::collisions_of(&self.reconciler, server.name());
+        if !collisions.is_empty() {
+            status["groupCollisions"] = json!(collisions);
+        }
+        status
     }
 }
 
@@ -109,9 +127,18 @@ pub fn routes(
         aggregate.route_members(crate::kube::members::OwnerReplicas::new(ownership.clone()));
     }
     let aggregated = crate::aggregate::routes(aggregate.clone(), caller.clone()).boxed();
+    let groups = GroupEndpoints::new(reconciler.clone(), &config.endpoint);
+    let grouped = group_endpoint::routes(groups.clone(), caller.clone())
+        .or(group_endpoint::list_route(
+            reconciler.clone(),
+            caller.clone(),
+        ))
+        .unify()
+        .boxed();
     let state = State {
         reconciler,
         aggregate,
+        groups,
     };
     let with_state = warp::any().map(move || state.clone());
 
@@ -148,7 +175,7 @@ pub fn routes(
         .and(with_state.clone())
         .map(
             |name: String, _: Caller, state: State| match state.reconciler.server(&name) {
-                Some(server) => json_reply(StatusCode::OK, &json!(server.status())),
+                Some(server) => json_reply(StatusCode::OK, &state.status(&server)),
                 None => unknown_server(&name),
             },
         );
@@ -215,6 +242,8 @@ pub fn routes(
         .unify()
         .or(aggregated)
         .unify()
+        .or(grouped)
+        .unify()
         .boxed();
     // With several replicas, first of all: a request for a server another
     // replica owns goes there. A lone router skips the question.
@@ -276,6 +305,7 @@ fn problems(state: &State) -> Vec<String> {
     let mut problems = state.reconciler.problems();
     problems.extend(logs::write_problems());
     problems.extend(state.aggregate.problems());
+    problems.extend(state.groups.problems());
     problems
 }
 
@@ -389,7 +419,7 @@ mod tests {
                 .pattern
                 .split('/')
                 .filter(|s| s.starts_with('{'))
-                .find(|s| !matches!(*s, "{name}" | "{namespace}"));
+                .find(|s| !matches!(*s, "{name}" | "{namespace}" | "{group}"));
             assert_eq!(unknown, None, "{}: unknown placeholder", declared.pattern);
         }
     }

@@ -461,7 +461,7 @@ async fn kube_router_for(
                 file: PathBuf::from("mcpservers/ns/fix"),
                 server,
             }],
-            broken_files: Default::default(),
+            ..Default::default()
         })
         .await;
     router::routes(reconciler, RouterConfig::default())
@@ -794,7 +794,7 @@ async fn replica_with(
                 file: PathBuf::from("mcpservers/ns/fix"),
                 server: serde_json::from_value(server).unwrap(),
             }],
-            broken_files: Default::default(),
+            ..Default::default()
         })
         .await;
     let routes = router::routes(

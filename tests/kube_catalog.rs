@@ -385,7 +385,7 @@ async fn declare(reconciler: &Reconciler, image: &str) {
                 file: PathBuf::from("mcpservers/ns/fix"),
                 server: serde_json::from_value(mcp_server(image)).unwrap(),
             }],
-            broken_files: Default::default(),
+            ..Default::default()
         })
         .await;
 }

@@ -229,7 +229,8 @@ fn kube_helm_template_agrees_with_the_plain_manifests() {
         [
             "ClusterRole",
             "ClusterRoleBinding",
-            "CustomResourceDefinition",
+            "CustomResourceDefinition", // MCPServer
+            "CustomResourceDefinition", // MCPServerGroup
             "Deployment",
             "NetworkPolicy",
             "Role",

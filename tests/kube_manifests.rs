@@ -82,15 +82,21 @@ fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
 
 #[test]
 fn kube_crd_copies_are_identical() {
-    let crd = read("crds/mcpserver.yaml");
-    assert!(
-        read("charts/mcpod/crds/mcpserver.yaml") == crd,
-        "charts/mcpod/crds/mcpserver.yaml differs: cp crds/mcpserver.yaml charts/mcpod/crds/"
-    );
-    assert!(
-        read("manifests/kubernetes/01-crd.yaml") == crd,
-        "manifests/kubernetes/01-crd.yaml differs: cp crds/mcpserver.yaml manifests/kubernetes/01-crd.yaml"
-    );
+    let copies = [
+        ("mcpserver.yaml", "manifests/kubernetes/01-crd.yaml"),
+        (
+            "mcpservergroup.yaml",
+            "manifests/kubernetes/01-crd-mcpservergroup.yaml",
+        ),
+    ];
+    for (file, manifest) in copies {
+        let crd = read(&format!("crds/{file}"));
+        assert!(
+            read(&format!("charts/mcpod/crds/{file}")) == crd,
+            "charts/mcpod/crds/{file} differs: make crd"
+        );
+        assert!(read(manifest) == crd, "{manifest} differs: make crd");
+    }
 }
 
 /// Walks an OpenAPI v3 schema and returns every structural-schema violation.
@@ -237,7 +243,13 @@ fn structural_problems(schema: &Value, path: &str, problems: &mut Vec<String>) {
 
 #[test]
 fn kube_crd_schema_is_structural() {
-    let docs = documents(&root().join("crds/mcpserver.yaml"));
+    for file in ["crds/mcpserver.yaml", "crds/mcpservergroup.yaml"] {
+        crd_schema_is_structural(file);
+    }
+}
+
+fn crd_schema_is_structural(file: &str) {
+    let docs = documents(&root().join(file));
     assert_eq!(docs.len(), 1);
     round_trip::<CustomResourceDefinition>(&docs[0]).unwrap();
     for version in docs[0]["spec"]["versions"].as_array().unwrap() {
@@ -342,6 +354,9 @@ const CALLS: &[(&str, &str, &str)] = &[
     ("mcpod.dev", "mcpservers/status", "get"),
     ("mcpod.dev", "mcpservers/status", "patch"), // server-side apply of the status
     ("mcpod.dev", "mcpservers/finalizers", "update"), // owner references with blockOwnerDeletion
+    ("mcpod.dev", "mcpservergroups", "list"), // the router serves groups, the operator resolves them
+    ("mcpod.dev", "mcpservergroups", "watch"),
+    ("mcpod.dev", "mcpservergroups/status", "patch"), // server-side apply of a group's status
     ("", "pods", "get"),
     ("", "pods", "list"),
     ("", "pods", "watch"),

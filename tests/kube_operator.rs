@@ -418,8 +418,23 @@ async fn kube_unchanged_running_server_writes_nothing() {
     .0
     .unwrap();
     let status = stored.lock().unwrap().clone();
+    let scenario = Scenario::default().get_pod(Some(running_pod.clone()));
+    reconcile(
+        server(annotations.clone(), json!({}), status.clone()),
+        scenario,
+    )
+    .await
+    .0
+    .unwrap();
+    // The group controller's condition (its own field manager) is not this
+    // controller's to write back or remove: still nothing to write.
+    let mut with_collision = status;
+    with_collision["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "GroupCollision", "status": "True", "reason": "PrefixCollision"}));
     let scenario = Scenario::default().get_pod(Some(running_pod));
-    reconcile(server(annotations, json!({}), status), scenario)
+    reconcile(server(annotations, json!({}), with_collision), scenario)
         .await
         .0
         .unwrap();

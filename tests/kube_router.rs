@@ -57,7 +57,7 @@ async fn kube_router_routes_by_namespace_and_name() {
     reconciler
         .apply(Manifests {
             servers: vec![server("home", "time"), server("other", "tools")],
-            broken_files: Default::default(),
+            ..Default::default()
         })
         .await;
     let routes = router::routes(reconciler.clone(), RouterConfig::default());

@@ -145,7 +145,7 @@ async fn router(answers: Vec<(&'static str, Answer)>) -> (Routes, Arc<AtomicUsiz
                 file: PathBuf::from("mcpservers/home/time"),
                 server,
             }],
-            broken_files: Default::default(),
+            ..Default::default()
         })
         .await;
     let auth = Auth::new(AuthConfig {

@@ -65,6 +65,9 @@ pub async fn run(args: GetArgs) -> CliResult {
                     let header = if first { Some(header(wide)) } else { None };
                     print!("{}", render(header.as_deref(), &fresh));
                 }
+                if first && args.name.is_none() && !args.watch {
+                    print!("{}", groups_table(&api).await);
+                }
             }
         }
         first = false;
@@ -99,6 +102,7 @@ fn changed(seen: &mut Vec<(String, String)>, server: &Value) -> bool {
         "restartCount",
         "message",
         "containerId",
+        "groupCollisions",
     ]
     .iter()
     .map(|field| server[field].to_string())
@@ -165,6 +169,64 @@ fn header(wide: bool) -> Vec<String> {
     columns.into_iter().map(str::to_string).collect()
 }
 
+/// The server's message, then what keeps it out of a group.
+fn message(server: &Value) -> String {
+    let collisions = server["groupCollisions"].as_array().into_iter().flatten();
+    let parts: Vec<&str> = server["message"]
+        .as_str()
+        .into_iter()
+        .chain(collisions.filter_map(Value::as_str))
+        .collect();
+    parts.join("; ")
+}
+
+/// The MCPServerGroups, after the servers (nothing when there are none, or
+/// the mcpod asked predates groups).
+async fn groups_table(api: &Api) -> String {
+    let Ok(Value::Array(groups)) = api.get_json("/groups").await else {
+        return String::new();
+    };
+    if groups.is_empty() {
+        return String::new();
+    }
+    let header: Vec<String> = ["GROUP", "ENDPOINT", "MEMBERS", "COLLISIONS"]
+        .map(String::from)
+        .into();
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|group| {
+            let list = |key: &str, field: &str| {
+                let items = group[key].as_array().into_iter().flatten();
+                let names: Vec<String> = items
+                    .map(|item| match field {
+                        "servers" => item[field]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join("+"),
+                        _ => item[field].as_str().unwrap_or_default().to_string(),
+                    })
+                    .collect();
+                if names.is_empty() {
+                    "-".to_string()
+                } else {
+                    names.join(",")
+                }
+            };
+            vec![
+                group["name"].as_str().unwrap_or_default().to_string(),
+                group["endpoint"].as_str().unwrap_or_default().to_string(),
+                list("members", "server"),
+                list("collisions", "servers"),
+            ]
+        })
+        .collect();
+    let rows: Vec<&Vec<String>> = rows.iter().collect();
+    format!("\n{}", render(Some(&header), &rows))
+}
+
 /// One server's row; times are relative to `now`, as `kubectl get` shows ages.
 fn row(server: &Value, now: DateTime<Utc>, wide: bool) -> Vec<String> {
     let text = |field: &str| server[field].as_str().unwrap_or("").to_string();
@@ -178,7 +240,7 @@ fn row(server: &Value, now: DateTime<Utc>, wide: bool) -> Vec<String> {
         last_activity.map_or("-".into(), |at| format!("{} ago", age(now - at))),
         idle_countdown(server, now),
         number("restartCount").to_string(),
-        text("message"),
+        message(server),
     ];
     if wide {
         row.push(number("inFlight").to_string());

@@ -1,4 +1,4 @@
-//! `mcpod validate DIR|FILE...`: checks MCPServer manifests offline with the
+//! `mcpod validate DIR|FILE...`: checks MCPServer and MCPServerGroup manifests offline with the
 //! very checks `mcpod serve` applies (`reconcile::problems_in`: parsing,
 //! duplicates, then the spec→workload step), so CI and pre-commit hooks reject
 //! what `serve` would report in `/health`. Exit status 0 when all are valid.
@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
-use mcpod::manifests::{self, Loaded, Manifests};
+use mcpod::manifests::{self, Loaded, LoadedGroup, Manifests};
 use mcpod::reconcile::problems_in;
 use mcpod::workload::{Defaults, Target};
 
@@ -48,6 +48,9 @@ pub fn run(paths: &[PathBuf], defaults: &Defaults, target: ValidateTarget) -> Cl
                 if names.len() == 1 { "" } else { "s" },
                 names.join(", ")
             );
+            for line in group_lines(&manifests) {
+                println!("{}: {line}", path.display());
+            }
         }
     }
     if invalid > 0 {
@@ -57,6 +60,26 @@ pub fn run(paths: &[PathBuf], defaults: &Defaults, target: ValidateTarget) -> Cl
         )));
     }
     Ok(())
+}
+
+/// One line per group: its members among the declared servers.
+fn group_lines(manifests: &Manifests) -> Vec<String> {
+    mcpod::reconcile::declared_groups(manifests)
+        .into_iter()
+        .map(|(name, membership)| {
+            let members: Vec<String> = membership
+                .members
+                .iter()
+                .map(|m| m.server.clone())
+                .collect();
+            format!(
+                "valid MCPServerGroup {name}: {} member{} ({})",
+                members.len(),
+                if members.len() == 1 { "" } else { "s" },
+                members.join(", ")
+            )
+        })
+        .collect()
 }
 
 /// A directory as `serve` reads it; a single file as if it were alone in one.
@@ -72,14 +95,23 @@ fn load(path: &Path) -> CliResult<Manifests> {
     }
     let mut result = Manifests::default();
     match manifests::load_file(path) {
-        Ok(servers) => {
-            result.servers = servers
+        Ok(documents) => {
+            result.servers = documents
+                .servers
                 .into_iter()
                 .map(|server| Loaded {
                     file: path.to_path_buf(),
                     server,
                 })
-                .collect()
+                .collect();
+            result.groups = documents
+                .groups
+                .into_iter()
+                .map(|group| LoadedGroup {
+                    file: path.to_path_buf(),
+                    group,
+                })
+                .collect();
         }
         Err(e) => {
             result

@@ -10,6 +10,8 @@
 //!   that replica (the aggregated endpoint's counterpart of [`replicas`]).
 //! - [`catalog`]: the router's catalogs of servers, kept in ConfigMaps so a
 //!   restarted router and every replica list a stopped server without its pod.
+//! - [`groups`]: the operator's second controller, writing MCPServerGroups'
+//!   status (members, collisions) and a collision condition on their servers.
 //! - [`replicas`]: several router replicas behind one Service; a request for a
 //!   server goes to the replica that owns it ([`ownership`]).
 //! - [`election`] and [`ownership`]: the two uses of Kubernetes Leases, thin
@@ -21,6 +23,7 @@
 pub mod annotations;
 pub mod catalog;
 pub mod election;
+pub mod groups;
 pub mod lease;
 pub mod members;
 pub mod operator;

@@ -128,6 +128,14 @@ pub async fn run(
         None => None,
     };
     info!(?scope, "operator watching MCPServers");
+    let (groups, group_servers) = match &scope {
+        Scope::Namespace(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        Scope::Cluster => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let groups = super::groups::run(groups, group_servers, client.clone());
     let ctx = Context::new(client, defaults);
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
     let controller = Controller::new(servers, watcher::Config::default())
@@ -140,6 +148,8 @@ pub async fn run(
                 Err(e) => warn!(error = %e, "reconcile failed"),
             }
         });
+    // Both controllers stop on the same signal.
+    let controller = futures::future::join(controller, groups);
     match (election, lease) {
         (Some(election), Some(lease)) => tokio::select! {
             _ = controller => {
@@ -956,7 +966,12 @@ async fn write_status(
     namespace: &str,
     status: &MCPServerStatus,
 ) -> Result<()> {
-    if server.status.as_ref() == Some(status) {
+    // The group controller's condition is not this controller's to compare.
+    let own = server
+        .status
+        .as_ref()
+        .map(super::groups::without_group_condition);
+    if own.as_ref() == Some(status) {
         return Ok(());
     }
     let name = server.name_any();

@@ -38,7 +38,7 @@ use super::delete_pod;
 use super::ownership::{Ownership, Placement};
 use super::pod::{pod_name, session_pod_name, CONTAINER_NAME, LABEL_SESSION};
 use super::pod_state::{observe, PodState};
-use crate::crd::MCPServer;
+use crate::crd::{MCPServer, MCPServerGroup};
 use crate::manifests::{Loaded, Manifests};
 use crate::reconcile::Reconciler;
 use crate::runtime::{Attached, Managed, Output, Runtime};
@@ -612,9 +612,39 @@ pub async fn sync_servers(api: Api<MCPServer>, reconciler: Arc<Reconciler>) {
         reconciler
             .apply(Manifests {
                 servers,
-                broken_files: Default::default(),
+                ..Default::default()
             })
             .await;
+    }
+}
+
+/// Keeps the reconciler's groups equal to the MCPServerGroups in the cluster,
+/// so `/groups/{namespace}/{name}/mcp` serves what is declared now.
+pub async fn sync_groups(api: Api<MCPServerGroup>, reconciler: Arc<Reconciler>) {
+    let (reader, writer) = reflector::store();
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .boxed();
+    let mut listed = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+            Ok(watcher::Event::InitDone) => listed = true,
+            Ok(_) if !listed => continue,
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "watching MCPServerGroups failed; retrying with backoff");
+                continue;
+            }
+        }
+        let groups = reader
+            .state()
+            .iter()
+            .filter(|g| g.metadata.deletion_timestamp.is_none())
+            .map(|g| (**g).clone())
+            .collect();
+        reconciler.set_groups(groups);
     }
 }
 

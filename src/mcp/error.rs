@@ -53,6 +53,8 @@ pub enum RequestError {
     SessionNotFound,
     #[error("no MCP server named '{0}'")]
     UnknownServer(String),
+    #[error("no MCPServerGroup named '{0}' (GET /groups lists them)")]
+    UnknownGroup(String),
     #[error("{0}")]
     Forbidden(String),
     /// A tool, prompt or resource the caller may not use (`spec.access`).
@@ -107,8 +109,8 @@ impl RequestError {
             UnsupportedVersion { .. } => jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
             HeaderMismatch(_) => jsonrpc::HEADER_MISMATCH,
             MethodNotFound(_) => jsonrpc::METHOD_NOT_FOUND,
-            Invalid(_) | MissingSession | SessionNotFound | UnknownServer(_) | Forbidden(_)
-            | BodyTooLarge(_) | NotAcceptable(_) => jsonrpc::INVALID_REQUEST,
+            Invalid(_) | MissingSession | SessionNotFound | UnknownServer(_) | UnknownGroup(_)
+            | Forbidden(_) | BodyTooLarge(_) | NotAcceptable(_) => jsonrpc::INVALID_REQUEST,
         }
     }
 
@@ -128,7 +130,9 @@ impl RequestError {
             | MissingSession
             | UnsupportedVersion { .. }
             | HeaderMismatch(_) => StatusCode::BAD_REQUEST,
-            SessionNotFound | UnknownServer(_) | MethodNotFound(_) => StatusCode::NOT_FOUND,
+            SessionNotFound | UnknownServer(_) | UnknownGroup(_) | MethodNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             Forbidden(_) | Denied(_) => StatusCode::FORBIDDEN,
             RateLimited { .. } | ClientLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -194,7 +194,7 @@ fn parse(texts: &[String]) -> Manifests {
     }
     Manifests {
         servers,
-        broken_files: Default::default(),
+        ..Default::default()
     }
 }
 
