@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::load::{self, Conn, Limit, Pipe, Server, StreamCounts, Transport};
-use common::{container_trees, cpu_seconds, ms, process_tree, remove_containers, rss_mib, stats, Mcpod};
+use common::{
+    container_trees, cpu_seconds, ms, process_tree, remove_containers, rss_mib, stats, Mcpod,
+};
 
 const LEVELS: [usize; 3] = [8, 64, 256];
 const SEQUENTIAL: u64 = 200;
@@ -41,6 +43,11 @@ fn setting(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Whether `BENCH_PARTS` (a comma-separated subset of warm,fleet,cold,scale; all by default) names `name`.
+fn part(name: &str) -> bool {
+    std::env::var("BENCH_PARTS").map_or(true, |parts| parts.split(',').any(|p| p.trim() == name))
 }
 
 fn peers_dir() -> PathBuf {
@@ -124,11 +131,26 @@ impl Peer {
             }
             Peer::ContextForge => {
                 command
-                    .args(["-m", "mcpgateway.translate", "--stdio", &line, "--port", &port])
-                    .args(["--host", "127.0.0.1", "--expose-sse", "--expose-streamable-http"])
+                    .args([
+                        "-m",
+                        "mcpgateway.translate",
+                        "--stdio",
+                        &line,
+                        "--port",
+                        &port,
+                    ])
+                    .args([
+                        "--host",
+                        "127.0.0.1",
+                        "--expose-sse",
+                        "--expose-streamable-http",
+                    ])
                     .args(["--logLevel", "warning"])
                     // It refuses to start with its placeholder secret; the bench never signs anything.
-                    .env("JWT_SECRET_KEY", "mcpod-bench-only-0123456789abcdef0123456789abcdef");
+                    .env(
+                        "JWT_SECRET_KEY",
+                        "mcpod-bench-only-0123456789abcdef0123456789abcdef",
+                    );
             }
         }
         command
@@ -151,7 +173,11 @@ impl Peer {
                 },
             )],
             Peer::McpProxyPypi | Peer::McpProxyNpm => vec![
-                ("no session (--stateless)", Kind::Plain, streamable(stateless_port, false)),
+                (
+                    "no session (--stateless)",
+                    Kind::Plain,
+                    streamable(stateless_port, false),
+                ),
                 ("session", Kind::Session, streamable(port, true)),
             ],
             Peer::ContextForge => vec![
@@ -249,12 +275,24 @@ fn podman_run(label: &str, extra: &[String], image: &str, args: &[String]) -> Ve
 /// Connects to `transport` and gets one answer from the server behind it,
 /// retrying until `limit`: a bridge that is still starting refuses or fails.
 async fn ready(transport: &Transport, limit: Duration) -> Result<(), String> {
+    // With a handshake even where the path has none: a bridge without sessions
+    // passes the first client's `initialize` to a server that needs one (mcp-server-time).
+    let transport = &match transport {
+        Transport::Streamable {
+            url, accept_sse, ..
+        } => Transport::Streamable {
+            url: url.clone(),
+            handshake: true,
+            accept_sse: *accept_sse,
+        },
+        other => other.clone(),
+    };
     let http = reqwest::Client::new();
     let counts = Arc::new(StreamCounts::default());
     let deadline = Instant::now() + limit;
     let mut last = String::new();
     while Instant::now() < deadline {
-        match transport.connect(&http, 0x7fff_fff0, &counts).await {
+        match transport.connect(&http, 0xF_FFF0, &counts).await {
             Ok(conn) => match list(&conn).await {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e,
@@ -267,9 +305,12 @@ async fn ready(transport: &Transport, limit: Duration) -> Result<(), String> {
 }
 
 async fn list(conn: &Conn) -> Result<(), String> {
-    let id = 0x7fff_fff0u64 << 32 | 1;
+    let id = 0xF_FFF0u64 << 32 | 1;
     let answer = conn
-        .call(id, json!({"jsonrpc":"2.0","id":id,"method":"tools/list"}).to_string())
+        .call(
+            id,
+            json!({"jsonrpc":"2.0","id":id,"method":"tools/list"}).to_string(),
+        )
         .await?;
     if answer["result"]["tools"].is_array() {
         Ok(())
@@ -291,11 +332,16 @@ struct Row {
     cpu_seconds: f64,
     cpu_requests: u64,
     foreign: u64,
+    /// Per level: why a run at that level failed (a lost or mismatched answer).
+    failures: Vec<Option<String>>,
+    /// mcpod or the pipe, which may not fail.
+    ours: bool,
 }
 
 impl Row {
     fn new(name: String, kind: Kind, transport: Transport, pid: u32) -> Row {
         Row {
+            ours: name.starts_with("mcpod") || name.starts_with("stdio"),
             name,
             kind,
             transport,
@@ -305,11 +351,16 @@ impl Row {
             cpu_seconds: 0.0,
             cpu_requests: 0,
             foreign: 0,
+            failures: vec![None; LEVELS.len()],
         }
     }
 
+    /// Requests per second at `level`; NaN when a run there failed.
     fn rate(&self, level: usize) -> f64 {
         let (answered, seconds) = self.rates[level];
+        if self.failures[level].is_some() {
+            return f64::NAN;
+        }
         answered as f64 / seconds
     }
 
@@ -393,7 +444,14 @@ async fn warm(server: Server, rounds: u64, seconds: u64, throughput: bool) -> Ve
     let mut lineup = lineup(server).await;
     for round in 0..rounds {
         for row in &mut lineup.rows {
-            let outcome = load::run(&row.transport, server, 1, WARMUP, Limit::Requests(SEQUENTIAL)).await;
+            let outcome = load::run(
+                &row.transport,
+                server,
+                1,
+                WARMUP,
+                Limit::Requests(SEQUENTIAL),
+            )
+            .await;
             outcome.assert_clean(&format!("{} ({}), one client", row.name, server.name()));
             row.latencies.extend(outcome.latencies);
         }
@@ -413,7 +471,15 @@ async fn warm(server: Server, rounds: u64, seconds: u64, throughput: bool) -> Ve
                 )
                 .await;
                 let cpu = cpu_seconds(&process_tree(row.pid)) - cpu_before;
-                outcome.assert_clean(&format!("{} ({}), {clients} clients", row.name, server.name()));
+                let what = format!("{} ({}), {clients} clients", row.name, server.name());
+                if let Some(failure) = outcome.failure() {
+                    // mcpod and the pipe must never lose an answer: that fails the bench.
+                    // A peer that does gets no figure at that level, only the failure.
+                    assert!(!row.ours, "{what}: {failure}");
+                    eprintln!("  {what}: FAILED: {failure}");
+                    row.failures[level].get_or_insert(failure);
+                    continue;
+                }
                 row.rates[level].0 += outcome.answered;
                 row.rates[level].1 += outcome.seconds;
                 row.cpu_seconds += cpu;
@@ -447,7 +513,16 @@ fn print_table(server: Server, rows: &[Row], throughput: bool) -> Value {
     if throughput {
         println!(
             "{:<46} {:>7} {:>7} {:>6} {:>7} {:>7} {:>7} {:>6} {:>8} {:>6}",
-            "", "p50 ms", "p99 ms", "×p50", "8 cl/s", "64 cl/s", "256cl/s", "×64cl", "CPU µs/r", "×CPU"
+            "",
+            "p50 ms",
+            "p99 ms",
+            "×p50",
+            "8 cl/s",
+            "64 cl/s",
+            "256cl/s",
+            "×64cl",
+            "CPU µs/r",
+            "×CPU"
         );
     } else {
         println!("{:<46} {:>7} {:>7} {:>6}", "", "p50 ms", "p99 ms", "×p50");
@@ -477,10 +552,27 @@ fn print_table(server: Server, rows: &[Row], throughput: bool) -> Value {
             let rates: Vec<f64> = (0..LEVELS.len()).map(|l| row.rate(l)).collect();
             let rate_ratio = rates[1] / base.rate(1);
             let cpu_ratio = row.cpu_us() / base.cpu_us();
+            let rate = |r: f64| {
+                if r.is_nan() {
+                    "FAILED".to_string()
+                } else {
+                    format!("{r:.0}")
+                }
+            };
             line += &format!(
-                " {:>7.0} {:>7.0} {:>7.0} {:>5.2}× {:>8.0} {:>5.2}×",
-                rates[0], rates[1], rates[2], rate_ratio, row.cpu_us(), cpu_ratio
+                " {:>7} {:>7} {:>7} {:>5.2}× {:>8.0} {:>5.2}×",
+                rate(rates[0]),
+                rate(rates[1]),
+                rate(rates[2]),
+                rate_ratio,
+                row.cpu_us(),
+                cpu_ratio
             );
+            figures["failures"] = json!(LEVELS
+                .iter()
+                .zip(&row.failures)
+                .filter_map(|(l, f)| f.as_ref().map(|f| (l.to_string(), json!(f))))
+                .collect::<serde_json::Map<_, _>>());
             figures["throughput_req_per_s"] = json!(LEVELS
                 .iter()
                 .zip(&rates)
@@ -533,7 +625,11 @@ fn podman_options(spec: &Value) -> (Vec<String>, Vec<String>) {
     for env in spec["env"].as_array().into_iter().flatten() {
         options.extend([
             "-e".into(),
-            format!("{}={}", env["name"].as_str().unwrap(), env["value"].as_str().unwrap_or("")),
+            format!(
+                "{}={}",
+                env["name"].as_str().unwrap(),
+                env["value"].as_str().unwrap_or("")
+            ),
         ]);
     }
     for volume in spec["volumes"].as_array().into_iter().flatten() {
@@ -541,10 +637,17 @@ fn podman_options(spec: &Value) -> (Vec<String>, Vec<String>) {
             .as_str()
             .or(volume["volume"].as_str())
             .unwrap();
-        let read_only = if volume["readOnly"] == json!(true) { ":ro" } else { "" };
+        let read_only = if volume["readOnly"] == json!(true) {
+            ":ro"
+        } else {
+            ""
+        };
         options.extend([
             "-v".into(),
-            format!("{source}:{}{read_only}", volume["mountPath"].as_str().unwrap()),
+            format!(
+                "{source}:{}{read_only}",
+                volume["mountPath"].as_str().unwrap()
+            ),
         ]);
     }
     let args = spec["args"]
@@ -570,7 +673,7 @@ async fn fleet() -> Value {
             .iter()
             .map(|(n, t, _)| (format!("{n}.yaml"), t.clone()))
             .collect::<Vec<_>>(),
-        &[],
+        &["--allow-host-path", &files.path().display().to_string()],
     );
     // Its servers are declared, none started: what an idle fleet costs.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -589,7 +692,10 @@ async fn fleet() -> Value {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let running = rss_mib(&process_tree(mcpod.pid()))
-        + rss_mib(&container_trees(&format!("mcpod.dev/instance={}", mcpod.instance)));
+        + rss_mib(&container_trees(&format!(
+            "mcpod.dev/instance={}",
+            mcpod.instance
+        )));
     printed.push(("mcpod, all seven running".to_string(), running));
     drop(http);
     drop(mcpod);
@@ -600,12 +706,23 @@ async fn fleet() -> Value {
         let mut pipes = vec![];
         for (_, _, spec) in &manifests {
             let (options, args) = podman_options(spec);
-            pipes.push(Pipe::spawn(&podman_run(&label, &options, spec["image"].as_str().unwrap(), &args)).await);
+            pipes.push(
+                Pipe::spawn(&podman_run(
+                    &label,
+                    &options,
+                    spec["image"].as_str().unwrap(),
+                    &args,
+                ))
+                .await,
+            );
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         let pids: Vec<u32> = pipes.iter().flat_map(|p| process_tree(p.pid())).collect();
         let total = rss_mib(&pids) + rss_mib(&container_trees(&label));
-        printed.push(("stdio pipes (podman run -i), seven running".to_string(), total));
+        printed.push((
+            "stdio pipes (podman run -i), seven running".to_string(),
+            total,
+        ));
         for pipe in &pipes {
             pipe.close().await;
         }
@@ -618,7 +735,10 @@ async fn fleet() -> Value {
             let (options, args) = podman_options(spec);
             let port = free_port();
             let run = podman_run(&label, &options, spec["image"].as_str().unwrap(), &args);
-            bridges.push(Bridge::spawn(peer.command(port, &run, false), label.clone()));
+            bridges.push(Bridge::spawn(
+                peer.command(port, &run, false),
+                label.clone(),
+            ));
             let (_, _, transport) = peer.paths(port, port).pop().unwrap();
             ready(&transport, Duration::from_secs(120))
                 .await
@@ -632,7 +752,12 @@ async fn fleet() -> Value {
     }
     for volume in ["git", "memory"] {
         let _ = Command::new("podman")
-            .args(["volume", "rm", "-f", &format!("mcpod-bench-{volume}-{}", std::process::id())])
+            .args([
+                "volume",
+                "rm",
+                "-f",
+                &format!("mcpod-bench-{volume}-{}", std::process::id()),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -641,7 +766,10 @@ async fn fleet() -> Value {
     println!("\nidle fleet of the seven example servers (RSS of the bridge's process tree and its containers, summed)");
     for (name, mib) in &printed {
         println!("{name:<46} {mib:>8.0} MiB {:>7.1}× mcpod idle", mib / idle);
-        results.insert(name.clone(), json!({"rss_mib": mib, "ratio_to_mcpod_idle": mib / idle}));
+        results.insert(
+            name.clone(),
+            json!({"rss_mib": mib, "ratio_to_mcpod_idle": mib / idle}),
+        );
     }
     Value::Object(results)
 }
@@ -675,7 +803,10 @@ async fn cold() -> Value {
             .unwrap();
         let began = Instant::now();
         let conn = transport.connect(&http, 1, &counts).await.unwrap();
-        let answer = conn.call(1 << 32 | 1, Server::Echo.call(1 << 32 | 1)).await.unwrap();
+        let answer = conn
+            .call(1 << 32 | 1, Server::Echo.call(1 << 32 | 1))
+            .await
+            .unwrap();
         assert!(Server::Echo.answers(1 << 32 | 1, &answer), "{answer}");
         record("mcpod, first request to a stopped server", began.elapsed());
 
@@ -688,7 +819,10 @@ async fn cold() -> Value {
             );
             let (_, _, transport) = peer.paths(port, port).pop().unwrap();
             ready(&transport, Duration::from_secs(120)).await.unwrap();
-            record(&format!("{}: start + first answer", peer.name()), began.elapsed());
+            record(
+                &format!("{}: start + first answer", peer.name()),
+                began.elapsed(),
+            );
             drop(bridge);
         }
     }
@@ -705,8 +839,11 @@ async fn cold() -> Value {
             median / reference,
             median - raw
         );
-        out.insert(name, json!({"median_ms": median, "ratio_to_mcpod": median / reference,
-            "samples_ms": times.iter().map(|d| ms(*d)).collect::<Vec<_>>()}));
+        out.insert(
+            name,
+            json!({"median_ms": median, "ratio_to_mcpod": median / reference,
+            "samples_ms": times.iter().map(|d| ms(*d)).collect::<Vec<_>>()}),
+        );
     }
     Value::Object(out)
 }
@@ -737,7 +874,10 @@ async fn thousand_servers() -> Value {
         if count == 1000 {
             break;
         }
-        assert!(began.elapsed() < Duration::from_secs(120), "only {count} of 1000 listed");
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "only {count} of 1000 listed"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let reconciled = began.elapsed();
@@ -758,7 +898,13 @@ async fn ten_thousand_sessions() -> Value {
     const CONNECTIONS: usize = 256;
     let mcpod = Mcpod::start(
         &[common::manifest("everything", Server::Echo.image())],
-        &["--max-sessions", "10000", "--max-sessions-per-client", "10000"],
+        // Room for the readiness probe's session too; every session here is one local caller's.
+        &[
+            "--max-sessions",
+            "10100",
+            "--max-sessions-per-client",
+            "10100",
+        ],
     );
     let endpoint = format!("{}/mcp/everything", mcpod.url);
     let transport = Transport::Streamable {
@@ -779,14 +925,21 @@ async fn ten_thousand_sessions() -> Value {
     let began = Instant::now();
     let opened: Vec<_> = (0..SESSIONS as u64)
         .map(|c| {
-            let (transport, http, counts, gate) =
-                (transport.clone(), http.clone(), counts.clone(), gate.clone());
+            let (transport, http, counts, gate) = (
+                transport.clone(),
+                http.clone(),
+                counts.clone(),
+                gate.clone(),
+            );
             tokio::spawn(async move {
                 let _turn = gate.acquire().await.unwrap();
                 let conn = transport.connect(&http, c + 1, &counts).await.unwrap();
                 let id = (c + 1) << 32 | 1;
                 let answer = conn.call(id, Server::Echo.call(id)).await;
-                assert!(answer.is_ok_and(|a| Server::Echo.answers(id, &a)), "session {c}");
+                assert!(
+                    answer.is_ok_and(|a| Server::Echo.answers(id, &a)),
+                    "session {c}"
+                );
                 conn
             })
         })
@@ -858,7 +1011,11 @@ fn main() {
     raise_descriptor_limit();
     let rounds = setting("BENCH_ROUNDS", 2);
     let seconds = setting("BENCH_SECONDS", 3);
-    let missing: Vec<_> = PEERS.iter().filter(|p| !p.installed()).map(|p| p.name()).collect();
+    let missing: Vec<_> = PEERS
+        .iter()
+        .filter(|p| !p.installed())
+        .map(|p| p.name())
+        .collect();
     if !missing.is_empty() {
         println!("not installed, left out (make bench-peers): {missing:?}");
     }
@@ -866,23 +1023,31 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let result = runtime.block_on(async {
         println!("mcpod vs peers: {rounds} interleaved rounds, {seconds} s per throughput figure");
-        let echo = warm(Server::Echo, rounds, seconds, true).await;
-        let echo = print_table(Server::Echo, &echo, true);
-        let time = warm(Server::Time, rounds, seconds, false).await;
-        let time = print_table(Server::Time, &time, false);
-        let fleet = fleet().await;
-        let cold = cold().await;
-        let thousand = thousand_servers().await;
-        let sessions = ten_thousand_sessions().await;
-        json!({
+        let mut result = json!({
             "machine": machine(),
             "rounds": rounds,
             "throughput_seconds": seconds,
-            "warm": {"everything": echo, "time": time},
-            "fleet": fleet,
-            "cold_start": cold,
-            "scale": {"declared_servers": thousand, "sessions": sessions},
-        })
+        });
+        if part("warm") {
+            let echo = warm(Server::Echo, rounds, seconds, true).await;
+            let echo = print_table(Server::Echo, &echo, true);
+            let time = warm(Server::Time, rounds, seconds, false).await;
+            let time = print_table(Server::Time, &time, false);
+            result["warm"] = json!({"everything": echo, "time": time});
+        }
+        if part("fleet") {
+            result["fleet"] = fleet().await;
+        }
+        if part("cold") {
+            result["cold_start"] = cold().await;
+        }
+        if part("scale") {
+            result["scale"] = json!({
+                "declared_servers": thousand_servers().await,
+                "sessions": ten_thousand_sessions().await,
+            });
+        }
+        result
     });
     remove_containers(&run_label());
     let mut result = result;
@@ -902,12 +1067,18 @@ fn machine() -> Value {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
     let os = std::fs::read_to_string("/etc/os-release")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()))
+        .find_map(|l| {
+            l.strip_prefix("PRETTY_NAME=")
+                .map(|v| v.trim_matches('"').to_string())
+        })
         .unwrap_or_default();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     json!({"cpus": cpus, "cpu": model, "os": os, "loadavg_at_end": load.trim()})

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::oneshot;
 
-use super::{initialize, sse_message, INITIALIZED};
+use super::{initialize, try_sse_message, INITIALIZED};
 
 /// How long one answer may take before its request counts as lost.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,7 +87,11 @@ fn deliver(pending: &Pending, message: Value) -> bool {
     }
 }
 
-async fn wait(pending: &Pending, id: u64, answer: oneshot::Receiver<Value>) -> Result<Value, String> {
+async fn wait(
+    pending: &Pending,
+    id: u64,
+    answer: oneshot::Receiver<Value>,
+) -> Result<Value, String> {
     let result = tokio::time::timeout(ANSWER_TIMEOUT, answer).await;
     pending.lock().unwrap().remove(&id);
     match result {
@@ -138,7 +142,8 @@ impl Pipe {
             strays,
             child: Mutex::new(child),
         });
-        let id = u64::MAX >> 1;
+        // Ids stay below 2^53: JavaScript servers read them as doubles.
+        let id = 0xF_FFFF << 32;
         let answer = pipe.request(id, initialize(id)).await;
         assert!(answer.is_ok(), "the server answers initialize: {answer:?}");
         pipe.write(INITIALIZED).await.unwrap();
@@ -190,7 +195,9 @@ pub enum Transport {
         accept_sse: bool,
     },
     /// Legacy HTTP+SSE: a GET stream at `url`, requests POSTed to the endpoint it names.
-    LegacySse { url: String },
+    LegacySse {
+        url: String,
+    },
 }
 
 /// One client's connection.
@@ -285,7 +292,7 @@ async fn legacy_connect(
         .timeout(Duration::from_secs(24 * 3600))
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| chain(&e))?;
     let mut stream = response.bytes_stream();
     let mut buffer = String::new();
     let endpoint = loop {
@@ -293,7 +300,7 @@ async fn legacy_connect(
             .next()
             .await
             .ok_or("the SSE stream ended before its endpoint")?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| chain(&e))?;
         buffer.push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n"));
         if let Some(endpoint) = take_events(&mut buffer)
             .into_iter()
@@ -380,12 +387,12 @@ async fn answer_of(response: reqwest::Response) -> Result<Value, String> {
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let text = response.text().await.map_err(|e| e.to_string())?;
+    let text = response.text().await.map_err(|e| chain(&e))?;
     if !status.is_success() {
         return Err(format!("HTTP {status}: {text}"));
     }
     if sse {
-        Ok(sse_message(&text))
+        try_sse_message(&text).ok_or_else(|| format!("no answer in the SSE body: {text}"))
     } else {
         serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
     }
@@ -412,7 +419,7 @@ impl Conn {
         if let Some(session) = session {
             request = request.header("mcp-session-id", session);
         }
-        request.body(body).send().await.map_err(|e| e.to_string())
+        request.body(body).send().await.map_err(|e| chain(&e))
     }
 
     async fn notify(&self, body: &str) -> Result<(), String> {
@@ -423,7 +430,7 @@ impl Conn {
                 .body(body.to_string())
                 .send()
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| chain(&e))?
                 .status();
             if !status.is_success() {
                 return Err(format!("HTTP {status} for a notification"));
@@ -465,6 +472,8 @@ pub struct Outcome {
     pub answered: u64,
     pub lost: u64,
     pub mismatched: u64,
+    /// Clients that could not connect or whose warm-up failed.
+    pub setup_failures: u64,
     pub foreign: u64,
     pub seconds: f64,
     pub latencies: Vec<Duration>,
@@ -476,22 +485,73 @@ impl Outcome {
         self.answered as f64 / self.seconds
     }
 
+    /// `None` when every request got its own answer and every client ran;
+    /// otherwise what went wrong: the run failed, whatever its rate.
+    pub fn failure(&self) -> Option<String> {
+        let clean = self.lost == 0
+            && self.mismatched == 0
+            && self.setup_failures == 0
+            && self.answered == self.sent;
+        (!clean).then(|| {
+            format!(
+                "{} sent, {} answered, {} lost, {} mismatched, {} clients failed to start (first error: {})",
+                self.sent,
+                self.answered,
+                self.lost,
+                self.mismatched,
+                self.setup_failures,
+                self.first_error.as_deref().unwrap_or("none")
+            )
+        })
+    }
+
     /// Fails the run on any lost or mismatched answer.
     pub fn assert_clean(&self, what: &str) {
-        assert!(
-            self.lost == 0 && self.mismatched == 0 && self.answered == self.sent,
-            "{what}: {} sent, {} answered, {} lost, {} mismatched (first error: {:?})",
-            self.sent,
-            self.answered,
-            self.lost,
-            self.mismatched,
-            self.first_error
-        );
+        if let Some(failure) = self.failure() {
+            panic!("{what}: {failure}");
+        }
     }
+}
+
+/// Client `client`'s connection, warmed up with `warmup` checked requests.
+async fn setup(
+    transport: &Transport,
+    http: &reqwest::Client,
+    client: u64,
+    counts: &Arc<StreamCounts>,
+    server: Server,
+    warmup: u64,
+    n: &mut u64,
+) -> Result<Conn, String> {
+    let conn = transport
+        .connect(http, client, counts)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    for _ in 0..warmup {
+        *n += 1;
+        let id = client << 32 | *n;
+        match conn.call(id, server.call(id)).await {
+            Ok(answer) if server.answers(id, &answer) => {}
+            other => return Err(format!("warm-up request {id}: {other:?}")),
+        }
+    }
+    Ok(conn)
+}
+
+/// An error with its causes (reqwest's own message leaves out why).
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
 }
 
 #[derive(Default)]
 struct Tally {
+    setup_failures: AtomicU64,
     sent: AtomicU64,
     answered: AtomicU64,
     lost: AtomicU64,
@@ -540,18 +600,17 @@ pub async fn run(
             );
             tokio::spawn(async move {
                 // Ids start at 1: `c << 32` itself is the handshake's.
-                let conn = transport.connect(&http, c + 1, &counts).await;
-                let conn = conn.unwrap_or_else(|e| panic!("client {c} cannot connect: {e}"));
                 let mut n = 0u64;
-                for _ in 0..warmup {
-                    n += 1;
-                    let id = (c + 1) << 32 | n;
-                    let answer = conn.call(id, server.call(id)).await;
-                    assert!(
-                        answer.as_ref().is_ok_and(|a| server.answers(id, a)),
-                        "warm-up request {id}: {answer:?}"
-                    );
-                }
+                let conn =
+                    match setup(&transport, &http, c + 1, &counts, server, warmup, &mut n).await {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            // Counted as a failure of the run; the others still start together.
+                            tally.error(&tally.setup_failures, format!("client {c}: {e}"));
+                            ready.wait().await;
+                            return vec![];
+                        }
+                    };
                 ready.wait().await;
                 let began = Instant::now();
                 let mut latencies = vec![];
@@ -573,7 +632,9 @@ pub async fn run(
                         Ok(answer) if server.answers(id, &answer) => {
                             tally.answered.fetch_add(1, Ordering::Relaxed);
                         }
-                        Ok(answer) if answer.get("error").is_some() && answer["id"] == json!(id) => {
+                        Ok(answer)
+                            if answer.get("error").is_some() && answer["id"] == json!(id) =>
+                        {
                             tally.error(&tally.lost, format!("request {id}: {answer}"))
                         }
                         Ok(answer) => {
@@ -606,6 +667,7 @@ pub async fn run(
         answered: tally.answered.load(Ordering::Relaxed),
         lost: tally.lost.load(Ordering::Relaxed),
         mismatched: tally.mismatched.load(Ordering::Relaxed) + strays,
+        setup_failures: tally.setup_failures.load(Ordering::Relaxed),
         foreign: counts.foreign.load(Ordering::Relaxed),
         seconds,
         latencies,

@@ -41,6 +41,11 @@ pub fn ms(d: Duration) -> f64 {
 /// The JSON-RPC message of an SSE answer: the `data:` lines of the event that
 /// holds one (a priming event carries only an id).
 pub fn sse_message(text: &str) -> Value {
+    try_sse_message(text).unwrap_or_else(|| panic!("no JSON-RPC answer in the SSE body: {text}"))
+}
+
+/// [`sse_message`], or `None` when the body holds no answer (a stream cut short).
+pub fn try_sse_message(text: &str) -> Option<Value> {
     text.split("\n\n")
         .filter_map(|event| {
             let data: Vec<&str> = event
@@ -51,7 +56,6 @@ pub fn sse_message(text: &str) -> Value {
             serde_json::from_str::<Value>(&data.join("\n")).ok()
         })
         .find(|message| message.get("id").is_some())
-        .unwrap_or_else(|| panic!("no JSON-RPC answer in the SSE body: {text}"))
 }
 
 /// A minimal MCPServer manifest.
@@ -111,8 +115,7 @@ impl Mcpod {
             STARTED.fetch_add(1, Ordering::SeqCst)
         );
         // MCPOD_BENCH_BIN measures another build (say, the last release) the same way.
-        let binary =
-            std::env::var("MCPOD_BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_mcpod").into());
+        let binary = std::env::var("MCPOD_BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_mcpod").into());
         let mut child = Command::new(binary)
             .arg("serve")
             .arg("--manifests")
@@ -153,7 +156,11 @@ impl Mcpod {
 pub fn process_tree(root: u32) -> Vec<u32> {
     let mut parents = vec![];
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if let Some(fields) = stat_fields(pid) {
@@ -166,7 +173,12 @@ pub fn process_tree(root: u32) -> Vec<u32> {
     let mut at = 0;
     while at < tree.len() {
         let parent = tree[at];
-        tree.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| *c));
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
         at += 1;
     }
     tree
