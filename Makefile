@@ -96,7 +96,7 @@ bench-peers:
 	       && echo "$$want" > .venv-$$peer/.mcpod-installed; fi || exit 1; done
 
 # Part one (benches/router.rs): mcpod's own paths against a direct pipe. Part two
-# (benches/peers.rs): the peers, fleet memory, cold start and scale, about N minutes.
+# (benches/peers.rs): the peers, fleet memory, cold start and scale; ~14 min in all.
 bench: test-images bench-peers
 	$(CARGO) bench --bench router
 	$(CARGO) bench --bench peers
