@@ -996,6 +996,25 @@ fn raise_descriptor_limit() {
     }
 }
 
+/// Removes every container this run labelled, also when it fails half-way (a
+/// `podman run` client killed before its server exits leaves the container).
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let run = run_label();
+        let mut labels = vec![
+            run.clone(),
+            format!("{run}-cold"),
+            format!("{run}-fleet-pipe"),
+        ];
+        labels.extend(PEERS.iter().map(|p| format!("{run}-fleet-{}", *p as u8)));
+        for label in labels {
+            remove_containers(&label);
+        }
+    }
+}
+
 fn results_path() -> PathBuf {
     // CARGO_TARGET_TMPDIR is <target>/tmp: the results go next to it.
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -1020,6 +1039,7 @@ fn main() {
         println!("not installed, left out (make bench-peers): {missing:?}");
     }
     let began = Instant::now();
+    let _cleanup = Cleanup;
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let result = runtime.block_on(async {
         println!("mcpod vs peers: {rounds} interleaved rounds, {seconds} s per throughput figure");
@@ -1049,7 +1069,6 @@ fn main() {
         }
         result
     });
-    remove_containers(&run_label());
     let mut result = result;
     result["bench_seconds"] = json!(began.elapsed().as_secs_f64());
     let path = results_path();
