@@ -5,7 +5,7 @@ CARGO ?= cargo
 MCPOD_CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 export MCPOD_CA_BUNDLE
 
-.PHONY: setup images image test-images test-clients build run test lint unit e2e crd crd-check bench soak clean-containers
+.PHONY: setup images image test-images test-clients bench-peers build run test lint unit e2e crd crd-check bench soak clean-containers
 
 setup:
 	bash scripts/install-deps.sh
@@ -85,8 +85,26 @@ crd-check:
 	$(CARGO) run -q -- crd mcpservergroup | diff -u crds/mcpservergroup.yaml - || \
 	  (echo "crds/ is stale: run 'make crd'" >&2; exit 1)
 
-bench: test-images
+# The bridges `make bench` measures mcpod against, pinned in bench/peers/ (never used by `make
+# test`): supergateway and mcp-proxy from npm, mcp-proxy and IBM ContextForge's translate from
+# PyPI (one venv each: they pin different MCP SDKs). Skipped while the stamps match, as above.
+bench-peers:
+	cd bench/peers && want=$$(sha256sum package-lock.json) \
+	  && if [ "$$(cat node_modules/.mcpod-installed 2>/dev/null)" != "$$want" ]; then \
+	       npm ci --no-audit --no-fund --loglevel=error \
+	       && echo "$$want" > node_modules/.mcpod-installed; fi
+	cd bench/peers && for peer in mcp-proxy contextforge; do \
+	  { [ -x .venv-$$peer/bin/python ] || python3 -m venv .venv-$$peer; } \
+	  && want=$$(sha256sum requirements-$$peer.txt) \
+	  && if [ "$$(cat .venv-$$peer/.mcpod-installed 2>/dev/null)" != "$$want" ]; then \
+	       .venv-$$peer/bin/pip install -q --disable-pip-version-check -r requirements-$$peer.txt \
+	       && echo "$$want" > .venv-$$peer/.mcpod-installed; fi || exit 1; done
+
+# Part one (benches/router.rs): mcpod's own paths against a direct pipe. Part two
+# (benches/peers.rs): the peers, fleet memory, cold start and scale; ~14 min in all.
+bench: test-images bench-peers
 	$(CARGO) bench --bench router
+	$(CARGO) bench --bench peers
 
 # 1,000 clients for 60 s on one server, then on ten (tests/soak.rs): sent, answered, lost,
 # mismatched, p50/p99, mcpod's RSS; fails on any loss or mismatch. SOAK_CLIENTS, SOAK_SECONDS scale it.

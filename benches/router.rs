@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod common;
+
+use common::{initialize, ms, sse_message, stats, Mcpod};
+
 const IMAGE: &str = "localhost/mcpod/time:latest";
 const WARM_ROUNDS: usize = 300;
 const COLD_ROUNDS: usize = 5;
-
-fn initialize(id: u64) -> String {
-    json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}).to_string()
-}
 
 fn call(id: u64) -> String {
     json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"get_current_time","arguments":{"timezone":"UTC"}}}).to_string()
@@ -35,23 +35,6 @@ fn call(id: u64) -> String {
 fn call_per_request(id: u64) -> String {
     json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"get_current_time","arguments":{"timezone":"UTC"},
         "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}).to_string()
-}
-
-struct Stats {
-    median: Duration,
-    p90: Duration,
-}
-
-fn stats(mut samples: Vec<Duration>) -> Stats {
-    samples.sort();
-    Stats {
-        median: samples[samples.len() / 2],
-        p90: samples[samples.len() * 9 / 10],
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Round trips over a direct pipe to the server's container.
@@ -134,71 +117,8 @@ fn raw_cold_starts() -> Vec<Duration> {
     samples
 }
 
-struct Mcpod {
-    child: std::process::Child,
-    url: String,
-    _manifests: tempfile::TempDir,
-    _data: tempfile::TempDir,
-    instance: String,
-}
-
-impl Drop for Mcpod {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-        let _ = Command::new("podman")
-            .args([
-                "rm",
-                "-f",
-                "--filter",
-                &format!("label=mcpod.dev/instance={}", self.instance),
-            ])
-            .stdout(Stdio::null())
-            .status();
-    }
-}
-
 fn start_mcpod() -> Mcpod {
-    let manifests = tempfile::tempdir().unwrap();
-    std::fs::write(
-        manifests.path().join("time.yaml"),
-        format!("apiVersion: mcpod.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: time}}\nspec: {{image: {IMAGE}}}\n"),
-    )
-    .unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let instance = format!("bench{}", std::process::id());
-    // MCPOD_BENCH_BIN measures another build (say, the last release) the same way.
-    let binary = std::env::var("MCPOD_BENCH_BIN").unwrap_or(env!("CARGO_BIN_EXE_mcpod").into());
-    let mut child = Command::new(binary)
-        .arg("serve")
-        .arg("--manifests")
-        .arg(manifests.path())
-        .args(["--listen", "127.0.0.1:0", "--instance", &instance])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("mcpod listening on ")
-        .expect("mcpod started")
-        .to_string();
-    Mcpod {
-        child,
-        url,
-        _manifests: manifests,
-        _data: data,
-        instance,
-    }
+    Mcpod::start(&[common::manifest("time", IMAGE)], &[])
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: String) -> Value {
@@ -244,16 +164,6 @@ async fn per_request_era(mcpod: &Mcpod) -> Vec<Duration> {
         }
     }
     warm
-}
-
-/// The body of an SSE answer: the JSON-RPC message in its `data:` lines.
-fn sse_message(text: &str) -> Value {
-    let data: Vec<&str> = text
-        .lines()
-        .filter_map(|line| line.strip_prefix("data:"))
-        .map(str::trim_start)
-        .collect();
-    serde_json::from_str(&data.join("\n")).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// Warm requests the way SDK clients send them: `initialize` opens a session,
