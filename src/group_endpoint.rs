@@ -16,7 +16,7 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::Filter;
 
-use crate::aggregate::{Aggregate, Scope, REQUEST_HEADERS};
+use crate::aggregate::{Aggregate, MemberRoute, Scope, REQUEST_HEADERS};
 use crate::auth::Caller;
 use crate::crd::MCPServerGroup;
 use crate::group::{self, Membership};
@@ -29,14 +29,21 @@ use crate::reconcile::Reconciler;
 pub struct GroupEndpoints {
     reconciler: Arc<Reconciler>,
     config: EndpointConfig,
+    /// With several router replicas: where members another replica owns are asked.
+    member_route: Option<Arc<dyn MemberRoute>>,
     endpoints: Mutex<HashMap<String, Arc<Aggregate>>>,
 }
 
 impl GroupEndpoints {
-    pub fn new(reconciler: Arc<Reconciler>, config: &EndpointConfig) -> Arc<GroupEndpoints> {
+    pub fn new(
+        reconciler: Arc<Reconciler>,
+        config: &EndpointConfig,
+        member_route: Option<Arc<dyn MemberRoute>>,
+    ) -> Arc<GroupEndpoints> {
         Arc::new(GroupEndpoints {
             reconciler,
             config: config.clone(),
+            member_route,
             endpoints: Mutex::default(),
         })
     }
@@ -50,11 +57,15 @@ impl GroupEndpoints {
             return Err(RequestError::UnknownGroup(key.to_string()));
         }
         let endpoint = endpoints.entry(key.to_string()).or_insert_with(|| {
-            Aggregate::scoped(
+            let endpoint = Aggregate::scoped(
                 self.reconciler.clone(),
                 &self.config,
                 Scope::Group(key.to_string()),
-            )
+            );
+            if let Some(route) = &self.member_route {
+                endpoint.route_members(route.clone());
+            }
+            endpoint
         });
         Ok(endpoint.clone())
     }

@@ -122,12 +122,17 @@ pub fn routes(
     );
     let dashboard = crate::dashboard::routes(reconciler.clone(), caller.clone());
     let aggregate = crate::aggregate::Aggregate::new(reconciler.clone(), &config.endpoint);
-    if let Some(ownership) = &config.ownership {
-        // With several replicas, a member is asked on the replica that owns it.
-        aggregate.route_members(crate::kube::members::OwnerReplicas::new(ownership.clone()));
+    // With several replicas, a member is asked on the replica that owns it.
+    let member_route = config.ownership.as_ref().map(|ownership| {
+        let route: Arc<dyn crate::aggregate::MemberRoute> =
+            crate::kube::members::OwnerReplicas::new(ownership.clone());
+        route
+    });
+    if let Some(route) = &member_route {
+        aggregate.route_members(route.clone());
     }
     let aggregated = crate::aggregate::routes(aggregate.clone(), caller.clone()).boxed();
-    let groups = GroupEndpoints::new(reconciler.clone(), &config.endpoint);
+    let groups = GroupEndpoints::new(reconciler.clone(), &config.endpoint, member_route);
     let grouped = group_endpoint::routes(groups.clone(), caller.clone())
         .or(group_endpoint::list_route(
             reconciler.clone(),
