@@ -1,7 +1,7 @@
 //! The `MCPServerGroup` custom resource (`mcpod.dev/v1alpha1`): the MCPServers
 //! of its namespace that a label selector picks, served as one MCP endpoint
 //! (`/groups/{name}/mcp`). Which servers are members, under which prefixes,
-//! and which names collide is decided in `crate::group`; this file is the
+//! and which names collide is decided in src/group.rs; this file is the
 //! resource's shape only.
 
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! members and collisions, decided by [`crate::group::resolve`] over the
 //! MCPServers of its namespace) and a `GroupCollision` condition on every
 //! MCPServer a collision leaves out of a group. It creates nothing: routers
-//! serve the groups themselves (`sync_groups` in [`super::runtime`]).
+//! serve the groups themselves (`sync_groups`, in the router's Kubernetes runtime).
 //!
 //! The condition on an MCPServer is applied under a field manager of its own
 //! ([`GROUP_FIELD_MANAGER`]), so the server controller's whole-status apply
