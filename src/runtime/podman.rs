@@ -292,10 +292,13 @@ impl PodmanRuntime {
                 ))
                 .and_then(Value::as_str)
                 .unwrap_or_default();
+            // A paused container (mcpod paused it before it restarted) is
+            // not `Running` to Podman, and would never settle by itself.
             let running = existing
                 .pointer("/State/Running")
                 .and_then(Value::as_bool)
-                .unwrap_or(false);
+                .unwrap_or(false)
+                || existing.pointer("/State/Status").and_then(Value::as_str) == Some("paused");
             if hash == wanted_hash {
                 if running {
                     info!(container = %name, "restarting adopted container: its MCP session cannot be resumed");
@@ -569,6 +572,7 @@ impl Runtime for PodmanRuntime {
                     server: labels.get(LABEL_SERVER)?.as_str()?.to_string(),
                     id: c.get("Id")?.as_str()?.to_string(),
                     running: c.get("State").and_then(Value::as_str) == Some("running"),
+                    paused: c.get("State").and_then(Value::as_str) == Some("paused"),
                     spec_hash: labels
                         .get(LABEL_SPEC_HASH)
                         .and_then(Value::as_str)
@@ -608,6 +612,14 @@ impl Runtime for PodmanRuntime {
             reason.push_str(&format!("; last output: {tail}"));
         }
         Some(reason)
+    }
+
+    async fn pause(&self, key: &str) -> Result<()> {
+        self.freeze(key, "pause").await
+    }
+
+    async fn resume(&self, key: &str) -> Result<()> {
+        self.freeze(key, "unpause").await
     }
 
     async fn usage(&self, key: &str) -> Option<Usage> {
@@ -700,10 +712,38 @@ impl PodmanRuntime {
         found
     }
 
+    /// libpod's `pause` or `unpause` (the cgroup freezer) of the container under `key`.
+    async fn freeze(&self, key: &str, action: &str) -> Result<()> {
+        let name = self.container_name(key);
+        let path = format!("/containers/{name}/{action}");
+        let (status, body) = self.libpod.request("POST", &path, None).await?;
+        match status {
+            200..=299 => Ok(()),
+            _ => Err(Error::Runtime(format!(
+                "{action} {name}: HTTP {status}: {}",
+                message_of(&body)
+            ))),
+        }
+    }
+
+    /// Thaws `name` if it is paused: Podman 4.3 neither stops a paused
+    /// container (it stays frozen) nor lets it exit when its stdin closes.
+    async fn thaw_if_paused(&self, name: &str) {
+        let paused = matches!(self.inspect(name).await, Ok(Some(state))
+            if state.pointer("/State/Status").and_then(Value::as_str) == Some("paused"));
+        if paused {
+            let path = format!("/containers/{name}/unpause");
+            if let Err(e) = self.libpod.request("POST", &path, None).await {
+                warn!(container = %name, error = %e, "unpausing before the stop failed");
+            }
+        }
+    }
+
     /// Waits up to `grace` for the container to exit by itself (its stdin is
     /// closed), then SIGTERM, then SIGKILL.
     async fn stop_process(&self, name: &str, grace: Duration) -> Result<()> {
         let container = self.podman.containers().get(name);
+        self.thaw_if_paused(name).await;
         if !grace.is_zero() {
             let exited = tokio::time::timeout(grace, async {
                 loop {

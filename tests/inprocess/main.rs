@@ -11,4 +11,5 @@ mod catalog;
 mod common;
 mod harness;
 mod lifecycle;
+mod pause;
 mod transport;
