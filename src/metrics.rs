@@ -341,6 +341,10 @@ mod tests {
             request_failures: 1,
             oom_kills: 0,
             idle_timeout_seconds: Some(300),
+            pause_after_seconds: None,
+            pauses: 0,
+            resumes: 0,
+            last_resume_ms: None,
             usage: None,
         }
     }

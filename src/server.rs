@@ -591,6 +591,7 @@ impl Server {
         self: &Arc<Self>,
         workload: &Workload,
     ) -> Result<Arc<Instance>, String> {
+        let began = Instant::now();
         let attached = self
             .runtime
             .start(&self.key, workload)
@@ -642,6 +643,10 @@ impl Server {
         let Some(result) = response.get("result").cloned() else {
             return Err(format!("initialize was refused: {}", response["error"]));
         };
+        tracing::debug!(
+            initialized_ms = began.elapsed().as_millis() as u64,
+            "the server answered initialize"
+        );
         bridge.notify(jsonrpc::notification(Method::Initialized, None));
         self.renew_subscriptions(&bridge, workload.timeouts.request);
         let instance = Arc::new(Instance {

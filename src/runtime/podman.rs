@@ -302,9 +302,12 @@ impl PodmanRuntime {
             if hash == wanted_hash {
                 if running {
                     info!(container = %name, "restarting adopted container: its MCP session cannot be resumed");
-                    self.stop(key, Duration::ZERO).await?;
+                    self.stop(key, Duration::ZERO).await?; // waits until settled
+                } else if !is_settled(existing.pointer("/State/Status").and_then(Value::as_str)) {
+                    // The inspect above usually shows it settled already (mcpod's
+                    // stop waited for that): no second round trip on a cold start.
+                    self.wait_until_settled(&name).await;
                 }
-                self.wait_until_settled(&name).await;
                 let id = existing.get("Id").and_then(Value::as_str).unwrap_or(&name);
                 return Ok(id.to_string());
             }
@@ -456,7 +459,9 @@ impl PodmanRuntime {
 #[async_trait]
 impl Runtime for PodmanRuntime {
     async fn start(&self, key: &str, workload: &Workload) -> Result<Attached> {
+        let began = std::time::Instant::now();
         let id = self.container_for(key, workload).await?;
+        let prepared = began.elapsed();
         let container = self.podman.containers().get(&id);
         // Attach before start, as `podman start --attach` does, so no output is missed.
         let options = ContainerAttachOpts::builder()
@@ -483,10 +488,19 @@ impl Runtime for PodmanRuntime {
                 }
             }
         };
+        let attached = began.elapsed();
         container
             .start(None)
             .await
             .map_err(Error::podman(format!("start {}", self.container_name(key))))?;
+        // Where a cold start's time goes, before the server's own startup.
+        debug!(
+            container = %self.container_name(key),
+            prepare_ms = prepared.as_millis() as u64,
+            attach_ms = (attached - prepared).as_millis() as u64,
+            start_ms = (began.elapsed() - attached).as_millis() as u64,
+            "container started"
+        );
         let (reader, writer) = attach.split();
         let output = reader
             .map_ok(|chunk| match chunk {
@@ -795,11 +809,7 @@ impl PodmanRuntime {
                     .map(str::to_string),
                 _ => return,
             };
-            // "stopped" is not settled yet: Podman's cleanup turns it into "exited".
-            if matches!(
-                status.as_deref(),
-                Some("exited" | "created" | "configured") | None
-            ) {
+            if is_settled(status.as_deref()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1199,6 +1209,12 @@ impl Libpod {
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         Ok((status, value))
     }
+}
+
+/// Whether a container in libpod state `status` can be attached to and
+/// started: "stopped" is not settled yet (Podman's cleanup turns it into "exited").
+fn is_settled(status: Option<&str>) -> bool {
+    matches!(status, Some("exited" | "created" | "configured") | None)
 }
 
 fn message_of(body: &Value) -> String {
