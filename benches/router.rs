@@ -357,19 +357,12 @@ async fn resume_from_paused(mcpod: &Mcpod) -> Vec<Duration> {
     let mut resumed = vec![];
     for id in 0..=(COLD_ROUNDS as u64 * 2) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while id > 0 {
-            let server: Value = client
-                .get(&status)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if server["status"] == "paused" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "never paused: {server}");
+        let paused = async || {
+            let response = client.get(&status).send().await.unwrap();
+            response.json::<Value>().await.unwrap()["status"] == "paused"
+        };
+        while id > 0 && !paused().await {
+            assert!(Instant::now() < deadline, "never paused");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let began = Instant::now();

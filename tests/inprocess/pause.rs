@@ -68,7 +68,11 @@ async fn concurrent_requests_to_a_paused_server_share_one_resume_and_each_get_on
         }
         let status = mcpod.status("crowd").await;
         let resumes = status["resumes"].as_u64().unwrap();
-        assert_eq!(resumes, before.as_u64().unwrap() + 1, "one resume: {status}");
+        assert_eq!(
+            resumes,
+            before.as_u64().unwrap() + 1,
+            "one resume: {status}"
+        );
         let (_, who) = mcpod
             .call_tool("crowd", json!("who"), "whoami", json!({}))
             .await;
