@@ -6,6 +6,7 @@
 //!   `Accept: application/json, text/event-stream`, answered as SSE, against the
 //!   plain-JSON path in the same run;
 //! - cold start: first reply through mcpod vs. raw `podman start -ai` plus the first reply;
+//! - resume: first reply from a paused server (`spec.pauseAfter`) vs. that cold start;
 //! - `tools/list` on the aggregated endpoint `/mcp` with its server scaled to
 //!   zero (answered from the catalog) vs. on the running server's own endpoint.
 //!
@@ -246,6 +247,44 @@ async fn through_router(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
     (warm, cold)
 }
 
+/// The first reply from a paused server (the same image with `pauseAfter`,
+/// declared last so it is not part of `/mcp`'s listing above); each round
+/// waits until it is paused.
+async fn resume_from_paused(mcpod: &Mcpod) -> Vec<Duration> {
+    std::fs::write(
+        mcpod._manifests.path().join("paused.yaml"),
+        format!("apiVersion: mcpod.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: paused}}\nspec: {{image: {IMAGE}, pauseAfter: 200ms}}\n"),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let endpoint = format!("{}/mcp/paused", mcpod.url);
+    let status = format!("{}/servers/paused", mcpod.url);
+    let declared = Instant::now() + Duration::from_secs(30);
+    while client.get(&status).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < declared, "paused.yaml was not picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut resumed = vec![];
+    for id in 0..=(COLD_ROUNDS as u64 * 2) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let paused = async || {
+            let response = client.get(&status).send().await.unwrap();
+            response.json::<Value>().await.unwrap()["status"] == "paused"
+        };
+        while id > 0 && !paused().await {
+            assert!(Instant::now() < deadline, "never paused");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let began = Instant::now();
+        let reply = post(&client, &endpoint, call(id)).await;
+        assert!(reply["result"].is_object(), "{reply}");
+        if id > 0 {
+            resumed.push(began.elapsed()); // round 0 is its cold start
+        }
+    }
+    resumed
+}
+
 /// `tools/list` on the running server's endpoint, then on `/mcp` with the
 /// server stopped (from the catalog: it must stay stopped).
 async fn catalog_listing(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
@@ -376,6 +415,7 @@ fn main() {
         })
         .collect();
     let (listed_running, listed_stopped) = runtime.block_on(catalog_listing(&mcpod));
+    let resumed = stats(runtime.block_on(resume_from_paused(&mcpod)));
     let (listed_running, listed_stopped) = (stats(listed_running), stats(listed_stopped));
     drop(mcpod);
     let (warm, cold) = (stats(warm), stats(cold));
@@ -418,6 +458,12 @@ fn main() {
         ms(cold.p90)
     );
     println!(
+        "{:<44} {:>10.1} {:>10.1}",
+        "resume: first request to a paused server",
+        ms(resumed.median),
+        ms(resumed.p90)
+    );
+    println!(
         "{:<44} {:>10.3} {:>10.3}",
         "tools/list: the running server (baseline)",
         ms(listed_running.median),
@@ -452,6 +498,10 @@ fn main() {
     println!(
         "cold ratio (mcpod / raw podman start, median): {:.2}x",
         ms(cold.median) / ms(raw_cold.median)
+    );
+    println!(
+        "resume ratio (paused server / cold start through mcpod, median): {:.3}x",
+        ms(resumed.median) / ms(cold.median)
     );
     println!();
     println!(

@@ -77,6 +77,13 @@ pub struct MCPServerSpec {
     /// Quiet time after which the container is stopped (`300s`, `5m`; `0` = never). Default 300s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+    /// Quiet time after which the container is paused (Podman's cgroup freezer:
+    /// no CPU, memory kept, stdio attached) until the next request resumes it
+    /// in milliseconds; `idleTimeout` still stops it. Shorter than
+    /// `idleTimeout` (`30s`; `0` or left out = never paused). Podman only:
+    /// refused on Kubernetes, which cannot pause a pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_after: Option<String>,
     /// Longest wait for the container to start and answer `initialize`. Default 60s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_timeout: Option<String>,
@@ -378,6 +385,8 @@ pub enum Phase {
     Stopped,
     Starting,
     Running,
+    /// Running but frozen (`spec.pauseAfter`); the next request resumes it.
+    Paused,
     Stopping,
     Failed,
 }
@@ -389,6 +398,7 @@ impl Phase {
             Phase::Stopped => "stopped",
             Phase::Starting => "starting",
             Phase::Running => "running",
+            Phase::Paused => "paused",
             Phase::Stopping => "stopping",
             Phase::Failed => "failed",
         }

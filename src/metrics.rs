@@ -37,6 +37,18 @@ const FAMILIES: &[Family] = &[
         value: |s| f64::from(u8::from(s.phase == Phase::Failed)),
     },
     Family {
+        name: "mcpod_server_paused",
+        kind: "gauge",
+        help: "1 when the server's container is paused (spec.pauseAfter): frozen, resumed by the next request.",
+        value: |s| f64::from(u8::from(s.phase == Phase::Paused)),
+    },
+    Family {
+        name: "mcpod_server_pauses_total",
+        kind: "counter",
+        help: "Times the server's container was paused after spec.pauseAfter of quiet.",
+        value: |s| s.pauses as f64,
+    },
+    Family {
         name: "mcpod_server_starts_total",
         kind: "counter",
         help: "Container starts (cold starts).",
@@ -188,6 +200,19 @@ fn render_requests(out: &mut String, servers: &[Arc<Server>], names: &[String]) 
             .cold_starts
             .render(out, name, &format!("server=\"{server_name}\""));
     }
+    let name = "mcpod_server_resume_seconds";
+    header(
+        out,
+        name,
+        "histogram",
+        "Time to thaw a paused container for a request (spec.pauseAfter).",
+    );
+    for (server, server_name) in both() {
+        server
+            .metrics()
+            .resumes
+            .render(out, name, &format!("server=\"{server_name}\""));
+    }
     type Figure = fn(&Server) -> u64;
     let figures: [(&str, &str, &str, Figure); 5] = [
         (
@@ -316,6 +341,10 @@ mod tests {
             request_failures: 1,
             oom_kills: 0,
             idle_timeout_seconds: Some(300),
+            pause_after_seconds: None,
+            pauses: 0,
+            resumes: 0,
+            last_resume_ms: None,
             usage: None,
         }
     }

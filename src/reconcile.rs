@@ -448,6 +448,14 @@ impl Reconciler {
                 Some(server) if container.running => {
                     tokio::spawn(async move { server.adopt_running().await });
                 }
+                // Paused by the mcpod before this one: it was idle, and its MCP
+                // session cannot be resumed, so it is stopped (thawed first).
+                Some(_) if container.paused => {
+                    info!(server = %container.server, container = %container.id, "stopping a container paused before mcpod restarted");
+                    if let Err(e) = self.runtime.stop(&container.key, Duration::ZERO).await {
+                        warn!(error = %e, "stopping a paused container failed");
+                    }
+                }
                 Some(_) => {}
             }
         }

@@ -118,6 +118,9 @@ pub struct Instance {
 enum Lifecycle {
     Stopped,
     Running(Arc<Instance>),
+    /// Frozen after `spec.pauseAfter` of quiet (`Runtime::pause`); the next
+    /// [`Server::acquire`] resumes it under the lifecycle lock.
+    Paused(Arc<Instance>),
     Failed {
         reason: String,
         retry_at: Instant,
@@ -161,6 +164,13 @@ pub struct Status {
     /// The idle time after which the server is stopped (`None`: never, or the
     /// operator decides); with `lastActivity`, what `mcpod get` counts down.
     pub idle_timeout_seconds: Option<u64>,
+    /// The quiet time after which the server is paused (`spec.pauseAfter`; `None`: never).
+    pub pause_after_seconds: Option<u64>,
+    /// Times the container was paused, and resumed by a request.
+    pub pauses: u64,
+    pub resumes: u64,
+    /// How long the last resume took (from the request's arrival under the lock).
+    pub last_resume_ms: Option<f64>,
     /// The running container's latest resource usage (`cpuSeconds`,
     /// `memoryBytes`, `memoryLimitBytes`, …), sampled in the background.
     #[serde(flatten)]
@@ -187,6 +197,8 @@ pub struct Server {
     isolated_starting: Mutex<std::collections::HashMap<String, usize>>,
     /// Latency, errors, traffic (shared with its isolated servers).
     metrics: Arc<ServerMetrics>,
+    /// The container whose pause failed: not tried again until the next start.
+    pause_refused: Mutex<Option<String>>,
     /// What it offers, recorded while it runs (shared with its isolated servers).
     catalog: Arc<Catalog>,
 }
@@ -295,6 +307,10 @@ impl Server {
             request_failures: 0,
             oom_kills: 0,
             idle_timeout_seconds: None,
+            pause_after_seconds: None,
+            pauses: 0,
+            resumes: 0,
+            last_resume_ms: None,
             usage: None,
         };
         let limits = settings.limits(&workload);
@@ -315,6 +331,7 @@ impl Server {
             isolated_starting: Mutex::new(Default::default()),
             metrics,
             catalog,
+            pause_refused: Mutex::new(None),
         });
         server
             .sessions
@@ -360,12 +377,14 @@ impl Server {
     pub fn status(&self) -> Status {
         let mut status = self.status.lock().unwrap().clone();
         status.in_flight = self.in_flight.load(Ordering::SeqCst);
-        status.idle_timeout_seconds = self.workload().timeouts.idle.map(|d| d.as_secs());
+        let timeouts = self.workload().timeouts;
+        status.idle_timeout_seconds = timeouts.idle.map(|d| d.as_secs());
+        status.pause_after_seconds = timeouts.pause.map(|d| d.as_secs());
         let isolated = self.isolated.lock().unwrap();
         status.isolated_instances = isolated.len();
         status.sessions =
             self.sessions.len() + isolated.values().map(|c| c.sessions.len()).sum::<usize>();
-        if status.phase == Phase::Running {
+        if matches!(status.phase, Phase::Running | Phase::Paused) {
             status.usage = self.metrics.usage();
         }
         status
@@ -421,6 +440,10 @@ impl Server {
                 server: self.name.clone(),
                 timeout: wait,
             })?;
+        if let Lifecycle::Paused(instance) = &*lifecycle {
+            let instance = instance.clone();
+            self.resume_locked(&mut lifecycle, instance).await;
+        }
         match &*lifecycle {
             Lifecycle::Removed => return Err(RequestError::Removed(self.name.clone())),
             Lifecycle::Running(instance) if instance.bridge.closed_reason().is_none() => {
@@ -574,6 +597,7 @@ impl Server {
         self: &Arc<Self>,
         workload: &Workload,
     ) -> Result<Arc<Instance>, String> {
+        let began = Instant::now();
         let attached = self
             .runtime
             .start(&self.key, workload)
@@ -625,6 +649,10 @@ impl Server {
         let Some(result) = response.get("result").cloned() else {
             return Err(format!("initialize was refused: {}", response["error"]));
         };
+        tracing::debug!(
+            initialized_ms = began.elapsed().as_millis() as u64,
+            "the server answered initialize"
+        );
         bridge.notify(jsonrpc::notification(Method::Initialized, None));
         self.renew_subscriptions(&bridge, workload.timeouts.request);
         let instance = Arc::new(Instance {
@@ -678,7 +706,9 @@ impl Server {
             None => reason,
         };
         let mut lifecycle = self.lifecycle.lock().await;
-        if matches!(&*lifecycle, Lifecycle::Running(current) if Arc::ptr_eq(current, &instance)) {
+        if matches!(&*lifecycle, Lifecycle::Running(current) | Lifecycle::Paused(current)
+            if Arc::ptr_eq(current, &instance))
+        {
             self.record_crash(&mut lifecycle, &reason);
         }
     }
@@ -706,6 +736,14 @@ impl Server {
     }
 
     async fn stop_locked(&self, lifecycle: &mut Lifecycle, reason: &str) {
+        if let Lifecycle::Paused(instance) = &*lifecycle {
+            // A frozen server cannot read the end of its stdin and exit, and
+            // Podman 4.3 does not stop a paused container: thaw it first.
+            if let Err(e) = self.runtime.resume(&self.key).await {
+                warn!(error = %e, "resuming before the stop failed; stopping it frozen");
+            }
+            *lifecycle = Lifecycle::Running(instance.clone());
+        }
         let Lifecycle::Running(instance) = &*lifecycle else {
             if let Lifecycle::Failed { .. } = lifecycle {
                 *lifecycle = Lifecycle::Stopped;
@@ -928,7 +966,10 @@ impl Server {
     /// The running instance, without starting one or waiting for a start.
     pub fn running_instance(&self) -> Option<Arc<Instance>> {
         match &*self.lifecycle.try_lock().ok()? {
-            Lifecycle::Running(instance) if instance.bridge.closed_reason().is_none() => {
+            // A paused server is alive: what is written to it waits in its stdin pipe.
+            Lifecycle::Running(instance) | Lifecycle::Paused(instance)
+                if instance.bridge.closed_reason().is_none() =>
+            {
                 Some(instance.clone())
             }
             _ => None,
@@ -948,7 +989,8 @@ impl Server {
             return;
         }
         *last_probe = Instant::now();
-        let Some(instance) = self.running_instance() else {
+        // A paused server answers nothing until resumed: it is not probed.
+        let Some(instance) = self.running_instance().filter(|_| !self.is_paused()) else {
             return;
         };
         let busy = self.in_flight.load(Ordering::SeqCst) > 0 || instance.bridge.pending() > 0;
@@ -1013,6 +1055,9 @@ impl Server {
                     if let Some(idle) = workload.timeouts.idle {
                         self.stop_if_idle(idle).await;
                     }
+                    if let Some(pause) = workload.timeouts.pause {
+                        self.pause_if_idle(pause).await;
+                    }
                 }
             }
             if matches!(*self.lifecycle.lock().await, Lifecycle::Removed) {
@@ -1023,7 +1068,9 @@ impl Server {
 
     async fn keep_running(self: &Arc<Self>) {
         let due = match &*self.lifecycle.lock().await {
-            Lifecycle::Running(instance) => instance.bridge.closed_reason().is_some(),
+            Lifecycle::Running(instance) | Lifecycle::Paused(instance) => {
+                instance.bridge.closed_reason().is_some()
+            }
             Lifecycle::Failed { retry_at, .. } => Instant::now() >= *retry_at,
             Lifecycle::Stopped => true,
             Lifecycle::Removed => false,
@@ -1042,7 +1089,7 @@ impl Server {
         let Ok(mut lifecycle) = self.lifecycle.try_lock() else {
             return; // a start or stop is under way
         };
-        let Lifecycle::Running(instance) = &*lifecycle else {
+        let (Lifecycle::Running(instance) | Lifecycle::Paused(instance)) = &*lifecycle else {
             return;
         };
         let idle = self.idle_for(instance);
@@ -1056,6 +1103,85 @@ impl Server {
         );
         self.stop_locked(&mut lifecycle, &reason).await;
         self.metrics.count_idle_stop();
+    }
+}
+
+/// The paused tier (`spec.pauseAfter`): frozen when quiet, resumed by the next
+/// request. Both transitions are made under the lifecycle lock, like the idle
+/// stop, so a request is either in flight (no pause) or waits for the resume.
+impl Server {
+    /// Whether the container is frozen now (`false` while the lock is busy:
+    /// a start, stop or resume is under way).
+    fn is_paused(&self) -> bool {
+        self.lifecycle
+            .try_lock()
+            .is_ok_and(|lifecycle| matches!(*lifecycle, Lifecycle::Paused(_)))
+    }
+
+    /// Pauses a running server quiet for `pause_after`: nothing in flight, no
+    /// message either way, no start or stop under way.
+    async fn pause_if_idle(&self, pause_after: Duration) {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        let Ok(mut lifecycle) = self.lifecycle.try_lock() else {
+            return;
+        };
+        let Lifecycle::Running(instance) = &*lifecycle else {
+            return;
+        };
+        let busy = self.in_flight.load(Ordering::SeqCst) > 0 || instance.bridge.pending() > 0;
+        let refused =
+            self.pause_refused.lock().unwrap().as_deref() == Some(instance.container_id.as_str());
+        if busy || refused || instance.bridge.closed_reason().is_some() {
+            return;
+        }
+        if self.idle_for(instance) < pause_after {
+            return;
+        }
+        let instance = instance.clone();
+        if let Err(error) = self.runtime.pause(&self.key).await {
+            warn!(%error, "pausing failed; the server keeps running until its idle timeout");
+            *self.pause_refused.lock().unwrap() = Some(instance.container_id.clone());
+            return;
+        }
+        *lifecycle = Lifecycle::Paused(instance);
+        self.status.lock().unwrap().pauses += 1;
+        let quiet = crate::duration::format(pause_after);
+        self.set_phase(Phase::Paused, Some(format!("paused: quiet for {quiet}")));
+    }
+
+    /// Thaws a paused server for a request. One that died while frozen, or
+    /// that cannot be thawed, is stopped instead: the caller then starts a new one.
+    async fn resume_locked(&self, lifecycle: &mut Lifecycle, instance: Arc<Instance>) {
+        if let Some(reason) = instance.bridge.closed_reason() {
+            self.record_crash(lifecycle, &reason);
+            return;
+        }
+        let began = Instant::now();
+        match self.runtime.resume(&self.key).await {
+            Ok(()) => {
+                let took = began.elapsed();
+                tracing::debug!(resume_ms = took.as_secs_f64() * 1000.0, "resumed");
+                {
+                    let mut status = self.status.lock().unwrap();
+                    status.resumes += 1;
+                    status.last_resume_ms = Some(took.as_secs_f64() * 1000.0);
+                }
+                self.metrics.resumes.observe(took);
+                *lifecycle = Lifecycle::Running(instance);
+                self.set_phase(Phase::Running, None);
+            }
+            Err(error) => {
+                warn!(%error, "resuming failed: stopping it; the request starts a new instance");
+                self.set_phase(Phase::Failed, Some(format!("resume failed: {error}")));
+                instance.bridge.close_stdin();
+                if let Err(e) = self.runtime.stop(&self.key, Duration::ZERO).await {
+                    warn!(error = %e, "stopping a server that could not be resumed");
+                }
+                *lifecycle = Lifecycle::Stopped;
+            }
+        }
     }
 }
 

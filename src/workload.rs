@@ -133,6 +133,8 @@ pub enum MountSource {
 pub struct Timeouts {
     /// `None`: never stop for idleness.
     pub idle: Option<Duration>,
+    /// `None`: never pause (`spec.pauseAfter`); else shorter than `idle`.
+    pub pause: Option<Duration>,
     pub startup: Duration,
     pub request: Duration,
     /// `None`: no health checks.
@@ -180,6 +182,9 @@ impl Workload {
             &spec.idle_timeout,
             defaults.idle_timeout,
         )?;
+        let pause = timeout("spec.pauseAfter", &spec.pause_after, Duration::ZERO)?;
+        let pause =
+            resolve_pause(pause, idle, target).map_err(|e| invalid("spec.pauseAfter", e))?;
         let startup = timeout(
             "spec.startupTimeout",
             &spec.startup_timeout,
@@ -245,6 +250,7 @@ impl Workload {
             security: spec.security.clone(),
             timeouts: Timeouts {
                 idle: (!idle.is_zero()).then_some(idle),
+                pause,
                 startup,
                 request,
                 health_check: (!health_check.is_zero()).then_some(health_check),
@@ -277,6 +283,32 @@ impl Workload {
         let digest = Sha256::digest(shape.to_string().as_bytes());
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// `spec.pauseAfter`: off at zero, Podman only, and before the idle stop
+/// (`idle` zero: never stopped, so any pause comes first).
+fn resolve_pause(
+    pause: Duration,
+    idle: Duration,
+    target: Target,
+) -> std::result::Result<Option<Duration>, String> {
+    if pause.is_zero() {
+        return Ok(None);
+    }
+    if target == Target::Kubernetes {
+        return Err(
+            "Kubernetes cannot pause a pod; remove it (idleTimeout still \
+                    scales the server to zero)"
+                .into(),
+        );
+    }
+    if !idle.is_zero() && pause >= idle {
+        return Err(format!(
+            "must be shorter than idleTimeout ({}), or the server is stopped before it is paused",
+            duration::format(idle)
+        ));
+    }
+    Ok(Some(pause))
 }
 
 /// `spec.image` or `spec.package` (exactly one); a package only where mcpod can build it.
@@ -538,6 +570,39 @@ mod tests {
     fn zero_idle_timeout_means_never() {
         let w = resolve("image: x\nidleTimeout: '0'").unwrap();
         assert_eq!(w.timeouts.idle, None);
+    }
+
+    #[test]
+    fn pause_is_off_by_default_shorter_than_the_idle_stop_and_podman_only() {
+        assert_eq!(resolve("image: x").unwrap().timeouts.pause, None);
+        let w = resolve("image: x\npauseAfter: 20s\nidleTimeout: 5m").unwrap();
+        assert_eq!(w.timeouts.pause, Some(Duration::from_secs(20)));
+        let never_stopped = resolve("image: x\npauseAfter: 20s\nidleTimeout: '0'").unwrap();
+        assert_eq!(never_stopped.timeouts.pause, Some(Duration::from_secs(20)));
+        let late = resolve("image: x\npauseAfter: 5m\nidleTimeout: 5m").unwrap_err();
+        assert!(late.to_string().contains("spec.pauseAfter"), "{late}");
+        assert!(
+            late.to_string().contains("shorter than idleTimeout"),
+            "{late}"
+        );
+        let kube = Workload::resolve(
+            "time",
+            &spec("image: x\npauseAfter: 20s"),
+            &Defaults::default(),
+            Target::Kubernetes,
+        )
+        .unwrap_err();
+        assert!(
+            kube.to_string().contains("Kubernetes cannot pause"),
+            "{kube}"
+        );
+        let off_on_kube = Workload::resolve(
+            "time",
+            &spec("image: x\npauseAfter: '0'"),
+            &Defaults::default(),
+            Target::Kubernetes,
+        );
+        assert!(off_on_kube.is_ok());
     }
 
     #[test]

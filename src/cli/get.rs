@@ -264,10 +264,10 @@ fn time_of(server: &Value, field: &str) -> Option<DateTime<Utc>> {
     server[field].as_str()?.parse().ok()
 }
 
-/// How long until a running server is stopped for being idle: `busy` while
-/// requests are in flight, `-` when it is not running or never stopped.
+/// How long until a running (or paused) server is stopped for being idle:
+/// `busy` while requests are in flight, `-` when it is not running or never stopped.
 fn idle_countdown(server: &Value, now: DateTime<Utc>) -> String {
-    if server["status"] != "running" {
+    if !matches!(server["status"].as_str(), Some("running" | "paused")) {
         return "-".into();
     }
     let Some(timeout) = server["idleTimeoutSeconds"].as_u64().filter(|t| *t > 0) else {
@@ -364,6 +364,9 @@ mod tests {
         let overdue = json!({"status": "running", "idleTimeoutSeconds": 60,
             "lastActivity": "2026-01-01T10:00:00Z"});
         assert_eq!(idle_countdown(&overdue, at("2026-01-01T10:05:00Z")), "now");
+        let paused = json!({"status": "paused", "idleTimeoutSeconds": 300, "inFlight": 0,
+            "lastActivity": "2026-01-01T10:00:00Z"});
+        assert_eq!(idle_countdown(&paused, at("2026-01-01T10:01:00Z")), "4m");
         let stopped = json!({"status": "stopped", "idleTimeoutSeconds": 60});
         assert_eq!(idle_countdown(&stopped, at("2026-01-01T10:05:00Z")), "-");
         let never = json!({"status": "running", "idleTimeoutSeconds": null,

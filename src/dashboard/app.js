@@ -7,6 +7,7 @@ const POLL_MS = 2000;
 const TOKEN_KEY = "mcpod.apiKey";
 const STATUS_WORDS = {
   running: "● Running",
+  paused: "❚❚ Paused",
   starting: "◐ Starting",
   stopping: "◑ Stopping",
   stopped: "○ Stopped",
@@ -185,9 +186,17 @@ function makeCard(name) {
 }
 
 function countdownText(server) {
+  if (server.status === "paused") {
+    const stop = server.idleTimeoutSeconds ? " " + stopText(server) : "";
+    return "Frozen (no CPU): the next request resumes it in milliseconds." + stop;
+  }
   if (server.status !== "running") return "";
   if (server.desiredState !== "OnDemand" || !server.idleTimeoutSeconds) return "Kept running (no idle timeout).";
   if (server.inFlight > 0) return "Busy: the idle countdown starts when its requests are answered.";
+  return stopText(server);
+}
+
+function stopText(server) {
   const idle = (routerNow() - Date.parse(server.lastActivity || server.startedAt)) / 1000;
   const left = server.idleTimeoutSeconds - idle;
   return left > 0 ? "Stops when idle in about " + duration(left) + "." : "Idle: stopping now.";

@@ -931,6 +931,8 @@ fn ready_reason(phase: Phase) -> &'static str {
         Phase::Starting => "Starting",
         Phase::Stopped => "ScaledToZero",
         Phase::Stopping => "Stopping",
+        // Pods are never paused (`spec.pauseAfter` is refused on Kubernetes).
+        Phase::Paused => "Paused",
         Phase::Failed => "Failed",
     }
 }

@@ -326,7 +326,10 @@ pub fn track_usage(ownership: &Ownership, reconciler: &Arc<Reconciler>) {
         let status = server.status();
         matches!(
             status.phase,
-            crate::crd::Phase::Starting | crate::crd::Phase::Running | crate::crd::Phase::Stopping
+            crate::crd::Phase::Starting
+                | crate::crd::Phase::Running
+                | crate::crd::Phase::Paused
+                | crate::crd::Phase::Stopping
         ) || status.in_flight > 0
             || status.sessions > 0
             || status.isolated_instances > 0

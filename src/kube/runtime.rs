@@ -548,6 +548,7 @@ impl Runtime for KubeRuntime {
                     server,
                     id: pod.uid().unwrap_or_else(|| pod.name_any()),
                     running: matches!(observe(pod), PodState::Running { .. }),
+                    paused: false,
                     spec_hash: labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
                 })
             })

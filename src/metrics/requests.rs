@@ -189,6 +189,8 @@ pub struct ServerMetrics {
     tools: Box<[Histogram]>,
     errors: [AtomicU64; ErrorKind::ALL.len()],
     pub cold_starts: Histogram,
+    /// Thawing a paused container for a request (`spec.pauseAfter`).
+    pub resumes: Histogram,
     idle_stops: AtomicU64,
     pub traffic: std::sync::Arc<Traffic>,
     /// The latest resource usage of the running container, from the sampler.
@@ -210,6 +212,7 @@ impl Default for ServerMetrics {
                 .collect(),
             errors: Default::default(),
             cold_starts: Histogram::new(COLD_START_BUCKETS),
+            resumes: Histogram::new(REQUEST_BUCKETS),
             idle_stops: AtomicU64::new(0),
             traffic: Default::default(),
             usage: Mutex::new(None),

@@ -69,6 +69,8 @@ pub enum Action {
     Start,
     Stop,
     Remove,
+    Pause,
+    Resume,
 }
 
 /// What the runtime was asked to do, on which container key, for which server.
@@ -209,6 +211,28 @@ impl MemoryRuntime {
         process.is_some()
     }
 
+    /// Whether the instance under `key` is paused now.
+    pub fn is_paused(&self, key: &str) -> bool {
+        self.process(key).is_some_and(|p| *p.frozen.borrow())
+    }
+
+    fn freeze(&self, key: &str, action: Action, frozen: bool) -> Result<()> {
+        let process = {
+            let mut state = self.state.lock().unwrap();
+            Self::record(&mut state, action, key);
+            state.containers.get(key).and_then(|c| c.process.clone())
+        };
+        match process.filter(|p| p.is_running()) {
+            Some(process) => {
+                process.frozen.send_replace(frozen);
+                Ok(())
+            }
+            None => Err(Error::Runtime(format!(
+                "{key}: no running container to {action:?}"
+            ))),
+        }
+    }
+
     fn process(&self, key: &str) -> Option<Arc<Process>> {
         let state = self.state.lock().unwrap();
         state.containers.get(key).and_then(|c| c.process.clone())
@@ -269,6 +293,7 @@ impl MemoryRuntime {
             output: Mutex::new(Some(output)),
             exit_code: Mutex::new(None),
             exited: CancellationToken::new(),
+            frozen: watch::Sender::new(false),
             received: Mutex::new(vec![]),
             stderr: Mutex::new(vec![]),
             asked: Mutex::new(HashMap::new()),
@@ -364,9 +389,18 @@ impl Runtime for MemoryRuntime {
                 server: c.server.clone(),
                 id: c.id.clone(),
                 running: c.process.as_ref().is_some_and(|p| p.is_running()),
+                paused: c.process.as_ref().is_some_and(|p| *p.frozen.borrow()),
                 spec_hash: c.spec_hash.clone(),
             })
             .collect())
+    }
+
+    async fn pause(&self, key: &str) -> Result<()> {
+        self.freeze(key, Action::Pause, true)
+    }
+
+    async fn resume(&self, key: &str) -> Result<()> {
+        self.freeze(key, Action::Resume, false)
     }
 
     async fn exit_reason(&self, key: &str) -> Option<String> {
@@ -393,6 +427,8 @@ struct Process {
     output: Mutex<Option<mpsc::UnboundedSender<std::io::Result<Output>>>>,
     exit_code: Mutex<Option<i32>>,
     exited: CancellationToken,
+    /// `true` while paused: it reads nothing (what is written waits in the pipe).
+    frozen: watch::Sender<bool>,
     received: Mutex<Vec<Value>>,
     stderr: Mutex<Vec<String>>,
     /// Requests it made of the client, by id, waiting for the answer.
@@ -473,6 +509,12 @@ impl Process {
                 line = lines.next_line() => line,
                 () = self.exited.cancelled() => return,
             };
+            // A frozen process runs nothing: the line waits until it thaws.
+            let mut frozen = self.frozen.subscribe();
+            tokio::select! {
+                _ = frozen.wait_for(|frozen| !frozen) => {}
+                () = self.exited.cancelled() => return,
+            }
             match line {
                 Ok(Some(line)) => self.handle_line(&line),
                 Ok(None) | Err(_) => break,

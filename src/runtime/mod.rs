@@ -61,6 +61,8 @@ pub struct Managed {
     pub server: String,
     pub id: String,
     pub running: bool,
+    /// Frozen by [`Runtime::pause`] (not counted as running).
+    pub paused: bool,
     pub spec_hash: String,
 }
 
@@ -90,6 +92,23 @@ pub trait Runtime: Send + Sync + 'static {
     /// containers apart from servers by their key (Kubernetes) gives its own form.
     fn session_key(&self, key: &str, session: &str) -> String {
         format!("{key}-{session}")
+    }
+
+    /// Freezes the running container under `key` (`spec.pauseAfter`): its
+    /// processes get no CPU and keep their memory, its stdio stays attached,
+    /// and what is written to its stdin waits in the pipe. A runtime that
+    /// cannot (Kubernetes) says so with an error.
+    async fn pause(&self, key: &str) -> Result<()> {
+        Err(crate::Error::Runtime(format!(
+            "{key}: this runtime cannot pause containers"
+        )))
+    }
+
+    /// Thaws a container [`Runtime::pause`] froze; it carries on where it stopped.
+    async fn resume(&self, key: &str) -> Result<()> {
+        Err(crate::Error::Runtime(format!(
+            "{key}: this runtime cannot pause containers"
+        )))
     }
 
     /// Whether this mcpod is the one that serves the server under `key`. With

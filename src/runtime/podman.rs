@@ -292,16 +292,22 @@ impl PodmanRuntime {
                 ))
                 .and_then(Value::as_str)
                 .unwrap_or_default();
+            // A paused container (mcpod paused it before it restarted) is
+            // not `Running` to Podman, and would never settle by itself.
             let running = existing
                 .pointer("/State/Running")
                 .and_then(Value::as_bool)
-                .unwrap_or(false);
+                .unwrap_or(false)
+                || existing.pointer("/State/Status").and_then(Value::as_str) == Some("paused");
             if hash == wanted_hash {
                 if running {
                     info!(container = %name, "restarting adopted container: its MCP session cannot be resumed");
-                    self.stop(key, Duration::ZERO).await?;
+                    self.stop(key, Duration::ZERO).await?; // waits until settled
+                } else if !is_settled(existing.pointer("/State/Status").and_then(Value::as_str)) {
+                    // The inspect above usually shows it settled already (mcpod's
+                    // stop waited for that): no second round trip on a cold start.
+                    self.wait_until_settled(&name).await;
                 }
-                self.wait_until_settled(&name).await;
                 let id = existing.get("Id").and_then(Value::as_str).unwrap_or(&name);
                 return Ok(id.to_string());
             }
@@ -453,7 +459,9 @@ impl PodmanRuntime {
 #[async_trait]
 impl Runtime for PodmanRuntime {
     async fn start(&self, key: &str, workload: &Workload) -> Result<Attached> {
+        let began = std::time::Instant::now();
         let id = self.container_for(key, workload).await?;
+        let prepared = began.elapsed();
         let container = self.podman.containers().get(&id);
         // Attach before start, as `podman start --attach` does, so no output is missed.
         let options = ContainerAttachOpts::builder()
@@ -480,10 +488,19 @@ impl Runtime for PodmanRuntime {
                 }
             }
         };
+        let attached = began.elapsed();
         container
             .start(None)
             .await
             .map_err(Error::podman(format!("start {}", self.container_name(key))))?;
+        // Where a cold start's time goes, before the server's own startup.
+        debug!(
+            container = %self.container_name(key),
+            prepare_ms = prepared.as_millis() as u64,
+            attach_ms = (attached - prepared).as_millis() as u64,
+            start_ms = (began.elapsed() - attached).as_millis() as u64,
+            "container started"
+        );
         let (reader, writer) = attach.split();
         let output = reader
             .map_ok(|chunk| match chunk {
@@ -569,6 +586,7 @@ impl Runtime for PodmanRuntime {
                     server: labels.get(LABEL_SERVER)?.as_str()?.to_string(),
                     id: c.get("Id")?.as_str()?.to_string(),
                     running: c.get("State").and_then(Value::as_str) == Some("running"),
+                    paused: c.get("State").and_then(Value::as_str) == Some("paused"),
                     spec_hash: labels
                         .get(LABEL_SPEC_HASH)
                         .and_then(Value::as_str)
@@ -608,6 +626,14 @@ impl Runtime for PodmanRuntime {
             reason.push_str(&format!("; last output: {tail}"));
         }
         Some(reason)
+    }
+
+    async fn pause(&self, key: &str) -> Result<()> {
+        self.freeze(key, "pause").await
+    }
+
+    async fn resume(&self, key: &str) -> Result<()> {
+        self.freeze(key, "unpause").await
     }
 
     async fn usage(&self, key: &str) -> Option<Usage> {
@@ -700,10 +726,38 @@ impl PodmanRuntime {
         found
     }
 
+    /// libpod's `pause` or `unpause` (the cgroup freezer) of the container under `key`.
+    async fn freeze(&self, key: &str, action: &str) -> Result<()> {
+        let name = self.container_name(key);
+        let path = format!("/containers/{name}/{action}");
+        let (status, body) = self.libpod.request("POST", &path, None).await?;
+        match status {
+            200..=299 => Ok(()),
+            _ => Err(Error::Runtime(format!(
+                "{action} {name}: HTTP {status}: {}",
+                message_of(&body)
+            ))),
+        }
+    }
+
+    /// Thaws `name` if it is paused: Podman 4.3 neither stops a paused
+    /// container (it stays frozen) nor lets it exit when its stdin closes.
+    async fn thaw_if_paused(&self, name: &str) {
+        let paused = matches!(self.inspect(name).await, Ok(Some(state))
+            if state.pointer("/State/Status").and_then(Value::as_str) == Some("paused"));
+        if paused {
+            let path = format!("/containers/{name}/unpause");
+            if let Err(e) = self.libpod.request("POST", &path, None).await {
+                warn!(container = %name, error = %e, "unpausing before the stop failed");
+            }
+        }
+    }
+
     /// Waits up to `grace` for the container to exit by itself (its stdin is
     /// closed), then SIGTERM, then SIGKILL.
     async fn stop_process(&self, name: &str, grace: Duration) -> Result<()> {
         let container = self.podman.containers().get(name);
+        self.thaw_if_paused(name).await;
         if !grace.is_zero() {
             let exited = tokio::time::timeout(grace, async {
                 loop {
@@ -755,11 +809,7 @@ impl PodmanRuntime {
                     .map(str::to_string),
                 _ => return,
             };
-            // "stopped" is not settled yet: Podman's cleanup turns it into "exited".
-            if matches!(
-                status.as_deref(),
-                Some("exited" | "created" | "configured") | None
-            ) {
+            if is_settled(status.as_deref()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1159,6 +1209,12 @@ impl Libpod {
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         Ok((status, value))
     }
+}
+
+/// Whether a container in libpod state `status` can be attached to and
+/// started: "stopped" is not settled yet (Podman's cleanup turns it into "exited").
+fn is_settled(status: Option<&str>) -> bool {
+    matches!(status, Some("exited" | "created" | "configured") | None)
 }
 
 fn message_of(body: &Value) -> String {

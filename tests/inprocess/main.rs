@@ -12,4 +12,5 @@ mod catalog;
 mod common;
 mod harness;
 mod lifecycle;
+mod pause;
 mod transport;
