@@ -252,7 +252,7 @@ async fn through_router(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
 /// waits until it is paused.
 async fn resume_from_paused(mcpod: &Mcpod) -> Vec<Duration> {
     std::fs::write(
-        mcpod._manifests.path().join("paused.yaml"),
+        mcpod.manifests.path().join("paused.yaml"),
         format!("apiVersion: mcpod.dev/v1alpha1\nkind: MCPServer\nmetadata: {{name: paused}}\nspec: {{image: {IMAGE}, pauseAfter: 200ms}}\n"),
     )
     .unwrap();
