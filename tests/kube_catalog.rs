@@ -393,9 +393,14 @@ async fn declare(reconciler: &Reconciler, image: &str) {
 impl Router {
     /// One JSON-RPC request to the aggregated endpoint `/mcp`, as a plain JSON client.
     async fn aggregated(&self, request: Value) -> Value {
+        self.post("/mcp", request).await
+    }
+
+    /// One JSON-RPC request to the endpoint at `path`, as a plain JSON client.
+    async fn post(&self, path: &str, request: Value) -> Value {
         let response = warp::test::request()
             .method("POST")
-            .path("/mcp")
+            .path(path)
             .header("accept", "application/json")
             .json(&request)
             .reply(&self.routes)
@@ -583,6 +588,64 @@ async fn kube_catalog_written_by_another_replica_reaches_this_one_through_the_wa
     assert!(
         cluster.config_map_writes.is_empty(),
         "nothing learned here, nothing written"
+    );
+    assert!(cluster.unexpected.is_empty(), "{:?}", cluster.unexpected);
+}
+
+#[tokio::test]
+async fn kube_group_lists_from_the_stored_catalog_with_no_pod_and_one_call_makes_one_pod() {
+    let cluster = Arc::new(Mutex::new(Cluster::default()));
+    cluster
+        .lock()
+        .unwrap()
+        .store_config_map(stored_catalog(&spec_hash(IMAGE), &["echo", "retired"]));
+    let router = router(cluster.clone()).await;
+    let group = json!({"apiVersion": "mcpod.dev/v1alpha1", "kind": "MCPServerGroup",
+        "metadata": {"name": "kit", "namespace": "ns"},
+        "spec": {"selector": {}, "prefixes": {"fix": "f"}}});
+    router
+        .reconciler
+        .set_groups(vec![serde_json::from_value(group).unwrap()]);
+
+    let listed = router
+        .post(
+            "/groups/kit/mcp",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+        )
+        .await;
+    let names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools in {listed}"))
+        .iter()
+        .map(|tool| tool["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["f__echo", "f__retired"], "the group's prefix");
+    {
+        let cluster = cluster.lock().unwrap();
+        assert_eq!(
+            (cluster.wakes, cluster.pods_made, cluster.attaches),
+            (0, 0, 0),
+            "listed from the stored catalog"
+        );
+    }
+
+    let reply = router
+        .post(
+            "/groups/kit/mcp",
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "f__echo", "arguments": {"text": "via the group"}}}),
+        )
+        .await;
+    assert_eq!(
+        (&reply["id"], &reply["result"]["content"][0]["text"]),
+        (&json!(2), &json!("via the group")),
+        "{reply}"
+    );
+    let cluster = cluster.lock().unwrap();
+    assert_eq!(
+        (cluster.wakes, cluster.pods_made, cluster.attaches),
+        (1, 1, 1),
+        "one pod for one call"
     );
     assert!(cluster.unexpected.is_empty(), "{:?}", cluster.unexpected);
 }
