@@ -64,9 +64,11 @@ pub fn client(config: Config) -> Result<Client, kube::Error> {
         .layer(config.extra_headers_layer()?)
         .map_err(BoxError::from)
         .service(http);
-    Ok(ClientBuilder::new(service, config.default_namespace.clone())
-        .with_valid_until(*standard.valid_until())
-        .build())
+    Ok(
+        ClientBuilder::new(service, config.default_namespace.clone())
+            .with_valid_until(*standard.valid_until())
+            .build(),
+    )
 }
 
 /// [`client`] for the in-cluster config or the kubeconfig, as `Client::try_default` finds it.
