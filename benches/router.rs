@@ -5,6 +5,8 @@
 //! - the session path real clients (the SDKs, the Inspector) use: a session and
 //!   `Accept: application/json, text/event-stream`, answered as SSE, against the
 //!   plain-JSON path in the same run;
+//! - throughput at 8/64/256 clients, plain JSON and sessions; at 64, against one
+//!   direct pipe with 64 requests in flight;
 //! - cold start: first reply through mcpod vs. raw `podman start -ai` plus the first reply;
 //! - resume: first reply from a paused server (`spec.pauseAfter`) vs. that cold start;
 //! - `tools/list` on the aggregated endpoint `/mcp` with its server scaled to
@@ -74,6 +76,62 @@ fn direct_pipe() -> Vec<Duration> {
     samples
 }
 
+/// Requests per second over one direct stdio pipe with `in_flight` requests
+/// outstanding at any time: the baseline for mcpod's throughput at as many clients.
+fn pipe_throughput(in_flight: usize) -> f64 {
+    let mut child = Command::new("podman")
+        .args(["run", "-i", "--rm", "--network", "none", "--init", IMAGE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("podman run");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    writeln!(stdin, "{}", initialize(0)).unwrap();
+    stdout.read_line(&mut line).unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+    )
+    .unwrap();
+    // The writer keeps `in_flight` requests outstanding: one more per answer.
+    let (answered, answers) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        let mut id = 0u64;
+        let mut send = |stdin: &mut std::process::ChildStdin| {
+            id += 1;
+            stdin.write_all(format!("{}\n", call(id)).as_bytes())
+        };
+        for _ in 0..in_flight {
+            send(&mut stdin).unwrap();
+        }
+        while answers.recv().is_ok() {
+            if send(&mut stdin).is_err() {
+                break;
+            }
+        }
+    });
+    let began = Instant::now();
+    let until = began + Duration::from_secs(THROUGHPUT_SECONDS);
+    let mut seen = std::collections::HashSet::new();
+    while Instant::now() < until {
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        let reply: Value = serde_json::from_str(&line).unwrap();
+        assert!(reply["result"].is_object(), "{reply}");
+        assert!(seen.insert(reply["id"].as_u64().unwrap()), "{reply}");
+        answered.send(()).unwrap();
+    }
+    let rate = seen.len() as f64 / began.elapsed().as_secs_f64();
+    drop(answered);
+    writer.join().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    rate
+}
+
 /// `podman start -ai` of an existing container until the reply to `initialize`.
 fn raw_cold_starts() -> Vec<Duration> {
     let name = format!("mcpod-bench-raw-{}", std::process::id());
@@ -120,6 +178,17 @@ fn raw_cold_starts() -> Vec<Duration> {
 
 fn start_mcpod() -> Mcpod {
     Mcpod::start(&[common::manifest("time", IMAGE)], &[])
+}
+
+/// mcpod's resident memory, from /proc.
+fn rss_mib(mcpod: &Mcpod) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", mcpod.child.id())).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: String) -> Value {
@@ -324,6 +393,9 @@ async fn catalog_listing(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
     (running, stopped)
 }
 
+/// Requests in flight on the direct pipe whose throughput mcpod's at as many clients is compared with.
+const PIPE_IN_FLIGHT: usize = 64;
+
 /// How long each throughput round runs.
 const THROUGHPUT_SECONDS: u64 = 5;
 
@@ -401,11 +473,13 @@ fn main() {
     println!("mcpod benchmark: {IMAGE}, {WARM_ROUNDS} warm requests, {COLD_ROUNDS} cold starts\n");
     let direct = stats(direct_pipe());
     let raw_cold = stats(raw_cold_starts());
+    let pipe_rate = pipe_throughput(PIPE_IN_FLIGHT);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mcpod = start_mcpod();
     let (warm, cold) = runtime.block_on(through_router(&mcpod));
     let modern = stats(runtime.block_on(per_request_era(&mcpod)));
     let session = stats(runtime.block_on(session_path(&mcpod)));
+    let rss_before = rss_mib(&mcpod);
     let rates: Vec<(usize, f64, f64)> = [8, 64, 256]
         .into_iter()
         .map(|clients| {
@@ -414,6 +488,8 @@ fn main() {
             (clients, plain, sse)
         })
         .collect();
+    // Each session client above left its session open (they end on the idle TTL).
+    let rss_after = rss_mib(&mcpod);
     let (listed_running, listed_stopped) = runtime.block_on(catalog_listing(&mcpod));
     let resumed = stats(runtime.block_on(resume_from_paused(&mcpod)));
     let (listed_running, listed_stopped) = (stats(listed_running), stats(listed_stopped));
@@ -502,6 +578,19 @@ fn main() {
     println!(
         "resume ratio (paused server / cold start through mcpod, median): {:.3}x",
         ms(resumed.median) / ms(cold.median)
+    );
+    println!();
+    println!(
+        "mcpod RSS: {rss_before:.1} MiB before the throughput rounds, {rss_after:.1} MiB after them ({} sessions still open)",
+        8 + 64 + 256
+    );
+    let through_mcpod = rates
+        .iter()
+        .find(|(clients, _, _)| *clients == PIPE_IN_FLIGHT)
+        .map_or(0.0, |(_, plain, _)| *plain);
+    println!(
+        "throughput at {PIPE_IN_FLIGHT} clients (mcpod plain JSON / one direct pipe with {PIPE_IN_FLIGHT} in flight): {:.2}x  ({through_mcpod:.0} / {pipe_rate:.0} req/s)",
+        through_mcpod / pipe_rate
     );
     println!();
     println!(

@@ -993,7 +993,7 @@ pub fn routes(
         .and(warp::body::stream())
         .then(
             |aggregate: Arc<Aggregate>, caller: Caller, headers: HeaderMap, body| async move {
-                let span = tracing::info_span!("mcp", server = "*", caller = %caller);
+                let span = tracing::debug_span!("mcp", server = "*", caller = %caller);
                 let answer = aggregate.post(caller, &headers, body).instrument(span);
                 REQUEST_HEADERS.scope(headers.clone(), answer).await
             },

@@ -161,7 +161,7 @@ pub fn routes(
                         Ok(endpoint) => endpoint,
                         Err(error) => return refuse(error),
                     };
-                    let span = tracing::info_span!("mcp", group = %key, caller = %caller);
+                    let span = tracing::debug_span!("mcp", group = %key, caller = %caller);
                     let answer = tracing::Instrument::instrument(
                         endpoint.post(caller, &headers, body),
                         span,

@@ -862,7 +862,7 @@ mod kube_cli {
     const CATALOG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
     async fn connect(scope: &ScopeArgs) -> mcpod::Result<(Client, String)> {
-        let client = Client::try_default().await.map_err(Error::kube(
+        let client = mcpod::kube::client::infer().await.map_err(Error::kube(
             "connect to the cluster (in-cluster config or kubeconfig)",
         ))?;
         let namespace = scope

@@ -448,7 +448,8 @@ async fn kube_router_for(
 {
     let url = fake_api_server(seen).await;
     let config = kube::Config::new(url.parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
+    // mcpod's own client stack (TCP_NODELAY): attach's WebSocket upgrade goes through it.
+    let client = mcpod::kube::client::client(config).unwrap();
     let runtime = Arc::new(
         KubeRuntime::new(client, "ns", false).with_poll_interval(Duration::from_millis(20)),
     );

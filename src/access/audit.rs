@@ -128,9 +128,8 @@ pub struct Record {
 impl Record {
     pub fn new(caller: &Caller, server: &str, method: &str, outcome: Outcome) -> Record {
         Record {
-            time: chrono::Utc::now()
-                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-                .to_string(),
+            // RFC 3339 with milliseconds and `Z`, without parsing a format string each time.
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             subject: caller.subject.clone(),
             via: caller.via.clone(),
             server: server.to_string(),

@@ -17,11 +17,13 @@
 //! - [`election`] and [`ownership`]: the two uses of Kubernetes Leases, thin
 //!   callers of the one [`lease`] lock.
 //! - [`annotations`]: what routers and the operator tell each other on an MCPServer.
+//! - [`client`]: the API client both programs use (`TCP_NODELAY` on its connections).
 //! - [`pod`] (building a server's Pod and NetworkPolicy) and [`pod_state`]
 //!   (reading a pod's status back): pure data, no API calls.
 
 pub mod annotations;
 pub mod catalog;
+pub mod client;
 pub mod election;
 pub mod groups;
 pub mod lease;

@@ -336,13 +336,22 @@ pub fn track_usage(ownership: &Ownership, reconciler: &Arc<Reconciler>) {
     }));
 }
 
-/// Opens an HTTP/1 connection to `address`, driven by a task of its own.
-pub(super) async fn connect(address: &str) -> Result<SendRequest<ForwardBody>, String> {
+/// A TCP connection to another replica, with `TCP_NODELAY`: a forwarded
+/// body must not wait behind its headers for the peer's delayed ACK.
+async fn dial(address: &str) -> Result<tokio::net::TcpStream, String> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
         .await
         .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true); // a body must not wait behind its headers for an ACK
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("setting TCP_NODELAY: {e}"))?;
+    Ok(stream)
+}
+
+/// Opens an HTTP/1 connection to `address`, driven by a task of its own.
+pub(super) async fn connect(address: &str) -> Result<SendRequest<ForwardBody>, String> {
+    let stream = dial(address).await?;
     let (sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -452,6 +461,15 @@ fn relay(response: hyper::Response<hyper::body::Incoming>) -> HttpResponse {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn connections_to_other_replicas_set_tcp_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = dial(&listener.local_addr().unwrap().to_string())
+            .await
+            .unwrap();
+        assert!(stream.nodelay().unwrap());
+    }
 
     #[test]
     fn kube_forward_names_the_request_it_answers() {

@@ -326,33 +326,58 @@ fn enqueue(outbound: &mpsc::UnboundedSender<Outbound>, queued: &AtomicUsize, lin
     let _ = outbound.send(Outbound::Line(line));
 }
 
+/// Bytes of queued lines the writer gathers into one write; a line longer than
+/// this goes alone.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// Owns the server's stdin. What is queued while a write is under way goes
+/// out together in the next write: one write and one flush for many requests
+/// under load, not one each.
 async fn write_loop(
     mut stdin: Pin<Box<dyn AsyncWrite + Send>>,
     mut outbound: mpsc::UnboundedReceiver<Outbound>,
     queued: Arc<AtomicUsize>,
     traffic: Arc<Traffic>,
 ) {
-    while let Some(message) = outbound.recv().await {
-        let result = match message {
-            Outbound::Line(line) => {
-                queued.fetch_sub(line.len(), Ordering::Relaxed);
-                let mut bytes = line.into_bytes();
-                bytes.push(b'\n');
-                let written = bytes.len() as u64;
-                traffic.to_server.fetch_add(written, Ordering::Relaxed);
-                match stdin.write_all(&bytes).await {
-                    Ok(()) => stdin.flush().await,
-                    Err(e) => Err(e),
+    let mut batch: Vec<u8> = Vec::new();
+    while let Some(first) = outbound.recv().await {
+        let mut close = false;
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Outbound::Line(line) => {
+                    queued.fetch_sub(line.len(), Ordering::Relaxed);
+                    batch.extend_from_slice(line.as_bytes());
+                    batch.push(b'\n');
+                }
+                Outbound::CloseStdin => {
+                    close = true;
+                    break;
                 }
             }
-            Outbound::CloseStdin => {
-                let _ = stdin.shutdown().await;
-                debug!("stdin closed");
+            if batch.len() < WRITE_BATCH_BYTES {
+                next = outbound.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            traffic
+                .to_server
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let written = match stdin.write_all(&batch).await {
+                Ok(()) => stdin.flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                warn!(error = %e, "writing to the server's stdin failed");
                 return;
             }
-        };
-        if let Err(e) = result {
-            warn!(error = %e, "writing to the server's stdin failed");
+            batch.clear();
+            // One huge message does not pin its buffer for the server's life.
+            batch.shrink_to(WRITE_BATCH_BYTES);
+        }
+        if close {
+            let _ = stdin.shutdown().await;
+            debug!("stdin closed");
             return;
         }
     }

@@ -53,6 +53,10 @@ const BROADCAST_LOG_BUDGET: usize = 500_000;
 fn broadcast_log_limit(sessions: usize) -> usize {
     (BROADCAST_LOG_BUDGET / sessions.max(1)).clamp(1, EVENT_LOG_LIMIT)
 }
+/// Finished request streams whose events a session keeps for a resume
+/// (`Last-Event-ID`); an older one's events leave the replay log, so a session
+/// that makes many requests holds a few answers, not one per request it made.
+const RESUMABLE_FINISHED_STREAMS: usize = 8;
 /// Events queued for one live SSE connection; a client that falls this far
 /// behind loses the connection (it can resume from the event log).
 const LIVE_QUEUE: usize = 256;
@@ -165,10 +169,11 @@ struct Logged {
     delivered: bool,
 }
 
+/// An open stream: the standalone one, or a request's until its response.
+/// A finished request stream has no entry (its events stay in the log).
 #[derive(Default)]
 struct Stream {
     live: Option<mpsc::Sender<SseEvent>>,
-    finished: bool,
 }
 
 /// Everything mcpod knows of one client session.
@@ -188,6 +193,8 @@ struct SessionState {
     next_event_id: u64,
     log: VecDeque<Logged>,
     streams: HashMap<StreamKey, Stream>,
+    /// The last finished request streams, oldest first (see [`RESUMABLE_FINISHED_STREAMS`]).
+    finished: VecDeque<StreamKey>,
     subscriptions: HashSet<String>,
     /// Client-facing id of a server→client request → the server's own id.
     server_requests: HashMap<String, Value>,
@@ -215,8 +222,7 @@ impl SessionState {
 
     /// [`SessionState::send`] of a message shared with other sessions.
     fn send_shared(&mut self, stream: StreamKey, message: Arc<Value>) {
-        let open = |s: &Stream| !s.finished;
-        let stream = if self.legacy || !self.streams.get(&stream).is_some_and(open) {
+        let stream = if self.legacy || !self.streams.contains_key(&stream) {
             STANDALONE
         } else {
             stream
@@ -257,6 +263,20 @@ impl SessionState {
         };
         self.remember(event, stream, true);
         id
+    }
+
+    /// A request stream got its response: it closes, and the oldest finished
+    /// stream beyond [`RESUMABLE_FINISHED_STREAMS`] leaves the replay log.
+    fn finish(&mut self, key: StreamKey) {
+        if self.streams.remove(&key).is_none() {
+            return;
+        }
+        self.finished.push_back(key);
+        if self.finished.len() > RESUMABLE_FINISHED_STREAMS {
+            if let Some(oldest) = self.finished.pop_front() {
+                self.log.retain(|l| l.stream != oldest);
+            }
+        }
     }
 
     fn wants_log(&self, severity: Option<u8>) -> bool {
@@ -495,26 +515,25 @@ impl Session {
     pub fn open_request_stream(&self, key: StreamKey) -> (u64, mpsc::Receiver<SseEvent>) {
         let (tx, rx) = mpsc::channel(LIVE_QUEUE);
         let primed = self.with(|s| {
-            s.streams.insert(
-                key,
-                Stream {
-                    live: Some(tx),
-                    finished: false,
-                },
-            );
+            s.streams.insert(key, Stream { live: Some(tx) });
             s.prime(key)
         });
         (primed.unwrap_or_default(), rx)
     }
 
+    /// Sends a request's response on its stream and ends the stream, at once:
+    /// the connection sees the last event and the end together, and writes
+    /// them in one piece.
+    pub fn answer(&self, key: StreamKey, response: Value) {
+        self.with(|s| {
+            s.send(key, response);
+            s.finish(key);
+        });
+    }
+
     /// Ends a request stream after its response; a later resume replays it from the log.
     pub fn finish_stream(&self, key: StreamKey) {
-        self.with(|s| {
-            if let Some(stream) = s.streams.get_mut(&key) {
-                stream.finished = true;
-                stream.live = None;
-            }
-        });
+        self.with(|s| s.finish(key));
     }
 
     /// Connects a GET stream. With `last_event_id`, replays what followed that event
@@ -539,7 +558,6 @@ impl Session {
                 }
             }
             let primed = s.prime(key);
-            let stream = s.streams.entry(key).or_default();
             // The backlog first; a backlog larger than the queue is cut, and the
             // client resumes again from the last event it saw.
             let mut live = Some(tx);
@@ -548,9 +566,11 @@ impl Session {
                     live = None;
                 }
             }
-            if !stream.finished {
-                // A newer connection replaces an older one: one live stream per key.
-                stream.live = live;
+            // A finished request stream ends after its replay; the standalone
+            // stream and an open request stream continue live, a newer
+            // connection replacing an older one: one live stream per key.
+            if key == STANDALONE || s.streams.contains_key(&key) {
+                s.streams.entry(key).or_default().live = live;
             }
             primed
         });
@@ -671,6 +691,7 @@ impl Sessions {
                 next_event_id: 0,
                 log: VecDeque::new(),
                 streams: HashMap::new(),
+                finished: VecDeque::new(),
                 subscriptions: HashSet::new(),
                 server_requests: HashMap::new(),
                 in_flight: HashMap::new(),
@@ -1422,6 +1443,35 @@ mod tests {
         // Resuming from the priming event alone replays everything after it.
         let (_, mut third) = session.attach(Some(primed));
         assert_eq!(third.try_recv().unwrap().message["n"], 1);
+    }
+
+    #[test]
+    fn a_session_keeps_a_few_finished_request_streams_not_one_per_request() {
+        let sessions = Sessions::default();
+        let session = open(&sessions, caps(false));
+        let mut answered = vec![];
+        for n in 0..1_000 {
+            let key = sessions.new_stream_key();
+            let (primed, mut events) = session.open_request_stream(key);
+            session.send(key, json!({"n": n}));
+            session.finish_stream(key);
+            assert_eq!(events.try_recv().unwrap().message["n"], n);
+            assert!(events.try_recv().is_err(), "a finished stream closes");
+            answered.push(primed);
+        }
+        let (streams, logged) = session.with(|s| (s.streams.len(), s.log.len())).unwrap();
+        assert_eq!(streams, 0, "no entry is left for a finished stream");
+        assert!(
+            logged <= 2 * RESUMABLE_FINISHED_STREAMS,
+            "{logged} events kept"
+        );
+        // The last request's answer can still be resumed, and the stream then ends.
+        let (_, mut resumed) = session.attach(answered.last().copied());
+        assert_eq!(resumed.try_recv().unwrap().message["n"], 999);
+        assert!(matches!(
+            resumed.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
-use tracing::{debug, info_span, Instrument};
+use tracing::{debug, debug_span, Instrument};
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Buf, Filter};
@@ -46,7 +46,9 @@ pub fn routes(
         .and(warp::body::stream())
         .then(
             |name: String, endpoint: Endpoint, caller: Caller, headers, body| {
-                let span = info_span!("mcp", server = %name, caller = %caller);
+                // DEBUG, like the listener's request span: an INFO span costs
+                // every request its fields formatted, whether a line is written or not.
+                let span = debug_span!("mcp", server = %name, caller = %caller);
                 async move { post(&endpoint, &name, &headers, Arc::new(caller), body).await }
                     .instrument(span)
             },
@@ -415,8 +417,7 @@ fn sse_request(server: Arc<Server>, session: Arc<Session>, message: Value) -> Ht
         let response = call::request(&server, &session.owner, Some(&session), key, message)
             .await
             .unwrap_or_else(|e| e.to_jsonrpc(id));
-        session.send(key, response);
-        session.finish_stream(key);
+        session.answer(key, response);
     };
     tokio::spawn(task.in_current_span());
     sse_reply(Some(priming), events)
