@@ -356,8 +356,14 @@ async fn resume_from_paused(mcpod: &Mcpod) -> Vec<Duration> {
 
 /// `tools/list` on the running server's endpoint, then on `/mcp` with the
 /// server stopped (from the catalog: it must stay stopped).
-async fn catalog_listing(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
+async fn catalog_listing(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>, Vec<Duration>) {
     let client = reqwest::Client::new();
+    // A group of every server, served at /groups/bench/mcp once the manifest is read.
+    std::fs::write(
+        mcpod.manifests.path().join("group.yaml"),
+        "apiVersion: mcpod.dev/v1alpha1\nkind: MCPServerGroup\nmetadata: {name: bench}\nspec: {selector: {}}\n",
+    )
+    .unwrap();
     let list = |id: u64| json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"}).to_string();
     let own = format!("{}/mcp/time", mcpod.url);
     let aggregate = format!("{}/mcp", mcpod.url);
@@ -381,6 +387,36 @@ async fn catalog_listing(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
             stopped.push(began.elapsed());
         }
     }
+    let groups = format!("{}/groups", mcpod.url);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed: Value = client
+            .get(&groups)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if listed.to_string().contains("/groups/bench/mcp") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group was not read: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let group = format!("{}/groups/bench/mcp", mcpod.url);
+    let mut grouped = vec![];
+    for id in 1..=(WARM_ROUNDS as u64 + 20) {
+        let began = Instant::now();
+        let reply = post(&client, &group, list(id)).await;
+        assert!(reply["result"]["tools"][0]["name"].is_string(), "{reply}");
+        if id > 20 {
+            grouped.push(began.elapsed());
+        }
+    }
     let status: Value = client
         .get(format!("{}/servers/time", mcpod.url))
         .send()
@@ -390,7 +426,7 @@ async fn catalog_listing(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
         .await
         .unwrap();
     assert_eq!(status["status"], "stopped", "listing started it: {status}");
-    (running, stopped)
+    (running, stopped, grouped)
 }
 
 /// Requests in flight on the direct pipe whose throughput mcpod's at as many clients is compared with.
@@ -490,9 +526,13 @@ fn main() {
         .collect();
     // Each session client above left its session open (they end on the idle TTL).
     let rss_after = rss_mib(&mcpod);
-    let (listed_running, listed_stopped) = runtime.block_on(catalog_listing(&mcpod));
+    let (listed_running, listed_stopped, listed_group) = runtime.block_on(catalog_listing(&mcpod));
     let resumed = stats(runtime.block_on(resume_from_paused(&mcpod)));
-    let (listed_running, listed_stopped) = (stats(listed_running), stats(listed_stopped));
+    let (listed_running, listed_stopped, listed_group) = (
+        stats(listed_running),
+        stats(listed_stopped),
+        stats(listed_group),
+    );
     drop(mcpod);
     let (warm, cold) = (stats(warm), stats(cold));
 
@@ -551,10 +591,20 @@ fn main() {
         ms(listed_stopped.median),
         ms(listed_stopped.p90)
     );
+    println!(
+        "{:<44} {:>10.3} {:>10.3}",
+        "tools/list: a group, scaled to zero (catalog)",
+        ms(listed_group.median),
+        ms(listed_group.p90)
+    );
     println!();
     println!(
         "catalog ratio (/mcp scaled to zero / running server's tools/list, median): {:.2}x",
         ms(listed_stopped.median) / ms(listed_running.median)
+    );
+    println!(
+        "catalog ratio (a group scaled to zero / running server's tools/list, median): {:.2}x",
+        ms(listed_group.median) / ms(listed_running.median)
     );
     println!(
         "warm ratio (mcpod / direct pipe, median): {:.2}x  (+{:.3} ms)",
