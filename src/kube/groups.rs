@@ -21,7 +21,6 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::FIELD_MANAGER;
 use crate::backoff::backoff;
 use crate::crd::{Condition, MCPServer, MCPServerGroup, MCPServerStatus};
 use crate::group::{self, Candidate, Membership, COLLISION_CONDITION};
@@ -141,23 +140,7 @@ async fn write_group_status(
     namespace: &str,
     status: &crate::crd::MCPServerGroupStatus,
 ) -> Result<()> {
-    let name = group.name_any();
-    let patch = json!({
-        "apiVersion": MCPServerGroup::api_version(&()),
-        "kind": MCPServerGroup::kind(&()),
-        "status": status,
-    });
-    Api::<MCPServerGroup>::namespaced(ctx.client.clone(), namespace)
-        .patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube(format!(
-            "write the status of MCPServerGroup {namespace}/{name}"
-        )))?;
-    Ok(())
+    super::apply_status::<MCPServerGroup>(&ctx.client, namespace, &group.name_any(), status).await
 }
 
 /// Applies (or removes) `server`'s `GroupCollision` condition when it differs

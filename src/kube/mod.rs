@@ -36,8 +36,10 @@ pub mod replicas;
 pub mod runtime;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::DeleteParams;
-use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::{Error, Result};
 
@@ -51,4 +53,37 @@ pub async fn delete_pod(api: &Api<Pod>, name: &str) -> Result<()> {
         Err(e) if Error::is_kube_not_found(&e) => Ok(()),
         Err(e) => Err(Error::kube(format!("delete pod {name}"))(e)),
     }
+}
+
+/// Writes `status` as the whole status mcpod owns on the `K` named `name`
+/// (server-side apply under [`FIELD_MANAGER`], forced: mcpod is its only writer).
+pub async fn apply_status<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    status: &impl Serialize,
+) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    Api::<K>::namespaced(client.clone(), namespace)
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube(format!(
+            "write the status of {} {namespace}/{name}",
+            K::kind(&())
+        )))?;
+    Ok(())
 }

@@ -976,23 +976,7 @@ async fn write_status(
     if own.as_ref() == Some(status) {
         return Ok(());
     }
-    let name = server.name_any();
-    let patch = json!({
-        "apiVersion": MCPServer::api_version(&()),
-        "kind": MCPServer::kind(&()),
-        "status": status,
-    });
-    Api::<MCPServer>::namespaced(ctx.client.clone(), namespace)
-        .patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube(format!(
-            "write the status of MCPServer {namespace}/{name}"
-        )))?;
-    Ok(())
+    super::apply_status::<MCPServer>(&ctx.client, namespace, &server.name_any(), status).await
 }
 
 /// Events for real changes only: started, scaled to zero, failed, image pull error.

@@ -580,48 +580,55 @@ impl Runtime for KubeRuntime {
 /// counterpart of watching a manifest directory): every change after the
 /// initial list applies the whole set; servers being deleted are left out.
 pub async fn sync_servers(api: Api<MCPServer>, reconciler: Arc<Reconciler>) {
-    let (reader, writer) = reflector::store();
-    let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .boxed();
-    let mut listed = false;
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
-            Ok(watcher::Event::InitDone) => listed = true,
-            Ok(_) if !listed => continue,
-            Ok(_) => {}
-            Err(e) => {
-                warn!(error = %e, "watching MCPServers failed; retrying with backoff");
-                continue;
-            }
+    follow(api, "MCPServers", move |servers| {
+        let reconciler = reconciler.clone();
+        async move {
+            let servers = servers
+                .iter()
+                .map(|s| Loaded {
+                    file: PathBuf::from(format!(
+                        "mcpservers/{}/{}",
+                        s.namespace().unwrap_or_default(),
+                        s.name_any()
+                    )),
+                    server: (**s).clone(),
+                })
+                .collect();
+            reconciler
+                .apply(Manifests {
+                    servers,
+                    ..Default::default()
+                })
+                .await;
         }
-        let servers = reader
-            .state()
-            .iter()
-            .filter(|s| s.metadata.deletion_timestamp.is_none())
-            .map(|s| Loaded {
-                file: PathBuf::from(format!(
-                    "mcpservers/{}/{}",
-                    s.namespace().unwrap_or_default(),
-                    s.name_any()
-                )),
-                server: (**s).clone(),
-            })
-            .collect();
-        reconciler
-            .apply(Manifests {
-                servers,
-                ..Default::default()
-            })
-            .await;
-    }
+    })
+    .await;
 }
 
 /// Keeps the reconciler's groups equal to the MCPServerGroups in the cluster,
 /// so `/groups/{namespace}/{name}/mcp` serves what is declared now.
 pub async fn sync_groups(api: Api<MCPServerGroup>, reconciler: Arc<Reconciler>) {
+    follow(api, "MCPServerGroups", move |groups| {
+        reconciler.set_groups(groups.iter().map(|g| (**g).clone()).collect());
+        std::future::ready(())
+    })
+    .await;
+}
+
+/// Watches the `K`s of `api` and, after the first complete listing, hands
+/// every new state of the whole set (less what is being deleted) to `apply`.
+async fn follow<K, F, Applied>(api: Api<K>, kinds: &str, mut apply: F)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    F: FnMut(Vec<Arc<K>>) -> Applied,
+    Applied: std::future::Future<Output = ()>,
+{
     let (reader, writer) = reflector::store();
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -635,17 +642,16 @@ pub async fn sync_groups(api: Api<MCPServerGroup>, reconciler: Arc<Reconciler>) 
             Ok(_) if !listed => continue,
             Ok(_) => {}
             Err(e) => {
-                warn!(error = %e, "watching MCPServerGroups failed; retrying with backoff");
+                warn!(error = %e, "watching {kinds} failed; retrying with backoff");
                 continue;
             }
         }
-        let groups = reader
+        let current = reader
             .state()
-            .iter()
-            .filter(|g| g.metadata.deletion_timestamp.is_none())
-            .map(|g| (**g).clone())
+            .into_iter()
+            .filter(|k| k.meta().deletion_timestamp.is_none())
             .collect();
-        reconciler.set_groups(groups);
+        apply(current).await;
     }
 }
 
