@@ -8,43 +8,10 @@
 
 mod common;
 
-use std::process::Command;
-use std::time::Duration;
-
-use common::{manifest, sdk_client, sdk_client_with, wait_until, Mcpod, TIME_IMAGE};
-use serde_json::{json, Value};
+use common::{manifest, running_containers, sdk_client, sdk_client_with, Mcpod, TIME_IMAGE};
+use serde_json::json;
 
 const SERVERS: [&str; 3] = ["everything", "time", "memory"];
-
-/// Running containers of one mcpod instance, by name.
-fn running(instance: &str) -> Vec<String> {
-    let output = Command::new("podman")
-        .args(["ps", "--format", "{{.Names}}", "--filter"])
-        .arg(format!("label=mcpod.dev/instance={instance}"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-async fn starts(mcpod: &Mcpod) -> Vec<u64> {
-    let mut starts = vec![];
-    for name in SERVERS {
-        starts.push(mcpod.status(name).await["starts"].as_u64().unwrap());
-    }
-    starts
-}
-
-fn tools_of(answer: &Value) -> Vec<String> {
-    answer["result"]["tools"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no tools: {answer}"))
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_string())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_clients_list_the_union_with_no_container_and_one_call_starts_one() {
@@ -75,40 +42,8 @@ async fn sdk_clients_list_the_union_with_no_container_and_one_call_starts_one() 
     let mcpod = Mcpod::start(&files, &[]);
 
     // Each server runs once, and its catalog is recorded (what each lists on its own).
-    let mut own = vec![];
-    for name in SERVERS {
-        let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
-        let (status, answer) = mcpod.mcp(name, list.to_string()).await;
-        assert_eq!(status, 200, "{name}: {answer}");
-        own.extend(
-            tools_of(&answer)
-                .into_iter()
-                .map(|t| format!("{name}__{t}")),
-        );
-    }
-    let catalog = mcpod.data.path().join("catalog");
-    wait_until(Duration::from_secs(60), "three catalogs on disk", || {
-        std::fs::read_dir(&catalog).is_ok_and(|d| {
-            d.filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "json")
-            })
-            .count()
-                == 3
-        })
-    });
-    for name in SERVERS {
-        mcpod
-            .wait_status(name, "stopped", Duration::from_secs(60))
-            .await;
-    }
-    wait_until(Duration::from_secs(30), "no running container", || {
-        running(&mcpod.instance).is_empty()
-    });
-    let before = starts(&mcpod).await;
+    let mut own = mcpod.learn_catalogs_then_stop(&SERVERS).await;
+    let before = mcpod.starts(&SERVERS).await;
 
     // The Python SDK lists the namespaced union: nothing starts.
     let url = format!("{}/mcp", mcpod.url);
@@ -128,10 +63,10 @@ async fn sdk_clients_list_the_union_with_no_container_and_one_call_starts_one() 
     );
     assert_eq!(listed["server"], "mcpod");
     assert!(
-        running(&mcpod.instance).is_empty(),
+        running_containers(&mcpod.instance).is_empty(),
         "listing started a container"
     );
-    assert_eq!(starts(&mcpod).await, before);
+    assert_eq!(mcpod.starts(&SERVERS).await, before);
 
     // The TypeScript SDK calls time's tool: time alone starts.
     let called = sdk_client("typescript", "aggregate-call", &url);
@@ -139,13 +74,13 @@ async fn sdk_clients_list_the_union_with_no_container_and_one_call_starts_one() 
         called["time"][0].as_str().unwrap().contains("Asia/Tokyo"),
         "{called}"
     );
-    let after = starts(&mcpod).await;
+    let after = mcpod.starts(&SERVERS).await;
     assert_eq!(
         after,
         vec![before[0], before[1] + 1, before[2]],
         "only time started"
     );
-    let up = running(&mcpod.instance);
+    let up = running_containers(&mcpod.instance);
     assert_eq!(
         up,
         vec![mcpod.container("time")],

@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{manifest, sdk_client, wait_for, wait_until, Mcpod, TIME_IMAGE};
+use common::{manifest, names_in, running_containers, sdk_client, wait_for, Mcpod, TIME_IMAGE};
 use serde_json::{json, Value};
 
 const MEMBERS: [&str; 3] = ["everything", "time", "memory"];
@@ -32,36 +32,6 @@ spec:
     matchExpressions: [{key: group, operator: In, values: [starter]}]
   prefixes: {time: t, memory: t}
 ";
-
-/// Running containers of one mcpod instance, by name.
-fn running(instance: &str) -> Vec<String> {
-    let output = Command::new("podman")
-        .args(["ps", "--format", "{{.Names}}", "--filter"])
-        .arg(format!("label=mcpod.dev/instance={instance}"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-async fn starts(mcpod: &Mcpod, servers: &[&str]) -> Vec<u64> {
-    let mut starts = vec![];
-    for name in servers {
-        starts.push(mcpod.status(name).await["starts"].as_u64().unwrap());
-    }
-    starts
-}
-
-fn names_of(answer: &Value, key: &str) -> Vec<String> {
-    answer["result"][key]
-        .as_array()
-        .unwrap_or_else(|| panic!("no {key}: {answer}"))
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_string())
-        .collect()
-}
 
 /// One JSON-RPC request to `path` as a plain JSON client (no session).
 async fn rpc(mcpod: &Mcpod, path: &str, request: Value) -> (u16, Value) {
@@ -137,41 +107,9 @@ async fn a_group_lists_its_members_union_with_no_container_and_one_call_starts_o
     let mcpod = Mcpod::start(&files, &[]);
 
     // Each member runs once, and its catalog is recorded.
-    let mut own = vec![];
-    for name in MEMBERS {
-        let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
-        let (status, answer) = mcpod.mcp(name, list.to_string()).await;
-        assert_eq!(status, 200, "{name}: {answer}");
-        own.extend(
-            names_of(&answer, "tools")
-                .into_iter()
-                .map(|t| format!("{name}__{t}")),
-        );
-    }
-    let catalog = mcpod.data.path().join("catalog");
-    wait_until(Duration::from_secs(60), "three catalogs on disk", || {
-        std::fs::read_dir(&catalog).is_ok_and(|d| {
-            d.filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "json")
-            })
-            .count()
-                == 3
-        })
-    });
-    for name in MEMBERS {
-        mcpod
-            .wait_status(name, "stopped", Duration::from_secs(60))
-            .await;
-    }
-    wait_until(Duration::from_secs(30), "no running container", || {
-        running(&mcpod.instance).is_empty()
-    });
+    let mut own = mcpod.learn_catalogs_then_stop(&MEMBERS).await;
     let all = ["everything", "time", "memory", "clock"];
-    let before = starts(&mcpod, &all).await;
+    let before = mcpod.starts(&all).await;
     assert_eq!(before[3], 0, "clock never ran");
 
     // The Python SDK lists the group's namespaced union: nothing starts.
@@ -186,10 +124,10 @@ async fn a_group_lists_its_members_union_with_no_container_and_one_call_starts_o
         "a server outside the group is listed: {listed}"
     );
     assert!(
-        running(&mcpod.instance).is_empty(),
+        running_containers(&mcpod.instance).is_empty(),
         "listing started a container"
     );
-    assert_eq!(starts(&mcpod, &all).await, before);
+    assert_eq!(mcpod.starts(&all).await, before);
 
     // The TypeScript SDK lists and calls time's tool: time alone starts.
     let called = sdk_client("typescript", "aggregate-call", &url);
@@ -201,12 +139,12 @@ async fn a_group_lists_its_members_union_with_no_container_and_one_call_starts_o
         "{called}"
     );
     assert_eq!(
-        starts(&mcpod, &all).await,
+        mcpod.starts(&all).await,
         vec![before[0], before[1] + 1, before[2], 0],
         "only time started"
     );
     assert_eq!(
-        running(&mcpod.instance),
+        running_containers(&mcpod.instance),
         vec![mcpod.container("time")],
         "exactly one container runs"
     );
@@ -294,7 +232,7 @@ async fn a_group_lists_its_members_union_with_no_container_and_one_call_starts_o
     // Neither colliding member is served by the clashing group.
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
     let (_, answer) = rpc(&mcpod, "/groups/clash/mcp", list.clone()).await;
-    let clash_tools = names_of(&answer, "tools");
+    let clash_tools = names_in(&answer, "tools");
     assert!(
         !clash_tools.is_empty() && clash_tools.iter().all(|t| t.starts_with("everything__")),
         "{answer}"
@@ -312,7 +250,7 @@ async fn a_group_lists_its_members_union_with_no_container_and_one_call_starts_o
     )
     .await;
     let (_, answer) = rpc(&mcpod, "/groups/starter/mcp", list).await;
-    let tools = names_of(&answer, "tools");
+    let tools = names_in(&answer, "tools");
     assert!(tools.iter().any(|t| t.starts_with("time__")), "{answer}");
     assert!(!tools.iter().any(|t| t.starts_with("memory__")), "{answer}");
     assert_eq!(

@@ -574,3 +574,81 @@ impl RawClient {
         }
     }
 }
+
+/// Running containers of one mcpod instance, by name.
+#[allow(dead_code)]
+pub fn running_containers(instance: &str) -> Vec<String> {
+    let output = Command::new("podman")
+        .args(["ps", "--format", "{{.Names}}", "--filter"])
+        .arg(format!("label=mcpod.dev/instance={instance}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The `name`s of a list result's `key` items (`tools`, `prompts`).
+#[allow(dead_code)]
+pub fn names_in(answer: &Value, key: &str) -> Vec<String> {
+    answer["result"][key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key}: {answer}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[allow(dead_code)]
+impl Mcpod {
+    /// How often each of `servers` has started.
+    pub async fn starts(&self, servers: &[&str]) -> Vec<u64> {
+        let mut starts = vec![];
+        for name in servers {
+            starts.push(self.status(name).await["starts"].as_u64().unwrap());
+        }
+        starts
+    }
+
+    /// Runs each of `servers` once (a `tools/list` on its own endpoint), waits
+    /// until their catalogs are on disk, they have stopped when idle and no
+    /// container runs; returns their tools as `/mcp` names them (`<server>__<tool>`).
+    pub async fn learn_catalogs_then_stop(&self, servers: &[&str]) -> Vec<String> {
+        let mut own = vec![];
+        for name in servers {
+            let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+            let (status, answer) = self.mcp(name, list.to_string()).await;
+            assert_eq!(status, 200, "{name}: {answer}");
+            own.extend(
+                names_in(&answer, "tools")
+                    .into_iter()
+                    .map(|t| format!("{name}__{t}")),
+            );
+        }
+        let catalog = self.data.path().join("catalog");
+        let recorded = || {
+            std::fs::read_dir(&catalog).map_or(0, |d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "json")
+                })
+                .count()
+            })
+        };
+        wait_until(Duration::from_secs(60), "the catalogs on disk", || {
+            recorded() == servers.len()
+        });
+        for name in servers {
+            self.wait_status(name, "stopped", Duration::from_secs(60))
+                .await;
+        }
+        wait_until(Duration::from_secs(30), "no running container", || {
+            running_containers(&self.instance).is_empty()
+        });
+        own
+    }
+}
