@@ -294,6 +294,18 @@ mod tests {
     use super::*;
     use crate::crd::group::LabelSelectorRequirement;
 
+    /// Servers with no labels, by name.
+    fn unlabelled<'a>(names: &[&'a str], none: &'a BTreeMap<String, String>) -> Vec<Candidate<'a>> {
+        names
+            .iter()
+            .map(|name| Candidate {
+                name,
+                namespace: None,
+                labels: none,
+            })
+            .collect()
+    }
+
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
@@ -420,31 +432,10 @@ mod tests {
     #[test]
     fn ambiguous_prefixes_collide_and_neither_side_is_served() {
         let none = labels(&[]);
-        let candidates = [
-            Candidate {
-                name: "time",
-                namespace: None,
-                labels: &none,
-            },
-            Candidate {
-                name: "memory",
-                namespace: None,
-                labels: &none,
-            },
-            Candidate {
-                name: "git",
-                namespace: None,
-                labels: &none,
-            },
-            Candidate {
-                name: "fetch",
-                namespace: None,
-                labels: &none,
-            },
-        ];
+        let candidates = unlabelled(&["time", "memory", "git", "fetch"], &none);
         // Equal prefixes, and one that starts another (t__x… is t's and t__x's).
         let group = spec("prefixes: {time: t, memory: t, git: t__x}");
-        let membership = resolve(&group, None, candidates);
+        let membership = resolve(&group, None, candidates.iter().copied());
         assert_eq!(membership.members.len(), 1, "{membership:?}");
         assert_eq!(membership.members[0].server, "fetch");
         assert_eq!(membership.collisions.len(), 1);
@@ -460,7 +451,7 @@ mod tests {
         let dashed = resolve(
             &spec("separator: '-'\nprefixes: {time: t, memory: t, git: t__x}"),
             None,
-            candidates,
+            candidates.iter().copied(),
         );
         assert_eq!(dashed.collisions[0].servers, ["memory", "time"]);
         assert_eq!(dashed.members.len(), 2);
@@ -469,26 +460,10 @@ mod tests {
     #[test]
     fn status_has_members_collisions_and_conditions() {
         let none = labels(&[]);
-        let candidates = [
-            Candidate {
-                name: "time",
-                namespace: None,
-                labels: &none,
-            },
-            Candidate {
-                name: "memory",
-                namespace: None,
-                labels: &none,
-            },
-            Candidate {
-                name: "git",
-                namespace: None,
-                labels: &none,
-            },
-        ];
+        let candidates = unlabelled(&["time", "memory", "git"], &none);
         let mut group = MCPServerGroup::new("all", spec("prefixes: {time: x, memory: x}"));
         group.metadata.generation = Some(3);
-        let membership = resolve(&group.spec, None, candidates);
+        let membership = resolve(&group.spec, None, candidates.iter().copied());
         let status = status(&group, &membership, "2026-11-30T00:00:00Z");
         assert_eq!(status.observed_generation, Some(3));
         assert_eq!(status.members.len(), 1);
