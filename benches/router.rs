@@ -40,8 +40,12 @@ fn call_per_request(id: u64) -> String {
         "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}).to_string()
 }
 
-/// Round trips over a direct pipe to the server's container.
-fn direct_pipe() -> Vec<Duration> {
+/// The server's container on a direct stdio pipe, past the MCP handshake.
+fn initialized_pipe() -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    BufReader<std::process::ChildStdout>,
+) {
     let mut child = Command::new("podman")
         .args(["run", "-i", "--rm", "--network", "none", "--init", IMAGE])
         .stdin(Stdio::piped())
@@ -59,6 +63,13 @@ fn direct_pipe() -> Vec<Duration> {
         r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
     )
     .unwrap();
+    (child, stdin, stdout)
+}
+
+/// Round trips over a direct pipe to the server's container.
+fn direct_pipe() -> Vec<Duration> {
+    let (mut child, mut stdin, mut stdout) = initialized_pipe();
+    let mut line = String::new();
     let mut samples = vec![];
     for id in 1..=(WARM_ROUNDS as u64 + 20) {
         line.clear();
@@ -79,23 +90,8 @@ fn direct_pipe() -> Vec<Duration> {
 /// Requests per second over one direct stdio pipe with `in_flight` requests
 /// outstanding at any time: the baseline for mcpod's throughput at as many clients.
 fn pipe_throughput(in_flight: usize) -> f64 {
-    let mut child = Command::new("podman")
-        .args(["run", "-i", "--rm", "--network", "none", "--init", IMAGE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("podman run");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut child, mut stdin, mut stdout) = initialized_pipe();
     let mut line = String::new();
-    writeln!(stdin, "{}", initialize(0)).unwrap();
-    stdout.read_line(&mut line).unwrap();
-    writeln!(
-        stdin,
-        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
-    )
-    .unwrap();
     // The writer keeps `in_flight` requests outstanding: one more per answer.
     let (answered, answers) = std::sync::mpsc::channel::<()>();
     let writer = std::thread::spawn(move || {
