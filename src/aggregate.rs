@@ -27,7 +27,7 @@
 //! carries `list_changed` whenever a member's recorded list changes or
 //! members come or go, so the union the client lists next is already the new one.
 
-mod legacy;
+pub(crate) mod legacy;
 mod session;
 
 use std::collections::{BTreeMap, HashMap};

@@ -16,7 +16,7 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::Filter;
 
-use crate::aggregate::{Aggregate, MemberRoute, Scope, REQUEST_HEADERS};
+use crate::aggregate::{legacy, Aggregate, MemberRoute, Scope, REQUEST_HEADERS};
 use crate::auth::Caller;
 use crate::crd::MCPServerGroup;
 use crate::group::{self, Membership};
@@ -132,6 +132,7 @@ pub fn routes(
     groups: Arc<GroupEndpoints>,
     caller: BoxedFilter<(Caller,)>,
 ) -> BoxedFilter<(HttpResponse,)> {
+    let (groups_for_legacy, caller_for_legacy) = (groups.clone(), caller.clone());
     let with = warp::any().map(move || groups.clone());
     let bare = warp::path!("groups" / String / "mcp")
         .and(with.clone())
@@ -194,7 +195,80 @@ pub fn routes(
                 }
             },
         );
-    post.or(get).unify().or(delete).unify().boxed()
+    post.or(get)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(legacy_routes(groups_for_legacy, caller_for_legacy))
+        .unify()
+        .boxed()
+}
+
+/// Legacy HTTP+SSE (2024-11-05) on a group: `GET /groups/{name}/sse` opens
+/// the stream, which names `/groups/{name}/messages` for the client's POSTs
+/// (`/groups/{namespace}/{name}/…` alike).
+fn legacy_routes(
+    groups: Arc<GroupEndpoints>,
+    caller: BoxedFilter<(Caller,)>,
+) -> BoxedFilter<(HttpResponse,)> {
+    let with = warp::any().map(move || groups.clone());
+    // The group's key and the path its requests were addressed to.
+    let target = |tail: &'static str| {
+        let bare = warp::path("groups")
+            .and(warp::path::param::<String>())
+            .and(warp::path(tail))
+            .and(warp::path::end())
+            .and(with.clone())
+            .map(move |name: String, groups: Arc<GroupEndpoints>| {
+                let path = format!("/groups/{name}");
+                (name, path, groups)
+            });
+        let namespaced = warp::path("groups")
+            .and(warp::path::param::<String>())
+            .and(warp::path::param::<String>())
+            .and(warp::path(tail))
+            .and(warp::path::end())
+            .and(with.clone())
+            .map(
+                move |namespace: String, name: String, groups: Arc<GroupEndpoints>| {
+                    let key = groups.reconciler.key_for(&namespace, &name);
+                    (key, format!("/groups/{namespace}/{name}"), groups)
+                },
+            );
+        bare.or(namespaced).unify().untuple_one().boxed()
+    };
+    let open = target("sse").and(warp::get()).and(caller.clone()).map(
+        |key: String, path: String, groups: Arc<GroupEndpoints>, caller: Caller| match groups
+            .endpoint(&key)
+        {
+            Ok(endpoint) => legacy::open(endpoint, caller, &format!("{path}/messages")),
+            Err(error) => refuse(error),
+        },
+    );
+    let post = target("messages")
+        .and(warp::post())
+        .and(caller)
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(
+            |key: String,
+             _path: String,
+             groups: Arc<GroupEndpoints>,
+             caller: Caller,
+             query: HashMap<String, String>,
+             headers: HeaderMap,
+             body| async move {
+                match groups.endpoint(&key) {
+                    Ok(endpoint) => {
+                        let answer = legacy::post(endpoint, caller, query, body);
+                        REQUEST_HEADERS.scope(headers, answer).await
+                    }
+                    Err(error) => refuse(error),
+                }
+            },
+        );
+    open.or(post).unify().boxed()
 }
 
 /// `GET /groups`.

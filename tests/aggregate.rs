@@ -95,7 +95,15 @@ async fn sdk_clients_list_the_union_with_no_container_and_one_call_starts_one() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_clients_get_members_requests_progress_updates_and_new_members_through_mcp() {
     let everything = manifest("everything", "localhost/mcpod/everything:latest", "");
-    let mcpod = Mcpod::start(&[("everything.yaml", everything)], &[]);
+    // A group of every server: the same endpoint, scoped (its turn comes last).
+    let group = "apiVersion: mcpod.dev/v1alpha1\nkind: MCPServerGroup\nmetadata: {name: all}\nspec: {selector: {}}\n";
+    let mcpod = Mcpod::start(
+        &[
+            ("everything.yaml", everything),
+            ("group.yaml", group.to_string()),
+        ],
+        &[],
+    );
     let url = format!("{}/mcp", mcpod.url);
     let added = manifest("time", TIME_IMAGE, "args: [--local-timezone, UTC]");
     let added_path = mcpod.manifests.path().join("time.yaml");
@@ -143,4 +151,44 @@ async fn sdk_clients_get_members_requests_progress_updates_and_new_members_throu
         modern["sampling"].to_string().contains("sampled"),
         "{modern}"
     );
+
+    // The same through an MCPServerGroup's endpoint: a member's questions,
+    // progress and updates reach the group's session, and a new member
+    // (labelled into the group by its selector) is announced.
+    let group_url = format!("{}/groups/all/mcp", mcpod.url);
+    let added = manifest("clock", TIME_IMAGE, "args: [--local-timezone, UTC]");
+    let added_path = mcpod.manifests.path().join("clock.yaml");
+    let env = [
+        ("MCPOD_NEW_MANIFEST", added.as_str()),
+        ("MCPOD_NEW_MANIFEST_PATH", added_path.to_str().unwrap()),
+    ];
+    let out = sdk_client_with("typescript", "aggregate-session", &group_url, &env);
+    assert!(
+        out["sampling"]
+            .to_string()
+            .contains("sampled by ts-aggregate-session"),
+        "{out}"
+    );
+    assert_eq!(out["elicited"], 1, "{out}");
+    assert_eq!(out["progress"], json!([1, 2, 3]), "{out}");
+    assert_eq!(out["cancelled"], true, "{out}");
+    assert_eq!(out["updated"], out["subscribed"], "{out}");
+    assert_eq!(out["listChanged"], true, "{out}");
+    assert!(
+        out["tools"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("clock__get_current_time")),
+        "{out}"
+    );
+    // Legacy HTTP+SSE on the group.
+    let legacy = sdk_client(
+        "python",
+        "aggregate-legacy",
+        &format!("{}/groups/all/sse", mcpod.url),
+    );
+    assert_eq!(legacy["echo"], json!(["Echo: over legacy sse"]), "{legacy}");
+    assert!(legacy["tools"]
+        .to_string()
+        .contains("clock__get_current_time"));
 }

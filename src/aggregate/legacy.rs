@@ -34,7 +34,7 @@ pub fn routes(
         .and(warp::get())
         .and(with.clone())
         .and(caller.clone())
-        .map(open);
+        .map(|aggregate, caller| open(aggregate, caller, "/messages"));
     let post = warp::path!("messages")
         .and(warp::post())
         .and(with)
@@ -48,8 +48,8 @@ pub fn routes(
     open.or(post).unify()
 }
 
-/// The stream opens first and names where to POST.
-fn open(aggregate: Arc<Aggregate>, caller: Caller) -> HttpResponse {
+/// The stream opens first and names where to POST (`post_path`, plus the session).
+pub(crate) fn open(aggregate: Arc<Aggregate>, caller: Caller, post_path: &str) -> HttpResponse {
     let session = AggregateSession::new(
         Arc::new(caller.clone()),
         version::LEGACY_SSE,
@@ -65,7 +65,7 @@ fn open(aggregate: Arc<Aggregate>, caller: Caller) -> HttpResponse {
     );
     let first = warp::sse::Event::default()
         .event("endpoint")
-        .data(format!("/messages?sessionId={}", session.id));
+        .data(format!("{post_path}?sessionId={}", session.id));
     let guard = Ends {
         aggregate: aggregate.clone(),
         id: session.id.clone(),
@@ -78,7 +78,7 @@ fn open(aggregate: Arc<Aggregate>, caller: Caller) -> HttpResponse {
     reply::sse(futures::stream::iter([first]).chain(messages))
 }
 
-async fn post<S, B>(
+pub(crate) async fn post<S, B>(
     aggregate: Arc<Aggregate>,
     caller: Caller,
     query: HashMap<String, String>,
