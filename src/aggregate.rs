@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
@@ -54,7 +54,7 @@ use crate::mcp::http::{
     VERSION_HEADER,
 };
 use crate::mcp::message::{self as jsonrpc, Kind, Method};
-use crate::mcp::sessions::{ClientCapabilities, STANDALONE};
+use crate::mcp::sessions::{ClientCapabilities, STANDALONE, SUBSCRIPTION_ID_META_KEY};
 use crate::mcp::version;
 use crate::reconcile::Reconciler;
 use crate::server::Server;
@@ -469,7 +469,7 @@ impl Aggregate {
     /// request for one member handed to that member's per-request endpoint
     /// under its own names.
     async fn per_request(
-        &self,
+        self: &Arc<Self>,
         caller: Caller,
         headers: &HeaderMap,
         sse: bool,
@@ -491,6 +491,9 @@ impl Aggregate {
             | Method::PromptsList
             | Method::ResourcesList
             | Method::ResourcesTemplatesList => self.list(&caller, message).await,
+            Method::SubscriptionsListen => {
+                return self.clone().listen_to_lists(caller, sse, id, &message)
+            }
             Method::ToolsCall
             | Method::PromptsGet
             | Method::ResourcesRead
@@ -518,6 +521,66 @@ impl Aggregate {
             ),
         };
         per_request::local_reply(method, response)
+    }
+
+    /// 2026-07-28 `subscriptions/listen`: a stream of the list changes the
+    /// client asked for — a member's list changed, or members came or went —
+    /// each stamped with the subscription's id. Resource subscriptions are a
+    /// member's own: they are not honored here (the acknowledgement says so),
+    /// but on the member's endpoint.
+    fn listen_to_lists(
+        self: Arc<Self>,
+        caller: Caller,
+        sse: bool,
+        id: Value,
+        message: &Value,
+    ) -> HttpResponse {
+        if !sse {
+            return RequestError::NotAcceptable(
+                "subscriptions/listen answers with a stream: Accept must allow text/event-stream",
+            )
+            .reply(id);
+        }
+        let asked = message
+            .pointer("/params/notifications")
+            .cloned()
+            .unwrap_or_default();
+        let honored: Vec<(&str, Method)> = [
+            ("toolsListChanged", Method::ToolsListChanged),
+            ("promptsListChanged", Method::PromptsListChanged),
+            ("resourcesListChanged", Method::ResourcesListChanged),
+        ]
+        .into_iter()
+        .filter(|(key, _)| asked.get(*key).and_then(Value::as_bool) == Some(true))
+        .collect();
+        let acknowledged: serde_json::Map<String, Value> = honored
+            .iter()
+            .map(|(key, _)| (key.to_string(), json!(true)))
+            .collect();
+        let ack = jsonrpc::notification(
+            Method::SubscriptionsAcknowledged,
+            Some(json!({"notifications": acknowledged, "_meta": {SUBSCRIPTION_ID_META_KEY: id}})),
+        );
+        let (outlet, changes) = mpsc::channel(session::STREAM_QUEUE);
+        // Ends when the client leaves (the outlet closes with the stream).
+        tokio::spawn(self.watch_lists(caller, outlet, std::future::pending()));
+        let wanted: Vec<Method> = honored.into_iter().map(|(_, method)| method).collect();
+        let frames = futures::stream::unfold(changes, move |mut changes| {
+            let (wanted, id) = (wanted.clone(), id.clone());
+            async move {
+                loop {
+                    let mut note = changes.recv().await?;
+                    if wanted.contains(&Method::of(&note)) {
+                        note["params"]["_meta"][SUBSCRIPTION_ID_META_KEY] = id;
+                        return Some((note, changes));
+                    }
+                }
+            }
+        });
+        let events = futures::stream::iter([ack])
+            .chain(frames)
+            .map(|frame| reply::message_event(None, &frame));
+        reply::sse(events)
     }
 
     /// `initialize`: the members' introductions as one.

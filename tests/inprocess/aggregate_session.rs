@@ -441,3 +441,43 @@ async fn a_2025_03_26_batch_gets_one_response_per_request() {
     assert_eq!(text_of(&answers[0]), "a");
     assert!(answers[1]["error"].is_object() && answers[2]["error"].is_object());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2026_listen_on_the_aggregated_endpoint_streams_the_list_changes_asked_for() {
+    let mcpod = Mcpod::start(&[server("alpha", "")]).await;
+    let listen = json!({"jsonrpc": "2.0", "id": "watch-1", "method": "subscriptions/listen",
+        "params": {"notifications": {"toolsListChanged": true},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let mut stream = reqwest::Client::new()
+        .post(format!("{}/mcp", mcpod.url))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "subscriptions/listen")
+        .body(listen.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut buffer = String::new();
+    let ack = next_event(&mut stream, &mut buffer).await.data;
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true}),
+        "only what was asked for: {ack}"
+    );
+    mcpod
+        .apply(&[server("alpha", ""), server("beta", "")])
+        .await;
+    let note = next_event(&mut stream, &mut buffer).await.data;
+    assert_eq!(note["method"], "notifications/tools/list_changed", "{note}");
+    assert_eq!(
+        note["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "watch-1",
+        "{note}"
+    );
+}
