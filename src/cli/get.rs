@@ -293,6 +293,7 @@ fn age(duration: chrono::Duration) -> String {
     let s = duration.num_seconds().max(0);
     match s {
         0..=59 => format!("{s}s"),
+        60..=3599 if s % 60 == 0 => format!("{}m", s / 60),
         60..=3599 => format!("{}m{}s", s / 60, s % 60),
         3600..=86399 => format!("{}h{}m", s / 3600, s % 3600 / 60),
         _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
