@@ -92,26 +92,18 @@ async fn sdk_clients_list_the_union_with_no_container_and_one_call_starts_one() 
     assert!(!health["problems"].to_string().contains("/mcp"), "{health}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sdk_clients_get_members_requests_progress_updates_and_new_members_through_mcp() {
-    let everything = manifest("everything", "localhost/mcpod/everything:latest", "");
-    // A group of every server: the same endpoint, scoped (its turn comes last).
-    let group = "apiVersion: mcpod.dev/v1alpha1\nkind: MCPServerGroup\nmetadata: {name: all}\nspec: {selector: {}}\n";
-    let mcpod = Mcpod::start(
-        &[
-            ("everything.yaml", everything),
-            ("group.yaml", group.to_string()),
-        ],
-        &[],
-    );
-    let url = format!("{}/mcp", mcpod.url);
-    let added = manifest("time", TIME_IMAGE, "args: [--local-timezone, UTC]");
-    let added_path = mcpod.manifests.path().join("time.yaml");
+/// The TypeScript SDK's session on an aggregated endpoint (`url`): a member's
+/// sampling and elicitation requests reach it and its answers come back,
+/// progress arrives, a call is cancelled, a subscribed resource is updated,
+/// and a server `added` (declared during the session) is announced and listed.
+fn session_scenario(mcpod: &Mcpod, url: &str, added: &str) {
+    let manifest_text = manifest(added, TIME_IMAGE, "args: [--local-timezone, UTC]");
+    let path = mcpod.manifests.path().join(format!("{added}.yaml"));
     let env = [
-        ("MCPOD_NEW_MANIFEST", added.as_str()),
-        ("MCPOD_NEW_MANIFEST_PATH", added_path.to_str().unwrap()),
+        ("MCPOD_NEW_MANIFEST", manifest_text.as_str()),
+        ("MCPOD_NEW_MANIFEST_PATH", path.to_str().unwrap()),
     ];
-    let out = sdk_client_with("typescript", "aggregate-session", &url, &env);
+    let out = sdk_client_with("typescript", "aggregate-session", url, &env);
     assert!(
         out["sampling"]
             .to_string()
@@ -126,13 +118,27 @@ async fn sdk_clients_get_members_requests_progress_updates_and_new_members_throu
     assert_eq!(out["echoAfterCancel"], json!(["Echo: still here"]), "{out}");
     assert_eq!(out["updated"], out["subscribed"], "{out}");
     assert_eq!(out["listChanged"], true, "{out}");
+    let new_tool = json!(format!("{added}__get_current_time"));
     assert!(
-        out["tools"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("time__get_current_time")),
+        out["tools"].as_array().unwrap().contains(&new_tool),
         "{out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_clients_get_members_requests_progress_updates_and_new_members_through_mcp() {
+    let everything = manifest("everything", "localhost/mcpod/everything:latest", "");
+    // A group of every server: the same endpoint, scoped (its turn comes last).
+    let group = "apiVersion: mcpod.dev/v1alpha1\nkind: MCPServerGroup\nmetadata: {name: all}\nspec: {selector: {}}\n";
+    let mcpod = Mcpod::start(
+        &[
+            ("everything.yaml", everything),
+            ("group.yaml", group.to_string()),
+        ],
+        &[],
+    );
+    let url = format!("{}/mcp", mcpod.url);
+    session_scenario(&mcpod, &url, "time");
 
     // The Python SDK over legacy HTTP+SSE on the aggregated endpoint.
     let legacy = sdk_client("python", "aggregate-legacy", &format!("{}/sse", mcpod.url));
@@ -155,32 +161,7 @@ async fn sdk_clients_get_members_requests_progress_updates_and_new_members_throu
     // The same through an MCPServerGroup's endpoint: a member's questions,
     // progress and updates reach the group's session, and a new member
     // (labelled into the group by its selector) is announced.
-    let group_url = format!("{}/groups/all/mcp", mcpod.url);
-    let added = manifest("clock", TIME_IMAGE, "args: [--local-timezone, UTC]");
-    let added_path = mcpod.manifests.path().join("clock.yaml");
-    let env = [
-        ("MCPOD_NEW_MANIFEST", added.as_str()),
-        ("MCPOD_NEW_MANIFEST_PATH", added_path.to_str().unwrap()),
-    ];
-    let out = sdk_client_with("typescript", "aggregate-session", &group_url, &env);
-    assert!(
-        out["sampling"]
-            .to_string()
-            .contains("sampled by ts-aggregate-session"),
-        "{out}"
-    );
-    assert_eq!(out["elicited"], 1, "{out}");
-    assert_eq!(out["progress"], json!([1, 2, 3]), "{out}");
-    assert_eq!(out["cancelled"], true, "{out}");
-    assert_eq!(out["updated"], out["subscribed"], "{out}");
-    assert_eq!(out["listChanged"], true, "{out}");
-    assert!(
-        out["tools"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("clock__get_current_time")),
-        "{out}"
-    );
+    session_scenario(&mcpod, &format!("{}/groups/all/mcp", mcpod.url), "clock");
     // Legacy HTTP+SSE on the group.
     let legacy = sdk_client(
         "python",
