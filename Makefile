@@ -84,6 +84,8 @@ crd-check:
 	  (echo "crds/ is stale: run 'make crd'" >&2; exit 1)
 	$(CARGO) run -q -- crd mcpservergroup | diff -u crds/mcpservergroup.yaml - || \
 	  (echo "crds/ is stale: run 'make crd'" >&2; exit 1)
+	$(CARGO) run -q -- crd | diff -u <(cat crds/mcpserver.yaml crds/mcpservergroup.yaml) - || \
+	  (echo "crds/ is stale: run 'make crd'" >&2; exit 1)
 
 # The bridges `make bench` measures mcpod against, pinned in bench/peers/ (never used by `make
 # test`): supergateway and mcp-proxy from npm, mcp-proxy and IBM ContextForge's translate from
