@@ -981,21 +981,6 @@ async fn ten_thousand_sessions() -> Value {
         "answered_again": answered})
 }
 
-/// Descriptors for 10,000 sessions' worth of connections and many bridges.
-fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 /// Removes every container this run labelled, also when it fails half-way (a
 /// `podman run` client killed before its server exits leaves the container).
 struct Cleanup;
@@ -1027,7 +1012,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; there is nothing to test here
     }
-    raise_descriptor_limit();
+    mcpod::listener::raise_descriptor_limit();
     let rounds = setting("BENCH_ROUNDS", 2);
     let seconds = setting("BENCH_SECONDS", 3);
     let missing: Vec<_> = PEERS

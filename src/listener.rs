@@ -101,7 +101,7 @@ impl Limits {
 }
 
 /// Raises the soft descriptor limit to the hard one; returns the limit now in force.
-fn raise_descriptor_limit() -> Option<u64> {
+pub fn raise_descriptor_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

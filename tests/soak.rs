@@ -88,22 +88,6 @@ async fn client(
     phase.latencies_us.lock().unwrap().extend(latencies);
 }
 
-/// A thousand client connections need more descriptors than the usual soft
-/// limit of 1,024: take the hard limit.
-fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -164,7 +148,7 @@ async fn run_phase(
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "make soak: two minutes of 1,000 clients"]
 async fn soak_1000_clients_on_one_server_and_on_ten() {
-    raise_descriptor_limit();
+    mcpod::listener::raise_descriptor_limit();
     let names: Vec<String> = (0..10).map(|i| format!("soak{i}")).collect();
     let files: Vec<(String, String)> = names
         .iter()
