@@ -376,6 +376,12 @@ struct ServeArgs {
     /// the 2^30-id span), `auto` (Podman's userns=auto, needs /etc/subuid) or `host`.
     #[arg(long, env = "MCPOD_USER_NAMESPACE", default_value = "per-server")]
     user_namespace: podman::UserNamespace,
+    /// How each server's stdio is reached: `auto` (conmon's attach socket, as
+    /// `podman attach` does, when mcpod can open it on this host; else the
+    /// Podman service) or `service` (always the service's attach endpoint,
+    /// which relays every message).
+    #[arg(long, env = "MCPOD_PODMAN_ATTACH", default_value = "auto")]
+    podman_attach: podman::AttachVia,
     #[command(flatten)]
     connections: ConnectionArgs,
     /// How often each running container's CPU, memory and I/O is sampled for
@@ -702,7 +708,9 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
     // Kept alive for the whole run: dropping it stops a Podman service mcpod started.
     let (socket, _owned_service) = podman::connect(&data_dir.join("run")).await?;
     let runtime = Arc::new(
-        PodmanRuntime::new(&socket, &args.instance).with_user_namespace(args.user_namespace),
+        PodmanRuntime::new(&socket, &args.instance)
+            .with_user_namespace(args.user_namespace)
+            .with_attach_via(args.podman_attach),
     );
     let reconciler = Reconciler::new(runtime.clone(), defaults, settings);
     if !args.usage_interval.is_zero() {

@@ -761,3 +761,50 @@ async fn values_from_files_reach_the_server_as_podman_secrets_that_inspect_does_
         || inspect(&container).is_none() && !secret_exists(&secret),
     );
 }
+
+/// One server's stdio reached both ways mcpod attaches: conmon's attach socket
+/// (the default on this host) and the Podman service's attach endpoint. Each
+/// answers a message larger than one attach packet whole, keeps stderr apart
+/// from stdout, and closes the server's stdin when it goes idle.
+#[tokio::test]
+async fn stdio_through_conmons_socket_and_through_the_service_alike() {
+    for (args, via) in [
+        (&[][..], "via=\"conmon\""),
+        (&["--podman-attach", "service"][..], "via=\"service\""),
+    ] {
+        let mcpod = Mcpod::start(&files(&[fixture("both", "idleTimeout: 2s")]), args);
+        // Four times conmon's 32 KiB stdin packet, answered in 8 KiB packets.
+        let long = "é".repeat(64 * 1024);
+        let (status, answer) = mcpod
+            .call_tool("both", json!(1), "echo", json!({ "text": long }))
+            .await;
+        assert_eq!(status, 200, "{via}: {answer}");
+        assert_eq!(text_of(&answer), long, "{via}");
+        let logs = mcpod.logs();
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("container started") && l.contains(via)),
+            "expected a start {via}:\n{logs}"
+        );
+        // The server's stderr went to its own log, not into a response.
+        wait_for(Duration::from_secs(10), "the server's stderr", async || {
+            mcpod
+                .get_text("/servers/both/logs?tail=50")
+                .await
+                .contains("stderr fake-mcp starting")
+        })
+        .await;
+        mcpod
+            .wait_status("both", "stopped", Duration::from_secs(30))
+            .await;
+        let state = inspect(&mcpod.container("both")).unwrap();
+        assert_eq!(
+            state["State"]["ExitCode"], 0,
+            "{via}: stdin closed, no kill"
+        );
+        let (status, _) = mcpod
+            .call_tool("both", json!(2), "echo", json!({"text": "again"}))
+            .await;
+        assert_eq!(status, 200, "{via}: restarted");
+    }
+}

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,6 +24,8 @@ use sha2::{Digest, Sha256};
 use tokio::process::{Child, Command};
 use tokio_util::compat::FuturesAsyncWriteCompatExt;
 use tracing::{debug, info, warn};
+
+mod conmon;
 
 use super::{Attached, Managed, Output, Runtime, Usage, OOM_REASON};
 use crate::crd::{ImagePullPolicy, NetworkMode};
@@ -164,6 +167,9 @@ pub struct PodmanRuntime {
     secrets_key: [u8; 32],
     /// `PerServer` ranges given out, so no two servers share one.
     uid_blocks: UidBlocks,
+    attach_via: AttachVia,
+    /// conmon's attach socket could not be reached once: the service attaches.
+    conmon_unreachable: AtomicBool,
 }
 
 impl PodmanRuntime {
@@ -179,7 +185,15 @@ impl PodmanRuntime {
             },
             secrets_key: rand::random(),
             uid_blocks: UidBlocks::default(),
+            attach_via: AttachVia::Auto,
+            conmon_unreachable: AtomicBool::new(false),
         }
+    }
+
+    /// Attaches to server containers' stdio `via` (default: [`AttachVia::Auto`]).
+    pub fn with_attach_via(mut self, via: AttachVia) -> Self {
+        self.attach_via = via;
+        self
     }
 
     /// Runs servers under `userns` (default: [`UserNamespace::PerServer`]).
@@ -462,59 +476,41 @@ impl Runtime for PodmanRuntime {
         let began = std::time::Instant::now();
         let id = self.container_for(key, workload).await?;
         let prepared = began.elapsed();
-        let container = self.podman.containers().get(&id);
+        let name = self.container_name(key);
         // Attach before start, as `podman start --attach` does, so no output is missed.
-        let options = ContainerAttachOpts::builder()
-            .stdin(true)
-            .stdout(true)
-            .stderr(true)
-            .build();
-        let mut attempt = 0;
-        let attach = loop {
-            match container.attach(&options).await {
-                Ok(attach) => break attach,
-                // Podman's cleanup of a container that just exited can race the
-                // re-initialisation attach does; it settles within moments.
-                Err(e) if attempt < 10 && e.to_string().contains("container state improper") => {
-                    attempt += 1;
-                    debug!(container = %id, attempt, "container still settling; retrying attach");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => {
-                    return Err(Error::podman(format!(
-                        "attach to {}",
-                        self.container_name(key)
-                    ))(e))
-                }
-            }
+        let conmon = match self.attach_via {
+            AttachVia::Auto => self.attach_conmon(&id, &name).await?,
+            AttachVia::Service => None,
+        };
+        let via = if conmon.is_some() {
+            "conmon"
+        } else {
+            "service"
+        };
+        let (output, stdin) = match conmon {
+            Some(stdio) => stdio,
+            None => self.attach_service(&id, &name).await?,
         };
         let attached = began.elapsed();
-        container
+        self.podman
+            .containers()
+            .get(&id)
             .start(None)
             .await
-            .map_err(Error::podman(format!("start {}", self.container_name(key))))?;
+            .map_err(Error::podman(format!("start {name}")))?;
         // Where a cold start's time goes, before the server's own startup.
         debug!(
-            container = %self.container_name(key),
+            container = %name,
+            via,
             prepare_ms = prepared.as_millis() as u64,
             attach_ms = (attached - prepared).as_millis() as u64,
             start_ms = (began.elapsed() - attached).as_millis() as u64,
             "container started"
         );
-        let (reader, writer) = attach.split();
-        let output = reader
-            .map_ok(|chunk| match chunk {
-                TtyChunk::StdErr(bytes) => Output::Stderr(Bytes::from(bytes)),
-                TtyChunk::StdOut(bytes) | TtyChunk::StdIn(bytes) => {
-                    Output::Stdout(Bytes::from(bytes))
-                }
-            })
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .boxed();
         Ok(Attached {
             container_id: id,
             output,
-            stdin: Box::pin(writer.compat_write()),
+            stdin,
         })
     }
 
@@ -1208,6 +1204,138 @@ impl Libpod {
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         Ok((status, value))
+    }
+}
+
+/// A container's output and stdin, however they were attached.
+type Stdio = (
+    futures::stream::BoxStream<'static, std::io::Result<Output>>,
+    std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+);
+
+/// How mcpod attaches to a server container's stdio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachVia {
+    /// conmon's attach socket when this process can reach it (Podman on
+    /// this host, same filesystem), else the Podman service's endpoint.
+    Auto,
+    /// Always the Podman service's attach endpoint (each message relayed by it).
+    Service,
+}
+
+impl std::str::FromStr for AttachVia {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "auto" => Ok(AttachVia::Auto),
+            "service" => Ok(AttachVia::Service),
+            other => Err(format!(
+                "unknown attach path {other:?}: expected auto or service"
+            )),
+        }
+    }
+}
+
+impl PodmanRuntime {
+    /// Initialises the container (conmon starts and opens its attach socket,
+    /// the server's process does not run yet) and connects to that socket.
+    /// `None` when the socket cannot be reached from here: then it never is
+    /// tried again, and every attach goes through the service.
+    async fn attach_conmon(&self, id: &str, name: &str) -> Result<Option<Stdio>> {
+        if self.conmon_unreachable.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let (initialised, inspected) = tokio::join!(self.init(id, name), self.inspect(id));
+        initialised?;
+        let static_dir = inspected?.and_then(|c| {
+            c.get("StaticDir")
+                .and_then(Value::as_str)
+                .map(PathBuf::from)
+        });
+        let Some(static_dir) = static_dir else {
+            return Ok(None);
+        };
+        match conmon::connect(&static_dir.join("attach")) {
+            Ok(socket) => {
+                let (output, stdin) = socket.split();
+                Ok(Some((output, Box::pin(stdin))))
+            }
+            Err(e) => {
+                info!(container = %name, error = %e, socket = %static_dir.join("attach").display(),
+                    "conmon's attach socket cannot be reached from here: attaching through the Podman service from now on");
+                self.conmon_unreachable.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// libpod's `init`: conmon and the OCI runtime set the container up.
+    async fn init(&self, id: &str, name: &str) -> Result<()> {
+        settling(name, || async {
+            let (status, body) = self
+                .libpod
+                .request("POST", &format!("/containers/{id}/init"), None)
+                .await?;
+            match status {
+                // 304: initialised already (an attach that went before).
+                204 | 304 => Ok(()),
+                _ => Err(Error::Runtime(format!(
+                    "initialise container {name}: HTTP {status}: {}",
+                    message_of(&body)
+                ))),
+            }
+        })
+        .await
+    }
+
+    /// The Podman service's attach endpoint (the service relays every message).
+    async fn attach_service(&self, id: &str, name: &str) -> Result<Stdio> {
+        let container = self.podman.containers().get(id);
+        let options = ContainerAttachOpts::builder()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let attach = settling(name, || async {
+            container
+                .attach(&options)
+                .await
+                .map_err(Error::podman(format!("attach to {name}")))
+        })
+        .await?;
+        let (reader, writer) = attach.split();
+        let output = reader
+            .map_ok(|chunk| match chunk {
+                TtyChunk::StdErr(bytes) => Output::Stderr(Bytes::from(bytes)),
+                TtyChunk::StdIn(bytes) | TtyChunk::StdOut(bytes) => {
+                    Output::Stdout(Bytes::from(bytes))
+                }
+            })
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .boxed();
+        Ok((output, Box::pin(writer.compat_write())))
+    }
+}
+
+/// Runs `attempt` again while Podman says the container's state is improper:
+/// its cleanup of a container that just exited can race a re-initialisation,
+/// and settles within moments.
+async fn settling<T, F, Fut>(name: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if tries < 10 && e.to_string().contains("container state improper") => {
+                tries += 1;
+                debug!(container = %name, tries, "container still settling; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
     }
 }
 
