@@ -1,7 +1,9 @@
 //! `make bench`: mcpod's router against baselines measured in the same run, on
 //! the same real MCP server (`mcp-server-time` in its container):
 //! - warm requests: HTTP through mcpod vs. a direct stdio pipe (`podman run -i`),
-//!   in the handshake era and in the per-request era of protocol 2026-07-28;
+//!   in the handshake era and in the per-request era of protocol 2026-07-28,
+//!   interleaved request by request, every path driven by a blocking client as
+//!   lean as the pipe's (and once more through reqwest, for reference);
 //! - the session path real clients (the SDKs, the Inspector) use: a session and
 //!   `Accept: application/json, text/event-stream`, answered as SSE, against the
 //!   plain-JSON path in the same run;
@@ -24,10 +26,17 @@ use serde_json::{json, Value};
 
 mod common;
 
-use common::{initialize, ms, sse_message, stats, Mcpod};
+use common::http::Http1;
+use common::{initialize, ms, sse_message, stats, Mcpod, INITIALIZED};
 
 const IMAGE: &str = "localhost/mcpod/time:latest";
 const WARM_ROUNDS: usize = 300;
+/// Warm requests measured per block (see [`warm_interleaved`]), after
+/// `WARM_BLOCK_SKIPPED` that wake the path's server up again.
+const WARM_BLOCK: usize = 30;
+const WARM_BLOCK_SKIPPED: usize = 5;
+/// Blocks per path: 1,200 interleaved samples each (about 1 ms apiece).
+const WARM_BLOCKS: usize = 40;
 const COLD_ROUNDS: usize = 5;
 
 fn call(id: u64) -> String {
@@ -64,27 +73,6 @@ fn initialized_pipe() -> (
     )
     .unwrap();
     (child, stdin, stdout)
-}
-
-/// Round trips over a direct pipe to the server's container.
-fn direct_pipe() -> Vec<Duration> {
-    let (mut child, mut stdin, mut stdout) = initialized_pipe();
-    let mut line = String::new();
-    let mut samples = vec![];
-    for id in 1..=(WARM_ROUNDS as u64 + 20) {
-        line.clear();
-        let began = Instant::now();
-        writeln!(stdin, "{}", call(id)).unwrap();
-        stdout.read_line(&mut line).unwrap();
-        let reply: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(reply["id"], id);
-        if id > 20 {
-            samples.push(began.elapsed());
-        }
-    }
-    drop(stdin);
-    let _ = child.wait();
-    samples
 }
 
 /// Requests per second over one direct stdio pipe with `in_flight` requests
@@ -211,76 +199,99 @@ async fn post_with(
         .unwrap()
 }
 
-/// Warm requests in the 2026-07-28 era: no session, every request self-contained.
-async fn per_request_era(mcpod: &Mcpod) -> Vec<Duration> {
-    let client = reqwest::Client::new();
-    let endpoint = format!("{}/mcp/time", mcpod.url);
-    let headers = [
+/// Warm round trips on each path, interleaved in blocks so that every path
+/// sees the same machine: the direct pipe, and through mcpod plain
+/// JSON, a session answered as SSE, and the 2026-07-28 per-request era. Each
+/// HTTP path has a kept-alive connection of a blocking client as lean as the
+/// pipe's ([`Http1`]): the ratios are mcpod's cost, not an HTTP library's.
+#[derive(Default)]
+struct Warm {
+    pipe: Vec<Duration>,
+    plain: Vec<Duration>,
+    session: Vec<Duration>,
+    per_request: Vec<Duration>,
+}
+
+fn warm_interleaved(mcpod: &Mcpod) -> Warm {
+    const PATH: &str = "/mcp/time";
+    const SSE: (&str, &str) = ("accept", "application/json, text/event-stream");
+    const VERSION: (&str, &str) = ("mcp-protocol-version", "2025-06-18");
+    let (mut child, mut stdin, mut stdout) = initialized_pipe();
+    let mut plain = Http1::connect(&mcpod.url);
+    let mut per_request = Http1::connect(&mcpod.url);
+    let mut session = Http1::connect(&mcpod.url);
+    let opened = session.post(PATH, &[SSE, VERSION], &initialize(0));
+    let session_id = opened
+        .header("mcp-session-id")
+        .expect("initialize opens a session")
+        .to_string();
+    let in_session = [SSE, VERSION, ("mcp-session-id", session_id.as_str())];
+    assert_eq!(session.post(PATH, &in_session, INITIALIZED).status, 202);
+    let era_headers = [
+        ("accept", "application/json"),
         ("mcp-protocol-version", "2026-07-28"),
         ("mcp-method", "tools/call"),
         ("mcp-name", "get_current_time"),
     ];
-    let mut warm = vec![];
-    for id in 1..=(WARM_ROUNDS as u64 + 20) {
-        let began = Instant::now();
-        let reply = post_with(&client, &endpoint, call_per_request(id), &headers).await;
+    let mut line = String::new();
+    let mut pipe = |id: u64| {
+        writeln!(stdin, "{}", call(id)).unwrap();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        let reply: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(reply["id"], id, "{reply}");
-        if id > 20 {
-            warm.push(began.elapsed());
-        }
-    }
-    warm
-}
-
-/// Warm requests the way SDK clients send them: `initialize` opens a session,
-/// then every request carries it and accepts SSE, and is answered as SSE.
-async fn session_path(mcpod: &Mcpod) -> Vec<Duration> {
-    let client = reqwest::Client::new();
-    let endpoint = format!("{}/mcp/time", mcpod.url);
-    let request = |session: Option<&str>| {
-        let request = client
-            .post(&endpoint)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-06-18");
-        match session {
-            Some(session) => request.header("mcp-session-id", session),
-            None => request,
-        }
     };
-    let response = request(None).body(initialize(0)).send().await.unwrap();
-    let session = response.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    response.bytes().await.unwrap();
-    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
-    let status = request(Some(&session))
-        .body(initialized.to_string())
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 202);
-    let mut warm = vec![];
-    for id in 1..=(WARM_ROUNDS as u64 + 20) {
-        let began = Instant::now();
-        let response = request(Some(&session)).body(call(id)).send().await.unwrap();
-        let sse = response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream");
-        let text = response.text().await.unwrap();
-        assert!(
-            sse,
-            "a session request accepting SSE is answered as SSE: {text}"
-        );
-        let reply = sse_message(&text);
+    let mut plain = |id: u64| {
+        let reply = plain.post(PATH, &[("accept", "application/json")], &call(id));
+        let reply: Value = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(reply["id"], id, "{reply}");
-        if id > 20 {
-            warm.push(began.elapsed());
+    };
+    let mut session = |id: u64| {
+        let reply = session.post(PATH, &in_session, &call(id));
+        assert_eq!(
+            reply.header("content-type"),
+            Some("text/event-stream"),
+            "a session request accepting SSE is answered as SSE: {}",
+            reply.body
+        );
+        assert_eq!(sse_message(&reply.body)["id"], id, "{}", reply.body);
+    };
+    let mut per_request = |id: u64| {
+        let reply = per_request.post(PATH, &era_headers, &call_per_request(id));
+        let reply: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(reply["id"], id, "{reply}");
+    };
+    let mut paths: [&mut dyn FnMut(u64); 4] = [&mut pipe, &mut plain, &mut session, &mut per_request];
+    let mut samples: [Vec<Duration>; 4] = Default::default();
+    // Blocks of consecutive requests per path, the paths taking turns: each
+    // path's server is as warm as it is under steady traffic (a server left idle
+    // while the others ran answers its next request slower), and a drift of the
+    // machine over the run reaches every path alike.
+    let mut id = 0;
+    for block in 0..WARM_BLOCKS {
+        // Each path goes first as often as the others.
+        let count = paths.len();
+        for k in (0..count).map(|k| (k + block) % count) {
+            let (path, samples) = (&mut paths[k], &mut samples[k]);
+            for n in 0..(WARM_BLOCK + WARM_BLOCK_SKIPPED) {
+                id += 1;
+                let began = Instant::now();
+                path(id);
+                if n >= WARM_BLOCK_SKIPPED {
+                    samples.push(began.elapsed());
+                }
+            }
         }
     }
+    let [pipe, plain, session, per_request] = samples;
+    let warm = Warm {
+        pipe,
+        plain,
+        session,
+        per_request,
+    };
+    drop(stdin);
+    let _ = child.wait();
     warm
 }
 
@@ -502,15 +513,20 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; there is nothing to test here
     }
-    println!("mcpod benchmark: {IMAGE}, {WARM_ROUNDS} warm requests, {COLD_ROUNDS} cold starts\n");
-    let direct = stats(direct_pipe());
+    println!(
+        "mcpod benchmark: {IMAGE}, {} interleaved warm requests per path, {COLD_ROUNDS} cold starts\n",
+        WARM_BLOCKS * WARM_BLOCK
+    );
     let raw_cold = stats(raw_cold_starts());
     let pipe_rate = pipe_throughput(PIPE_IN_FLIGHT);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mcpod = start_mcpod();
-    let (warm, cold) = runtime.block_on(through_router(&mcpod));
-    let modern = stats(runtime.block_on(per_request_era(&mcpod)));
-    let session = stats(runtime.block_on(session_path(&mcpod)));
+    let (warm_reqwest, cold) = runtime.block_on(through_router(&mcpod));
+    let interleaved = warm_interleaved(&mcpod);
+    let direct = stats(interleaved.pipe);
+    let warm = stats(interleaved.plain);
+    let modern = stats(interleaved.per_request);
+    let session = stats(interleaved.session);
     let rss_before = rss_mib(&mcpod);
     let rates: Vec<(usize, f64, f64)> = [8, 64, 256]
         .into_iter()
@@ -530,7 +546,7 @@ fn main() {
         stats(listed_group),
     );
     drop(mcpod);
-    let (warm, cold) = (stats(warm), stats(cold));
+    let (warm_reqwest, cold) = (stats(warm_reqwest), stats(cold));
 
     println!("{:<44} {:>10} {:>10}", "", "median ms", "p90 ms");
     println!(
@@ -544,6 +560,12 @@ fn main() {
         "warm: HTTP through mcpod",
         ms(warm.median),
         ms(warm.p90)
+    );
+    println!(
+        "{:<44} {:>10.3} {:>10.3}",
+        "warm: HTTP through mcpod, reqwest client",
+        ms(warm_reqwest.median),
+        ms(warm_reqwest.p90)
     );
     println!(
         "{:<44} {:>10.3} {:>10.3}",

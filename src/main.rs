@@ -35,8 +35,21 @@ struct Cli {
         default_value = "text"
     )]
     log_format: mcpod::logs::LogFormat,
+    /// Threads that run mcpod's tasks. Default: half the CPUs this process may
+    /// use, at least one. Relaying a message hands it between tasks (an HTTP
+    /// connection, a server's stdin writer and stdout reader); on fewer threads
+    /// those hand-offs stay on one core instead of waking another, and the
+    /// servers mcpod starts keep the other cores for their own work.
+    #[arg(long, global = true, env = "MCPOD_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Half the CPUs available to this process (cgroup quotas included), at least one.
+fn default_worker_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus / 2).max(1)
 }
 
 #[derive(Subcommand)]
@@ -581,9 +594,21 @@ fn show_logs(args: &LogsArgs) -> mcpod::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
+    let threads = cli
+        .worker_threads
+        .filter(|&n| n > 0)
+        .unwrap_or_else(default_worker_threads);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("starting the async runtime");
+    runtime.block_on(run(cli));
+}
+
+async fn run(cli: Cli) {
     // `serve` also keeps its own log under the data dir (logs/router/mcpod.log).
     let log_path = match &cli.command {
         Command::Serve(args) => Some(data_dir_of(args).join("logs/router/mcpod.log")),
