@@ -175,6 +175,18 @@ fn rss_mib(mcpod: &Mcpod) -> f64 {
     kib / 1024.0
 }
 
+/// mcpod's resident memory once the load has gone: the lowest reading over two
+/// of its memory-trimming intervals (freed heap goes back to the system then).
+fn rss_once_idle(mcpod: &Mcpod) -> f64 {
+    let until = Instant::now() + 2 * mcpod::memory::TRIM_INTERVAL + Duration::from_secs(1);
+    let mut lowest = rss_mib(mcpod);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(250));
+        lowest = lowest.min(rss_mib(mcpod));
+    }
+    lowest
+}
+
 async fn post(client: &reqwest::Client, url: &str, body: String) -> Value {
     post_with(client, url, body, &[]).await
 }
@@ -498,6 +510,16 @@ async fn throughput(mcpod: &Mcpod, clients: usize, session: bool) -> f64 {
                     assert_eq!(reply["id"], id, "{reply}");
                     done += 1;
                 }
+                // As an SDK client closing its transport does.
+                if let Some(session) = &session_id {
+                    let ended = base(http.delete(&endpoint))
+                        .header("mcp-session-id", session)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status();
+                    assert!(ended.is_success(), "DELETE of a session: {ended}");
+                }
                 done
             })
         })
@@ -536,8 +558,8 @@ fn main() {
             (clients, plain, sse)
         })
         .collect();
-    // Each session client above left its session open (they end on the idle TTL).
     let rss_after = rss_mib(&mcpod);
+    let rss_settled = rss_once_idle(&mcpod);
     let (listed_running, listed_stopped, listed_group) = runtime.block_on(catalog_listing(&mcpod));
     let resumed = stats(runtime.block_on(resume_from_paused(&mcpod)));
     let (listed_running, listed_stopped, listed_group) = (
@@ -649,7 +671,8 @@ fn main() {
     );
     println!();
     println!(
-        "mcpod RSS: {rss_before:.1} MiB before the throughput rounds, {rss_after:.1} MiB after them ({} sessions still open)",
+        "mcpod RSS: {rss_before:.1} MiB before the throughput rounds, {rss_after:.1} MiB right after them, \
+         {rss_settled:.1} MiB once idle ({} sessions ended, their connections closed)",
         8 + 64 + 256
     );
     let through_mcpod = rates

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use serde_json::{json, Value};
 use tracing::{debug, debug_span, Instrument};
 use warp::filters::BoxedFilter;
@@ -423,17 +423,48 @@ fn sse_request(server: Arc<Server>, session: Arc<Session>, message: Value) -> Ht
     sse_reply(Some(priming), events)
 }
 
+/// How long a stream's priming event waits for the stream's first message.
+/// A quick answer then leaves in the same write as the priming event (one
+/// segment, one wake-up of the client) instead of a write of its own; a slow
+/// one still finds the stream primed this soon after the request.
+const PRIMING_WAITS_FOR_FIRST_MESSAGE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// An SSE stream of a session's events, after its priming event.
 pub fn sse_reply(
     priming: Option<u64>,
     events: tokio::sync::mpsc::Receiver<SseEvent>,
 ) -> HttpResponse {
-    let first = priming.map(reply::priming_event);
-    let messages = futures::stream::unfold(events, |mut events| async move {
-        let event = events.recv().await?;
-        Some((reply::message_event(Some(event.id), &event.message), events))
+    struct Primed {
+        priming: Option<u64>,
+        events: tokio::sync::mpsc::Receiver<SseEvent>,
+        /// The first message, received while the priming event waited for it.
+        held: Option<SseEvent>,
+        ended: bool,
+    }
+    let stream = Primed {
+        priming,
+        events,
+        held: None,
+        ended: false,
+    };
+    let events = futures::stream::unfold(stream, |mut stream| async move {
+        if let Some(id) = stream.priming.take() {
+            let first = tokio::time::timeout(PRIMING_WAITS_FOR_FIRST_MESSAGE, stream.events.recv());
+            match first.await {
+                Ok(Some(event)) => stream.held = Some(event),
+                Ok(None) => stream.ended = true,
+                Err(_) => {} // still waiting: prime the stream now
+            }
+            return Some((reply::priming_event(id), stream));
+        }
+        let event = match stream.held.take() {
+            Some(event) => event,
+            None if stream.ended => return None,
+            None => stream.events.recv().await?,
+        };
+        Some((reply::message_event(Some(event.id), &event.message), stream))
     });
-    reply::sse(futures::stream::iter(first).chain(messages))
+    reply::sse(events)
 }
 
 #[cfg(test)]
@@ -454,5 +485,70 @@ mod tests {
         headers.insert("accept", "text/html".parse().unwrap());
         let a = accepts(&headers);
         assert!(!a.json && !a.sse);
+    }
+
+    /// The body's frames: each poll of the body as hyper makes it, `None` where
+    /// the body was not ready (hyper would flush what it had by then).
+    async fn frames_as_polled(response: HttpResponse) -> Vec<Option<String>> {
+        use futures::FutureExt;
+        use http_body_util::BodyExt;
+        let mut body = response.into_body();
+        let mut polled = vec![];
+        loop {
+            let frame = match body.frame().now_or_never() {
+                Some(frame) => frame,
+                None => {
+                    polled.push(None);
+                    body.frame().await
+                }
+            };
+            let Some(frame) = frame else { return polled };
+            let data = frame.unwrap().into_data().unwrap_or_default();
+            polled.push(Some(String::from_utf8_lossy(&data).into_owned()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_quick_answer_leaves_with_the_priming_event_and_a_slow_one_after_it() {
+        let (events, receiver) = tokio::sync::mpsc::channel(4);
+        let answer = SseEvent {
+            id: 8,
+            message: Arc::new(serde_json::json!({"jsonrpc":"2.0","id":1,"result":{}})),
+        };
+        let quick = answer.clone();
+        tokio::spawn(async move {
+            events.send(quick).await.unwrap(); // the stream ends with its sender
+        });
+        let polled = frames_as_polled(sse_reply(Some(7), receiver)).await;
+        let ready: Vec<&String> = polled.iter().flatten().collect();
+        assert!(ready[0].starts_with("id:7") || ready[0].contains("id:7"), "{polled:?}");
+        assert!(ready[1].contains(r#""id":1"#), "{polled:?}");
+        // Nothing between the priming event, the answer and the end: one write.
+        let waits_after_priming = polled
+            .iter()
+            .skip_while(|frame| frame.as_ref().is_none_or(|f| !f.contains("id:7")))
+            .filter(|frame| frame.is_none())
+            .count();
+        assert_eq!(waits_after_priming, 0, "{polled:?}");
+
+        // An answer slower than the wait: the stream is primed first, then waits.
+        let (events, receiver) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            tokio::time::sleep(PRIMING_WAITS_FOR_FIRST_MESSAGE * 4).await;
+            events.send(answer).await.unwrap();
+        });
+        let polled = frames_as_polled(sse_reply(Some(7), receiver)).await;
+        let priming = polled
+            .iter()
+            .position(|frame| frame.as_ref().is_some_and(|f| f.contains("id:7")))
+            .unwrap();
+        let answer = polled
+            .iter()
+            .position(|frame| frame.as_ref().is_some_and(|f| f.contains(r#""id":1"#)))
+            .unwrap();
+        assert!(
+            polled[priming..answer].iter().any(Option::is_none),
+            "primed before the answer came: {polled:?}"
+        );
     }
 }
