@@ -603,15 +603,19 @@ fn fleet_manifests(files: &std::path::Path) -> Vec<(String, String, Value)> {
     manifests.sort();
     manifests
         .into_iter()
-        .map(|path| {
+        .filter_map(|path| {
             let text = std::fs::read_to_string(&path)
                 .unwrap()
                 .replace("/srv/mcpod/files", &files.display().to_string())
                 .replace("mcpod-git-repos", &format!("mcpod-bench-git-{pid}"))
                 .replace("mcpod-memory-data", &format!("mcpod-bench-memory-{pid}"));
-            let spec: Value = serde_yaml::from_str::<Value>(&text).unwrap()["spec"].clone();
+            // The seven servers; examples/ also holds a group (several documents).
+            let manifest = serde_yaml::from_str::<Value>(&text).ok()?;
+            if manifest["kind"] != "MCPServer" {
+                return None;
+            }
             let name = path.file_stem().unwrap().to_string_lossy().to_string();
-            (name, text, spec)
+            Some((name, text, manifest["spec"].clone()))
         })
         .collect()
 }

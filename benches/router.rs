@@ -273,7 +273,8 @@ fn warm_interleaved(mcpod: &Mcpod) -> Warm {
         let reply: Value = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(reply["id"], id, "{reply}");
     };
-    let mut paths: [&mut dyn FnMut(u64); 4] = [&mut pipe, &mut plain, &mut session, &mut per_request];
+    let mut paths: [&mut dyn FnMut(u64); 4] =
+        [&mut pipe, &mut plain, &mut session, &mut per_request];
     let mut samples: [Vec<Duration>; 4] = Default::default();
     // Blocks of consecutive requests per path, the paths taking turns: each
     // path's server is as warm as it is under steady traffic (a server left idle

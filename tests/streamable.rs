@@ -334,6 +334,7 @@ async fn read_priming(response: &mut reqwest::Response, buffer: &mut String) -> 
 async fn every_sse_stream_starts_with_a_priming_event_to_resume_from() {
     let mcpod = Mcpod::start(&servers(), &[]);
     let mut client = RawClient::new(format!("{}/mcp/fake", mcpod.url));
+    client.version = "2025-11-25".into(); // the first version with priming events
     client.initialize(json!({})).await;
     let mut stream = client.request(reqwest::Method::GET).send().await.unwrap();
     let mut buffer = String::new();
@@ -368,6 +369,30 @@ async fn every_sse_stream_starts_with_a_priming_event_to_resume_from() {
     assert!(read_priming(&mut answer, &mut buffer).await.is_priming());
     let response = read_events(&mut answer, &mut buffer, 1).await;
     assert_eq!(response[0].data["id"], 2);
+}
+
+/// Clients before 2025-11-25 parse every event's data as JSON: an empty
+/// priming event would break them (the official SDKs send them none either).
+/// Their streams start with a message, each event still carrying an id.
+#[tokio::test]
+async fn clients_before_2025_11_25_get_no_priming_event() {
+    let mcpod = Mcpod::start(&servers(), &[]);
+    let mut client = RawClient::new(format!("{}/mcp/fake", mcpod.url));
+    assert_eq!(client.version, "2025-06-18");
+    client.initialize(json!({})).await;
+    let answer = client
+        .request(reqwest::Method::POST)
+        .body(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.headers()["content-type"], "text/event-stream");
+    let mut buffer = answer.text().await.unwrap();
+    let events = take_events(&mut buffer);
+    assert_eq!(events.len(), 1, "the answer alone: {events:?}");
+    assert!(!events[0].is_priming(), "{events:?}");
+    assert_eq!(events[0].data["id"], 2);
+    assert!(events[0].id.is_some(), "still resumable from its id");
 }
 
 #[tokio::test]

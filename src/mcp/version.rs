@@ -36,6 +36,17 @@ pub fn allows_batches(version: &str) -> bool {
     version == WITH_BATCHES
 }
 
+/// The first version whose clients expect SSE streams to be primed.
+const PRIMED_STREAMS_SINCE: &str = "2025-11-25";
+
+/// Whether a session's SSE streams start with a priming event (an id and empty
+/// data, to resume from). Clients of earlier versions parse every event's data
+/// as JSON and fail on an empty one, so theirs get none (as the official SDKs do).
+pub fn primes_streams(version: &str) -> bool {
+    // Versions are dates: they compare as strings.
+    version >= PRIMED_STREAMS_SINCE
+}
+
 /// The handshake version answered to a client's `initialize`: the client's own
 /// when mcpod speaks it, else the newest mcpod speaks.
 pub fn negotiate(requested: &str) -> &'static str {
@@ -57,5 +68,7 @@ mod tests {
         assert!(allows_batches("2025-03-26") && !allows_batches("2025-06-18"));
         assert!(is_known("2026-07-28") && is_per_request("2026-07-28"));
         assert!(!is_known("2099-01-01"));
+        assert!(primes_streams("2025-11-25") && primes_streams("2026-07-28"));
+        assert!(!primes_streams("2025-06-18") && !primes_streams("2025-03-26"));
     }
 }

@@ -289,7 +289,7 @@ fn get(endpoint: &Endpoint, name: &str, headers: &HeaderMap, caller: &Caller) ->
     let last_event_id = header(headers, "last-event-id").and_then(|v| v.parse().ok());
     debug!(session = %session.id, ?last_event_id, "GET stream opened");
     let (priming, events) = session.attach(last_event_id);
-    sse_reply(Some(priming), events)
+    sse_reply(primed(&session, priming), events)
 }
 
 /// DELETE: the client ends its session.
@@ -412,6 +412,7 @@ pub fn negotiate_version(initialize: &Value) -> &'static str {
 fn sse_request(server: Arc<Server>, session: Arc<Session>, message: Value) -> HttpResponse {
     let key = server.sessions().new_stream_key();
     let (priming, events) = session.open_request_stream(key);
+    let priming = primed(&session, priming);
     let task = async move {
         let id = jsonrpc::id(&message);
         let response = call::request(&server, &session.owner, Some(&session), key, message)
@@ -420,7 +421,12 @@ fn sse_request(server: Arc<Server>, session: Arc<Session>, message: Value) -> Ht
         session.answer(key, response);
     };
     tokio::spawn(task.in_current_span());
-    sse_reply(Some(priming), events)
+    sse_reply(priming, events)
+}
+
+/// The stream's priming event id, for a session whose client expects one.
+fn primed(session: &Session, priming: u64) -> Option<u64> {
+    version::primes_streams(&session.protocol_version()).then_some(priming)
 }
 
 /// How long a stream's priming event waits for the stream's first message.
@@ -521,7 +527,10 @@ mod tests {
         });
         let polled = frames_as_polled(sse_reply(Some(7), receiver)).await;
         let ready: Vec<&String> = polled.iter().flatten().collect();
-        assert!(ready[0].starts_with("id:7") || ready[0].contains("id:7"), "{polled:?}");
+        assert!(
+            ready[0].starts_with("id:7") || ready[0].contains("id:7"),
+            "{polled:?}"
+        );
         assert!(ready[1].contains(r#""id":1"#), "{polled:?}");
         // Nothing between the priming event, the answer and the end: one write.
         let waits_after_priming = polled
