@@ -239,6 +239,9 @@ async fn colliding_client_ids_across_sessions_each_get_their_own_answer() {
 async fn every_request_gets_exactly_one_response_when_the_server_crashes_mid_request() {
     let mcpod = Mcpod::start(&[server("memory", "requestTimeout: 60s")]).await;
     let mut client = mcpod.client("memory");
+    // Primed streams open at once: an older client's answer holds its head
+    // back until its first message (up to 15 s), and this one sleeps.
+    client.version = "2025-11-25".into();
     client.initialize(json!({})).await;
     let mut sleeping =
         Stream::post(&client, &call(json!("a"), "sleep", json!({"ms": 60_000}))).await;
@@ -394,6 +397,7 @@ async fn concurrent_elicitations_each_reach_only_their_own_session() {
 async fn a_cancellation_reaches_the_server_under_the_wire_id() {
     let mcpod = Mcpod::start(&[server("memory", "requestTimeout: 60s")]).await;
     let mut client = mcpod.client("memory");
+    client.version = "2025-11-25".into(); // a primed stream opens at once
     client.initialize(json!({})).await;
     let _stream = Stream::post(&client, &call(json!(5), "sleep", json!({"ms": 60_000}))).await;
     let wire_id = mcpod.wait_received_call("memory", "sleep").await;

@@ -19,7 +19,6 @@
 //! A client that closes a response stream cancels its request.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use base64::Engine;
 use futures::StreamExt;
@@ -58,10 +57,6 @@ const REMOVED_METHODS: &[Method] = &[
     Method::ResourcesSubscribe,
     Method::ResourcesUnsubscribe,
 ];
-
-/// A response that produced nothing else for this long commits to SSE, so
-/// keep-alive comments hold the connection open behind proxies.
-const SSE_COMMIT_AFTER: Duration = Duration::from_secs(15);
 
 /// Whether a request asks for the per-request era (by its version header).
 pub fn requested(headers: &HeaderMap) -> bool {
@@ -645,7 +640,7 @@ async fn exchange(
 /// saying, else as an SSE stream (when the client accepts one).
 async fn answer(mut exchange: Exchange, sse: bool) -> HttpResponse {
     let event = if sse {
-        match tokio::time::timeout(SSE_COMMIT_AFTER, exchange.next_for(true)).await {
+        match tokio::time::timeout(reply::SSE_COMMIT_AFTER, exchange.next_for(true)).await {
             Ok(event) => event,
             Err(_) => return stream(exchange, None),
         }

@@ -13,6 +13,10 @@ pub type HttpResponse = warp::reply::Response;
 
 /// How often an SSE stream with nothing to say sends a keep-alive comment.
 pub const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long an SSE answer may hold its response head back waiting for its
+/// first message; past it the stream goes out and keep-alive comments hold
+/// the connection open behind proxies.
+pub const SSE_COMMIT_AFTER: Duration = Duration::from_secs(15);
 /// The reconnection delay an SSE stream suggests to its client (`retry:`).
 pub const SSE_RETRY: Duration = Duration::from_secs(1);
 

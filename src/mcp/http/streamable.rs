@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tracing::{debug, debug_span, Instrument};
 use warp::filters::BoxedFilter;
@@ -169,7 +169,7 @@ where
             status_only(StatusCode::ACCEPTED)
         }
         Some(Kind::Request) => match session {
-            Some(session) if accept.sse => sse_request(server, session, message),
+            Some(session) if accept.sse => sse_request(server, session, message).await,
             session => {
                 let id = jsonrpc::id(&message);
                 match call::request(&server, &caller, session.as_ref(), STANDALONE, message).await {
@@ -409,7 +409,7 @@ pub fn negotiate_version(initialize: &Value) -> &'static str {
 
 /// Answers one request with an SSE stream: what the server sends while handling
 /// it, then its response.
-fn sse_request(server: Arc<Server>, session: Arc<Session>, message: Value) -> HttpResponse {
+async fn sse_request(server: Arc<Server>, session: Arc<Session>, message: Value) -> HttpResponse {
     let key = server.sessions().new_stream_key();
     let (priming, events) = session.open_request_stream(key);
     let priming = primed(&session, priming);
@@ -421,7 +421,7 @@ fn sse_request(server: Arc<Server>, session: Arc<Session>, message: Value) -> Ht
         session.answer(key, response);
     };
     tokio::spawn(task.in_current_span());
-    sse_reply(priming, events)
+    sse_answer(priming, events).await
 }
 
 /// The stream's priming event id, for a session whose client expects one.
@@ -429,48 +429,61 @@ fn primed(session: &Session, priming: u64) -> Option<u64> {
     version::primes_streams(&session.protocol_version()).then_some(priming)
 }
 
-/// How long a stream's priming event waits for the stream's first message.
-/// A quick answer then leaves in the same write as the priming event (one
-/// segment, one wake-up of the client) instead of a write of its own; a slow
-/// one still finds the stream primed this soon after the request.
+/// How long a request's SSE answer with a priming event waits for its first
+/// message before the response goes out: the priming event makes the stream
+/// resumable and should come soon after the request.
 const PRIMING_WAITS_FOR_FIRST_MESSAGE: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// An SSE stream of a session's events, after its priming event.
+/// The SSE answer to one request. The response waits for the stream's first
+/// message, so that a quick answer leaves in one write with the response head
+/// (and the priming event): one segment and one wake-up of the client, as a
+/// JSON answer. With a priming event it waits only
+/// [`PRIMING_WAITS_FOR_FIRST_MESSAGE`]; without, up to
+/// [`reply::SSE_COMMIT_AFTER`] (as the per-request era does), after which
+/// the stream goes out and keep-alive comments hold it open.
+pub async fn sse_answer(
+    priming: Option<u64>,
+    mut events: tokio::sync::mpsc::Receiver<SseEvent>,
+) -> HttpResponse {
+    let wait = if priming.is_some() {
+        PRIMING_WAITS_FOR_FIRST_MESSAGE
+    } else {
+        reply::SSE_COMMIT_AFTER
+    };
+    let (first, ended) = match tokio::time::timeout(wait, events.recv()).await {
+        Ok(Some(event)) => (Some(event), false),
+        Ok(None) => (None, true),
+        Err(_) => (None, false), // still waiting: the stream goes out now
+    };
+    let live = (!ended).then_some(events);
+    sse_events(priming, first.into_iter().collect(), live)
+}
+
+/// An SSE stream of a session's events, after its priming event, at once.
 pub fn sse_reply(
     priming: Option<u64>,
     events: tokio::sync::mpsc::Receiver<SseEvent>,
 ) -> HttpResponse {
-    struct Primed {
-        priming: Option<u64>,
-        events: tokio::sync::mpsc::Receiver<SseEvent>,
-        /// The first message, received while the priming event waited for it.
-        held: Option<SseEvent>,
-        ended: bool,
-    }
-    let stream = Primed {
-        priming,
-        events,
-        held: None,
-        ended: false,
-    };
-    let events = futures::stream::unfold(stream, |mut stream| async move {
-        if let Some(id) = stream.priming.take() {
-            let first = tokio::time::timeout(PRIMING_WAITS_FOR_FIRST_MESSAGE, stream.events.recv());
-            match first.await {
-                Ok(Some(event)) => stream.held = Some(event),
-                Ok(None) => stream.ended = true,
-                Err(_) => {} // still waiting: prime the stream now
-            }
-            return Some((reply::priming_event(id), stream));
-        }
-        let event = match stream.held.take() {
-            Some(event) => event,
-            None if stream.ended => return None,
-            None => stream.events.recv().await?,
-        };
-        Some((reply::message_event(Some(event.id), &event.message), stream))
+    sse_events(priming, vec![], Some(events))
+}
+
+/// The priming event, the events already `received`, then the `live` ones.
+fn sse_events(
+    priming: Option<u64>,
+    received: Vec<SseEvent>,
+    live: Option<tokio::sync::mpsc::Receiver<SseEvent>>,
+) -> HttpResponse {
+    let message = |event: SseEvent| reply::message_event(Some(event.id), &event.message);
+    let ready = priming
+        .map(reply::priming_event)
+        .into_iter()
+        .chain(received.into_iter().map(message));
+    let live = futures::stream::unfold(live, move |live| async move {
+        let mut events = live?;
+        let event = events.recv().await?;
+        Some((message(event), Some(events)))
     });
-    reply::sse(events)
+    reply::sse(futures::stream::iter(ready).chain(live))
 }
 
 #[cfg(test)]
@@ -514,50 +527,58 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_quick_answer_leaves_with_the_priming_event_and_a_slow_one_after_it() {
-        let (events, receiver) = tokio::sync::mpsc::channel(4);
-        let answer = SseEvent {
+    fn answer() -> SseEvent {
+        SseEvent {
             id: 8,
             message: Arc::new(serde_json::json!({"jsonrpc":"2.0","id":1,"result":{}})),
-        };
-        let quick = answer.clone();
-        tokio::spawn(async move {
-            events.send(quick).await.unwrap(); // the stream ends with its sender
-        });
-        let polled = frames_as_polled(sse_reply(Some(7), receiver)).await;
-        let ready: Vec<&String> = polled.iter().flatten().collect();
-        assert!(
-            ready[0].starts_with("id:7") || ready[0].contains("id:7"),
-            "{polled:?}"
-        );
-        assert!(ready[1].contains(r#""id":1"#), "{polled:?}");
-        // Nothing between the priming event, the answer and the end: one write.
-        let waits_after_priming = polled
-            .iter()
-            .skip_while(|frame| frame.as_ref().is_none_or(|f| !f.contains("id:7")))
-            .filter(|frame| frame.is_none())
-            .count();
-        assert_eq!(waits_after_priming, 0, "{polled:?}");
+        }
+    }
 
-        // An answer slower than the wait: the stream is primed first, then waits.
+    /// An SSE answer whose message comes `after` the request, read as hyper reads it.
+    async fn answered_after(
+        after: std::time::Duration,
+        priming: Option<u64>,
+    ) -> Vec<Option<String>> {
         let (events, receiver) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            tokio::time::sleep(PRIMING_WAITS_FOR_FIRST_MESSAGE * 4).await;
-            events.send(answer).await.unwrap();
+            tokio::time::sleep(after).await;
+            events.send(answer()).await.unwrap(); // the stream ends with its sender
         });
-        let polled = frames_as_polled(sse_reply(Some(7), receiver)).await;
-        let priming = polled
+        frames_as_polled(sse_answer(priming, receiver).await).await
+    }
+
+    fn position(polled: &[Option<String>], text: &str) -> usize {
+        polled
             .iter()
-            .position(|frame| frame.as_ref().is_some_and(|f| f.contains("id:7")))
-            .unwrap();
-        let answer = polled
-            .iter()
-            .position(|frame| frame.as_ref().is_some_and(|f| f.contains(r#""id":1"#)))
-            .unwrap();
+            .position(|frame| frame.as_ref().is_some_and(|f| f.contains(text)))
+            .unwrap_or_else(|| panic!("no frame with {text}: {polled:?}"))
+    }
+
+    #[tokio::test]
+    async fn a_quick_answer_leaves_in_one_write_with_the_head_and_the_priming_event() {
+        let polled = answered_after(std::time::Duration::ZERO, Some(7)).await;
+        assert_eq!(position(&polled, "id:7"), 0, "{polled:?}");
+        assert_eq!(position(&polled, r#""id":1"#), 1, "{polled:?}");
+        assert!(
+            polled.iter().all(Option::is_some),
+            "never waited: {polled:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_finds_its_stream_primed_first() {
+        let polled = answered_after(PRIMING_WAITS_FOR_FIRST_MESSAGE * 4, Some(7)).await;
+        let (priming, answer) = (position(&polled, "id:7"), position(&polled, r#""id":1"#));
         assert!(
             polled[priming..answer].iter().any(Option::is_none),
             "primed before the answer came: {polled:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn without_a_priming_event_the_head_waits_for_the_answer() {
+        let polled = answered_after(PRIMING_WAITS_FOR_FIRST_MESSAGE * 4, None).await;
+        assert_eq!(position(&polled, r#""id":1"#), 0, "{polled:?}");
+        assert!(polled.iter().all(Option::is_some), "one write: {polled:?}");
     }
 }
