@@ -91,7 +91,7 @@ fn output(socket: Arc<AsyncFd<Socket>>) -> BoxStream<'static, io::Result<Output>
 async fn next_packet(socket: &AsyncFd<Socket>, buffer: &mut [u8]) -> io::Result<Option<Output>> {
     loop {
         let mut ready = socket.readable().await?;
-        let read = match ready.try_io(|socket| (&*socket.get_ref()).read(buffer)) {
+        let read = match ready.try_io(|socket| socket.get_ref().read(buffer)) {
             Ok(read) => read?,
             Err(_would_block) => continue,
         };
