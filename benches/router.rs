@@ -1,8 +1,9 @@
 //! `make bench`: mcpod's router against baselines measured in the same run, on
 //! the same real MCP server (`mcp-server-time` in its container):
-//! - warm requests: HTTP through mcpod vs. a direct stdio pipe (`podman run -i`),
+//! - warm requests: HTTP through mcpod vs. a direct stdio pipe (`podman run -i`, and
+//!   one into a container with mcpod's limits and hardening; `echo` on server-everything too),
 //!   in the handshake era and in the per-request era of protocol 2026-07-28,
-//!   interleaved request by request, every path driven by a blocking client as
+//!   interleaved in blocks, every path driven by a blocking client as
 //!   lean as the pipe's (and once more through reqwest, for reference);
 //! - the session path real clients (the SDKs, the Inspector) use: a session and
 //!   `Accept: application/json, text/event-stream`, answered as SSE, against the
@@ -39,6 +40,14 @@ const WARM_BLOCK_SKIPPED: usize = 5;
 const WARM_BLOCKS: usize = 40;
 const COLD_ROUNDS: usize = 5;
 
+/// `server-everything`, whose `echo` answers in a fraction of mcp-server-time's
+/// time: there mcpod's cost weighs most.
+const FAST_IMAGE: &str = "localhost/mcpod/everything:latest";
+
+fn echo(id: u64) -> String {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"echo","arguments":{"message":"bench"}}}).to_string()
+}
+
 fn call(id: u64) -> String {
     json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"get_current_time","arguments":{"timezone":"UTC"}}}).to_string()
 }
@@ -50,13 +59,61 @@ fn call_per_request(id: u64) -> String {
 }
 
 /// The server's container on a direct stdio pipe, past the MCP handshake.
-fn initialized_pipe() -> (
+fn initialized_pipe(
+    image: &str,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    BufReader<std::process::ChildStdout>,
+) {
+    initialized_pipe_with(image, &[])
+}
+
+/// What mcpod's own container of a server has by default (`create_spec`):
+/// its user, read-only root with a tmpfs `/tmp`, no capabilities, CPU, memory
+/// and process limits, rlimits, and a user namespace of its own. The pipe into
+/// a container like this is "a direct stdio pipe into the same container".
+const MCPOD_CONTAINER: &[&str] = &[
+    "--user",
+    "65534",
+    "--read-only",
+    "--tmpfs",
+    "/tmp",
+    "--cap-drop",
+    "all",
+    "--security-opt",
+    "no-new-privileges",
+    "--cpus",
+    "1",
+    "--memory",
+    "512m",
+    "--memory-swap",
+    "512m",
+    "--pids-limit",
+    "1024",
+    "--ulimit",
+    "nofile=4096:4096",
+    "--ulimit",
+    "nproc=1024:1024",
+    "--uidmap",
+    "0:2000000000:65536",
+    "--gidmap",
+    "0:2000000000:65536",
+];
+
+/// [`initialized_pipe`] with extra `podman run` options.
+fn initialized_pipe_with(
+    image: &str,
+    options: &[&str],
+) -> (
     std::process::Child,
     std::process::ChildStdin,
     BufReader<std::process::ChildStdout>,
 ) {
     let mut child = Command::new("podman")
-        .args(["run", "-i", "--rm", "--network", "none", "--init", IMAGE])
+        .args(["run", "-i", "--rm", "--network", "none", "--init"])
+        .args(options)
+        .arg(image)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -78,7 +135,7 @@ fn initialized_pipe() -> (
 /// Requests per second over one direct stdio pipe with `in_flight` requests
 /// outstanding at any time: the baseline for mcpod's throughput at as many clients.
 fn pipe_throughput(in_flight: usize) -> f64 {
-    let (mut child, mut stdin, mut stdout) = initialized_pipe();
+    let (mut child, mut stdin, mut stdout) = initialized_pipe(IMAGE);
     let mut line = String::new();
     // The writer keeps `in_flight` requests outstanding: one more per answer.
     let (answered, answers) = std::sync::mpsc::channel::<()>();
@@ -161,7 +218,13 @@ fn raw_cold_starts() -> Vec<Duration> {
 }
 
 fn start_mcpod() -> Mcpod {
-    Mcpod::start(&[common::manifest("time", IMAGE)], &[])
+    Mcpod::start(
+        &[
+            common::manifest("time", IMAGE),
+            common::manifest("everything", FAST_IMAGE),
+        ],
+        &[],
+    )
 }
 
 /// mcpod's resident memory, from /proc.
@@ -219,6 +282,8 @@ async fn post_with(
 #[derive(Default)]
 struct Warm {
     pipe: Vec<Duration>,
+    /// The pipe into a container with mcpod's limits and hardening.
+    pipe_like_mcpod: Vec<Duration>,
     plain: Vec<Duration>,
     session: Vec<Duration>,
     per_request: Vec<Duration>,
@@ -228,7 +293,9 @@ fn warm_interleaved(mcpod: &Mcpod) -> Warm {
     const PATH: &str = "/mcp/time";
     const SSE: (&str, &str) = ("accept", "application/json, text/event-stream");
     const VERSION: (&str, &str) = ("mcp-protocol-version", "2025-06-18");
-    let (mut child, mut stdin, mut stdout) = initialized_pipe();
+    let (mut child, mut stdin, mut stdout) = initialized_pipe(IMAGE);
+    let (mut like_child, mut like_stdin, mut like_stdout) =
+        initialized_pipe_with(IMAGE, MCPOD_CONTAINER);
     let mut plain = Http1::connect(&mcpod.url);
     let mut per_request = Http1::connect(&mcpod.url);
     let mut session = Http1::connect(&mcpod.url);
@@ -253,6 +320,14 @@ fn warm_interleaved(mcpod: &Mcpod) -> Warm {
         let reply: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(reply["id"], id, "{reply}");
     };
+    let mut like_line = String::new();
+    let mut pipe_like_mcpod = |id: u64| {
+        writeln!(like_stdin, "{}", call(id)).unwrap();
+        like_line.clear();
+        like_stdout.read_line(&mut like_line).unwrap();
+        let reply: Value = serde_json::from_str(&like_line).unwrap();
+        assert_eq!(reply["id"], id, "{reply}");
+    };
     let mut plain = |id: u64| {
         let reply = plain.post(PATH, &[("accept", "application/json")], &call(id));
         let reply: Value = serde_json::from_str(&reply.body).unwrap();
@@ -273,39 +348,83 @@ fn warm_interleaved(mcpod: &Mcpod) -> Warm {
         let reply: Value = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(reply["id"], id, "{reply}");
     };
-    let mut paths: [&mut dyn FnMut(u64); 4] =
-        [&mut pipe, &mut plain, &mut session, &mut per_request];
-    let mut samples: [Vec<Duration>; 4] = Default::default();
-    // Blocks of consecutive requests per path, the paths taking turns: each
-    // path's server is as warm as it is under steady traffic (a server left idle
-    // while the others ran answers its next request slower), and a drift of the
-    // machine over the run reaches every path alike.
-    let mut id = 0;
-    for block in 0..WARM_BLOCKS {
-        // Each path goes first as often as the others.
-        let count = paths.len();
-        for k in (0..count).map(|k| (k + block) % count) {
-            let (path, samples) = (&mut paths[k], &mut samples[k]);
-            for n in 0..(WARM_BLOCK + WARM_BLOCK_SKIPPED) {
-                id += 1;
-                let began = Instant::now();
-                path(id);
-                if n >= WARM_BLOCK_SKIPPED {
-                    samples.push(began.elapsed());
-                }
-            }
-        }
-    }
-    let [pipe, plain, session, per_request] = samples;
+    let [pipe, pipe_like_mcpod, plain, session, per_request] = interleave([
+        &mut pipe,
+        &mut pipe_like_mcpod,
+        &mut plain,
+        &mut session,
+        &mut per_request,
+    ]);
     let warm = Warm {
         pipe,
+        pipe_like_mcpod,
         plain,
         session,
         per_request,
     };
+    drop((stdin, like_stdin));
+    let _ = (child.wait(), like_child.wait());
+    warm
+}
+
+/// Runs each path in blocks of consecutive requests, the paths taking turns:
+/// each path's server is as warm as it is under steady traffic (a server left
+/// idle while the others ran answers its next request slower), and a drift of
+/// the machine over the run reaches every path alike. Returns each path's
+/// measured round trips.
+fn interleave<const N: usize>(paths: [&mut dyn FnMut(u64); N]) -> [Vec<Duration>; N] {
+    let mut samples: [Vec<Duration>; N] = std::array::from_fn(|_| vec![]);
+    let mut id = 0;
+    for block in 0..WARM_BLOCKS {
+        // Each path goes first as often as the others.
+        for k in (0..N).map(|k| (k + block) % N) {
+            for n in 0..(WARM_BLOCK + WARM_BLOCK_SKIPPED) {
+                id += 1;
+                let began = Instant::now();
+                paths[k](id);
+                if n >= WARM_BLOCK_SKIPPED {
+                    samples[k].push(began.elapsed());
+                }
+            }
+        }
+    }
+    samples
+}
+
+/// `echo` on server-everything: a direct pipe against mcpod's plain JSON, interleaved.
+fn warm_echo(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut child, mut stdin, mut stdout) = initialized_pipe(FAST_IMAGE);
+    let mut http = Http1::connect(&mcpod.url);
+    let mut line = String::new();
+    let mut pipe = |id: u64| {
+        writeln!(stdin, "{}", echo(id)).unwrap();
+        // everything also sends notifications of its own (list changes, logs).
+        loop {
+            line.clear();
+            stdout.read_line(&mut line).unwrap();
+            let message: Value = serde_json::from_str(&line).unwrap();
+            if message.get("id").is_some() {
+                assert_eq!(message["id"], id, "{message}");
+                return;
+            }
+        }
+    };
+    let mut plain = |id: u64| {
+        let reply = http.post(
+            "/mcp/everything",
+            &[("accept", "application/json")],
+            &echo(id),
+        );
+        let reply: Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(reply["id"], id, "{reply}");
+    };
+    let [pipe, plain] = interleave([&mut pipe, &mut plain]);
     drop(stdin);
     let _ = child.wait();
-    warm
+    // Scaled to zero again: the catalog listing below answers from catalogs.
+    let stopped = http.post("/servers/everything/stop", &[], "");
+    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    (pipe, plain)
 }
 
 async fn through_router(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
@@ -546,7 +665,10 @@ fn main() {
     let mcpod = start_mcpod();
     let (warm_reqwest, cold) = runtime.block_on(through_router(&mcpod));
     let interleaved = warm_interleaved(&mcpod);
+    let (echo_pipe, echo_mcpod) = warm_echo(&mcpod);
+    let (echo_pipe, echo_mcpod) = (stats(echo_pipe), stats(echo_mcpod));
     let direct = stats(interleaved.pipe);
+    let direct_like_mcpod = stats(interleaved.pipe_like_mcpod);
     let warm = stats(interleaved.plain);
     let modern = stats(interleaved.per_request);
     let session = stats(interleaved.session);
@@ -580,9 +702,27 @@ fn main() {
     );
     println!(
         "{:<44} {:>10.3} {:>10.3}",
+        "warm: pipe, container like mcpod's (baseline)",
+        ms(direct_like_mcpod.median),
+        ms(direct_like_mcpod.p90)
+    );
+    println!(
+        "{:<44} {:>10.3} {:>10.3}",
         "warm: HTTP through mcpod",
         ms(warm.median),
         ms(warm.p90)
+    );
+    println!(
+        "{:<44} {:>10.3} {:>10.3}",
+        "warm echo (everything): direct pipe",
+        ms(echo_pipe.median),
+        ms(echo_pipe.p90)
+    );
+    println!(
+        "{:<44} {:>10.3} {:>10.3}",
+        "warm echo (everything): through mcpod",
+        ms(echo_mcpod.median),
+        ms(echo_mcpod.p90)
     );
     println!(
         "{:<44} {:>10.3} {:>10.3}",
@@ -651,6 +791,16 @@ fn main() {
         "warm ratio (mcpod / direct pipe, median): {:.2}x  (+{:.3} ms)",
         ms(warm.median) / ms(direct.median),
         ms(warm.median) - ms(direct.median)
+    );
+    println!(
+        "warm ratio (mcpod / pipe into a container like mcpod's, median): {:.2}x  (+{:.3} ms)",
+        ms(warm.median) / ms(direct_like_mcpod.median),
+        ms(warm.median) - ms(direct_like_mcpod.median)
+    );
+    println!(
+        "warm ratio, echo on everything (mcpod / direct pipe, median): {:.2}x  (+{:.3} ms)",
+        ms(echo_mcpod.median) / ms(echo_pipe.median),
+        ms(echo_mcpod.median) - ms(echo_pipe.median)
     );
     println!(
         "warm ratio, 2026-07-28 (mcpod / direct pipe, median): {:.2}x  (+{:.3} ms)",
