@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 mod common;
 
 use common::http::Http1;
-use common::{initialize, ms, sse_message, stats, Mcpod, INITIALIZED};
+use common::{initialize, ms, sse_message, stats, Mcpod, Stats, INITIALIZED};
 
 const IMAGE: &str = "localhost/mcpod/time:latest";
 const WARM_ROUNDS: usize = 300;
@@ -130,6 +130,48 @@ fn initialized_pipe_with(
     )
     .unwrap();
     (child, stdin, stdout)
+}
+
+/// A direct pipe asked one request at a time; closing it ends its container.
+struct PipeClient {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: BufReader<std::process::ChildStdout>,
+    line: String,
+}
+
+impl PipeClient {
+    fn open(image: &str, options: &[&str]) -> PipeClient {
+        let (child, stdin, stdout) = initialized_pipe_with(image, options);
+        PipeClient {
+            child,
+            stdin: Some(stdin),
+            stdout,
+            line: String::new(),
+        }
+    }
+
+    /// Sends `request` and reads until the answer with `id`, past any
+    /// notification the server sends of its own (list changes, logs).
+    fn ask(&mut self, request: &str, id: u64) {
+        writeln!(self.stdin.as_mut().unwrap(), "{request}").unwrap();
+        loop {
+            self.line.clear();
+            self.stdout.read_line(&mut self.line).unwrap();
+            let message: Value = serde_json::from_str(&self.line).unwrap();
+            if message.get("id").is_some() {
+                assert_eq!(message["id"], id, "{message}");
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for PipeClient {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
 }
 
 /// Requests per second over one direct stdio pipe with `in_flight` requests
@@ -293,9 +335,8 @@ fn warm_interleaved(mcpod: &Mcpod) -> Warm {
     const PATH: &str = "/mcp/time";
     const SSE: (&str, &str) = ("accept", "application/json, text/event-stream");
     const VERSION: (&str, &str) = ("mcp-protocol-version", "2025-06-18");
-    let (mut child, mut stdin, mut stdout) = initialized_pipe(IMAGE);
-    let (mut like_child, mut like_stdin, mut like_stdout) =
-        initialized_pipe_with(IMAGE, MCPOD_CONTAINER);
+    let mut direct = PipeClient::open(IMAGE, &[]);
+    let mut like_mcpod = PipeClient::open(IMAGE, MCPOD_CONTAINER);
     let mut plain = Http1::connect(&mcpod.url);
     let mut per_request = Http1::connect(&mcpod.url);
     let mut session = Http1::connect(&mcpod.url);
@@ -312,22 +353,8 @@ fn warm_interleaved(mcpod: &Mcpod) -> Warm {
         ("mcp-method", "tools/call"),
         ("mcp-name", "get_current_time"),
     ];
-    let mut line = String::new();
-    let mut pipe = |id: u64| {
-        writeln!(stdin, "{}", call(id)).unwrap();
-        line.clear();
-        stdout.read_line(&mut line).unwrap();
-        let reply: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(reply["id"], id, "{reply}");
-    };
-    let mut like_line = String::new();
-    let mut pipe_like_mcpod = |id: u64| {
-        writeln!(like_stdin, "{}", call(id)).unwrap();
-        like_line.clear();
-        like_stdout.read_line(&mut like_line).unwrap();
-        let reply: Value = serde_json::from_str(&like_line).unwrap();
-        assert_eq!(reply["id"], id, "{reply}");
-    };
+    let mut pipe = |id: u64| direct.ask(&call(id), id);
+    let mut pipe_like_mcpod = |id: u64| like_mcpod.ask(&call(id), id);
     let mut plain = |id: u64| {
         let reply = plain.post(PATH, &[("accept", "application/json")], &call(id));
         let reply: Value = serde_json::from_str(&reply.body).unwrap();
@@ -355,16 +382,13 @@ fn warm_interleaved(mcpod: &Mcpod) -> Warm {
         &mut session,
         &mut per_request,
     ]);
-    let warm = Warm {
+    Warm {
         pipe,
         pipe_like_mcpod,
         plain,
         session,
         per_request,
-    };
-    drop((stdin, like_stdin));
-    let _ = (child.wait(), like_child.wait());
-    warm
+    }
 }
 
 /// Runs each path in blocks of consecutive requests, the paths taking turns:
@@ -393,22 +417,9 @@ fn interleave<const N: usize>(paths: [&mut dyn FnMut(u64); N]) -> [Vec<Duration>
 
 /// `echo` on server-everything: a direct pipe against mcpod's plain JSON, interleaved.
 fn warm_echo(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
-    let (mut child, mut stdin, mut stdout) = initialized_pipe(FAST_IMAGE);
+    let mut direct = PipeClient::open(FAST_IMAGE, &[]);
     let mut http = Http1::connect(&mcpod.url);
-    let mut line = String::new();
-    let mut pipe = |id: u64| {
-        writeln!(stdin, "{}", echo(id)).unwrap();
-        // everything also sends notifications of its own (list changes, logs).
-        loop {
-            line.clear();
-            stdout.read_line(&mut line).unwrap();
-            let message: Value = serde_json::from_str(&line).unwrap();
-            if message.get("id").is_some() {
-                assert_eq!(message["id"], id, "{message}");
-                return;
-            }
-        }
-    };
+    let mut pipe = |id: u64| direct.ask(&echo(id), id);
     let mut plain = |id: u64| {
         let reply = http.post(
             "/mcp/everything",
@@ -419,8 +430,6 @@ fn warm_echo(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
         assert_eq!(reply["id"], id, "{reply}");
     };
     let [pipe, plain] = interleave([&mut pipe, &mut plain]);
-    drop(stdin);
-    let _ = child.wait();
     // Scaled to zero again: the catalog listing below answers from catalogs.
     let stopped = http.post("/servers/everything/stop", &[], "");
     assert_eq!(stopped.status, 200, "{}", stopped.body);
@@ -651,6 +660,33 @@ async fn throughput(mcpod: &Mcpod, clients: usize, session: bool) -> f64 {
     total as f64 / began.elapsed().as_secs_f64()
 }
 
+/// One row of the table: the median and p90, in ms.
+fn row(what: &str, stats: &Stats) {
+    println!(
+        "{what:<44} {:>10.3} {:>10.3}",
+        ms(stats.median),
+        ms(stats.p90)
+    );
+}
+
+/// A row of times long enough for one decimal.
+fn row_coarse(what: &str, stats: &Stats) {
+    println!(
+        "{what:<44} {:>10.1} {:>10.1}",
+        ms(stats.median),
+        ms(stats.p90)
+    );
+}
+
+/// The ratio of two medians, and how much longer the first took.
+fn ratio(what: &str, of: &Stats, to: &Stats) {
+    println!(
+        "{what}, median: {:.2}x  (+{:.3} ms)",
+        ms(of.median) / ms(to.median),
+        ms(of.median) - ms(to.median)
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; there is nothing to test here
@@ -694,89 +730,28 @@ fn main() {
     let (warm_reqwest, cold) = (stats(warm_reqwest), stats(cold));
 
     println!("{:<44} {:>10} {:>10}", "", "median ms", "p90 ms");
-    println!(
-        "{:<44} {:>10.3} {:>10.3}",
-        "warm: direct stdio pipe (baseline)",
-        ms(direct.median),
-        ms(direct.p90)
-    );
-    println!(
-        "{:<44} {:>10.3} {:>10.3}",
+    row("warm: direct stdio pipe (baseline)", &direct);
+    row(
         "warm: pipe, container like mcpod's (baseline)",
-        ms(direct_like_mcpod.median),
-        ms(direct_like_mcpod.p90)
+        &direct_like_mcpod,
     );
-    println!(
-        "{:<44} {:>10.3} {:>10.3}",
-        "warm: HTTP through mcpod",
-        ms(warm.median),
-        ms(warm.p90)
-    );
-    println!(
-        "{:<44} {:>10.3} {:>10.3}",
-        "warm echo (everything): direct pipe",
-        ms(echo_pipe.median),
-        ms(echo_pipe.p90)
-    );
-    println!(
-        "{:<44} {:>10.3} {:>10.3}",
-        "warm echo (everything): through mcpod",
-        ms(echo_mcpod.median),
-        ms(echo_mcpod.p90)
-    );
-    println!(
-        "{:<44} {:>10.3} {:>10.3}",
-        "warm: HTTP through mcpod, reqwest client",
-        ms(warm_reqwest.median),
-        ms(warm_reqwest.p90)
-    );
-    println!(
-        "{:<44} {:>10.3} {:>10.3}",
-        "warm: HTTP through mcpod, protocol 2026-07-28",
-        ms(modern.median),
-        ms(modern.p90)
-    );
-    println!(
-        "{:<44} {:>10.3} {:>10.3}",
-        "warm: HTTP through mcpod, session (SSE)",
-        ms(session.median),
-        ms(session.p90)
-    );
-    println!(
-        "{:<44} {:>10.1} {:>10.1}",
-        "cold: podman start -ai + first reply (baseline)",
-        ms(raw_cold.median),
-        ms(raw_cold.p90)
-    );
-    println!(
-        "{:<44} {:>10.1} {:>10.1}",
-        "cold: first request through mcpod",
-        ms(cold.median),
-        ms(cold.p90)
-    );
-    println!(
-        "{:<44} {:>10.1} {:>10.1}",
-        "resume: first request to a paused server",
-        ms(resumed.median),
-        ms(resumed.p90)
-    );
-    println!(
-        "{:<44} {:>10.3} {:>10.3}",
-        "tools/list: the running server (baseline)",
-        ms(listed_running.median),
-        ms(listed_running.p90)
-    );
-    println!(
-        "{:<44} {:>10.3} {:>10.3}",
+    row("warm: HTTP through mcpod", &warm);
+    row("warm echo (everything): direct pipe", &echo_pipe);
+    row("warm echo (everything): through mcpod", &echo_mcpod);
+    row("warm: HTTP through mcpod, reqwest client", &warm_reqwest);
+    row("warm: HTTP through mcpod, protocol 2026-07-28", &modern);
+    row("warm: HTTP through mcpod, session (SSE)", &session);
+    row_coarse("cold: podman start -ai + first reply (baseline)", &raw_cold);
+    row_coarse("cold: first request through mcpod", &cold);
+    row_coarse("resume: first request to a paused server", &resumed);
+    row("tools/list: the running server (baseline)", &listed_running);
+    row(
         "tools/list: /mcp, scaled to zero (catalog)",
-        ms(listed_stopped.median),
-        ms(listed_stopped.p90)
+        &listed_stopped,
     );
-    println!(
-        "{:<44} {:>10.3} {:>10.3}",
+    row(
         "tools/list: a group, scaled to zero (catalog)",
-        ms(listed_group.median),
-        ms(listed_group.p90)
+        &listed_group,
     );
     println!();
     println!(
@@ -787,30 +762,26 @@ fn main() {
         "catalog ratio (a group scaled to zero / running server's tools/list, median): {:.2}x",
         ms(listed_group.median) / ms(listed_running.median)
     );
-    println!(
-        "warm ratio (mcpod / direct pipe, median): {:.2}x  (+{:.3} ms)",
-        ms(warm.median) / ms(direct.median),
-        ms(warm.median) - ms(direct.median)
+    ratio("warm ratio (mcpod / direct pipe)", &warm, &direct);
+    ratio(
+        "warm ratio (mcpod / pipe into a container like mcpod's)",
+        &warm,
+        &direct_like_mcpod,
     );
-    println!(
-        "warm ratio (mcpod / pipe into a container like mcpod's, median): {:.2}x  (+{:.3} ms)",
-        ms(warm.median) / ms(direct_like_mcpod.median),
-        ms(warm.median) - ms(direct_like_mcpod.median)
+    ratio(
+        "warm ratio, echo on everything (mcpod / direct pipe)",
+        &echo_mcpod,
+        &echo_pipe,
     );
-    println!(
-        "warm ratio, echo on everything (mcpod / direct pipe, median): {:.2}x  (+{:.3} ms)",
-        ms(echo_mcpod.median) / ms(echo_pipe.median),
-        ms(echo_mcpod.median) - ms(echo_pipe.median)
+    ratio(
+        "warm ratio, 2026-07-28 (mcpod / direct pipe)",
+        &modern,
+        &direct,
     );
-    println!(
-        "warm ratio, 2026-07-28 (mcpod / direct pipe, median): {:.2}x  (+{:.3} ms)",
-        ms(modern.median) / ms(direct.median),
-        ms(modern.median) - ms(direct.median)
-    );
-    println!(
-        "session ratio (session SSE / plain JSON through mcpod, median): {:.2}x  (+{:.3} ms)",
-        ms(session.median) / ms(warm.median),
-        ms(session.median) - ms(warm.median)
+    ratio(
+        "session ratio (session SSE / plain JSON through mcpod)",
+        &session,
+        &warm,
     );
     println!(
         "cold ratio (mcpod / raw podman start, median): {:.2}x",

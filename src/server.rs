@@ -1259,10 +1259,25 @@ impl Server {
     /// The server's `InitializeResult`: from the catalog while it is stopped,
     /// else from the running instance (starting it if needed).
     pub async fn initialize_result(self: &Arc<Self>) -> Result<Value, RequestError> {
+        self.read_initialize_result(Value::clone).await
+    }
+
+    /// The `serverInfo` of [`Server::initialize_result`], without copying the
+    /// rest of it (instructions and capabilities can be kilobytes): stamped
+    /// on every 2026-07-28 result.
+    pub async fn server_info(self: &Arc<Self>) -> Result<Value, RequestError> {
+        self.read_initialize_result(|init| init["serverInfo"].clone())
+            .await
+    }
+
+    async fn read_initialize_result<T>(
+        self: &Arc<Self>,
+        take: impl FnOnce(&Value) -> T,
+    ) -> Result<T, RequestError> {
         if let Some(entry) = self.catalog_answering() {
-            return Ok(entry.initialize.clone());
+            return Ok(take(&entry.initialize));
         }
         let hold = self.acquire().await?;
-        Ok(hold.instance.initialize_result.clone())
+        Ok(take(&hold.instance.initialize_result))
     }
 }

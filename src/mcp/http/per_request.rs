@@ -626,8 +626,8 @@ async fn exchange(
         }
         None => {
             // The server's identity is stamped on results: start it (or find it) first.
-            let server_info = match server.initialize_result().await {
-                Ok(init) => init["serverInfo"].clone(),
+            let server_info = match server.server_info().await {
+                Ok(server_info) => server_info,
                 Err(error) => return error.reply(request.id),
             };
             Exchange::start(server, caller, &request, server_info)
