@@ -154,7 +154,14 @@ impl PipeClient {
     /// Sends `request` and reads until the answer with `id`, past any
     /// notification the server sends of its own (list changes, logs).
     fn ask(&mut self, request: &str, id: u64) {
-        writeln!(self.stdin.as_mut().unwrap(), "{request}").unwrap();
+        // One write, as mcpod makes one: `writeln!` would write the newline
+        // apart, and the server would wait for a second relay of it.
+        let line = format!("{request}\n");
+        self.stdin
+            .as_mut()
+            .unwrap()
+            .write_all(line.as_bytes())
+            .unwrap();
         loop {
             self.line.clear();
             self.stdout.read_line(&mut self.line).unwrap();
