@@ -237,25 +237,30 @@ async fn colliding_client_ids_across_sessions_each_get_their_own_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_gets_exactly_one_response_when_the_server_crashes_mid_request() {
-    let mcpod = Mcpod::start(&[server("memory", "requestTimeout: 60s")]).await;
-    let mut client = mcpod.client("memory");
-    // Primed streams open at once: an older client's answer holds its head
-    // back until its first message (up to 15 s), and this one sleeps.
-    client.version = "2025-11-25".into();
-    client.initialize(json!({})).await;
-    let mut sleeping =
-        Stream::post(&client, &call(json!("a"), "sleep", json!({"ms": 60_000}))).await;
-    mcpod.wait_received_call("memory", "sleep").await;
-    let mut crashing = Stream::post(&client, &call(json!("b"), "crash", json!({"code": 5}))).await;
-    let (crashed, slept) = tokio::join!(crashing.rest(), sleeping.rest());
-    for (id, messages) in [("b", crashed), ("a", slept)] {
-        let answers = responses_to(&messages, &json!(id));
-        assert_eq!(
-            answers.len(),
-            1,
-            "exactly one response to {id}: {messages:?}"
-        );
-        assert_eq!(answers[0]["error"]["code"], -32003, "{}", answers[0]);
+    // A 2025-11-25 client's SSE answer opens at once with its priming event;
+    // an older client's holds its head back until its first message, which
+    // here is the error the crash brings.
+    for version in ["2025-11-25", "2025-06-18"] {
+        let mcpod = Mcpod::start(&[server("memory", "requestTimeout: 60s")]).await;
+        let mut client = mcpod.client("memory");
+        client.version = version.into();
+        client.initialize(json!({})).await;
+        let sleep = call(json!("a"), "sleep", json!({"ms": 60_000}));
+        let crash = call(json!("b"), "crash", json!({"code": 5}));
+        let (mut sleeping, mut crashing) = tokio::join!(Stream::post(&client, &sleep), async {
+            mcpod.wait_received_call("memory", "sleep").await;
+            Stream::post(&client, &crash).await
+        });
+        let (crashed, slept) = tokio::join!(crashing.rest(), sleeping.rest());
+        for (id, messages) in [("b", crashed), ("a", slept)] {
+            let answers = responses_to(&messages, &json!(id));
+            assert_eq!(
+                answers.len(),
+                1,
+                "{version}: exactly one response to {id}: {messages:?}"
+            );
+            assert_eq!(answers[0]["error"]["code"], -32003, "{}", answers[0]);
+        }
     }
 }
 
