@@ -32,7 +32,7 @@ use common::{initialize, ms, sse_message, stats, Mcpod, Stats, INITIALIZED};
 
 const IMAGE: &str = "localhost/mcpod/time:latest";
 const WARM_ROUNDS: usize = 300;
-/// Warm requests measured per block (see [`warm_interleaved`]), after
+/// Warm requests measured per block (see [`interleave`]), after
 /// `WARM_BLOCK_SKIPPED` that wake the path's server up again.
 const WARM_BLOCK: usize = 30;
 const WARM_BLOCK_SKIPPED: usize = 5;
@@ -300,20 +300,9 @@ fn rss_once_idle(mcpod: &Mcpod) -> f64 {
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: String) -> Value {
-    post_with(client, url, body, &[]).await
-}
-
-async fn post_with(
-    client: &reqwest::Client,
-    url: &str,
-    body: String,
-    headers: &[(&str, &str)],
-) -> Value {
-    let mut request = client.post(url).header("content-type", "application/json");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    request
+    client
+        .post(url)
+        .header("content-type", "application/json")
         .body(body)
         .send()
         .await
@@ -328,7 +317,6 @@ async fn post_with(
 /// JSON, a session answered as SSE, and the 2026-07-28 per-request era. Each
 /// HTTP path has a kept-alive connection of a blocking client as lean as the
 /// pipe's ([`Http1`]): the ratios are mcpod's cost, not an HTTP library's.
-#[derive(Default)]
 struct Warm {
     pipe: Vec<Duration>,
     /// The pipe into a container with mcpod's limits and hardening.
@@ -363,9 +351,10 @@ fn warm_interleaved(mcpod: &Mcpod) -> Warm {
     let mut pipe = |id: u64| direct.ask(&call(id), id);
     let mut pipe_like_mcpod = |id: u64| like_mcpod.ask(&call(id), id);
     let mut plain = |id: u64| {
-        let reply = plain.post(PATH, &[("accept", "application/json")], &call(id));
-        let reply: Value = serde_json::from_str(&reply.body).unwrap();
-        assert_eq!(reply["id"], id, "{reply}");
+        answers(
+            &plain.post(PATH, &[("accept", "application/json")], &call(id)),
+            id,
+        )
     };
     let mut session = |id: u64| {
         let reply = session.post(PATH, &in_session, &call(id));
@@ -378,9 +367,10 @@ fn warm_interleaved(mcpod: &Mcpod) -> Warm {
         assert_eq!(sse_message(&reply.body)["id"], id, "{}", reply.body);
     };
     let mut per_request = |id: u64| {
-        let reply = per_request.post(PATH, &era_headers, &call_per_request(id));
-        let reply: Value = serde_json::from_str(&reply.body).unwrap();
-        assert_eq!(reply["id"], id, "{reply}");
+        answers(
+            &per_request.post(PATH, &era_headers, &call_per_request(id)),
+            id,
+        )
     };
     let [pipe, pipe_like_mcpod, plain, session, per_request] = interleave([
         &mut pipe,
@@ -396,6 +386,12 @@ fn warm_interleaved(mcpod: &Mcpod) -> Warm {
         session,
         per_request,
     }
+}
+
+/// Checks that a JSON reply answers request `id`.
+fn answers(reply: &common::http::Reply, id: u64) {
+    let reply: Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(reply["id"], id, "{reply}");
 }
 
 /// Runs each path in blocks of consecutive requests, the paths taking turns:
@@ -433,8 +429,7 @@ fn warm_echo(mcpod: &Mcpod) -> (Vec<Duration>, Vec<Duration>) {
             &[("accept", "application/json")],
             &echo(id),
         );
-        let reply: Value = serde_json::from_str(&reply.body).unwrap();
-        assert_eq!(reply["id"], id, "{reply}");
+        answers(&reply, id)
     };
     let [pipe, plain] = interleave([&mut pipe, &mut plain]);
     // Scaled to zero again: the catalog listing below answers from catalogs.
