@@ -234,7 +234,11 @@ pub fn routes(
         .then(stop_server);
 
     let resource_metadata = auth::metadata::routes(config.auth.clone(), ROUTES);
-    let local = health
+    // The MCP endpoints first: nearly every request is one of theirs, and
+    // each route tried before costs it a path match (paths never overlap).
+    let local = mcp
+        .or(health)
+        .unify()
         .or(resource_metadata)
         .unify()
         .or(metrics)
@@ -250,8 +254,6 @@ pub fn routes(
         .or(stop)
         .unify()
         .or(dashboard)
-        .unify()
-        .or(mcp)
         .unify()
         .or(aggregated)
         .unify()

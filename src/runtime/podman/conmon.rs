@@ -26,7 +26,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncWrite, Interest};
 
 use crate::runtime::Output;
 
@@ -58,9 +58,13 @@ pub fn connect(path: &Path) -> io::Result<AttachSocket> {
     // A Unix socket connects at once or fails; it is made non-blocking after.
     socket.connect(&SockAddr::unix(by_descriptor)?)?;
     socket.set_nonblocking(true)?;
+    // Readable only: registered for writability too, the socket would wake
+    // mcpod each time conmon takes a packet off it (an edge of free space),
+    // once per request for nothing. Stdin waits for space only when full.
     // SAFETY: the socket owns its descriptor, keeps it open while the AsyncFd
     // holds it, and always reports that same descriptor.
-    let registered = unsafe { AsyncFd::register(socket) }.map_err(io::Error::from)?;
+    let registered = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
+        .map_err(io::Error::from)?;
     Ok(AttachSocket(Arc::new(registered)))
 }
 
@@ -68,7 +72,12 @@ impl AttachSocket {
     /// The container's output, until conmon closes the socket (the container
     /// exited), and its stdin.
     pub fn split(self) -> (BoxStream<'static, io::Result<Output>>, Stdin) {
-        (output(self.0.clone()), Stdin(self.0))
+        let output = output(self.0.clone());
+        let stdin = Stdin {
+            socket: self.0,
+            full: None,
+        };
+        (output, stdin)
     }
 }
 
@@ -112,21 +121,40 @@ async fn next_packet(socket: &AsyncFd<Socket>, buffer: &mut [u8]) -> io::Result<
 }
 
 /// The container's stdin over the attach socket.
-pub struct Stdin(Arc<AsyncFd<Socket>>);
+pub struct Stdin {
+    socket: Arc<AsyncFd<Socket>>,
+    /// While the socket is full: a duplicate of its descriptor registered for
+    /// writability, dropped (deregistered) once a packet goes again.
+    full: Option<AsyncFd<Socket>>,
+}
 
 impl AsyncWrite for Stdin {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         // A packet is sent whole or not at all; the caller writes the rest.
         let packet = &buf[..buf.len().min(MAX_STDIN_PACKET)];
         loop {
-            let mut ready = ready!(self.0.poll_write_ready(cx))?;
-            if let Ok(sent) = ready.try_io(|socket| socket.get_ref().send(packet)) {
-                return Poll::Ready(sent);
+            match self.socket.get_ref().send(packet) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                sent => {
+                    self.full = None;
+                    return Poll::Ready(sent);
+                }
             }
+            if self.full.is_none() {
+                // Registering reports the socket writable at once if it
+                // already is again, so no edge is missed in between.
+                let duplicate = self.socket.get_ref().try_clone()?;
+                // SAFETY: as for the socket itself (see `connect`).
+                let registered =
+                    unsafe { AsyncFd::register_with_interest(duplicate, Interest::WRITABLE) };
+                self.full = Some(registered.map_err(io::Error::from)?);
+            }
+            let full = self.full.as_ref().expect("registered above");
+            ready!(full.poll_write_ready(cx))?.clear_ready();
         }
     }
 
@@ -135,7 +163,7 @@ impl AsyncWrite for Stdin {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.0.get_ref().shutdown(Shutdown::Write) {
+        match self.socket.get_ref().shutdown(Shutdown::Write) {
             Err(e) if e.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(e)),
             _ => Poll::Ready(Ok(())),
         }
@@ -146,6 +174,7 @@ impl AsyncWrite for Stdin {
 mod tests {
     use super::*;
     use futures::StreamExt;
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
 
     /// A conmon stand-in: a seqpacket listener that echoes stdin packets back
@@ -210,6 +239,54 @@ mod tests {
         assert!(
             output.next().await.is_none(),
             "the output ends with the socket"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_makes_stdin_wait_until_conmon_reads_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attach");
+        let listener = Socket::new(Domain::UNIX, Type::from(libc::SOCK_SEQPACKET), None).unwrap();
+        listener.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+        listener.listen(1).unwrap();
+        let (_output, mut stdin) = connect(&path).unwrap().split();
+        let (conmon, _) = listener.accept().unwrap();
+        // Nobody reads yet: writes stop when the socket is full.
+        let packet = vec![b'x'; MAX_STDIN_PACKET];
+        let mut written = 0;
+        while tokio::time::timeout(Duration::from_millis(100), stdin.write_all(&packet))
+            .await
+            .is_ok()
+        {
+            written += packet.len();
+            assert!(written < 64 << 20, "the socket never filled");
+        }
+        // conmon reads everything, in a thread of its own: the waiting write goes on.
+        let (read_tx, read_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buffer = vec![0u8; 64 * 1024];
+            let mut total = 0;
+            loop {
+                match (&conmon).read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => total += read,
+                }
+            }
+            let _ = read_tx.send(total);
+        });
+        let last = vec![b'y'; 10];
+        tokio::time::timeout(Duration::from_secs(10), stdin.write_all(&last))
+            .await
+            .expect("a write waiting for room goes once conmon reads")
+            .unwrap();
+        stdin.shutdown().await.unwrap();
+        let total = tokio::task::spawn_blocking(move || read_rx.recv().unwrap())
+            .await
+            .unwrap();
+        // The write cut off by the timeout may have sent its first packet or not.
+        assert!(
+            total >= written + last.len() && total <= written + packet.len() + last.len(),
+            "read {total} bytes, {written} written before the socket filled"
         );
     }
 
