@@ -717,7 +717,7 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
         builder: Some(mcpod::package::Builder(Arc::new(
             cli::add::ServeBuilder::new(&data_dir, None),
         ))),
-        access,
+        access: access.clone(),
         ..Settings::default()
     };
     // A read-only or full data directory loses logs and state, but mcpod can
@@ -798,6 +798,8 @@ async fn serve(args: ServeArgs) -> mcpod::Result<()> {
     serve_until_signal(routes, listener, limits, reconciler.clone()).await;
     info!("shutting down: stopping servers");
     reconciler.shutdown().await;
+    // Records of the last moments (stops included) are on disk before exit.
+    access.audit.flush();
     Ok(())
 }
 
@@ -1012,7 +1014,7 @@ mod kube_cli {
         let catalogs = KubeCatalogs::new(client.clone());
         let settings = Settings {
             max_message_bytes: args.max_message_bytes,
-            access,
+            access: access.clone(),
             catalog_store: Some(catalogs.clone()),
             ..Settings::default()
         };
@@ -1073,6 +1075,7 @@ mod kube_cli {
             // Released, not left to run out: the other replicas take over at once.
             ownership.shutdown(true).await;
         }
+        access.audit.flush();
         Ok(())
     }
 

@@ -105,17 +105,16 @@ async fn api_keys_guard_every_route_and_sessions_belong_to_their_caller() {
     }
     assert_eq!(mcpod.status("fixture").await["status"], "stopped");
     // Each refusal is a decision in the audit log: who is unknown, where and why are not.
-    let audit = std::fs::read_to_string(mcpod.data.path().join("logs/audit/audit.log")).unwrap();
-    let refusals: Vec<Value> = audit
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .filter(|record: &Value| record["method"] == "authenticate")
-        .collect();
-    assert_eq!(refusals.len(), 8, "{audit}");
+    let is_refusal = |record: &&Value| record["method"] == "authenticate";
+    let audit = common::audit_records(mcpod.data.path(), |records| {
+        records.iter().filter(is_refusal).count() >= 8
+    });
+    let refusals: Vec<&Value> = audit.iter().filter(is_refusal).collect();
+    assert_eq!(refusals.len(), 8, "{audit:#?}");
     let stop = refusals
         .iter()
         .find(|r| r["name"] == "/servers/fixture/stop")
-        .unwrap_or_else(|| panic!("{audit}"));
+        .unwrap_or_else(|| panic!("{audit:#?}"));
     assert_eq!(
         (&stop["outcome"], &stop["via"], &stop["server"]),
         (

@@ -28,14 +28,6 @@ access:
     burst: 2
 ";
 
-fn audit(data: &Path) -> Vec<Value> {
-    std::fs::read_to_string(data.join("logs/audit/audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn add_key(file: &Path, subject: &str, groups: &[&str]) -> String {
     let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
     mcpod::auth::keys::add_key(file, subject, &groups).unwrap()
@@ -100,7 +92,18 @@ async fn two_subjects_see_and_call_different_tools_through_the_typescript_sdk() 
     );
     assert_eq!(out["aliceAllowed"]["refused"], false, "{out}");
 
-    let records = audit(mcpod.data.path());
+    let matches = |r: &Value, subject: &str, method: &str, name: Option<&str>, outcome: &str| {
+        r["subject"] == subject
+            && r["method"] == method
+            && name.is_none_or(|n| r["name"] == n)
+            && r["outcome"] == outcome
+    };
+    // alice's allowed call was the last decision made.
+    let records = audit_records(mcpod.data.path(), |records| {
+        records
+            .iter()
+            .any(|r| matches(r, "alice", "tools/call", Some(forbidden), "allowed"))
+    });
     let has = |subject: &str, method: &str, name: Option<&str>, outcome: &str| {
         records.iter().any(|r| {
             r["subject"] == subject
@@ -177,13 +180,10 @@ async fn over_a_servers_rate_limit_is_429_with_retry_after_and_the_requests_id()
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["id"], 42);
     assert_eq!(body["error"]["code"], -32006);
-    let records = audit(mcpod.data.path());
-    assert!(
-        records
-            .iter()
-            .any(|r| r["requestId"] == 42 && r["outcome"] == "denied" && r["subject"] == "carol"),
-        "{records:#?}"
-    );
+    let refused =
+        |r: &Value| r["requestId"] == 42 && r["outcome"] == "denied" && r["subject"] == "carol";
+    let records = audit_records(mcpod.data.path(), |records| records.iter().any(refused));
+    assert!(records.iter().any(refused), "{records:#?}");
     // Without a key: 401, and nothing about the server is revealed.
     let anonymous = mcpod
         .http

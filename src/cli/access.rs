@@ -51,11 +51,11 @@ impl AccessArgs {
     pub fn build(&self, default: AuditDefault) -> AccessControl {
         let audit = match self.audit_log.as_deref() {
             Some("off") => Audit::Off,
-            Some("-") => Audit::Stdout,
+            Some("-") => Audit::stdout(),
             Some(path) => Audit::file(&PathBuf::from(path), default.max_bytes, default.keep),
             None => match default.path {
                 Some(path) => Audit::file(path, default.max_bytes, default.keep),
-                None => Audit::Stdout,
+                None => Audit::stdout(),
             },
         };
         AccessControl::new(

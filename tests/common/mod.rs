@@ -652,3 +652,25 @@ impl Mcpod {
         own
     }
 }
+
+/// The records of mcpod's audit log under `data`, once `complete` holds for
+/// them: records reach the file in order within `WRITTEN_WITHIN`, so waiting
+/// for the last decision a test made means every earlier one is there too.
+pub fn audit_records(data: &Path, complete: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let path = data.join("logs/audit/audit.log");
+    let read = || -> Vec<Value> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = read();
+        if complete(&records) || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -34,6 +34,7 @@ access:
 struct Secured {
     mcpod: Mcpod,
     keys: std::collections::HashMap<&'static str, String>,
+    access: Arc<AccessControl>,
     audit: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -66,13 +67,14 @@ async fn secured(manifests: &[String]) -> Secured {
         groups: vec!["admins".into()],
         ..Callers::default()
     };
+    let access = Arc::new(AccessControl::new(
+        operators,
+        Audit::file(&audit, 1 << 20, 1),
+        Rate::new(6000, None),
+        None,
+    ));
     let settings = mcpod::server::Settings {
-        access: Arc::new(AccessControl::new(
-            operators,
-            Audit::file(&audit, 1 << 20, 1),
-            Rate::new(6000, None),
-            None,
-        )),
+        access: access.clone(),
         ..fast_settings()
     };
     let config = RouterConfig {
@@ -83,6 +85,7 @@ async fn secured(manifests: &[String]) -> Secured {
     Secured {
         mcpod,
         keys,
+        access,
         audit,
         _dir: dir,
     }
@@ -137,7 +140,9 @@ impl Secured {
         response.status().as_u16()
     }
 
+    /// Every record so far (written out first: they wait to be written in batches).
     fn audit(&self) -> Vec<Value> {
+        self.access.audit.flush();
         read_lines(&self.audit)
     }
 }
