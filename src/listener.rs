@@ -356,7 +356,7 @@ impl Connection {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(self.limits.clone()));
         let io = TokioIo::new(Watched {
             stream,
             activity: activity.clone(),
@@ -373,9 +373,17 @@ impl Connection {
             .header_read_timeout(None)
             .serve_connection(io, service);
         tokio::pin!(connection);
+        // One timer per connection, moved rather than made anew (see `Activity::arm`).
+        let check = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(check);
         let mut stopping = false;
         loop {
-            let deadline = activity.deadline(&self.limits);
+            let next_check = activity.arm();
+            if let Some(at) = next_check {
+                if at != check.deadline() {
+                    check.as_mut().reset(at);
+                }
+            }
             tokio::select! {
                 result = &mut connection => {
                     if let Err(e) = result {
@@ -384,8 +392,8 @@ impl Connection {
                     return;
                 }
                 _ = activity.changed.notified() => {}
-                _ = sleep_until(deadline) => {
-                    if let Some(expired) = activity.expired(&self.limits) {
+                _ = &mut check, if next_check.is_some() => {
+                    if let Some(expired) = activity.expired() {
                         count(expired.counter());
                         debug!(timeout = expired.name(), "closing the connection: timed out");
                         return;
@@ -398,13 +406,6 @@ impl Connection {
                 }
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -445,60 +446,70 @@ impl Expired {
 /// A connection's phase, shared by its socket (bytes read), its requests
 /// (started, answered) and its watcher (the timeouts). A std mutex: held for
 /// a few instructions, never across an await.
+///
+/// The watcher wakes at the checks [`Activity::arm`] sets, and a phase change
+/// wakes it only when the new phase needs a check before the one set: a
+/// request on a kept-alive connection changes phase three times and wakes
+/// nobody (a wake and a new timer each time cost every request a few µs).
 struct Activity {
-    phase: Mutex<Phase>,
-    /// Wakes the watcher when the phase changes its deadline.
+    limits: Arc<Limits>,
+    state: Mutex<Timing>,
+    /// Wakes the watcher when a phase change needs an earlier check.
     changed: Notify,
     /// Set when a request body timed out: its answer becomes 408.
     body_timed_out: std::sync::atomic::AtomicBool,
 }
 
+struct Timing {
+    phase: Phase,
+    /// When the watcher checks next (`None`: it sleeps until woken).
+    check_at: Option<Instant>,
+}
+
 impl Activity {
-    fn new() -> Self {
+    fn new(limits: Arc<Limits>) -> Self {
         Activity {
-            phase: Mutex::new(Phase::Headers {
-                since: Instant::now(),
+            limits,
+            state: Mutex::new(Timing {
+                phase: Phase::Headers {
+                    since: Instant::now(),
+                },
+                check_at: None,
             }),
             changed: Notify::new(),
             body_timed_out: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
-        self.phase
+    fn state(&self) -> std::sync::MutexGuard<'_, Timing> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Bytes arrived: on an idle connection, a request has begun.
     fn bytes_read(&self) {
-        let mut phase = self.phase();
-        if matches!(*phase, Phase::Idle { .. }) {
-            *phase = Phase::Headers {
-                since: Instant::now(),
-            };
-            drop(phase);
-            self.changed.notify_one();
+        let mut state = self.state();
+        if matches!(state.phase, Phase::Idle { .. }) {
+            let since = Instant::now();
+            self.enter(&mut state, Phase::Headers { since });
         }
     }
 
     /// A request's headers are in; the returned guard lasts until its answer is sent.
     fn request_started(self: &Arc<Self>) -> Answering {
-        let mut phase = self.phase();
-        *phase = match *phase {
-            Phase::Busy { requests } => Phase::Busy {
-                requests: requests + 1,
-            },
-            _ => Phase::Busy { requests: 1 },
+        let mut state = self.state();
+        let requests = match state.phase {
+            Phase::Busy { requests } => requests + 1,
+            _ => 1,
         };
-        // No wake-up: a watcher that sleeps until an old deadline finds no
-        // deadline when it wakes, and sleeps on.
+        self.enter(&mut state, Phase::Busy { requests });
         Answering(self.clone())
     }
 
     fn request_answered(&self) {
-        let mut phase = self.phase();
-        *phase = match *phase {
+        let mut state = self.state();
+        let next = match state.phase {
             Phase::Busy { requests } if requests > 1 => Phase::Busy {
                 requests: requests - 1,
             },
@@ -506,28 +517,74 @@ impl Activity {
                 since: Instant::now(),
             },
         };
-        drop(phase);
-        self.changed.notify_one();
+        self.enter(&mut state, next);
     }
 
-    /// When the current phase runs out (`None`: it cannot).
-    fn deadline(&self, limits: &Limits) -> Option<Instant> {
-        match *self.phase() {
-            Phase::Headers { since } => limits.header_timeout.map(|t| since + t),
-            Phase::Idle { since } => limits.keep_alive_timeout.map(|t| since + t),
-            Phase::Busy { .. } => None,
+    /// Moves to `phase`, waking the watcher only if it must check sooner.
+    fn enter(&self, state: &mut Timing, phase: Phase) {
+        state.phase = phase;
+        let Some(needed) = next_check(phase, Instant::now(), &self.limits) else {
+            return;
+        };
+        if state.check_at.is_none_or(|at| needed < at) {
+            self.changed.notify_one();
         }
     }
 
-    fn expired(&self, limits: &Limits) -> Option<Expired> {
-        let deadline = self.deadline(limits)?;
+    /// The watcher's next check, from now: recorded, so that phase changes
+    /// know whether they must wake it.
+    fn arm(&self) -> Option<Instant> {
+        let mut state = self.state();
+        state.check_at = next_check(state.phase, Instant::now(), &self.limits);
+        state.check_at
+    }
+
+    fn expired(&self) -> Option<Expired> {
+        let phase = self.state().phase;
+        let deadline = deadline(phase, &self.limits)?;
         if Instant::now() < deadline {
             return None;
         }
-        match *self.phase() {
+        match phase {
             Phase::Headers { .. } => Some(Expired::Header),
             Phase::Idle { .. } => Some(Expired::Idle),
             Phase::Busy { .. } => None,
+        }
+    }
+}
+
+/// When `phase` runs out (`None`: it cannot).
+fn deadline(phase: Phase, limits: &Limits) -> Option<Instant> {
+    match phase {
+        Phase::Headers { since } => limits.header_timeout.map(|t| since + t),
+        Phase::Idle { since } => limits.keep_alive_timeout.map(|t| since + t),
+        Phase::Busy { .. } => None,
+    }
+}
+
+/// When the watcher should next look at a connection in `phase`: never later
+/// than the phase's deadline, and never later than the deadline of a phase it
+/// may pass into without waking the watcher. An idle connection is looked at
+/// once a header timeout after it went idle (its next request's headers run
+/// out no sooner), and a busy one every header timeout (its answer may end at
+/// any moment, and the idle time after it no sooner).
+fn next_check(phase: Phase, now: Instant, limits: &Limits) -> Option<Instant> {
+    let soonest = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    match phase {
+        Phase::Headers { .. } => deadline(phase, limits),
+        Phase::Idle { since } => {
+            let header_check = limits.header_timeout.map(|t| since + t);
+            match (header_check, deadline(phase, limits)) {
+                (Some(check), Some(end)) if check > now && check < end => Some(check),
+                (Some(check), None) if check > now => Some(check),
+                (_, end) => end,
+            }
+        }
+        Phase::Busy { .. } => {
+            soonest(limits.header_timeout, limits.keep_alive_timeout).map(|every| now + every)
         }
     }
 }
@@ -776,47 +833,111 @@ mod tests {
         }
     }
 
+    fn activity(limits: Limits) -> Arc<Activity> {
+        Arc::new(Activity::new(Arc::new(limits)))
+    }
+
+    /// Whether the watcher was woken since it last looked.
+    fn woken(activity: &Activity) -> bool {
+        use futures::FutureExt;
+        activity.changed.notified().now_or_never().is_some()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_connection_runs_out_of_header_or_keep_alive_time_but_never_while_answering() {
-        let limits = limits();
-        let activity = Arc::new(Activity::new());
+        let activity = activity(limits());
         advance(Duration::from_millis(999)).await;
-        assert!(activity.expired(&limits).is_none());
+        assert!(activity.expired().is_none());
         // More bytes of the same headers do not buy time.
         activity.bytes_read();
         advance(Duration::from_millis(1)).await;
-        assert!(matches!(activity.expired(&limits), Some(Expired::Header)));
+        assert!(matches!(activity.expired(), Some(Expired::Header)));
 
         let answering = activity.request_started();
-        assert_eq!(activity.deadline(&limits), None);
+        assert_eq!(deadline(activity.state().phase, &activity.limits), None);
         advance(Duration::from_secs(3600)).await;
-        assert!(activity.expired(&limits).is_none(), "a long SSE answer");
+        assert!(activity.expired().is_none(), "a long SSE answer");
 
         drop(answering);
         advance(Duration::from_secs(4)).await;
-        assert!(activity.expired(&limits).is_none());
+        assert!(activity.expired().is_none());
         // The next request's first byte: its headers have the header timeout.
         activity.bytes_read();
         advance(Duration::from_millis(999)).await;
-        assert!(activity.expired(&limits).is_none());
+        assert!(activity.expired().is_none());
         advance(Duration::from_millis(1)).await;
-        assert!(matches!(activity.expired(&limits), Some(Expired::Header)));
+        assert!(matches!(activity.expired(), Some(Expired::Header)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_runs_out_of_keep_alive_time() {
-        let limits = limits();
-        let activity = Arc::new(Activity::new());
+        let activity = activity(limits());
         drop(activity.request_started());
         advance(Duration::from_millis(4999)).await;
-        assert!(activity.expired(&limits).is_none());
+        assert!(activity.expired().is_none());
         advance(Duration::from_millis(1)).await;
-        assert!(matches!(activity.expired(&limits), Some(Expired::Idle)));
-        let off = Limits {
+        assert!(matches!(activity.expired(), Some(Expired::Idle)));
+        let off = self::activity(Limits {
             keep_alive_timeout: None,
-            ..limits
-        };
-        assert!(activity.expired(&off).is_none(), "0 disables it");
+            ..limits()
+        });
+        drop(off.request_started());
+        advance(Duration::from_secs(3600)).await;
+        assert!(off.expired().is_none(), "0 disables it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_on_a_kept_alive_connection_wake_nobody() {
+        let activity = activity(limits());
+        activity.arm();
+        for _ in 0..3 {
+            let answering = activity.request_started();
+            advance(Duration::from_millis(10)).await;
+            drop(answering);
+            advance(Duration::from_millis(10)).await;
+            activity.bytes_read();
+            assert!(!woken(&activity), "no wake-up for a request's phases");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_phase_that_runs_out_sooner_than_the_watcher_looks_wakes_it() {
+        // A keep-alive timeout shorter than the header timeout: an answered
+        // request's idle time runs out before the check set for its headers.
+        let activity = activity(Limits {
+            header_timeout: Some(Duration::from_secs(5)),
+            keep_alive_timeout: Some(Duration::from_secs(1)),
+            ..limits()
+        });
+        activity.arm();
+        let answering = activity.request_started();
+        drop(answering);
+        assert!(woken(&activity));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watcher_looks_no_later_than_any_deadline() {
+        let activity = activity(limits());
+        // Busy: looked at every header timeout; nothing runs out meanwhile.
+        let answering = activity.request_started();
+        for _ in 0..3 {
+            assert_eq!(
+                activity.arm(),
+                Some(Instant::now() + Duration::from_secs(1))
+            );
+            advance(Duration::from_secs(1)).await;
+            assert!(activity.expired().is_none());
+        }
+        drop(answering);
+        // Idle: looked at once a header timeout in (a request begun by then
+        // runs out no sooner), then at the keep-alive deadline.
+        let idle_since = Instant::now();
+        assert_eq!(activity.arm(), Some(idle_since + Duration::from_secs(1)));
+        advance(Duration::from_secs(1)).await;
+        assert!(activity.expired().is_none());
+        assert_eq!(activity.arm(), Some(idle_since + Duration::from_secs(5)));
+        advance(Duration::from_secs(4)).await;
+        assert!(matches!(activity.expired(), Some(Expired::Idle)));
     }
 
     #[test]
