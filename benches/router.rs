@@ -402,9 +402,8 @@ fn answers(reply: &common::http::Reply, id: u64) {
 fn interleave<const N: usize>(paths: [&mut dyn FnMut(u64); N]) -> [Vec<Duration>; N] {
     let mut samples: [Vec<Duration>; N] = std::array::from_fn(|_| vec![]);
     let mut id = 0;
-    for block in 0..WARM_BLOCKS {
-        // Each path goes first as often as the others.
-        for k in (0..N).map(|k| (k + block) % N) {
+    for round in 0..WARM_BLOCKS {
+        for k in turns(N, round) {
             for n in 0..(WARM_BLOCK + WARM_BLOCK_SKIPPED) {
                 id += 1;
                 let began = Instant::now();
@@ -416,6 +415,17 @@ fn interleave<const N: usize>(paths: [&mut dyn FnMut(u64); N]) -> [Vec<Duration>
         }
     }
     samples
+}
+
+/// The order of `n` paths in `round`: each path goes first as often as the
+/// others, and follows each other path as often. What ran just before a
+/// block leaves traces in it (which CPU each process was last woken on, whose
+/// caches are warm): with a fixed order one path would always pay for its
+/// predecessor. `n` must be prime for the steps to cover every order.
+fn turns(n: usize, round: usize) -> impl Iterator<Item = usize> {
+    let first = round % n;
+    let step = 1 + (round / n) % (n - 1).max(1);
+    (0..n).map(move |k| (first + k * step) % n)
 }
 
 /// `echo` on server-everything: a direct pipe against mcpod's plain JSON, interleaved.

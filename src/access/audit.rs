@@ -16,14 +16,15 @@ use serde_json::Value;
 use crate::auth::{Caller, Via};
 use crate::logs::RotatingFile;
 
-/// How long an audit line may wait in memory before it is written: records
-/// are written together, one write for a burst of requests, so a request's
-/// own path makes no system call for its record (a write per request cost
-/// ≈8 µs, a tenth of mcpod's whole share of a warm request). A crash loses at
-/// most this much of the log; a clean stop writes everything.
+/// How long an audit record may wait in memory before it is written: records
+/// are formatted and written together, one write for a burst of requests, so
+/// a request's own path neither formats its record nor makes a system call
+/// for it (that cost ≈8 µs, a tenth of mcpod's whole share of a warm
+/// request). A crash loses at most this much of the log; a clean stop writes
+/// everything.
 pub const WRITTEN_WITHIN: Duration = Duration::from_millis(100);
-/// Records waiting past this many bytes are written at once.
-const WRITE_AT_BYTES: usize = 64 * 1024;
+/// This many records waiting are written at once.
+const WRITE_AT_RECORDS: usize = 512;
 
 /// Where audit lines go.
 #[derive(Default)]
@@ -74,15 +75,10 @@ impl Audit {
     /// Keeps one record: written within [`WRITTEN_WITHIN`]. A line that cannot
     /// be written is lost, not an error for the request (the rotating file
     /// reports it once, and `/health` lists it).
-    pub fn record(&self, record: &Record) {
-        let Audit::Kept(writer) = self else {
-            return;
-        };
-        let Ok(mut line) = serde_json::to_vec(record) else {
-            return;
-        };
-        line.push(b'\n');
-        writer.add(&line);
+    pub fn record(&self, record: Record) {
+        if let Audit::Kept(writer) = self {
+            writer.add(record);
+        }
     }
 
     /// Writes every record kept so far (a clean stop; tests reading the log).
@@ -101,14 +97,14 @@ impl Drop for Audit {
     }
 }
 
-/// Audit lines on their way out: gathered in memory, written by a thread of
-/// their own [`WRITTEN_WITHIN`] after the first of them (or at once past
-/// [`WRITE_AT_BYTES`]). A std thread, not a task: records come from sync code
-/// too, and writing a file blocks.
+/// Audit records on their way out: gathered in memory, formatted and written
+/// by a thread of their own [`WRITTEN_WITHIN`] after the first of them (or at
+/// once past [`WRITE_AT_RECORDS`]). A std thread, not a task: records come
+/// from sync code too, and writing a file blocks.
 pub struct Writer {
     path: Option<PathBuf>,
     waiting: Mutex<Waiting>,
-    /// Wakes the writing thread when lines start waiting, or at close.
+    /// Wakes the writing thread when records start waiting, or at close.
     woken: Condvar,
     /// Held while lines are written, so batches reach the sink in order.
     sink: Mutex<Sink>,
@@ -116,7 +112,7 @@ pub struct Writer {
 
 #[derive(Default)]
 struct Waiting {
-    lines: Vec<u8>,
+    records: Vec<Record>,
     thread_started: bool,
     closed: bool,
 }
@@ -152,11 +148,11 @@ impl Writer {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn add(self: &Arc<Self>, line: &[u8]) {
+    fn add(self: &Arc<Self>, record: Record) {
         let mut waiting = self.waiting();
-        let first = waiting.lines.is_empty();
-        waiting.lines.extend_from_slice(line);
-        if waiting.closed || waiting.lines.len() >= WRITE_AT_BYTES {
+        let first = waiting.records.is_empty();
+        waiting.records.push(record);
+        if waiting.closed || waiting.records.len() >= WRITE_AT_RECORDS {
             drop(waiting);
             self.write_waiting();
             return;
@@ -182,7 +178,7 @@ impl Writer {
         self.woken.notify_one();
     }
 
-    /// The writing thread: sleeps until lines wait, lets them gather for
+    /// The writing thread: sleeps until records wait, lets them gather for
     /// [`WRITTEN_WITHIN`], writes them; until the log is closed.
     fn write_in_batches(&self) {
         let mut waiting = self.waiting();
@@ -190,7 +186,7 @@ impl Writer {
             if waiting.closed {
                 return;
             }
-            if waiting.lines.is_empty() {
+            if waiting.records.is_empty() {
                 waiting = self.woken.wait(waiting).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
@@ -208,13 +204,20 @@ impl Writer {
         }
     }
 
-    /// Writes what waits, in order with any other batch.
+    /// Writes what waits, one JSON line per record, in order with any other batch.
     fn write_waiting(&self) {
         let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        let lines = std::mem::take(&mut self.waiting().lines);
-        if !lines.is_empty() {
-            sink.write(&lines);
+        let records = std::mem::take(&mut self.waiting().records);
+        if records.is_empty() {
+            return;
         }
+        let mut lines = Vec::with_capacity(records.len() * 256);
+        for record in &records {
+            if serde_json::to_writer(&mut lines, record).is_ok() {
+                lines.push(b'\n');
+            }
+        }
+        sink.write(&lines);
     }
 
     /// Writes what waits and stops the thread; later records are written at once.
@@ -242,7 +245,8 @@ pub enum Outcome {
 #[serde(rename_all = "camelCase")]
 pub struct Record {
     /// RFC 3339, UTC, milliseconds.
-    pub time: String,
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub time: chrono::DateTime<chrono::Utc>,
     pub subject: String,
     pub via: Via,
     pub server: String,
@@ -269,8 +273,7 @@ pub struct Record {
 impl Record {
     pub fn new(caller: &Caller, server: &str, method: &str, outcome: Outcome) -> Record {
         Record {
-            // RFC 3339 with milliseconds and `Z`, without parsing a format string each time.
-            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            time: chrono::Utc::now(),
             subject: caller.subject.clone(),
             via: caller.via.clone(),
             server: server.to_string(),
@@ -292,6 +295,14 @@ impl Record {
     }
 }
 
+/// RFC 3339 with milliseconds and `Z` (`2025-11-29T23:41:07.512Z`).
+fn rfc3339_millis<S: serde::Serializer>(
+    time: &chrono::DateTime<chrono::Utc>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,8 +317,8 @@ mod tests {
             .took(Duration::from_micros(1500));
         record.name = Some("get_current_time".into());
         record.request_id = Some(serde_json::json!(7));
-        audit.record(&record);
-        audit.record(&Record::new(
+        audit.record(record.clone());
+        audit.record(Record::new(
             &Caller::local(),
             "time",
             "stop",
@@ -320,6 +331,11 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(lines.len(), 2);
+        let time = lines[0]["time"].as_str().unwrap();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(time).is_ok() && time.len() == 24,
+            "RFC 3339 with milliseconds and Z: {time}"
+        );
         assert_eq!(lines[0]["subject"], "local");
         assert_eq!(lines[0]["via"], "local");
         assert_eq!(lines[0]["name"], "get_current_time");
@@ -346,7 +362,7 @@ mod tests {
         let record = Record::new(&Caller::local(), "time", "tools/call", Outcome::Allowed);
         let began = Instant::now();
         for _ in 0..3 {
-            audit.record(&record);
+            audit.record(record.clone());
         }
         assert_eq!(
             lines(),
@@ -362,13 +378,13 @@ mod tests {
             "written together after the wait"
         );
         // Many records are written as soon as they fill a batch.
-        let many = WRITE_AT_BYTES / serde_json::to_vec(&record).unwrap().len() + 1;
+        let many = WRITE_AT_RECORDS;
         for _ in 0..many {
-            audit.record(&record);
+            audit.record(record.clone());
         }
         assert!(lines() >= many, "a full batch is written at once");
         // What is left when the log closes is written then.
-        audit.record(&record);
+        audit.record(record.clone());
         let expected = 3 + many + 1;
         drop(audit);
         assert_eq!(lines(), expected);

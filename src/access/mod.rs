@@ -149,7 +149,7 @@ impl AccessControl {
     }
 
     fn record(&self, record: Record) {
-        self.audit.record(&record);
+        self.audit.record(record);
     }
 }
 
