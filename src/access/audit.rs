@@ -101,9 +101,9 @@ impl Drop for Audit {
 }
 
 /// Audit records on their way out: gathered in memory, formatted and written
-/// by a thread of their own [`WRITTEN_WITHIN`] after the first of them (or at
-/// as soon as [`WRITE_AT_RECORDS`] wait). A std thread, not a task: records
-/// come from sync code too, and writing a file blocks.
+/// by a thread of their own [`WRITTEN_WITHIN`] after the first of them (or as
+/// soon as [`WRITE_AT_RECORDS`] wait). A std thread, not a task: records come
+/// from sync code too, and writing a file blocks.
 pub struct Writer {
     path: Option<PathBuf>,
     waiting: Mutex<Waiting>,
